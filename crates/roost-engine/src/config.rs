@@ -1,0 +1,321 @@
+//! The engine's configuration: one typed struct with safe, documented defaults. The reference
+//! config (`deploy/roost.toml`) spells every default out, and a test checks they agree.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::verdict::Class;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Half-life of the reputation average in event time: evidence this old counts half.
+    /// An idle client drifts back to neutral at this pace.
+    #[serde(with = "humantime_serde")]
+    pub half_life: Duration,
+    /// Neutral pseudo-requests every client starts with, so a handful of requests cannot swing
+    /// the reputation far (reputation = evidence sum / (evidence weight + prior_weight)).
+    pub prior_weight: f32,
+    /// IPv6 clients are judged per prefix of this length (64: one subscriber's /64; 128: per
+    /// address). IPv4 clients are always judged per address.
+    pub ipv6_prefix: u8,
+    /// Per-request score by status code (`"404"`) or class (`"4xx"`), from −1 (bad) to +1 (good).
+    /// A code not listed takes its class's score; a class not listed scores 0.
+    pub scores: BTreeMap<String, f32>,
+    pub paths: PathConfig,
+    pub verdict: VerdictConfig,
+    /// Aggressive crawling: many non-static pages in a short window.
+    pub crawl: BehaviourConfig,
+    /// Hammering slow pages: repeated requests that take the server long to answer.
+    pub slow: SlowConfig,
+    /// Clients in these prefixes are never judged (monitoring, your own offices, partners).
+    pub allowlist: Vec<IpNetwork>,
+    /// Sample requests kept per flagged or suspect client.
+    pub samples_per_ip: usize,
+    /// Upper bound on clients with a dossier (samples and non-status evidence). Clients with a
+    /// non-good verdict always get one; others only while there is room.
+    pub max_dossiers: usize,
+    /// A good client idle this long is forgotten by `sweep` (its evidence has long decayed).
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let scores = [
+            ("1xx", 0.0),
+            ("2xx", 1.0),
+            ("3xx", 0.5),
+            ("304", 1.0),
+            ("4xx", -0.5),
+            ("400", -0.5),
+            ("401", -1.0),
+            ("403", -1.0),
+            ("404", -1.0),
+            ("405", -1.0),
+            ("407", -1.0),
+            ("408", 0.0),
+            ("410", -1.0),
+            ("414", -1.0),
+            ("429", -1.0),
+            ("444", -1.0),
+            ("499", 0.0),
+            ("5xx", -0.1),
+        ];
+        EngineConfig {
+            half_life: Duration::from_secs(600),
+            prior_weight: 5.0,
+            ipv6_prefix: 64,
+            scores: scores.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            paths: PathConfig::default(),
+            verdict: VerdictConfig::default(),
+            crawl: BehaviourConfig::default(),
+            slow: SlowConfig::default(),
+            allowlist: vec!["127.0.0.0/8".parse().expect("valid"), "::1/128".parse().expect("valid")],
+            samples_per_ip: 5,
+            max_dossiers: 200_000,
+            forget_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How much a request counts, by what it asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathConfig {
+    /// File extensions of static assets (lowercase, without the dot).
+    pub static_extensions: Vec<String>,
+    /// Weight of a request for a static asset (pages weigh 1).
+    pub static_weight: f32,
+    /// Paths browsers and well-behaved bots fetch on their own, which weigh nothing: a 404 on
+    /// `/favicon.ico` says nothing about the client. Exact, or a prefix ending in `*`.
+    pub benign: Vec<String>,
+}
+
+impl Default for PathConfig {
+    fn default() -> Self {
+        let ext = [
+            "css",
+            "js",
+            "mjs",
+            "map",
+            "png",
+            "jpg",
+            "jpeg",
+            "gif",
+            "ico",
+            "svg",
+            "webp",
+            "avif",
+            "bmp",
+            "woff",
+            "woff2",
+            "ttf",
+            "otf",
+            "eot",
+            "mp4",
+            "webm",
+            "mp3",
+            "ogg",
+            "wav",
+            "webmanifest",
+        ];
+        let benign = [
+            "/favicon.ico",
+            "/favicon.png",
+            "/robots.txt",
+            "/sitemap.xml",
+            "/ads.txt",
+            "/humans.txt",
+            "/apple-touch-icon*",
+            "/browserconfig.xml",
+            "/.well-known/*",
+        ];
+        PathConfig {
+            static_extensions: ext.into_iter().map(str::to_owned).collect(),
+            static_weight: 0.1,
+            benign: benign.into_iter().map(str::to_owned).collect(),
+        }
+    }
+}
+
+/// From reputation to verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerdictConfig {
+    /// Reputation below which a client is dubious (challenged).
+    pub dubious_below: f32,
+    /// Reputation below which a client is bad (blocked).
+    pub bad_below: f32,
+    /// A verdict is left only when the reputation has recovered this far past its threshold,
+    /// so clients near a threshold do not flap.
+    pub hysteresis: f32,
+    /// Minimum evidence: a client is judged on its reputation only after this many of its
+    /// requests to non-static paths were answered with a negative score (one 404 never
+    /// makes anyone dubious).
+    pub min_negative_requests: u16,
+    /// … and only with at least this much (decayed) evidence weight.
+    pub min_weight: f32,
+    /// How long a dubious verdict holds after the last evidence for it.
+    #[serde(with = "humantime_serde")]
+    pub dubious_ttl: Duration,
+    /// How long a bad verdict holds after the last evidence for it.
+    #[serde(with = "humantime_serde")]
+    pub bad_ttl: Duration,
+    /// Repeat offenders: each new offence within `repeat_memory` multiplies the TTL by this.
+    pub repeat_factor: f32,
+    /// Longest TTL escalation can reach.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// How long offences are remembered for escalation.
+    #[serde(with = "humantime_serde")]
+    pub repeat_memory: Duration,
+}
+
+impl Default for VerdictConfig {
+    fn default() -> Self {
+        VerdictConfig {
+            dubious_below: -0.3,
+            bad_below: -0.6,
+            hysteresis: 0.1,
+            min_negative_requests: 5,
+            min_weight: 4.0,
+            dubious_ttl: Duration::from_secs(15 * 60),
+            bad_ttl: Duration::from_secs(3600),
+            repeat_factor: 2.0,
+            max_ttl: Duration::from_secs(24 * 3600),
+            repeat_memory: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A built-in behavioural signal: a decayed count over a window, compared with a limit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BehaviourConfig {
+    pub enabled: bool,
+    /// Requests per window above which the behaviour counts as evidence.
+    pub limit: f32,
+    /// The window (the time constant of the decayed count).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Negative evidence per request beyond the limit, in pseudo-requests.
+    pub penalty: f32,
+    /// An immediate verdict while the behaviour lasts (and `ttl` after), or none.
+    pub verdict: Option<Class>,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for BehaviourConfig {
+    fn default() -> Self {
+        BehaviourConfig {
+            enabled: true,
+            limit: 120.0,
+            window: Duration::from_secs(60),
+            penalty: 1.0,
+            verdict: Some(Class::Dubious),
+            ttl: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlowConfig {
+    #[serde(flatten)]
+    pub behaviour: BehaviourConfig,
+    /// A request is slow when the server took at least this long.
+    #[serde(with = "humantime_serde")]
+    pub threshold: Duration,
+    /// When more than this share of all recent page requests is slow, the site itself is slow:
+    /// slowness is then nobody's fault and counts against no client.
+    pub max_site_share: f32,
+}
+
+impl Default for SlowConfig {
+    fn default() -> Self {
+        SlowConfig {
+            behaviour: BehaviourConfig {
+                enabled: true,
+                limit: 5.0,
+                window: Duration::from_secs(120),
+                penalty: 2.0,
+                verdict: Some(Class::Dubious),
+                ttl: Duration::from_secs(15 * 60),
+            },
+            threshold: Duration::from_secs(2),
+            max_site_share: 0.25,
+        }
+    }
+}
+
+/// Why a config was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("engine.scores: {0:?} is not a status code (100-599) or class (1xx-5xx)")]
+    ScoreKey(String),
+    #[error("engine.scores.{0}: score {1} is outside -1..=1")]
+    ScoreRange(String, f32),
+    #[error("engine.{0}: {1}")]
+    Invalid(&'static str, String),
+}
+
+impl EngineConfig {
+    /// Checks what serde cannot: ranges and relations between fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (k, v) in &self.scores {
+            parse_score_key(k).ok_or_else(|| ConfigError::ScoreKey(k.clone()))?;
+            if !(-1.0..=1.0).contains(v) {
+                return Err(ConfigError::ScoreRange(k.clone(), *v));
+            }
+        }
+        let v = &self.verdict;
+        if !(v.bad_below < v.dubious_below && v.dubious_below < 0.0 && v.bad_below > -1.0) {
+            return Err(ConfigError::Invalid(
+                "verdict",
+                format!("need -1 < bad_below ({}) < dubious_below ({}) < 0", v.bad_below, v.dubious_below),
+            ));
+        }
+        if !(0.0..=0.5).contains(&v.hysteresis) {
+            return Err(ConfigError::Invalid("verdict.hysteresis", "must be within 0..=0.5".into()));
+        }
+        if self.half_life.is_zero() {
+            return Err(ConfigError::Invalid("half_life", "must be positive".into()));
+        }
+        if self.prior_weight.is_nan() || self.prior_weight < 0.0 {
+            return Err(ConfigError::Invalid("prior_weight", "must be >= 0".into()));
+        }
+        if !(1..=128).contains(&self.ipv6_prefix) {
+            return Err(ConfigError::Invalid("ipv6_prefix", "must be within 1..=128".into()));
+        }
+        for (name, b) in [("crawl", &self.crawl), ("slow", &self.slow.behaviour)] {
+            if b.enabled
+                && (b.window.is_zero() || b.limit.is_nan() || b.limit <= 0.0 || b.penalty.is_nan() || b.penalty < 0.0)
+            {
+                return Err(ConfigError::Invalid(name, "window and limit must be positive, penalty >= 0".into()));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.paths.static_weight) {
+            return Err(ConfigError::Invalid("paths.static_weight", "must be within 0..=1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `"404"` → (404, 404); `"4xx"` → (400, 499).
+pub(crate) fn parse_score_key(k: &str) -> Option<(u16, u16)> {
+    let b = k.as_bytes();
+    if b.len() != 3 || !(b'1'..=b'5').contains(&b[0]) {
+        return None;
+    }
+    if &b[1..] == b"xx" || &b[1..] == b"XX" {
+        let lo = (b[0] - b'0') as u16 * 100;
+        return Some((lo, lo + 99));
+    }
+    let code: u16 = k.parse().ok()?;
+    Some((code, code))
+}

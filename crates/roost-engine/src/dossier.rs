@@ -1,0 +1,129 @@
+//! The file kept on clients worth explaining: those with a verdict, and (while there is room)
+//! those with any negative evidence. Holds what the compact per-client state cannot: sample
+//! requests, the ledger of non-status evidence, and the verdict's timing.
+
+use std::collections::VecDeque;
+
+use roost_event::{RequestEvent, Timestamp};
+
+use crate::evidence::{Evidence, Source};
+use crate::state::Secs;
+use crate::verdict::{Class, Sample};
+
+/// A non-good verdict in force.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Held {
+    pub since: Secs,
+    pub expires: Secs,
+}
+
+/// One source's evidence about a client, accumulated.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub source: Source,
+    pub hits: u32,
+    pub penalty: f32,
+    pub first: Secs,
+    pub last: Secs,
+    /// The latest reason text.
+    pub detail: String,
+    /// An immediate verdict this source asked for, and until when.
+    pub verdict: Option<(Class, Secs)>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Dossier {
+    pub held: Option<Held>,
+    /// Offences (times flagged) within the repeat memory, and when the last one was.
+    pub offences: u32,
+    pub last_offence: Secs,
+    pub samples: VecDeque<Sample>,
+    pub ledger: Vec<Entry>,
+}
+
+const MAX_TARGET: usize = 200;
+const MAX_UA: usize = 160;
+const MAX_DETAIL: usize = 300;
+/// Sources per client kept in the ledger; the weakest is dropped beyond this.
+const MAX_LEDGER: usize = 16;
+
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+impl Dossier {
+    pub fn sample(&mut self, ev: &RequestEvent<'_>, keep: usize) {
+        if keep == 0 {
+            return;
+        }
+        while self.samples.len() >= keep {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(Sample {
+            at: ev.time,
+            method: truncate(&ev.method, 16),
+            target: truncate(&ev.target(), MAX_TARGET),
+            status: ev.status,
+            user_agent: ev.user_agent.as_deref().map(|u| truncate(u, MAX_UA)),
+        });
+    }
+
+    pub fn record(&mut self, e: &Evidence, t: Secs) {
+        let until = e.verdict.map(|(c, ttl)| (c, t.saturating_add(ttl.as_secs().min(u32::MAX as u64) as u32)));
+        if let Some(en) = self.ledger.iter_mut().find(|en| en.source == e.source) {
+            en.hits = en.hits.saturating_add(1);
+            en.penalty += e.penalty;
+            en.last = en.last.max(t);
+            en.detail = truncate(&e.detail, MAX_DETAIL);
+            en.verdict = match (en.verdict, until) {
+                (Some((c1, u1)), Some((c2, u2))) => Some((c1.max(c2), u1.max(u2))),
+                (a, b) => a.or(b),
+            };
+            return;
+        }
+        if self.ledger.len() >= MAX_LEDGER {
+            let weakest = (0..self.ledger.len())
+                .min_by(|&a, &b| self.ledger[a].penalty.total_cmp(&self.ledger[b].penalty))
+                .expect("non-empty");
+            if self.ledger[weakest].penalty > e.penalty || self.ledger[weakest].verdict.is_some() {
+                return;
+            }
+            self.ledger.swap_remove(weakest);
+        }
+        self.ledger.push(Entry {
+            source: e.source.clone(),
+            hits: 1,
+            penalty: e.penalty,
+            first: t,
+            last: t,
+            detail: truncate(&e.detail, MAX_DETAIL),
+            verdict: until,
+        });
+    }
+
+    /// The strongest immediate verdict still in force at `t`.
+    pub fn floor(&self, t: Secs) -> Option<(Class, Secs)> {
+        self.ledger.iter().filter_map(|e| e.verdict).filter(|&(_, until)| until > t).max()
+    }
+
+    /// Evidence hits that carried a penalty: they count as negative observations for the
+    /// minimum-evidence rule, like negative status answers do.
+    pub fn penalized_hits(&self) -> u32 {
+        self.ledger.iter().filter(|e| e.penalty > 0.0).map(|e| e.hits).sum()
+    }
+
+    pub fn samples_vec(&self) -> Vec<Sample> {
+        self.samples.iter().cloned().collect()
+    }
+}
+
+pub fn ts(s: Secs) -> Timestamp {
+    Timestamp::from_secs(s as i64)
+}

@@ -1,0 +1,710 @@
+//! The engine: request events and evidence in, verdict changes out.
+//!
+//! Reputation is a time-decayed exponentially weighted average of per-request scores:
+//! `s` and `w` are sums of `score × weight` and of `weight`, both halved every `half_life` of
+//! event time, and reputation = `s / (w + prior_weight)`. The prior pulls clients with little
+//! evidence towards neutral (0); decay lets an idle client drift back there. Time only ever
+//! comes from events and from callers: replaying a log gives the same verdicts every time.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::IpAddr;
+
+use hashbrown::HashMap;
+use ipnetwork::IpNetwork;
+use prefix_trie::joint::map::JointPrefixMap;
+use roost_event::{RequestEvent, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, EngineConfig};
+use crate::dossier::{Dossier, Held, ts};
+use crate::evidence::{Annotator, Evidence, Inspector, RequestContext, Source, SourceKind};
+use crate::reasons::{reasons, span};
+use crate::scoring::{Category, PathClass, Scoring};
+use crate::state::{HAS_DOSSIER, IpState, Key, Secs, States, half_life_decay, window_decay};
+use crate::verdict::{Cause, Class, Explanation, Reason, VerdictChange};
+
+/// Below this much decayed weight, a returning client starts a new episode: its counts restart.
+const EPISODE_EPS: f32 = 0.01;
+
+/// An operator's decision about a prefix. It overrides whatever the evidence says.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Override {
+    pub class: Class,
+    /// When it lapses; `None` = until removed.
+    pub until: Option<Timestamp>,
+    pub by: String,
+    pub comment: String,
+}
+
+/// Counters of what the engine did, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Stats {
+    pub events: u64,
+    pub allowlisted: u64,
+    pub evidence: u64,
+    /// Verdict changes by the class moved to (good, dubious, bad).
+    pub changes_to: [u64; 3],
+    /// Dossiers not opened because the table was full.
+    pub dossiers_refused: u64,
+}
+
+/// The reputation of the tracked population at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Aggregates {
+    pub ips: u64,
+    /// Clients per class: good, dubious, bad.
+    pub per_class: [u64; 3],
+    /// Mean reputation over clients.
+    pub mean_by_ip: f64,
+    /// Mean reputation weighted by each client's recent (decayed) request weight.
+    pub mean_by_request: f64,
+    /// Clients per reputation bucket: `[-1.0,-0.9)`, …, `[0.9,1.0]`.
+    pub histogram: [u64; 20],
+    pub dossiers: u64,
+}
+
+impl Aggregates {
+    /// The lower edge of histogram bucket `i`.
+    pub fn bucket_low(i: usize) -> f32 {
+        -1.0 + i as f32 * 0.1
+    }
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    scoring: Scoring,
+    inv_half_life: f32,
+    inv_crawl_tau: f32,
+    inv_slow_tau: f32,
+    slow_threshold: f32,
+    states: States,
+    dossiers: HashMap<Key, Dossier>,
+    /// Non-good verdicts by expiry; stale entries are skipped when popped.
+    expiry: BinaryHeap<Reverse<(Secs, Key)>>,
+    allowlist: JointPrefixMap<IpNetwork, ()>,
+    overrides: JointPrefixMap<IpNetwork, Override>,
+    inspectors: Vec<Box<dyn Inspector>>,
+    annotators: Vec<Box<dyn Annotator>>,
+    /// Site-wide decayed counts of page requests and slow page requests.
+    site_pages: f32,
+    site_slow: f32,
+    site_last: Secs,
+    now: Secs,
+    stats: Stats,
+    scratch: Vec<Evidence>,
+}
+
+fn secs(t: Timestamp) -> Secs {
+    t.secs().clamp(0, u32::MAX as i64) as Secs
+}
+
+fn dur_secs(d: std::time::Duration) -> Secs {
+    d.as_secs().min(u32::MAX as u64) as Secs
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Result<Engine, ConfigError> {
+        cfg.validate()?;
+        let mut allowlist = JointPrefixMap::new();
+        for net in &cfg.allowlist {
+            allowlist.insert(*net, ());
+        }
+        Ok(Engine {
+            scoring: Scoring::new(&cfg),
+            inv_half_life: 1.0 / cfg.half_life.as_secs_f32(),
+            inv_crawl_tau: 1.0 / cfg.crawl.window.as_secs_f32().max(1.0),
+            inv_slow_tau: 1.0 / cfg.slow.behaviour.window.as_secs_f32().max(1.0),
+            slow_threshold: cfg.slow.threshold.as_secs_f32(),
+            states: States::default(),
+            dossiers: HashMap::new(),
+            expiry: BinaryHeap::new(),
+            allowlist,
+            overrides: JointPrefixMap::new(),
+            inspectors: Vec::new(),
+            annotators: Vec::new(),
+            site_pages: 0.0,
+            site_slow: 0.0,
+            site_last: 0,
+            now: 0,
+            stats: Stats::default(),
+            scratch: Vec::new(),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Adds a per-request evidence source (known-bad rules).
+    pub fn add_inspector(&mut self, i: Box<dyn Inspector>) {
+        self.inspectors.push(i);
+    }
+
+    /// Adds a per-address evidence source (threat feeds, GeoIP/ASN).
+    pub fn add_annotator(&mut self, a: Box<dyn Annotator>) {
+        self.annotators.push(a);
+    }
+
+    /// Replaces the inspector called `name` (a rule-set reload keeps all client state).
+    pub fn replace_inspector(&mut self, name: &str, i: Box<dyn Inspector>) -> bool {
+        match self.inspectors.iter_mut().find(|x| x.name() == name) {
+            Some(slot) => {
+                *slot = i;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The latest event time seen (or passed to `expire`).
+    pub fn now(&self) -> Timestamp {
+        ts(self.now)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.states.len()
+    }
+
+    /// The key the engine files an address under (IPv6 aggregated to the configured prefix).
+    pub fn subject_of(&self, ip: IpAddr) -> IpNetwork {
+        Key::of(ip, self.cfg.ipv6_prefix).subject(self.cfg.ipv6_prefix)
+    }
+
+    fn allowlisted(&self, ip: IpAddr) -> bool {
+        !self.cfg.allowlist.is_empty() && self.allowlist.get_lpm(&IpNetwork::from(ip)).is_some()
+    }
+
+    /// Whether an address is on the allowlist (never judged).
+    pub fn is_allowlisted(&self, ip: IpAddr) -> bool {
+        self.allowlisted(ip)
+    }
+
+    /// Scores one request. Returns the verdict change it caused, if any.
+    pub fn observe(&mut self, ev: &RequestEvent<'_>) -> Option<VerdictChange> {
+        self.stats.events += 1;
+        let t = secs(ev.time);
+        self.now = self.now.max(t);
+        if self.allowlisted(ev.client) {
+            self.stats.allowlisted += 1;
+            return None;
+        }
+        let key = Key::of(ev.client, self.cfg.ipv6_prefix);
+        let path_class = self.scoring.classify(&ev.path);
+        let weight = self.scoring.weight(path_class);
+        let score = self.scoring.status_score(ev.status);
+        let cat = Category::of(ev.status);
+        let page = path_class == PathClass::Page;
+
+        let mut evidence = std::mem::take(&mut self.scratch);
+        evidence.clear();
+        let new_episode = self.fold(key, t);
+        let st = self.states.get_mut(key).expect("fold created it");
+        st.requests = st.requests.saturating_add(1);
+        if weight > 0.0 {
+            st.s += score * weight;
+            st.w += weight;
+        }
+        if cat == Category::Ok || (page && cat != Category::Unknown) {
+            let n = &mut st.n[cat as usize];
+            *n = n.saturating_add(1);
+        }
+        if page {
+            self.behaviour(key, ev, &mut evidence);
+        }
+        if !self.inspectors.is_empty() {
+            let ctx =
+                RequestContext { subject: key.subject(self.cfg.ipv6_prefix), event: ev, path_class, now: ev.time };
+            for i in &mut self.inspectors {
+                i.inspect(&ctx, &mut evidence);
+            }
+        }
+        if new_episode {
+            for a in &self.annotators {
+                a.annotate(ev.client, ev.time, &mut evidence);
+            }
+        }
+        let notable = (page && score * weight <= -0.5) || !evidence.is_empty();
+        if notable {
+            self.apply_evidence(key, t, &evidence);
+            let keep = self.cfg.samples_per_ip;
+            if let Some(d) = self.dossier_for(key, false) {
+                d.sample(ev, keep);
+            }
+        }
+        self.scratch = evidence;
+        self.decide(key, t, Cause::Evidence)
+    }
+
+    /// Applies evidence that did not come with a request (netflow, a feed update, the proxy's
+    /// challenge outcomes) at time `at`.
+    pub fn apply(&mut self, ip: IpAddr, at: Timestamp, evidence: &[Evidence]) -> Option<VerdictChange> {
+        let t = secs(at);
+        self.now = self.now.max(t);
+        if self.allowlisted(ip) || evidence.is_empty() {
+            return None;
+        }
+        let key = Key::of(ip, self.cfg.ipv6_prefix);
+        self.fold(key, t);
+        self.apply_evidence(key, t, evidence);
+        self.decide(key, t, Cause::Evidence)
+    }
+
+    /// Brings a client's state to time `t` (decay), creating it or starting a new episode when
+    /// its old evidence has decayed away. Returns whether an episode started.
+    fn fold(&mut self, key: Key, t: Secs) -> bool {
+        let (st, created) = self.states.entry(key);
+        let dt = t.saturating_sub(st.last);
+        let d = half_life_decay(dt, self.inv_half_life);
+        let fresh = created || (st.w * d < EPISODE_EPS && st.class == Class::Good as u8);
+        if fresh {
+            let (class, flags) = (st.class, st.flags);
+            *st = IpState { first: t, last: t, class, flags, ..IpState::default() };
+            if created && !self.dossiers.is_empty() && self.dossiers.contains_key(&key) {
+                st.flags |= HAS_DOSSIER;
+            }
+        } else if dt > 0 {
+            st.s *= d;
+            st.w *= d;
+            st.crawl *= window_decay(dt, self.inv_crawl_tau);
+            st.slow *= window_decay(dt, self.inv_slow_tau);
+            st.last = t;
+        }
+        fresh
+    }
+
+    /// The built-in behaviour signals, for a page request.
+    fn behaviour(&mut self, key: Key, ev: &RequestEvent<'_>, out: &mut Vec<Evidence>) {
+        let t = secs(ev.time);
+        let slow = ev.request_time.is_some_and(|rt| rt >= self.slow_threshold);
+        if self.cfg.slow.behaviour.enabled {
+            let d = window_decay(t.saturating_sub(self.site_last), self.inv_slow_tau);
+            self.site_pages = self.site_pages * d + 1.0;
+            self.site_slow = self.site_slow * d + slow as u8 as f32;
+            self.site_last = self.site_last.max(t);
+        }
+        let st = self.states.get_mut(key).expect("folded");
+        let c = &self.cfg.crawl;
+        if c.enabled {
+            st.crawl += 1.0;
+            if st.crawl > c.limit {
+                out.push(Evidence {
+                    source: Source::new(SourceKind::Behaviour, "crawl"),
+                    penalty: c.penalty,
+                    verdict: c.verdict.map(|v| (v, c.ttl)),
+                    detail: format!(
+                        "aggressive crawling: ~{:.0} non-static pages per {} (limit {:.0})",
+                        st.crawl.ceil(),
+                        span(dur_secs(c.window)),
+                        c.limit
+                    ),
+                });
+            }
+        }
+        let s = &self.cfg.slow;
+        if s.behaviour.enabled && slow {
+            st.slow += 1.0;
+            let site_share = self.site_slow / self.site_pages.max(1.0);
+            if st.slow >= s.behaviour.limit && site_share <= s.max_site_share {
+                out.push(Evidence {
+                    source: Source::new(SourceKind::Behaviour, "slow"),
+                    penalty: s.behaviour.penalty,
+                    verdict: s.behaviour.verdict.map(|v| (v, s.behaviour.ttl)),
+                    detail: format!(
+                        "hammering slow pages: ~{:.0} requests slower than {} s per {} (limit {:.0}), latest {} {} took {:.1} s",
+                        st.slow,
+                        s.threshold.as_secs_f32(),
+                        span(dur_secs(s.behaviour.window)),
+                        s.behaviour.limit,
+                        ev.method,
+                        crate::dossier::truncate(&ev.target(), 80),
+                        ev.request_time.unwrap_or(0.0),
+                    ),
+                });
+            }
+        }
+    }
+
+    fn apply_evidence(&mut self, key: Key, t: Secs, evidence: &[Evidence]) {
+        if evidence.is_empty() {
+            return;
+        }
+        self.stats.evidence += evidence.len() as u64;
+        let st = self.states.get_mut(key).expect("folded");
+        for e in evidence {
+            st.s -= e.penalty;
+            st.w += e.penalty.abs();
+        }
+        let must = evidence.iter().any(|e| e.verdict.is_some());
+        if let Some(d) = self.dossier_for(key, must) {
+            for e in evidence {
+                d.record(e, t);
+            }
+        }
+    }
+
+    /// The client's dossier, opened if there is room (or if `must`: clients with a verdict
+    /// always get one).
+    fn dossier_for(&mut self, key: Key, must: bool) -> Option<&mut Dossier> {
+        let st = self.states.get_mut(key)?;
+        if st.flags & HAS_DOSSIER == 0 {
+            if !must && self.dossiers.len() >= self.cfg.max_dossiers {
+                self.stats.dossiers_refused += 1;
+                return None;
+            }
+            st.flags |= HAS_DOSSIER;
+        }
+        Some(self.dossiers.entry(key).or_default())
+    }
+
+    fn reputation(&self, st: &IpState, d: f32) -> f32 {
+        let w = st.w * d;
+        if w <= 0.0 {
+            return 0.0;
+        }
+        (st.s * d / (w + self.cfg.prior_weight)).clamp(-1.0, 1.0)
+    }
+
+    /// The class the reputation alone supports, with hysteresis around the current class.
+    fn judged(&self, current: Class, rep: f32, decayed_w: f32, negatives: u32) -> Class {
+        let v = &self.cfg.verdict;
+        if negatives < v.min_negative_requests as u32 || decayed_w < v.min_weight {
+            return Class::Good;
+        }
+        let (bad, dubious) = match current {
+            Class::Good => (v.bad_below, v.dubious_below),
+            Class::Dubious => (v.bad_below, v.dubious_below + v.hysteresis),
+            Class::Bad => (v.bad_below + v.hysteresis, v.dubious_below + v.hysteresis),
+        };
+        if rep < bad {
+            Class::Bad
+        } else if rep < dubious {
+            Class::Dubious
+        } else {
+            Class::Good
+        }
+    }
+
+    fn ttl(&self, class: Class, offences: u32) -> Secs {
+        let v = &self.cfg.verdict;
+        let base = match class {
+            Class::Good => return 0,
+            Class::Dubious => v.dubious_ttl,
+            Class::Bad => v.bad_ttl,
+        };
+        let factor = v.repeat_factor.max(1.0).powi(offences.saturating_sub(1).min(30) as i32);
+        let secs = (base.as_secs_f32() * factor).min(v.max_ttl.as_secs_f32().max(base.as_secs_f32()));
+        secs as Secs
+    }
+
+    fn override_for(&self, key: Key) -> Option<&Override> {
+        if self.overrides.is_empty() {
+            return None;
+        }
+        self.overrides.get_lpm(&IpNetwork::from(key.addr())).map(|(_, o)| o)
+    }
+
+    /// Re-evaluates a client's verdict at `t` and records any change.
+    fn decide(&mut self, key: Key, t: Secs, cause: Cause) -> Option<VerdictChange> {
+        let st = *self.states.get(key)?;
+        let current = Class::from_u8(st.class);
+        let dossier = self.dossiers.get(&key).filter(|_| st.flags & HAS_DOSSIER != 0);
+        let d = half_life_decay(t.saturating_sub(st.last), self.inv_half_life);
+        let rep = self.reputation(&st, d);
+        let negatives = st.negatives() + dossier.map_or(0, Dossier::penalized_hits);
+        let judged = self.judged(current, rep, st.w * d, negatives);
+        let floor = dossier.and_then(|d| d.floor(t));
+        let mut target = judged.max(floor.map_or(Class::Good, |f| f.0));
+        let ov = self.override_for(key).cloned();
+        if let Some(o) = &ov {
+            target = o.class;
+        }
+        let held = dossier.and_then(|d| d.held);
+        if target == current {
+            // Still supported by the evidence: the verdict's clock restarts.
+            if current != Class::Good && ov.is_none() && (judged == current || floor.is_some_and(|f| f.0 == current)) {
+                let offences = dossier.map_or(1, |d| d.offences);
+                let mut expires = t.saturating_add(self.ttl(current, offences));
+                if let Some((_, until)) = floor.filter(|f| f.0 == current) {
+                    expires = expires.max(until);
+                }
+                let d = self.dossiers.get_mut(&key).expect("non-good clients have a dossier");
+                if let Some(h) = &mut d.held {
+                    h.expires = h.expires.max(expires);
+                }
+            }
+            return None;
+        }
+        let cause = if ov.is_some() { Cause::Override } else { cause };
+        if target < current && ov.is_none() && held.is_some_and(|h| t < h.expires) {
+            return None; // holds until it expires
+        }
+        Some(self.change(key, st, current, target, t, rep, cause, floor))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn change(
+        &mut self,
+        key: Key,
+        st: IpState,
+        from: Class,
+        to: Class,
+        t: Secs,
+        rep: f32,
+        cause: Cause,
+        floor: Option<(Class, Secs)>,
+    ) -> VerdictChange {
+        let memory = dur_secs(self.cfg.verdict.repeat_memory);
+        let d = self.dossier_for(key, true).expect("forced");
+        if from == Class::Good && to != Class::Good {
+            if d.offences > 0 && t.saturating_sub(d.last_offence) > memory {
+                d.offences = 0;
+            }
+            d.offences += 1;
+            d.last_offence = t;
+        }
+        let offences = d.offences;
+        let expires = if to == Class::Good {
+            None
+        } else {
+            let mut e = t.saturating_add(self.ttl(to, offences));
+            if let Some((_, until)) = floor.filter(|f| f.0 == to) {
+                e = e.max(until);
+            }
+            Some(e)
+        };
+        let d = self.dossiers.get_mut(&key).expect("just opened");
+        d.held = expires.map(|e| Held { since: t, expires: e });
+        if let Some(e) = expires {
+            self.expiry.push(Reverse((e, key)));
+        }
+        self.states.get_mut(key).expect("exists").class = to as u8;
+        self.stats.changes_to[to as usize] += 1;
+        let d = self.dossiers.get(&key).expect("exists");
+        let mut why = reasons(&self.cfg, &st, Some(d), t, to, rep);
+        match cause {
+            Cause::Expired => why.insert(
+                0,
+                Reason {
+                    source: "verdict:expired".into(),
+                    text: format!("the {from} verdict ran its time without new evidence; reputation now {rep:.2}"),
+                    weight: 0.0,
+                },
+            ),
+            Cause::Override => {
+                if let Some(o) = self.override_for(key) {
+                    why.insert(
+                        0,
+                        Reason {
+                            source: "override".into(),
+                            text: format!("override by {}: {}", o.by, o.comment),
+                            weight: 0.0,
+                        },
+                    );
+                } else {
+                    why.insert(0, Reason { source: "override".into(), text: "override removed".into(), weight: 0.0 });
+                }
+            }
+            Cause::Evidence => {}
+        }
+        VerdictChange {
+            subject: key.subject(self.cfg.ipv6_prefix),
+            at: ts(t),
+            from,
+            to,
+            cause,
+            reputation: rep,
+            requests: st.requests,
+            expires: expires.map(ts),
+            reasons: why,
+            samples: d.samples_vec(),
+        }
+    }
+
+    /// Lets verdicts whose time ran out lapse, and overrides whose time ran out end. Call it as
+    /// time passes (each second live; as event time advances in a replay).
+    pub fn expire(&mut self, now: Timestamp) -> Vec<VerdictChange> {
+        let t = secs(now);
+        self.now = self.now.max(t);
+        let mut out = Vec::new();
+        if !self.overrides.is_empty() {
+            let lapsed: Vec<IpNetwork> =
+                self.overrides.iter().filter(|(_, o)| o.until.is_some_and(|u| u <= now)).map(|(n, _)| n).collect();
+            for net in lapsed {
+                out.extend(self.remove_override(net, now));
+            }
+        }
+        while let Some(&Reverse((exp, key))) = self.expiry.peek() {
+            if exp > t {
+                break;
+            }
+            self.expiry.pop();
+            let Some(held) = self.dossiers.get(&key).and_then(|d| d.held) else {
+                continue; // stale: the verdict already ended
+            };
+            if held.expires > exp {
+                self.expiry.push(Reverse((held.expires, key))); // renewed since
+                continue;
+            }
+            let Some(st) = self.states.get(key).copied() else {
+                continue;
+            };
+            let current = Class::from_u8(st.class);
+            if let Some(change) = self.decide(key, t, Cause::Expired) {
+                out.push(change);
+            } else if current != Class::Good {
+                // still supported: decide() renewed it; make sure the heap knows
+                if let Some(h) = self.dossiers.get(&key).and_then(|d| d.held) {
+                    if h.expires > t {
+                        self.expiry.push(Reverse((h.expires, key)));
+                    } else {
+                        let renewed = t.saturating_add(self.ttl(current, 1).max(1));
+                        if let Some(h) = self.dossiers.get_mut(&key).and_then(|d| d.held.as_mut()) {
+                            h.expires = renewed;
+                        }
+                        self.expiry.push(Reverse((renewed, key)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Forgets good clients idle longer than `forget_after`, and dossiers no longer needed.
+    /// Returns how many clients were forgotten.
+    pub fn sweep(&mut self, now: Timestamp) -> usize {
+        let t = secs(now);
+        let idle = dur_secs(self.cfg.forget_after);
+        let memory = dur_secs(self.cfg.verdict.repeat_memory);
+        let before = self.states.len();
+        let dossiers = &mut self.dossiers;
+        self.states.retain(|key, st| {
+            let keep = st.class != Class::Good as u8 || t.saturating_sub(st.last) < idle;
+            if !keep && st.flags & HAS_DOSSIER != 0 {
+                let remember =
+                    dossiers.get(&key).is_some_and(|d| d.offences > 0 && t.saturating_sub(d.last_offence) < memory);
+                if !remember {
+                    dossiers.remove(&key);
+                }
+            }
+            keep
+        });
+        let states = &self.states;
+        self.dossiers.retain(|key, d| {
+            states.get(*key).is_some() || (d.offences > 0 && t.saturating_sub(d.last_offence) < memory)
+        });
+        for i in &mut self.inspectors {
+            i.forget_before(Timestamp::from_secs(t.saturating_sub(idle) as i64));
+        }
+        before - self.states.len()
+    }
+
+    /// Sets an operator's override on a prefix; returns the verdict changes it causes among
+    /// tracked clients.
+    pub fn set_override(&mut self, net: IpNetwork, ov: Override, now: Timestamp) -> Vec<VerdictChange> {
+        self.overrides.insert(net, ov);
+        self.reevaluate(net, now)
+    }
+
+    /// Removes an override; clients under it return to what their evidence says.
+    pub fn remove_override(&mut self, net: IpNetwork, now: Timestamp) -> Vec<VerdictChange> {
+        if self.overrides.remove(&net).is_none() {
+            return Vec::new();
+        }
+        let t = secs(now);
+        // Without the override, a held verdict must not outlive it: end holds at once.
+        let keys: Vec<Key> = self.states.iter().filter(|(k, _)| net.contains(k.addr())).map(|(k, _)| k).collect();
+        for k in &keys {
+            if let Some(h) = self.dossiers.get_mut(k).and_then(|d| d.held.as_mut()) {
+                h.expires = h.expires.min(t);
+            }
+        }
+        let mut out = Vec::new();
+        for k in keys {
+            if let Some(mut c) = self.decide(k, t, Cause::Override) {
+                c.cause = Cause::Override;
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// The overrides in force.
+    pub fn overrides(&self) -> Vec<(IpNetwork, Override)> {
+        self.overrides.iter().map(|(n, o)| (n, o.clone())).collect()
+    }
+
+    fn reevaluate(&mut self, net: IpNetwork, now: Timestamp) -> Vec<VerdictChange> {
+        let t = secs(now);
+        self.now = self.now.max(t);
+        let keys: Vec<Key> = self.states.iter().filter(|(k, _)| net.contains(k.addr())).map(|(k, _)| k).collect();
+        keys.into_iter().filter_map(|k| self.decide(k, t, Cause::Override)).collect()
+    }
+
+    /// Everything known about the client behind `ip`, as of `now`.
+    pub fn explain(&self, ip: IpAddr, now: Timestamp) -> Option<Explanation> {
+        let key = Key::of(ip, self.cfg.ipv6_prefix);
+        let st = self.states.get(key)?;
+        let t = secs(now).max(st.last);
+        let d = half_life_decay(t - st.last, self.inv_half_life);
+        let dossier = self.dossiers.get(&key).filter(|_| st.flags & HAS_DOSSIER != 0);
+        let class = Class::from_u8(st.class);
+        let reputation = self.reputation(st, d);
+        Some(Explanation {
+            subject: key.subject(self.cfg.ipv6_prefix),
+            class,
+            reputation,
+            requests: st.requests,
+            first_seen: ts(st.first),
+            last_seen: ts(st.last),
+            since: dossier.and_then(|d| d.held).map(|h| ts(h.since)),
+            expires: dossier.and_then(|d| d.held).map(|h| ts(h.expires)),
+            offences: dossier.map_or(0, |d| d.offences),
+            reasons: reasons(&self.cfg, st, dossier, t, class, reputation),
+            samples: dossier.map(|d| d.samples_vec()).unwrap_or_default(),
+        })
+    }
+
+    /// Every tracked client's explanation, in address order.
+    pub fn explain_all(&self, now: Timestamp) -> Vec<Explanation> {
+        let mut keys: Vec<Key> = self.states.iter().map(|(k, _)| k).collect();
+        keys.sort_unstable();
+        keys.into_iter().filter_map(|k| self.explain(k.addr(), now)).collect()
+    }
+
+    /// The tracked population's reputation at `now`.
+    pub fn aggregates(&self, now: Timestamp) -> Aggregates {
+        let t = secs(now);
+        let mut a = Aggregates { dossiers: self.dossiers.len() as u64, ..Aggregates::default() };
+        let (mut sum, mut wsum, mut wtot) = (0.0f64, 0.0f64, 0.0f64);
+        for (_, st) in self.states.iter() {
+            let d = half_life_decay(t.saturating_sub(st.last), self.inv_half_life);
+            let rep = self.reputation(st, d);
+            a.ips += 1;
+            a.per_class[st.class.min(2) as usize] += 1;
+            sum += rep as f64;
+            let w = (st.w * d) as f64;
+            wsum += rep as f64 * w;
+            wtot += w;
+            let b = (((rep + 1.0) * 10.0).floor() as i64).clamp(0, 19) as usize;
+            a.histogram[b] += 1;
+        }
+        if a.ips > 0 {
+            a.mean_by_ip = sum / a.ips as f64;
+        }
+        if wtot > 0.0 {
+            a.mean_by_request = wsum / wtot;
+        }
+        a
+    }
+
+    /// Versions of the inspectors' configurations (the rule set's), for reasons and metrics.
+    pub fn inspector_versions(&self) -> Vec<(String, String)> {
+        self.inspectors.iter().filter_map(|i| i.version().map(|v| (i.name().to_owned(), v))).collect()
+    }
+}

@@ -1,0 +1,76 @@
+//! The appliance's configuration: one typed struct per component, defaults in code, spelled out
+//! in the reference file `deploy/roost.toml`; a TOML file and `ROOST_…` environment variables
+//! override them (`ROOST_ENGINE__HALF_LIFE=5m` sets `engine.half_life`).
+
+use std::path::Path;
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use roost_engine::EngineConfig;
+use roost_logformat::LogFormatConfig;
+use serde::{Deserialize, Serialize};
+
+/// The top-level sections, as environment variables spell them (`ROOST_ENGINE__…`).
+const SECTIONS: &[&str] = &["engine", "logs"];
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub engine: EngineConfig,
+    /// The access logs to read (`roost up`, and the default format for `roost replay`).
+    pub logs: Vec<LogSource>,
+}
+
+/// One access log (a path or a glob) and how it is written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSource {
+    pub path: String,
+    #[serde(flatten)]
+    pub format: LogFormatConfig,
+}
+
+impl Default for LogSource {
+    fn default() -> Self {
+        LogSource { path: "/var/log/nginx/access.log".into(), format: LogFormatConfig::default() }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig =
+            Figment::from(Serialized::defaults(Config { logs: vec![LogSource::default()], ..Config::default() }));
+        if let Some(f) = file {
+            anyhow::ensure!(f.exists(), "config file {} does not exist", f.display());
+            fig = fig.merge(Toml::file(f));
+        }
+        // Only variables naming a section are configuration; ROOST_CONFIG, ROOST_LOG and the
+        // like are not.
+        fig = fig.merge(Env::prefixed("ROOST_").split("__").filter(|k| {
+            let k = k.as_str().to_ascii_lowercase();
+            SECTIONS.iter().any(|s| k == *s || k.starts_with(&format!("{s}.")))
+        }));
+        let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("{e}")).with_context(|| match file {
+            Some(f) => format!("reading configuration from {} and ROOST_* variables", f.display()),
+            None => "reading configuration from ROOST_* variables".to_owned(),
+        })?;
+        cfg.engine.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference config spells out exactly the defaults.
+    #[test]
+    fn reference_config_is_the_defaults() {
+        let text = include_str!("../../../deploy/roost.toml");
+        let parsed: Config = toml::from_str(text).expect("deploy/roost.toml parses");
+        let defaults = Config { logs: vec![LogSource::default()], ..Config::default() };
+        assert_eq!(parsed, defaults);
+    }
+}

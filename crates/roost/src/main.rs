@@ -1,0 +1,145 @@
+//! `roost`: the edge reputation and abuse-defense appliance. This binary only wires the
+//! library crates together; each subcommand is one role.
+
+mod config;
+mod generate;
+mod replay;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use roost_logformat::{FormatKind, LogFormatConfig};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "roost",
+    version,
+    about = "Edge reputation and abuse defense: score clients from access logs, explain every verdict."
+)]
+struct Cli {
+    /// Configuration file (TOML). Without one, roost runs on its embedded defaults
+    /// (see deploy/roost.toml); ROOST_* environment variables override either.
+    #[arg(long, global = true, env = "ROOST_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run access logs through the scorer offline: what would be challenged or blocked, and why.
+    Replay {
+        /// Log files (plain or .gz; `-` for standard input), replayed in the order given.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Log format; `auto` guesses from each file's first lines.
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
+        /// A custom nginx `log_format` directive (implies --format nginx).
+        #[arg(long)]
+        log_format: Option<String>,
+        /// Write one JSON object per client (ip, verdict, reputation, requests, reasons, …).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Write every verdict change as a JSON line, in the order they happened.
+        #[arg(long)]
+        changes: Option<PathBuf>,
+    },
+    /// Write a synthetic access log with known attackers and its ground truth.
+    Generate {
+        /// The log to write.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Write `subject<TAB>role` lines here.
+        #[arg(long)]
+        truth: Option<PathBuf>,
+        /// About this many lines over an hour (default: the 30-minute golden scenario).
+        #[arg(long)]
+        lines: Option<u64>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = GenFormat::Combined)]
+        format: GenFormat,
+    },
+    /// Print the effective configuration (defaults, file and environment merged) as TOML.
+    Config,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Auto,
+    Combined,
+    Common,
+    Json,
+    Haproxy,
+    Nginx,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GenFormat {
+    Combined,
+    Timed,
+    Json,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ROOST_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roost: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    match cli.cmd {
+        Command::Replay { files, format, log_format, output, changes } => {
+            let mut fmt: LogFormatConfig = cfg.logs.first().map(|l| l.format.clone()).unwrap_or_default();
+            if let Some(f) = format {
+                fmt.format = match f {
+                    FormatArg::Auto => FormatKind::Auto,
+                    FormatArg::Combined => FormatKind::Combined,
+                    FormatArg::Common => FormatKind::Common,
+                    FormatArg::Json => FormatKind::Json,
+                    FormatArg::Haproxy => FormatKind::Haproxy,
+                    FormatArg::Nginx => FormatKind::Nginx,
+                };
+            }
+            if let Some(def) = log_format {
+                fmt.format = FormatKind::Nginx;
+                fmt.log_format = Some(def);
+            }
+            let args = replay::ReplayArgs { files, format: fmt, output, changes };
+            let summary = replay::run(&args, cfg.engine)?;
+            summary.print(&mut std::io::stdout().lock())?;
+        }
+        Command::Generate { out, truth, lines, seed, format } => {
+            let format = match format {
+                GenFormat::Combined => roost_loggen::Format::Combined,
+                GenFormat::Timed => roost_loggen::Format::Timed,
+                GenFormat::Json => roost_loggen::Format::Json,
+            };
+            let n = generate::run(&generate::GenerateArgs { out: out.clone(), truth, lines, seed, format })?;
+            eprintln!("roost generate: {n} lines to {}", out.display());
+            if matches!(format, roost_loggen::Format::Timed) {
+                eprintln!("  its nginx log_format: {}", roost_loggen::TIMED_LOG_FORMAT);
+            }
+        }
+        Command::Config => {
+            let text = toml::to_string_pretty(&cfg).context("rendering the configuration")?;
+            std::io::stdout().write_all(text.as_bytes())?;
+        }
+    }
+    Ok(())
+}
