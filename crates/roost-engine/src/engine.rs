@@ -670,6 +670,16 @@ impl Engine {
         })
     }
 
+    /// The clients with a non-good verdict, worst first, then by address.
+    pub fn flagged(&self, now: Timestamp) -> Vec<Explanation> {
+        let mut keys: Vec<Key> = self.dossiers.iter().filter(|(_, d)| d.held.is_some()).map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        let mut out: Vec<Explanation> =
+            keys.into_iter().filter_map(|k| self.explain(k.addr(), now)).filter(|x| x.class != Class::Good).collect();
+        out.sort_by_key(|x| std::cmp::Reverse(x.class));
+        out
+    }
+
     /// Every tracked client's explanation, in address order.
     pub fn explain_all(&self, now: Timestamp) -> Vec<Explanation> {
         let mut keys: Vec<Key> = self.states.iter().map(|(k, _)| k).collect();

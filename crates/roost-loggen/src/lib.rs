@@ -224,33 +224,33 @@ struct Actor {
     logged_in: bool,
 }
 
-fn public_v4(rng: &mut ChaCha8Rng) -> IpAddr {
+/// Addresses for generated clients come from ranges reserved for documentation and benchmarks
+/// (RFC 2544's 198.18.0.0/15 and the three TEST-NETs), so no real host is ever shown as an
+/// attacker in a demo or a test. 131,840 addresses (less the .0 and .255 of each /24); each client gets its own.
+fn client_v4(rng: &mut ChaCha8Rng, used: &mut std::collections::HashSet<IpAddr>) -> IpAddr {
+    const TEST_NETS: [u32; 3] = [0xC000_0200, 0xC633_6400, 0xCB00_7100]; // 192.0.2/24, 198.51.100/24, 203.0.113/24
+    assert!(used.len() < 129_000, "scenario needs more IPv4 clients than the reserved ranges hold");
     loop {
-        let a: u32 = rng.random();
-        let ip = Ipv4Addr::from_bits(a);
-        let o = ip.octets();
-        let reserved = ip.is_private()
-            || ip.is_loopback()
-            || ip.is_link_local()
-            || ip.is_multicast()
-            || ip.is_broadcast()
-            || ip.is_unspecified()
-            || o[0] == 0
-            || o[0] >= 224
-            || o[0] == 100 && (64..128).contains(&o[1])
-            || (o[0] == 192 && o[1] == 0)
-            || (o[0] == 198 && (18..20).contains(&o[1]));
-        if !reserved {
-            return IpAddr::V4(ip);
+        let n: u32 = rng.random_range(0..131_840);
+        let bits = if n < 131_072 { 0xC612_0000 + n } else { TEST_NETS[((n - 131_072) / 256) as usize] + (n % 256) };
+        let ip = IpAddr::V4(Ipv4Addr::from_bits(bits));
+        let last = bits & 0xff;
+        if last != 0 && last != 255 && used.insert(ip) {
+            return ip;
         }
     }
 }
 
-fn v6_in_own_64(rng: &mut ChaCha8Rng) -> IpAddr {
+fn v6_in_own_64(rng: &mut ChaCha8Rng, used: &mut std::collections::HashSet<IpAddr>) -> IpAddr {
     // 2001:db8::/32 documentation space, one /64 per client, a random interface id
-    let net: u32 = rng.random();
-    let iid: u64 = rng.random();
-    IpAddr::V6(Ipv6Addr::from_bits((0x2001_0db8u128 << 96) | ((net as u128) << 64) | iid as u128))
+    loop {
+        let net: u32 = rng.random();
+        let iid: u64 = rng.random();
+        let ip = IpAddr::V6(Ipv6Addr::from_bits((0x2001_0db8u128 << 96) | ((net as u128) << 64) | iid as u128));
+        if used.insert(IpAddr::V6(Ipv6Addr::from_bits((0x2001_0db8u128 << 96) | ((net as u128) << 64)))) {
+            return ip;
+        }
+    }
 }
 
 impl Actor {
@@ -435,6 +435,7 @@ pub fn generate(s: &Scenario, mut emit: impl FnMut(&Request) -> io::Result<()>) 
     let end_ms = start_ms + s.duration_s * 1000;
     let mut actors: Vec<Actor> = Vec::new();
     let mut truth = Vec::new();
+    let mut used = std::collections::HashSet::new();
     let roles = [
         (Role::Reader, s.readers),
         (Role::Office, s.offices),
@@ -447,9 +448,9 @@ pub fn generate(s: &Scenario, mut emit: impl FnMut(&Request) -> io::Result<()>) 
     for (role, n) in roles {
         for _ in 0..n {
             let ip = if role == Role::Reader && rng.random_bool(s.ipv6_share) {
-                v6_in_own_64(&mut rng)
+                v6_in_own_64(&mut rng, &mut used)
             } else {
-                public_v4(&mut rng)
+                client_v4(&mut rng, &mut used)
             };
             truth.push((ip, role));
             // offices are several readers on one address

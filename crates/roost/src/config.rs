@@ -12,7 +12,7 @@ use roost_logformat::LogFormatConfig;
 use serde::{Deserialize, Serialize};
 
 /// The top-level sections, as environment variables spell them (`ROOST_ENGINE__…`).
-const SECTIONS: &[&str] = &["engine", "logs"];
+const SECTIONS: &[&str] = &["engine", "logs", "up"];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -20,6 +20,38 @@ pub struct Config {
     pub engine: EngineConfig,
     /// The access logs to read (`roost up`, and the default format for `roost replay`).
     pub logs: Vec<LogSource>,
+    pub up: UpConfig,
+}
+
+/// `roost up`: the whole appliance in one process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpConfig {
+    /// Where the HTTP API and /metrics listen. Loopback by default: the API shows client
+    /// addresses and requests, and has no authentication yet.
+    pub listen: std::net::SocketAddr,
+    /// Read logs that already exist from their `end` (only new lines) or `beginning`.
+    pub start: LogStart,
+    /// How often logs are checked for new lines.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: std::time::Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStart {
+    End,
+    Beginning,
+}
+
+impl Default for UpConfig {
+    fn default() -> Self {
+        UpConfig {
+            listen: "127.0.0.1:9750".parse().expect("valid"),
+            start: LogStart::End,
+            poll_interval: std::time::Duration::from_millis(250),
+        }
+    }
 }
 
 /// One access log (a path or a glob) and how it is written.

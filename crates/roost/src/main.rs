@@ -4,6 +4,7 @@
 mod config;
 mod generate;
 mod replay;
+mod up;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -66,6 +67,16 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GenFormat::Combined)]
         format: GenFormat,
     },
+    /// The appliance in one process: follow the configured access logs, score, keep verdicts in
+    /// memory, serve the JSON API and /metrics. Runs on embedded defaults without a config file.
+    Up {
+        /// Also replay a bundled 30-minute attack scenario (in about a minute) so verdicts show.
+        #[arg(long)]
+        demo: bool,
+        /// Override `up.listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Print the effective configuration (defaults, file and environment merged) as TOML.
     Config,
 }
@@ -91,6 +102,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ROOST_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("  its nginx log_format: {}", roost_loggen::TIMED_LOG_FORMAT);
             }
         }
+        Command::Up { demo, listen } => up::run(cfg, up::UpArgs { demo, listen })?,
         Command::Config => {
             let text = toml::to_string_pretty(&cfg).context("rendering the configuration")?;
             std::io::stdout().write_all(text.as_bytes())?;

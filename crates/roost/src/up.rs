@@ -1,0 +1,469 @@
+//! `roost up`: the appliance in one process. Follows the configured access logs, scores every
+//! request, keeps verdicts in memory, and serves a JSON API and Prometheus metrics on loopback.
+//! With `--demo`, a bundled attack scenario is replayed so verdicts show within a minute.
+//!
+//! Threads: one per log source (tail + parse), one scorer that owns the engine, and the tokio
+//! runtime serving HTTP. Batches flow tail → scorer over a bounded channel, so a slow scorer
+//! slows reading rather than growing memory.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use roost_engine::{Class, Engine, RequestEvent, Timestamp, VerdictChange};
+use roost_ingest::tail::{Start, Tail};
+use roost_logformat::{FormatKind, Parser};
+use serde::Deserialize;
+
+use crate::config::{Config, LogSource, LogStart};
+
+/// Verdict changes kept for `/api/v1/changes`.
+const RECENT: usize = 1000;
+/// Lines per batch handed from a tail to the scorer.
+const BATCH: usize = 1024;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabel {
+    verdict: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChangeLabel {
+    to: String,
+    cause: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByLabel {
+    by: String,
+}
+
+#[derive(Default)]
+struct Metrics {
+    lines: Counter,
+    parse_errors: Family<KindLabel, Counter>,
+    events: Counter,
+    rotations: Counter,
+    changes: Family<ChangeLabel, Counter>,
+    clients: Family<VerdictLabel, Gauge>,
+    reputation_mean: Family<ByLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    dossiers: Gauge,
+}
+
+impl Metrics {
+    fn register(&self, r: &mut Registry) {
+        r.register("roost_log_lines", "Access-log lines read", self.lines.clone());
+        r.register("roost_log_parse_errors", "Access-log lines that did not parse, by kind", self.parse_errors.clone());
+        r.register("roost_log_rotations", "Log rotations and truncations followed", self.rotations.clone());
+        r.register("roost_events", "Requests scored", self.events.clone());
+        r.register("roost_verdict_changes", "Verdict changes, by new verdict and cause", self.changes.clone());
+        r.register("roost_clients", "Tracked clients, by verdict", self.clients.clone());
+        r.register(
+            "roost_reputation_mean",
+            "Mean reputation (-1..1) of tracked clients, by client or weighted by recent requests",
+            self.reputation_mean.clone(),
+        );
+        r.register("roost_dossiers", "Clients with a dossier (samples and evidence)", self.dossiers.clone());
+    }
+}
+
+struct Shared {
+    engine: Mutex<Engine>,
+    recent: Mutex<VecDeque<VerdictChange>>,
+    metrics: Metrics,
+    registry: Registry,
+    /// While the demo replays, time follows its events rather than the wall clock.
+    demo_running: AtomicBool,
+    stop: AtomicBool,
+}
+
+fn wall_now() -> Timestamp {
+    let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp(d.as_millis() as i64)
+}
+
+pub struct UpArgs {
+    pub demo: bool,
+    pub listen: Option<SocketAddr>,
+}
+
+pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
+    let engine = Engine::new(cfg.engine.clone())?;
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let shared = Arc::new(Shared {
+        engine: Mutex::new(engine),
+        recent: Mutex::new(VecDeque::new()),
+        metrics,
+        registry,
+        demo_running: AtomicBool::new(args.demo),
+        stop: AtomicBool::new(false),
+    });
+    let (tx, rx) = sync_channel::<Vec<RequestEvent<'static>>>(64);
+    let mut threads = Vec::new();
+    for src in &cfg.logs {
+        let (src, tx, sh) = (src.clone(), tx.clone(), shared.clone());
+        let start = match cfg.up.start {
+            LogStart::End => Start::End,
+            LogStart::Beginning => Start::Beginning,
+        };
+        let poll = cfg.up.poll_interval;
+        threads.push(
+            std::thread::Builder::new().name("roost-tail".into()).spawn(move || tail_loop(src, start, poll, tx, sh))?,
+        );
+    }
+    if args.demo {
+        let (tx, sh) = (tx.clone(), shared.clone());
+        threads.push(std::thread::Builder::new().name("roost-demo".into()).spawn(move || demo_loop(tx, sh))?);
+    }
+    drop(tx);
+    let sh = shared.clone();
+    let scorer = std::thread::Builder::new().name("roost-scorer".into()).spawn(move || scorer_loop(rx, sh))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let listen = args.listen.unwrap_or(cfg.up.listen);
+    let result = rt.block_on(serve(listen, shared.clone()));
+    shared.stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let _ = scorer.join();
+    result
+}
+
+async fn serve(listen: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/summary", get(summary))
+        .route("/api/v1/clients", get(clients))
+        .route("/api/v1/clients/{ip}", get(client))
+        .route("/api/v1/changes", get(changes))
+        .with_state(shared);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    tracing::info!("roost up: API and /metrics on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
+    tracing::info!("roost up: stopping");
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+fn tail_loop(
+    src: LogSource,
+    start: Start,
+    poll: Duration,
+    tx: SyncSender<Vec<RequestEvent<'static>>>,
+    sh: Arc<Shared>,
+) {
+    let mut tail = match Tail::new(&src.path, start) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(path = %src.path, error = %e, "bad log path pattern; not following it");
+            return;
+        }
+    };
+    let mut parser: Option<Parser> = match src.format.format {
+        FormatKind::Auto => None,
+        _ => match Parser::from_config(&src.format) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(path = %src.path, error = %e, "bad log format; not following this log");
+                return;
+            }
+        },
+    };
+    let mut undetected: Vec<String> = Vec::new();
+    let mut errors_logged = 0u64;
+    let mut last_scan = Instant::now() - Duration::from_secs(60);
+    tracing::info!(path = %src.path, format = ?src.format.format, "following access log");
+    while !sh.stop.load(Ordering::Relaxed) {
+        if last_scan.elapsed() >= Duration::from_secs(5) {
+            tail.rescan();
+            last_scan = Instant::now();
+        }
+        let mut batch = Vec::new();
+        let mut handle = |parser: &Parser,
+                          path: &std::path::Path,
+                          line: &str,
+                          batch: &mut Vec<RequestEvent<'static>>| match parser.parse(line) {
+            Ok(ev) => batch.push(ev.into_owned()),
+            Err(e) => {
+                sh.metrics.parse_errors.get_or_create(&KindLabel { kind: e.kind.label().to_owned() }).inc();
+                errors_logged += 1;
+                if errors_logged <= 10 || errors_logged.is_power_of_two() {
+                    let shown: String = line.chars().take(160).collect();
+                    tracing::warn!(path = %path.display(), error = %e, line = %shown, count = errors_logged, "malformed log line");
+                }
+            }
+        };
+        let stats = tail.poll(&mut |path, raw| {
+            let line = String::from_utf8_lossy(raw);
+            match &parser {
+                Some(p) => handle(p, path, &line, &mut batch),
+                None => {
+                    undetected.push(line.into_owned());
+                    if undetected.len() >= 10 {
+                        let p = roost_logformat::detect(undetected.iter().map(String::as_str)).unwrap_or_else(|| {
+                            tracing::warn!(path = %path.display(), "cannot tell this log's format; reading it as combined (set `format`)");
+                            Parser::Clf
+                        });
+                        tracing::info!(path = %path.display(), format = p.name(), "detected log format");
+                        for l in std::mem::take(&mut undetected) {
+                            handle(&p, path, &l, &mut batch);
+                        }
+                        parser = Some(p);
+                    }
+                }
+            }
+            if batch.len() >= BATCH {
+                let _ = tx.send(std::mem::take(&mut batch));
+            }
+        });
+        sh.metrics.lines.inc_by(stats.lines);
+        sh.metrics.rotations.inc_by(stats.rotations + stats.truncations);
+        if !batch.is_empty() && tx.send(batch).is_err() {
+            return;
+        }
+        if stats.lines == 0 {
+            std::thread::sleep(poll);
+        }
+    }
+}
+
+fn scorer_loop(rx: Receiver<Vec<RequestEvent<'static>>>, sh: Arc<Shared>) {
+    let mut last_tick = Instant::now();
+    let mut ticks = 0u64;
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(batch) => {
+                let mut changes = Vec::new();
+                {
+                    let mut engine = sh.engine.lock().expect("engine lock");
+                    for ev in &batch {
+                        changes.extend(engine.observe(ev));
+                    }
+                }
+                sh.metrics.events.inc_by(batch.len() as u64);
+                record(&sh, changes);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if sh.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            ticks += 1;
+            let changes = {
+                let mut engine = sh.engine.lock().expect("engine lock");
+                let now =
+                    if sh.demo_running.load(Ordering::Relaxed) { engine.now() } else { wall_now().max(engine.now()) };
+                let changes = engine.expire(now);
+                if ticks.is_multiple_of(60) {
+                    let forgotten = engine.sweep(now);
+                    tracing::debug!(forgotten, tracked = engine.tracked(), "swept idle clients");
+                }
+                if ticks.is_multiple_of(5) || ticks == 1 {
+                    let a = engine.aggregates(now);
+                    for c in Class::ALL {
+                        sh.metrics
+                            .clients
+                            .get_or_create(&VerdictLabel { verdict: c.as_str().into() })
+                            .set(a.per_class[c as usize] as i64);
+                    }
+                    sh.metrics.reputation_mean.get_or_create(&ByLabel { by: "client".into() }).set(a.mean_by_ip);
+                    sh.metrics.reputation_mean.get_or_create(&ByLabel { by: "request".into() }).set(a.mean_by_request);
+                    sh.metrics.dossiers.set(a.dossiers as i64);
+                }
+                changes
+            };
+            record(&sh, changes);
+        }
+    }
+}
+
+fn record(sh: &Shared, changes: Vec<VerdictChange>) {
+    if changes.is_empty() {
+        return;
+    }
+    let mut recent = sh.recent.lock().expect("recent lock");
+    for c in changes {
+        let reason = c.reasons.first().map(|r| r.text.as_str()).unwrap_or("");
+        tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reputation = format!("{:.2}", c.reputation), reason, "verdict");
+        sh.metrics
+            .changes
+            .get_or_create(&ChangeLabel { to: c.to.as_str().into(), cause: format!("{:?}", c.cause).to_lowercase() })
+            .inc();
+        if recent.len() >= RECENT {
+            recent.pop_back();
+        }
+        recent.push_front(c);
+    }
+}
+
+/// Replays the golden scenario thirty times faster than it happened, its clock ending now.
+fn demo_loop(tx: SyncSender<Vec<RequestEvent<'static>>>, sh: Arc<Shared>) {
+    const SPEEDUP: i64 = 30;
+    let scenario = roost_loggen::Scenario::golden(1);
+    let shift = wall_now().secs() - scenario.start - scenario.duration_s;
+    let started = Instant::now();
+    let mut batch = Vec::new();
+    tracing::info!("demo: replaying a 30-minute attack scenario in about a minute");
+    let result = roost_loggen::generate(&scenario, |r| {
+        if sh.stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("stopping"));
+        }
+        let offset_ms = r.time_ms - scenario.start * 1000;
+        let due = Duration::from_millis((offset_ms / SPEEDUP).max(0) as u64);
+        if due > started.elapsed() {
+            if !batch.is_empty() {
+                tx.send(std::mem::take(&mut batch)).map_err(|_| std::io::Error::other("scorer gone"))?;
+            }
+            std::thread::sleep(due - started.elapsed());
+        }
+        batch.push(demo_event(r, shift));
+        Ok(())
+    });
+    if !batch.is_empty() {
+        let _ = tx.send(batch);
+    }
+    sh.demo_running.store(false, Ordering::Relaxed);
+    if result.is_ok() {
+        tracing::info!("demo: scenario finished; see /api/v1/clients");
+    }
+}
+
+fn demo_event(r: &roost_loggen::Request, shift_s: i64) -> RequestEvent<'static> {
+    let (path, query) = match r.target.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned().into())),
+        None => (r.target.clone(), None),
+    };
+    RequestEvent {
+        time: Timestamp(r.time_ms + shift_s * 1000),
+        client: r.client,
+        method: r.method.into(),
+        host: None,
+        path: path.into(),
+        query,
+        protocol: "HTTP/1.1".into(),
+        status: r.status,
+        bytes: r.bytes as u64,
+        request_time: Some(r.request_time),
+        referer: r.referer.clone().map(Into::into),
+        user_agent: Some(r.user_agent.into()),
+    }
+}
+
+// ---- HTTP handlers -------------------------------------------------------------------------
+
+fn clock(sh: &Shared, engine: &Engine) -> Timestamp {
+    if sh.demo_running.load(Ordering::Relaxed) { engine.now() } else { wall_now().max(engine.now()) }
+}
+
+async fn index() -> &'static str {
+    "roost up\n\nGET /api/v1/summary          population and pipeline counters\nGET /api/v1/clients?verdict=bad|dubious&limit=N   flagged clients with their reasons\nGET /api/v1/clients/{ip}     everything known about one client\nGET /api/v1/changes?limit=N  recent verdict changes, newest first\nGET /metrics                 Prometheus metrics\n"
+}
+
+async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &sh.registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
+}
+
+async fn summary(State(sh): State<Arc<Shared>>) -> Response {
+    let engine = sh.engine.lock().expect("engine lock");
+    let now = clock(&sh, &engine);
+    Json(serde_json::json!({
+        "now": now.to_string(),
+        "aggregates": engine.aggregates(now),
+        "stats": engine.stats(),
+        "demo_running": sh.demo_running.load(Ordering::Relaxed),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    verdict: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn clients(State(sh): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> Response {
+    let want: Option<Class> = match q.verdict.as_deref() {
+        None | Some("") | Some("flagged") => None,
+        Some(v) => match v.parse() {
+            Ok(c) => Some(c),
+            Err(e) => return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": e }))).into_response(),
+        },
+    };
+    let engine = sh.engine.lock().expect("engine lock");
+    let now = clock(&sh, &engine);
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let list: Vec<_> =
+        engine.flagged(now).into_iter().filter(|x| want.is_none_or(|w| w == x.class)).take(limit).collect();
+    Json(list).into_response()
+}
+
+async fn client(State(sh): State<Arc<Shared>>, Path(ip): Path<String>) -> Response {
+    let Ok(addr) = ip.parse::<IpAddr>() else {
+        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": "not an IP address" }))).into_response();
+    };
+    let engine = sh.engine.lock().expect("engine lock");
+    let now = clock(&sh, &engine);
+    match engine.explain(addr, now) {
+        Some(x) => Json(x).into_response(),
+        None if engine.is_allowlisted(addr) => {
+            Json(serde_json::json!({ "subject": addr, "class": "good", "allowlisted": true })).into_response()
+        }
+        None => {
+            (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": "not tracked (no requests seen recently)" })))
+                .into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ChangesQuery {
+    limit: Option<usize>,
+}
+
+async fn changes(State(sh): State<Arc<Shared>>, Query(q): Query<ChangesQuery>) -> Response {
+    let recent = sh.recent.lock().expect("recent lock");
+    let list: Vec<&VerdictChange> = recent.iter().take(q.limit.unwrap_or(100).min(RECENT)).collect();
+    Json(list).into_response()
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what roost's tests need on a fresh Debian machine (idempotent; quick when all is there).
+# Called by scripts/test.sh. Real programs only: tests never skip a part that is missing.
+set -euo pipefail
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+
+# Debian packages the tests run or build against.
+APT_PACKAGES=(build-essential pkg-config procps curl ca-certificates)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-test-deps: installing ${missing[*]}"
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Shared real-world test data (../shared/data, next to the checkout): the tests read it.
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -f "$ROOT/../shared/data/logs/semicomplete-apache-2015-05-17_18.log" ]; then
+  echo "install-test-deps: ../shared/data is missing next to the checkout ($ROOT/../shared/data); the tests need it" >&2
+  exit 1
+fi
+command -v cargo >/dev/null || { echo "install-test-deps: cargo is missing (install Rust with rustup)" >&2; exit 1; }
