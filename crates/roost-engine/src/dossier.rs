@@ -39,6 +39,9 @@ pub struct Dossier {
     pub last_offence: Secs,
     pub samples: VecDeque<Sample>,
     pub ledger: Vec<Entry>,
+    /// Requests (or other observations) with negative evidence that their status did not
+    /// already count as negative.
+    pub extra_negatives: u32,
 }
 
 const MAX_TARGET: usize = 200;
@@ -46,6 +49,19 @@ const MAX_UA: usize = 160;
 const MAX_DETAIL: usize = 300;
 /// Sources per client kept in the ledger; the weakest is dropped beyond this.
 const MAX_LEDGER: usize = 16;
+
+/// `s`, cut to at most `max` bytes (plus an ellipsis) without copying when it fits.
+fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
 
 pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
@@ -59,8 +75,12 @@ pub fn truncate(s: &str, max: usize) -> String {
 }
 
 impl Dossier {
+    /// Keeps `ev` as an example; once `keep` are held, at most one more per second.
     pub fn sample(&mut self, ev: &RequestEvent<'_>, keep: usize) {
         if keep == 0 {
+            return;
+        }
+        if self.samples.len() >= keep && self.samples.back().is_some_and(|s| s.at.secs() >= ev.time.secs()) {
             return;
         }
         while self.samples.len() >= keep {
@@ -75,13 +95,17 @@ impl Dossier {
         });
     }
 
-    pub fn record(&mut self, e: &Evidence, t: Secs) {
-        let until = e.verdict.map(|(c, ttl)| (c, t.saturating_add(ttl.as_secs().min(u32::MAX as u64) as u32)));
+    /// Adds evidence to the ledger; an immediate verdict's TTL is multiplied by `ttl_scale`
+    /// (repeat offenders are held longer).
+    pub fn record(&mut self, e: Evidence, t: Secs, ttl_scale: f32) {
+        let until = e
+            .verdict
+            .map(|(c, ttl)| (c, t.saturating_add((ttl.as_secs_f32() * ttl_scale).min(u32::MAX as f32) as u32)));
         if let Some(en) = self.ledger.iter_mut().find(|en| en.source == e.source) {
             en.hits = en.hits.saturating_add(1);
             en.penalty += e.penalty;
             en.last = en.last.max(t);
-            en.detail = truncate(&e.detail, MAX_DETAIL);
+            en.detail = bounded(e.detail, MAX_DETAIL);
             en.verdict = match (en.verdict, until) {
                 (Some((c1, u1)), Some((c2, u2))) => Some((c1.max(c2), u1.max(u2))),
                 (a, b) => a.or(b),
@@ -98,12 +122,12 @@ impl Dossier {
             self.ledger.swap_remove(weakest);
         }
         self.ledger.push(Entry {
-            source: e.source.clone(),
+            source: e.source,
             hits: 1,
             penalty: e.penalty,
             first: t,
             last: t,
-            detail: truncate(&e.detail, MAX_DETAIL),
+            detail: bounded(e.detail, MAX_DETAIL),
             verdict: until,
         });
     }
@@ -113,10 +137,10 @@ impl Dossier {
         self.ledger.iter().filter_map(|e| e.verdict).filter(|&(_, until)| until > t).max()
     }
 
-    /// Evidence hits that carried a penalty: they count as negative observations for the
-    /// minimum-evidence rule, like negative status answers do.
+    /// Observations with negative evidence beyond negative status answers: they count for the
+    /// minimum-evidence rule, one per request however many sources spoke about it.
     pub fn penalized_hits(&self) -> u32 {
-        self.ledger.iter().filter(|e| e.penalty > 0.0).map(|e| e.hits).sum()
+        self.extra_negatives
     }
 
     pub fn samples_vec(&self) -> Vec<Sample> {

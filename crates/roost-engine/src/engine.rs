@@ -93,6 +93,14 @@ pub struct Engine {
     now: Secs,
     stats: Stats,
     scratch: Vec<Evidence>,
+    /// The built-in signals' sources, made once (crawl, slow).
+    sources: [Source; 2],
+}
+
+/// Seconds as whole and tenths, for text: integer formatting is far cheaper than `{:.1}`.
+fn tenths(s: f32) -> (u32, u32) {
+    let t = (s.max(0.0) * 10.0).round() as u32;
+    (t / 10, t % 10)
 }
 
 fn secs(t: Timestamp) -> Secs {
@@ -129,6 +137,7 @@ impl Engine {
             now: 0,
             stats: Stats::default(),
             scratch: Vec::new(),
+            sources: [Source::new(SourceKind::Behaviour, "crawl"), Source::new(SourceKind::Behaviour, "slow")],
             cfg,
         })
     }
@@ -229,9 +238,10 @@ impl Engine {
                 a.annotate(ev.client, ev.time, &mut evidence);
             }
         }
+        let status_negative = page && matches!(cat, Category::NotFound | Category::Auth | Category::Rejected);
         let notable = (page && score * weight <= -0.5) || !evidence.is_empty();
         if notable {
-            self.apply_evidence(key, t, &evidence);
+            self.apply_evidence(key, t, &mut evidence, status_negative);
             let keep = self.cfg.samples_per_ip;
             if let Some(d) = self.dossier_for(key, false) {
                 d.sample(ev, keep);
@@ -251,7 +261,7 @@ impl Engine {
         }
         let key = Key::of(ip, self.cfg.ipv6_prefix);
         self.fold(key, t);
-        self.apply_evidence(key, t, evidence);
+        self.apply_evidence(key, t, &mut evidence.to_vec(), false);
         self.decide(key, t, Cause::Evidence)
     }
 
@@ -294,14 +304,14 @@ impl Engine {
             st.crawl += 1.0;
             if st.crawl > c.limit {
                 out.push(Evidence {
-                    source: Source::new(SourceKind::Behaviour, "crawl"),
+                    source: self.sources[0].clone(),
                     penalty: c.penalty,
                     verdict: c.verdict.map(|v| (v, c.ttl)),
                     detail: format!(
-                        "aggressive crawling: ~{:.0} non-static pages per {} (limit {:.0})",
-                        st.crawl.ceil(),
+                        "aggressive crawling: ~{} non-static pages per {} (limit {})",
+                        st.crawl.ceil() as u32,
                         span(dur_secs(c.window)),
-                        c.limit
+                        c.limit as u32
                     ),
                 });
             }
@@ -312,38 +322,52 @@ impl Engine {
             let site_share = self.site_slow / self.site_pages.max(1.0);
             if st.slow >= s.behaviour.limit && site_share <= s.max_site_share {
                 out.push(Evidence {
-                    source: Source::new(SourceKind::Behaviour, "slow"),
+                    source: self.sources[1].clone(),
                     penalty: s.behaviour.penalty,
                     verdict: s.behaviour.verdict.map(|v| (v, s.behaviour.ttl)),
                     detail: format!(
-                        "hammering slow pages: ~{:.0} requests slower than {} s per {} (limit {:.0}), latest {} {} took {:.1} s",
-                        st.slow,
+                        "hammering slow pages: ~{} requests slower than {} s per {} (limit {}), latest {} {} took {}.{} s",
+                        st.slow.round() as u32,
                         s.threshold.as_secs_f32(),
                         span(dur_secs(s.behaviour.window)),
-                        s.behaviour.limit,
+                        s.behaviour.limit as u32,
                         ev.method,
                         crate::dossier::truncate(&ev.target(), 80),
-                        ev.request_time.unwrap_or(0.0),
+                        tenths(ev.request_time.unwrap_or(0.0)).0,
+                        tenths(ev.request_time.unwrap_or(0.0)).1,
                     ),
                 });
             }
         }
     }
 
-    fn apply_evidence(&mut self, key: Key, t: Secs, evidence: &[Evidence]) {
+    /// Folds evidence about one observation into the client's state and dossier.
+    /// `counted` says whether the observation already counts as negative (its status did).
+    fn apply_evidence(&mut self, key: Key, t: Secs, evidence: &mut Vec<Evidence>, counted: bool) {
         if evidence.is_empty() {
             return;
         }
         self.stats.evidence += evidence.len() as u64;
         let st = self.states.get_mut(key).expect("folded");
-        for e in evidence {
+        for e in evidence.iter() {
             st.s -= e.penalty;
             st.w += e.penalty.abs();
         }
         let must = evidence.iter().any(|e| e.verdict.is_some());
+        let (factor, memory, max_ttl) = (
+            self.cfg.verdict.repeat_factor.max(1.0),
+            dur_secs(self.cfg.verdict.repeat_memory),
+            self.cfg.verdict.max_ttl.as_secs_f32(),
+        );
         if let Some(d) = self.dossier_for(key, must) {
-            for e in evidence {
-                d.record(e, t);
+            let earlier = if d.offences > 0 && t.saturating_sub(d.last_offence) <= memory { d.offences } else { 0 };
+            let scale = factor.powi(earlier.min(30) as i32);
+            if !counted && evidence.iter().any(|e| e.penalty > 0.0) {
+                d.extra_negatives = d.extra_negatives.saturating_add(1);
+            }
+            for e in evidence.drain(..) {
+                let cap = e.verdict.map_or(1.0, |(_, ttl)| (max_ttl / ttl.as_secs_f32().max(1.0)).max(1.0));
+                d.record(e, t, scale.min(cap));
             }
         }
     }
@@ -429,10 +453,7 @@ impl Engine {
             // Still supported by the evidence: the verdict's clock restarts.
             if current != Class::Good && ov.is_none() && (judged == current || floor.is_some_and(|f| f.0 == current)) {
                 let offences = dossier.map_or(1, |d| d.offences);
-                let mut expires = t.saturating_add(self.ttl(current, offences));
-                if let Some((_, until)) = floor.filter(|f| f.0 == current) {
-                    expires = expires.max(until);
-                }
+                let expires = self.expiry_for(current, judged, floor, t, offences);
                 let d = self.dossiers.get_mut(&key).expect("non-good clients have a dossier");
                 if let Some(h) = &mut d.held {
                     h.expires = h.expires.max(expires);
@@ -444,7 +465,18 @@ impl Engine {
         if target < current && ov.is_none() && held.is_some_and(|h| t < h.expires) {
             return None; // holds until it expires
         }
-        Some(self.change(key, st, current, target, t, rep, cause, floor))
+        Some(self.change(key, st, current, target, t, rep, cause, floor, judged))
+    }
+
+    /// When a verdict of `class` decided at `t` lapses: the class's own TTL when the reputation
+    /// supports it, the immediate verdict's TTL when evidence asked for it, whichever is later.
+    fn expiry_for(&self, class: Class, judged: Class, floor: Option<(Class, Secs)>, t: Secs, offences: u32) -> Secs {
+        let by_reputation = (judged == class).then(|| t.saturating_add(self.ttl(class, offences)));
+        let by_evidence = floor.filter(|f| f.0 == class).map(|f| f.1);
+        match (by_reputation, by_evidence) {
+            (None, None) => t.saturating_add(self.ttl(class, offences)), // an override
+            (a, b) => a.max(b).expect("one is set"),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -458,6 +490,7 @@ impl Engine {
         rep: f32,
         cause: Cause,
         floor: Option<(Class, Secs)>,
+        judged: Class,
     ) -> VerdictChange {
         let memory = dur_secs(self.cfg.verdict.repeat_memory);
         let d = self.dossier_for(key, true).expect("forced");
@@ -469,15 +502,7 @@ impl Engine {
             d.last_offence = t;
         }
         let offences = d.offences;
-        let expires = if to == Class::Good {
-            None
-        } else {
-            let mut e = t.saturating_add(self.ttl(to, offences));
-            if let Some((_, until)) = floor.filter(|f| f.0 == to) {
-                e = e.max(until);
-            }
-            Some(e)
-        };
+        let expires = (to != Class::Good).then(|| self.expiry_for(to, judged, floor, t, offences));
         let d = self.dossiers.get_mut(&key).expect("just opened");
         d.held = expires.map(|e| Held { since: t, expires: e });
         if let Some(e) = expires {
@@ -512,6 +537,7 @@ impl Engine {
             }
             Cause::Evidence => {}
         }
+        self.cite_versions(&mut why);
         VerdictChange {
             subject: key.subject(self.cfg.ipv6_prefix),
             at: ts(t),
@@ -655,6 +681,8 @@ impl Engine {
         let dossier = self.dossiers.get(&key).filter(|_| st.flags & HAS_DOSSIER != 0);
         let class = Class::from_u8(st.class);
         let reputation = self.reputation(st, d);
+        let mut why = reasons(&self.cfg, st, dossier, t, class, reputation);
+        self.cite_versions(&mut why);
         Some(Explanation {
             subject: key.subject(self.cfg.ipv6_prefix),
             class,
@@ -665,7 +693,7 @@ impl Engine {
             since: dossier.and_then(|d| d.held).map(|h| ts(h.since)),
             expires: dossier.and_then(|d| d.held).map(|h| ts(h.expires)),
             offences: dossier.map_or(0, |d| d.offences),
-            reasons: reasons(&self.cfg, st, dossier, t, class, reputation),
+            reasons: why,
             samples: dossier.map(|d| d.samples_vec()).unwrap_or_default(),
         })
     }
@@ -711,6 +739,22 @@ impl Engine {
             a.mean_by_request = wsum / wtot;
         }
         a
+    }
+
+    /// Reasons that cite a rule also cite the rule set's version.
+    fn cite_versions(&self, why: &mut Vec<Reason>) {
+        if !why.iter().any(|r| r.source.starts_with("rule:")) {
+            return;
+        }
+        for i in &self.inspectors {
+            if let Some(v) = i.version() {
+                why.push(Reason {
+                    source: format!("{}:version", i.name()),
+                    text: format!("{} version {v}", i.name()),
+                    weight: 0.0,
+                });
+            }
+        }
     }
 
     /// Versions of the inspectors' configurations (the rule set's), for reasons and metrics.

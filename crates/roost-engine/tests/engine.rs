@@ -377,7 +377,11 @@ fn inspectors_and_annotators_plug_in_with_their_reasons() {
     let c = e.observe(&ev("198.51.100.40", T0, "GET", "/../../etc/passwd", 400)).expect("immediate verdict");
     assert_eq!((c.to, c.reasons[0].source.as_str()), (Class::Bad, "rule:T-1"));
     assert_eq!(c.reasons[0].text, "T-1 path traversal: GET /../../etc/passwd → bad");
-    assert_eq!(c.expires, Some(Timestamp::from_secs(T0 + 3600)));
+    assert_eq!(c.expires, Some(Timestamp::from_secs(T0 + 600)), "the rule's own TTL");
+    // a repeat offence holds twice as long
+    assert_eq!(e.expire(Timestamp::from_secs(T0 + 600)).last().map(|c| c.to), Some(Class::Good));
+    let c = e.observe(&ev("198.51.100.40", T0 + 700, "GET", "/../../etc/shadow", 400)).expect("again");
+    assert_eq!(c.expires, Some(Timestamp::from_secs(T0 + 700 + 1200)));
     // annotations apply once per episode and show in the explanation
     for i in 0..3 {
         e.observe(&ev("203.0.113.77", T0 + i, "GET", "/", 200));

@@ -12,7 +12,7 @@ use roost_logformat::LogFormatConfig;
 use serde::{Deserialize, Serialize};
 
 /// The top-level sections, as environment variables spell them (`ROOST_ENGINE__…`).
-const SECTIONS: &[&str] = &["engine", "logs", "up"];
+const SECTIONS: &[&str] = &["engine", "logs", "rules", "up"];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -20,7 +20,29 @@ pub struct Config {
     pub engine: EngineConfig,
     /// The access logs to read (`roost up`, and the default format for `roost replay`).
     pub logs: Vec<LogSource>,
+    pub rules: RulesConfig,
     pub up: UpConfig,
+}
+
+/// Known-bad behaviour rules.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RulesConfig {
+    /// A directory of rule files (`*.toml`), reloaded when they change; empty: the rules built
+    /// into roost (the repository's `rules/`).
+    pub dir: String,
+    /// Rule ids to leave out.
+    pub disable: Vec<String>,
+    /// Tags to leave out: `not-wordpress` on a WordPress site, `not-webdav` on a WebDAV server.
+    pub disable_tags: Vec<String>,
+    /// Clients with sliding-window state, at most.
+    pub max_clients: usize,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig { dir: String::new(), disable: Vec::new(), disable_tags: Vec::new(), max_clients: 100_000 }
+    }
 }
 
 /// `roost up`: the whole appliance in one process.

@@ -4,6 +4,7 @@
 mod config;
 mod generate;
 mod replay;
+mod rules;
 mod up;
 
 use std::io::Write;
@@ -50,6 +51,17 @@ enum Command {
         /// Write every verdict change as a JSON line, in the order they happened.
         #[arg(long)]
         changes: Option<PathBuf>,
+        /// Score without the known-bad rules (status codes and behaviour signals only).
+        #[arg(long)]
+        no_rules: bool,
+        /// Use the rule files in this directory instead of `rules.dir` or the built-in rules.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// Check the known-bad behaviour rules: lint, run their examples, list them.
+    Rules {
+        #[command(subcommand)]
+        cmd: RulesCmd,
     },
     /// Write a synthetic access log with known attackers and its ground truth.
     Generate {
@@ -79,6 +91,26 @@ enum Command {
     },
     /// Print the effective configuration (defaults, file and environment merged) as TOML.
     Config,
+}
+
+#[derive(Subcommand)]
+enum RulesCmd {
+    /// Validate rule files: syntax, unknown fields, bad regexes, duplicate ids (file:line).
+    Lint {
+        /// A directory of rule files (default: `rules.dir`, else the built-in rules).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run every rule's examples: requests that must and must not match.
+    Test {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// List the rules: id, severity, category, effect, title.
+    List {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -116,7 +148,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.cmd {
-        Command::Replay { files, format, log_format, output, changes } => {
+        Command::Replay { files, format, log_format, output, changes, no_rules, rules: rules_dir } => {
             let mut fmt: LogFormatConfig = cfg.logs.first().map(|l| l.format.clone()).unwrap_or_default();
             if let Some(f) = format {
                 fmt.format = match f {
@@ -132,8 +164,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fmt.format = FormatKind::Nginx;
                 fmt.log_format = Some(def);
             }
-            let args = replay::ReplayArgs { files, format: fmt, output, changes };
-            let summary = replay::run(&args, cfg.engine)?;
+            let rule_set = if no_rules { None } else { Some(rules::compile(&cfg.rules, rules_dir.as_deref())?) };
+            let args = replay::ReplayArgs {
+                files,
+                format: fmt,
+                output,
+                changes,
+                rules: rule_set,
+                rules_max_clients: cfg.rules.max_clients,
+            };
+            let summary = replay::run(args, cfg.engine)?;
             summary.print(&mut std::io::stdout().lock())?;
         }
         Command::Generate { out, truth, lines, seed, format } => {
@@ -149,6 +189,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Up { demo, listen } => up::run(cfg, up::UpArgs { demo, listen })?,
+        Command::Rules { cmd } => {
+            let out = match cmd {
+                RulesCmd::Lint { dir } => rules::lint(&cfg.rules, dir.as_deref())?,
+                RulesCmd::Test { dir } => rules::test(&cfg.rules, &cfg.engine, dir.as_deref())?,
+                RulesCmd::List { dir } => rules::list(&cfg.rules, dir.as_deref())?,
+            };
+            print!("{out}");
+            if !out.ends_with('\n') {
+                println!();
+            }
+        }
         Command::Config => {
             let text = toml::to_string_pretty(&cfg).context("rendering the configuration")?;
             std::io::stdout().write_all(text.as_bytes())?;

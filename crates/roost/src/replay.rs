@@ -19,6 +19,9 @@ pub struct ReplayArgs {
     pub format: LogFormatConfig,
     pub output: Option<PathBuf>,
     pub changes: Option<PathBuf>,
+    /// Known-bad rules to score with, if any.
+    pub rules: Option<roost_rules::RuleSet>,
+    pub rules_max_clients: usize,
 }
 
 /// One client's line in the output file.
@@ -79,6 +82,8 @@ pub struct Summary {
     pub top_reasons: Vec<(String, u64)>,
     pub clients: u64,
     pub allowlisted: u64,
+    /// The rule set's version, when rules were used.
+    pub rules: Option<String>,
     pub seconds: f64,
 }
 
@@ -104,9 +109,17 @@ fn parser_for(cfg: &LogFormatConfig, path: &Path, head: &[String]) -> anyhow::Re
     })
 }
 
-pub fn run(args: &ReplayArgs, engine_cfg: EngineConfig) -> anyhow::Result<Summary> {
+pub fn run(mut args: ReplayArgs, engine_cfg: EngineConfig) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut engine = Engine::new(engine_cfg)?;
+    let mut rules_version = None;
+    if let Some(set) = args.rules.take() {
+        rules_version = Some(format!("{} ({} rules)", set.version(), set.rules().len()));
+        engine.add_inspector(Box::new(roost_rules::RulesInspector::new(
+            roost_rules::handle(set),
+            args.rules_max_clients,
+        )));
+    }
     let mut changes_out = match &args.changes {
         Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
         None => None,
@@ -244,6 +257,7 @@ pub fn run(args: &ReplayArgs, engine_cfg: EngineConfig) -> anyhow::Result<Summar
         top_reasons,
         clients: all.len() as u64,
         allowlisted: engine.stats().allowlisted,
+        rules: rules_version,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -275,6 +289,7 @@ impl Summary {
             self.files, self.lines, self.seconds, rate
         )?;
         writeln!(w, "  events      {}  (allowlisted, not judged: {})", self.events, self.allowlisted)?;
+        writeln!(w, "  rules       {}", self.rules.as_deref().unwrap_or("none (--no-rules)"))?;
         write!(w, "  malformed   {}", self.malformed.total)?;
         if self.malformed.total > 0 {
             let kinds: Vec<String> = self.malformed.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();

@@ -53,6 +53,10 @@ struct ChangeLabel {
 struct ByLabel {
     by: String,
 }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
 
 #[derive(Default)]
 struct Metrics {
@@ -64,6 +68,8 @@ struct Metrics {
     clients: Family<VerdictLabel, Gauge>,
     reputation_mean: Family<ByLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     dossiers: Gauge,
+    rules: Gauge,
+    rule_reloads: Family<OutcomeLabel, Counter>,
 }
 
 impl Metrics {
@@ -80,6 +86,8 @@ impl Metrics {
             self.reputation_mean.clone(),
         );
         r.register("roost_dossiers", "Clients with a dossier (samples and evidence)", self.dossiers.clone());
+        r.register("roost_rules", "Known-bad rules in force", self.rules.clone());
+        r.register("roost_rule_reloads", "Rule-file reloads, by outcome (ok, refused)", self.rule_reloads.clone());
     }
 }
 
@@ -91,6 +99,8 @@ struct Shared {
     /// While the demo replays, time follows its events rather than the wall clock.
     demo_running: AtomicBool,
     stop: AtomicBool,
+    /// Set by SIGHUP: reload the rule files now.
+    reload_rules: AtomicBool,
 }
 
 fn wall_now() -> Timestamp {
@@ -104,8 +114,14 @@ pub struct UpArgs {
 }
 
 pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
-    let engine = Engine::new(cfg.engine.clone())?;
+    let mut engine = Engine::new(cfg.engine.clone())?;
+    let rule_set = crate::rules::compile(&cfg.rules, None)?;
+    tracing::info!(version = rule_set.version(), rules = rule_set.rules().len(), "known-bad rules loaded");
+    let n_rules = rule_set.rules().len();
+    let rules = roost_rules::handle(rule_set);
+    engine.add_inspector(Box::new(roost_rules::RulesInspector::new(rules.clone(), cfg.rules.max_clients)));
     let metrics = Metrics::default();
+    metrics.rules.set(n_rules as i64);
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let shared = Arc::new(Shared {
@@ -115,6 +131,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         registry,
         demo_running: AtomicBool::new(args.demo),
         stop: AtomicBool::new(false),
+        reload_rules: AtomicBool::new(false),
     });
     let (tx, rx) = sync_channel::<Vec<RequestEvent<'static>>>(64);
     let mut threads = Vec::new();
@@ -134,6 +151,30 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         threads.push(std::thread::Builder::new().name("roost-demo".into()).spawn(move || demo_loop(tx, sh))?);
     }
     drop(tx);
+    if let Some(mut watcher) = crate::rules::Watcher::new(&cfg.rules) {
+        let sh = shared.clone();
+        threads.push(std::thread::Builder::new().name("roost-rules".into()).spawn(move || {
+            while !sh.stop.load(Ordering::Relaxed) {
+                match watcher.poll(sh.reload_rules.swap(false, Ordering::Relaxed)) {
+                    Some(Ok(set)) => {
+                        tracing::info!(
+                            version = set.version(),
+                            rules = set.rules().len(),
+                            "rule files changed; new rules in force"
+                        );
+                        sh.metrics.rule_reloads.get_or_create(&OutcomeLabel { outcome: "ok".into() }).inc();
+                        sh.metrics.rules.set(set.rules().len() as i64);
+                        rules.store(Arc::new(set));
+                    }
+                    Some(Err(())) => {
+                        sh.metrics.rule_reloads.get_or_create(&OutcomeLabel { outcome: "refused".into() }).inc();
+                    }
+                    None => {}
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })?);
+    }
     let sh = shared.clone();
     let scorer = std::thread::Builder::new().name("roost-scorer".into()).spawn(move || scorer_loop(rx, sh))?;
 
@@ -149,6 +190,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(listen: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let app_state = shared.clone();
     let app = Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -160,6 +202,17 @@ async fn serve(listen: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     tracing::info!("roost up: API and /metrics on http://{}", listener.local_addr()?);
+    #[cfg(unix)]
+    {
+        let sh = app_state.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading rule files");
+                sh.reload_rules.store(true, Ordering::Relaxed);
+            }
+        });
+    }
     axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
     tracing::info!("roost up: stopping");
     Ok(())
@@ -412,6 +465,7 @@ async fn summary(State(sh): State<Arc<Shared>>) -> Response {
         "now": now.to_string(),
         "aggregates": engine.aggregates(now),
         "stats": engine.stats(),
+        "inspectors": engine.inspector_versions().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         "demo_running": sh.demo_running.load(Ordering::Relaxed),
     }))
     .into_response()

@@ -138,7 +138,8 @@ fn follows_logs_flags_attackers_and_explains_them() {
         (status == 200 && body.contains("\"class\":\"bad\"")).then_some(body)
     });
     assert!(bad.contains("answered 404/410 on non-static paths"), "{bad}");
-    assert!(bad.contains("\"target\":\"/actuator/env\""), "samples name the requests: {bad}");
+    assert!(bad.contains("\"target\":\"/.git/config\""), "samples name the requests: {bad}");
+    assert!(bad.contains("R-1001 probe for .env secrets: GET /.env → 404"), "rules name the request: {bad}");
     let (_, reader) = get(up.addr, "/api/v1/clients/192.0.2.50");
     assert!(reader.contains("\"class\":\"good\""), "{reader}");
     // the line written before start was not read
@@ -176,4 +177,149 @@ fn follows_logs_flags_attackers_and_explains_them() {
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let code = eventually("roost up to exit", || up.child.try_wait().unwrap());
     assert!(code.success(), "{code:?}");
+}
+
+const RULES_V1: &str = r#"
+[[rule]]
+id = "T-1"
+title = "probe a"
+severity = "high"
+category = "test"
+match.path = ['^/probe-a$']
+effect = { penalty = 1.0, verdict = "challenge", ttl = "10m" }
+examples.match = ["GET /probe-a 404"]
+
+[[rule]]
+id = "W-1"
+title = "login failures"
+severity = "high"
+category = "test"
+match.method = ["POST"]
+match.path = ['^/login$']
+match.status = [401]
+window = { count = 8, within = "10m" }
+effect = { penalty = 1.0, verdict = "block", ttl = "10m" }
+examples.match = ["8x POST /login 401"]
+"#;
+
+const RULE_T2: &str = r#"
+[[rule]]
+id = "T-2"
+title = "probe b"
+severity = "high"
+category = "test"
+match.path = ['^/probe-b$']
+effect = { penalty = 1.0, verdict = "challenge", ttl = "10m" }
+examples.match = ["GET /probe-b 404"]
+"#;
+
+fn rules_version(addr: SocketAddr) -> String {
+    let (_, body) = get(addr, "/api/v1/summary");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["inspectors"]["rules"].as_str().unwrap().to_owned()
+}
+
+/// Rule files edited while roost runs: new rules take effect, window state of unchanged rules
+/// survives, and a broken edit is refused while the running rules stay in force.
+#[test]
+fn rules_reload_without_losing_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(rules.join("site.toml"), RULES_V1).unwrap();
+    let log = dir.path().join("access.log");
+    append(&log, "");
+    let cfg = dir.path().join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n[rules]\ndir = \"{}\"\n\n[up]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"50ms\"\n",
+            log.display(),
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let up = start(&cfg);
+    let v1 = rules_version(up.addr);
+    assert!(v1.ends_with("(2 rules)"), "{v1}");
+
+    // five of the eight failures the window needs
+    let mut lines = String::new();
+    for _ in 0..5 {
+        lines.push_str(&clf_now("198.51.100.60", "POST", "/login", 401));
+    }
+    lines.push_str(&clf_now("198.51.100.61", "GET", "/probe-a", 404));
+    append(&log, &lines);
+    eventually("T-1 to challenge", || {
+        let (_, b) = get(up.addr, "/api/v1/clients/198.51.100.61");
+        b.contains("T-1 probe a").then_some(())
+    });
+
+    // add a rule: picked up without a restart
+    std::fs::write(rules.join("site.toml"), format!("{RULES_V1}{RULE_T2}")).unwrap();
+    let v2 = eventually("the new rules", || Some(rules_version(up.addr)).filter(|v| *v != v1));
+    assert!(v2.ends_with("(3 rules)"), "{v2}");
+    let mut lines = String::new();
+    for _ in 0..3 {
+        lines.push_str(&clf_now("198.51.100.60", "POST", "/login", 401));
+    }
+    lines.push_str(&clf_now("198.51.100.62", "GET", "/probe-b", 404));
+    append(&log, &lines);
+    let brute = eventually("W-1 to fire on 5 + 3 failures across the reload", || {
+        let (_, b) = get(up.addr, "/api/v1/clients/198.51.100.60");
+        b.contains("W-1 login failures").then_some(b)
+    });
+    assert!(brute.contains("\"class\":\"bad\""), "{brute}");
+    assert!(brute.contains(&format!("rules version {v2}")), "the verdict cites the rule set in force: {brute}");
+    eventually("T-2 to challenge", || {
+        let (_, b) = get(up.addr, "/api/v1/clients/198.51.100.62");
+        b.contains("T-2 probe b").then_some(())
+    });
+
+    // a broken edit is refused; the rules in force stay
+    std::fs::write(rules.join("broken.toml"), "[[rule]]\nid = \"X\"\ntitle = \"x\"\nseverity = \"high\"\ncategory = \"t\"\nmatch.path = ['(']\nexamples.match = [\"GET / 200\"]\n").unwrap();
+    eventually("the refusal to be counted", || {
+        let (_, m) = get(up.addr, "/metrics");
+        m.contains("roost_rule_reloads_total{outcome=\"refused\"} 1").then_some(())
+    });
+    assert_eq!(rules_version(up.addr), v2);
+    assert_eq!(get(up.addr, "/healthz").0, 200);
+}
+
+/// `roost rules lint` names the file and line of each problem and fails; `test` runs examples.
+#[test]
+fn rules_cli_lints_and_tests() {
+    let roost = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_roost")).args(args).env_remove("ROOST_CONFIG").output().unwrap()
+    };
+    let out = roost(&["rules", "test"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("examples: all pass"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        RULES_V1.replace("match.path = ['^/probe-a$']", "match.path = ['^/probe-a$']\nmatch.paht = ['x']"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        RULES_V1.replace("T-1", "T-9").replace("W-1", "W-9").replace("['^/login$']", "['(?<=x)login']"),
+    )
+    .unwrap();
+    let out = roost(&["rules", "lint", "--dir", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a.toml:8: unknown field `paht`"), "{err}");
+    assert!(err.contains("b.toml:17: W-9: bad regex in match.path: \"(?<=x)login\": look-around"), "{err}");
+    // an example that fails is reported with its line
+    std::fs::remove_file(dir.path().join("b.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        RULES_V1.replace("examples.match = [\"GET /probe-a 404\"]", "examples.match = [\"GET /probe-b 404\"]"),
+    )
+    .unwrap();
+    let out = roost(&["rules", "test", "--dir", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a.toml:9: T-1: must match but does not: GET /probe-b 404"), "{err}");
 }

@@ -1,0 +1,230 @@
+//! Rules at work: the evaluator (rules + windows for one stream of requests) and the engine
+//! inspector that turns what fires into evidence. The inspector reads its rule set through a
+//! shared handle, so a reload swaps rules between two requests and keeps every client's window
+//! state for the rules that did not change.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use roost_engine::{Evidence, Inspector, PathClass, RequestContext, RequestEvent};
+
+use crate::compile::{RequestFacts, Rule, RuleSet, Scratch};
+use crate::spec::KeyField;
+use crate::view::View;
+use crate::window::{ClientKey, Windows, value_hash};
+
+/// Clients with window state, at most (per evaluator).
+pub const DEFAULT_MAX_CLIENTS: usize = 100_000;
+
+/// Evaluates a rule set over a stream of requests, keeping the windows' state.
+pub struct Evaluator {
+    windows: Windows,
+    scratch: Scratch,
+    hits: Vec<u32>,
+}
+
+fn horizon(set: &RuleSet) -> u32 {
+    set.rules().iter().filter_map(|r| r.window.as_ref()).map(|w| w.within.as_secs() as u32).max().unwrap_or(1)
+}
+
+fn secs(t: roost_event::Timestamp) -> u32 {
+    t.secs().clamp(0, u32::MAX as i64) as u32
+}
+
+impl Evaluator {
+    pub fn new(set: &RuleSet, max_clients: usize) -> Evaluator {
+        Evaluator { windows: Windows::new(max_clients, horizon(set)), scratch: Scratch::default(), hits: Vec::new() }
+    }
+
+    /// The rules that fire on this request: `(rule index, window count)`.
+    pub fn evaluate(
+        &mut self,
+        set: &RuleSet,
+        client: ClientKey,
+        ev: &RequestEvent<'_>,
+        path_class: PathClass,
+        out: &mut Vec<(u32, Option<u32>)>,
+    ) {
+        out.clear();
+        let mut view = View::new(
+            &ev.path,
+            ev.query.as_deref(),
+            ev.user_agent.as_deref(),
+            ev.referer.as_deref(),
+            ev.host.as_deref(),
+        );
+        let facts = RequestFacts { method: &ev.method, status: ev.status, request_time: ev.request_time, path_class };
+        set.matching(&mut view, &facts, &mut self.scratch, &mut self.hits);
+        let t = secs(ev.time);
+        for &r in &self.hits {
+            let rule = &set.rules()[r as usize];
+            match &rule.window {
+                None => out.push((r, None)),
+                Some(w) => {
+                    let key_field = w.distinct.or(w.same);
+                    let value = match key_field {
+                        None => 0,
+                        Some(KeyField::Path) => value_hash(view.path()),
+                        Some(KeyField::Target) => value_hash(view.target()),
+                        Some(KeyField::Host) => value_hash(view.host),
+                        Some(KeyField::UserAgent) => value_hash(view.user_agent),
+                        Some(KeyField::Method) => value_hash(&ev.method),
+                    };
+                    if let Some(n) = self.windows.hit(client, r, w, t, value) {
+                        out.push((r, Some(n)));
+                    }
+                }
+            }
+        }
+        if set.has_ratio() {
+            self.windows.miss(client, t, &self.hits);
+        }
+    }
+
+    pub fn windows(&self) -> &Windows {
+        &self.windows
+    }
+}
+
+/// The reason text for a rule that fired.
+pub fn detail(rule: &Rule, ev: &RequestEvent<'_>, count: Option<u32>) -> String {
+    let mut target = ev.target().into_owned();
+    if target.len() > 120 {
+        let mut end = 120;
+        while !target.is_char_boundary(end) {
+            end -= 1;
+        }
+        target.truncate(end);
+        target.push('…');
+    }
+    let method = if ev.method.is_empty() { "(no method)" } else { &ev.method };
+    let took = ev
+        .request_time
+        .filter(|_| rule.window.as_ref().is_some_and(|w| w.same.is_some()))
+        .map(|rt| {
+            let tenths = (rt.max(0.0) * 10.0).round() as u32;
+            format!(" ({}.{} s)", tenths / 10, tenths % 10)
+        })
+        .unwrap_or_default();
+    match (count, &rule.window) {
+        (Some(n), Some(w)) => {
+            let within = humantime::format_duration(w.within);
+            let what = match (w.distinct, w.same) {
+                (Some(f), _) => format!("{n} distinct {}s", key_name(f)),
+                (_, Some(f)) => format!("{n} requests for the same {}", key_name(f)),
+                _ if w.ratio.is_some() => {
+                    format!("{n} matching requests (≥ {}% of all)", (w.ratio.unwrap_or(0.0) * 100.0).round() as u32)
+                }
+                _ => format!("{n} matching requests"),
+            };
+            format!(
+                "{} {}: {what} within {within}, latest {method} {target} → {}{took}",
+                rule.id, rule.title, ev.status
+            )
+        }
+        _ => format!("{} {}: {method} {target} → {}", rule.id, rule.title, ev.status),
+    }
+}
+
+fn key_name(f: KeyField) -> &'static str {
+    match f {
+        KeyField::Path => "path",
+        KeyField::Target => "URL",
+        KeyField::Host => "host",
+        KeyField::UserAgent => "user agent",
+        KeyField::Method => "method",
+    }
+}
+
+/// A rule set that can be swapped while inspectors use it.
+pub type RulesHandle = Arc<ArcSwap<RuleSet>>;
+
+pub fn handle(set: RuleSet) -> RulesHandle {
+    Arc::new(ArcSwap::from_pointee(set))
+}
+
+/// The known-bad rules as an engine [`Inspector`].
+pub struct RulesInspector {
+    handle: RulesHandle,
+    current: Arc<RuleSet>,
+    eval: Evaluator,
+    fired: Vec<(u32, Option<u32>)>,
+}
+
+impl RulesInspector {
+    pub fn new(handle: RulesHandle, max_clients: usize) -> RulesInspector {
+        let current = handle.load_full();
+        let eval = Evaluator::new(&current, max_clients);
+        RulesInspector { handle, current, eval, fired: Vec::new() }
+    }
+
+    /// Takes up a new rule set: window state moves with rules whose id and window are unchanged.
+    fn take_up(&mut self, new: Arc<RuleSet>) {
+        let old = &self.current;
+        let map: Vec<Option<u32>> = old
+            .rules()
+            .iter()
+            .map(|r| {
+                new.rules()
+                    .iter()
+                    .position(|n| n.id == r.id && n.window == r.window && n.window.is_some())
+                    .map(|i| i as u32)
+            })
+            .collect();
+        self.eval.windows.remap(&|i| map.get(i as usize).copied().flatten());
+        self.eval.windows.set_horizon(horizon(&new));
+        tracing::info!(
+            version = new.version(),
+            rules = new.rules().len(),
+            previous = old.version(),
+            "rule set reloaded; client state kept"
+        );
+        self.current = new;
+    }
+}
+
+fn client_key(net: ipnetwork::IpNetwork) -> ClientKey {
+    let bits = match net.ip() {
+        std::net::IpAddr::V4(a) => a.to_bits() as u128,
+        std::net::IpAddr::V6(a) => a.to_bits(),
+    };
+    (bits, net.prefix())
+}
+
+impl Inspector for RulesInspector {
+    fn name(&self) -> &str {
+        "rules"
+    }
+
+    fn inspect(&mut self, ctx: &RequestContext<'_, '_>, out: &mut Vec<Evidence>) {
+        {
+            let latest = self.handle.load();
+            if !Arc::ptr_eq(&latest, &self.current) {
+                let new = Arc::clone(&latest);
+                drop(latest);
+                self.take_up(new);
+            }
+        }
+        let RulesInspector { current, eval, fired, .. } = self;
+        eval.evaluate(current, client_key(ctx.subject), ctx.event, ctx.path_class, fired);
+        for &(r, count) in fired.iter() {
+            let rule = &current.rules()[r as usize];
+            out.push(Evidence {
+                source: rule.source.clone(),
+                penalty: rule.effect.penalty,
+                verdict: rule.effect.verdict,
+                detail: detail(rule, ctx.event, count),
+            });
+        }
+    }
+
+    /// The rule set in force: the latest one handed over, even before a request took it up.
+    fn version(&self) -> Option<String> {
+        let set = self.handle.load();
+        Some(format!("{} ({} rules)", set.version(), set.rules().len()))
+    }
+
+    fn forget_before(&mut self, before: roost_event::Timestamp) {
+        self.eval.windows.forget_before(secs(before));
+    }
+}

@@ -1,0 +1,20 @@
+//! Known-bad behaviour rules: a readable TOML format (`rules/README.md`), each rule with examples
+//! that must and must not match; compiled into one regex set per request field so the cost per
+//! request stays nearly flat as rules grow; per-client sliding windows for behaviour over time;
+//! plugged into the scoring engine as an [`roost_engine::Inspector`].
+//!
+//! **Architecture Invariant:** no I/O besides reading rule files in [`load`]; evaluation is pure
+//! and driven by event time.
+
+mod compile;
+pub mod examples;
+mod inspect;
+pub mod load;
+mod spec;
+pub mod view;
+mod window;
+
+pub use compile::{Diagnostic, Effect, Example, Options, RequestFacts, Rule, RuleSet, RuleSource, RulesError, Scratch};
+pub use inspect::{DEFAULT_MAX_CLIENTS, Evaluator, RulesHandle, RulesInspector, detail, handle};
+pub use spec::{KeyField, Severity, WindowSpec};
+pub use window::ClientKey;
