@@ -198,30 +198,10 @@ pub fn split_target(t: Cow<'_, str>) -> (Cow<'_, str>, Option<Cow<'_, str>>) {
     }
 }
 
-/// A decimal status code, 0..=999.
+/// An unsigned decimal of at most `max_len` digits.
 #[inline]
-pub fn status(s: &[u8]) -> Option<u16> {
-    if s.is_empty() || s.len() > 3 {
-        return None;
-    }
-    let mut v = 0u16;
-    for &c in s {
-        let d = c.wrapping_sub(b'0');
-        if d > 9 {
-            return None;
-        }
-        v = v * 10 + d as u16;
-    }
-    Some(v)
-}
-
-/// A byte count; `-` (Apache's "no body") is 0.
-#[inline]
-pub fn bytes(s: &[u8]) -> Option<u64> {
-    if s == b"-" {
-        return Some(0);
-    }
-    if s.is_empty() || s.len() > 19 {
+fn decimal(s: &[u8], max_len: usize) -> Option<u64> {
+    if s.is_empty() || s.len() > max_len {
         return None;
     }
     let mut v = 0u64;
@@ -233,6 +213,21 @@ pub fn bytes(s: &[u8]) -> Option<u64> {
         v = v * 10 + d as u64;
     }
     Some(v)
+}
+
+/// A decimal status code, 0..=999.
+#[inline]
+pub fn status(s: &[u8]) -> Option<u16> {
+    decimal(s, 3).map(|v| v as u16)
+}
+
+/// A byte count; `-` (Apache's "no body") is 0.
+#[inline]
+pub fn bytes(s: &[u8]) -> Option<u64> {
+    if s == b"-" {
+        return Some(0);
+    }
+    decimal(s, 19)
 }
 
 /// Seconds as a decimal (`0.532`); `-` is none. nginx's `$upstream_response_time` may list

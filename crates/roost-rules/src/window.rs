@@ -55,6 +55,19 @@ pub fn value_hash(v: &str) -> u32 {
     KEYS.get_or_init(hashbrown::DefaultHashBuilder::default).hash_one(v) as u32
 }
 
+/// Records a matching request at `t` in a time-ordered ring; fires (and starts over) when
+/// `count` requests fall within the window.
+fn push_and_fire(times: &mut VecDeque<u32>, t: u32, count: u32, old: impl Fn(u32) -> bool) -> Option<u32> {
+    times.push_back(t);
+    while times.front().is_some_and(|&x| old(x)) || times.len() > count as usize {
+        times.pop_front();
+    }
+    (times.len() as u32 >= count).then(|| {
+        times.clear();
+        count
+    })
+}
+
 impl Windows {
     pub fn new(cap: usize, horizon: u32) -> Windows {
         Windows { clients: HashMap::new(), cap: cap.max(1), horizon: horizon.max(1), refused: 0 }
@@ -103,16 +116,7 @@ impl Windows {
         };
         let old = |x: u32| t.saturating_sub(x) > within;
         match &mut slot.state {
-            State::Count(times) => {
-                times.push_back(t);
-                while times.front().is_some_and(|&x| old(x)) || times.len() > count as usize {
-                    times.pop_front();
-                }
-                (times.len() as u32 >= count).then(|| {
-                    times.clear();
-                    count
-                })
-            }
+            State::Count(times) => push_and_fire(times, t, count, old),
             State::Distinct(seen) => {
                 // kept in time order: a value seen again moves to the back
                 if let Some(i) = seen.iter().position(|(_, h)| *h == value) {
@@ -142,15 +146,7 @@ impl Windows {
                         per.len() - 1
                     }
                 };
-                let times = &mut per[i].1;
-                times.push_back(t);
-                while times.front().is_some_and(|&x| old(x)) || times.len() > count as usize {
-                    times.pop_front();
-                }
-                (times.len() as u32 >= count).then(|| {
-                    times.clear();
-                    count
-                })
+                push_and_fire(&mut per[i].1, t, count, old)
             }
             State::Ratio(events) => {
                 events.push_back((t, true));
