@@ -41,6 +41,9 @@ pub struct EngineConfig {
     /// A good client idle this long is forgotten by `sweep` (its evidence has long decayed).
     #[serde(with = "humantime_serde")]
     pub forget_after: Duration,
+    /// Clients tracked at most (about 100 bytes each, more with a dossier). At the limit, the
+    /// good clients idle longest are forgotten early.
+    pub max_clients: usize,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +81,7 @@ impl Default for EngineConfig {
             samples_per_ip: 5,
             max_dossiers: 200_000,
             forget_after: Duration::from_secs(3600),
+            max_clients: 5_000_000,
         }
     }
 }
@@ -288,6 +292,9 @@ impl EngineConfig {
         }
         if self.prior_weight.is_nan() || self.prior_weight < 0.0 {
             return Err(ConfigError::Invalid("prior_weight", "must be >= 0".into()));
+        }
+        if self.max_clients == 0 {
+            return Err(ConfigError::Invalid("max_clients", "must be at least 1".into()));
         }
         if !(1..=128).contains(&self.ipv6_prefix) {
             return Err(ConfigError::Invalid("ipv6_prefix", "must be within 1..=128".into()));

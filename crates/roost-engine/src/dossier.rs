@@ -42,6 +42,9 @@ pub struct Dossier {
     /// Requests (or other observations) with negative evidence that their status did not
     /// already count as negative.
     pub extra_negatives: u32,
+    /// The time of this client's live entry in the expiry heap, if any (at most one is live;
+    /// others are stale and dropped when popped).
+    pub queued: Option<Secs>,
 }
 
 const MAX_TARGET: usize = 200;
@@ -113,13 +116,21 @@ impl Dossier {
             return;
         }
         if self.ledger.len() >= MAX_LEDGER {
-            let weakest = (0..self.ledger.len())
-                .min_by(|&a, &b| self.ledger[a].penalty.total_cmp(&self.ledger[b].penalty))
-                .expect("non-empty");
-            if self.ledger[weakest].penalty > e.penalty || self.ledger[weakest].verdict.is_some() {
-                return;
+            // Make room: the weakest entry whose immediate verdict (if any) has run out.
+            let evictable = (0..self.ledger.len())
+                .filter(|&i| self.ledger[i].verdict.is_none_or(|(_, until)| until <= t))
+                .min_by(|&a, &b| {
+                    self.ledger[a]
+                        .penalty
+                        .total_cmp(&self.ledger[b].penalty)
+                        .then(self.ledger[a].last.cmp(&self.ledger[b].last))
+                });
+            match evictable {
+                Some(i) if until.is_some() || self.ledger[i].penalty <= e.penalty => {
+                    self.ledger.swap_remove(i);
+                }
+                _ => return,
             }
-            self.ledger.swap_remove(weakest);
         }
         self.ledger.push(Entry {
             source: e.source,
@@ -130,6 +141,14 @@ impl Dossier {
             detail: bounded(e.detail, MAX_DETAIL),
             verdict: until,
         });
+    }
+
+    /// A new episode (the client's evidence decayed away): what it did before no longer speaks
+    /// against it. Offences are kept for escalation.
+    pub fn new_episode(&mut self) {
+        self.ledger.clear();
+        self.samples.clear();
+        self.extra_negatives = 0;
     }
 
     /// The strongest immediate verdict still in force at `t`.

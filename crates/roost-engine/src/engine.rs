@@ -47,6 +47,10 @@ pub struct Stats {
     pub changes_to: [u64; 3],
     /// Dossiers not opened because the table was full.
     pub dossiers_refused: u64,
+    /// Good clients forgotten early to stay within `max_clients`.
+    pub clients_evicted: u64,
+    /// New clients not scored because every tracked client holds a verdict.
+    pub clients_refused: u64,
 }
 
 /// The reputation of the tracked population at one moment.
@@ -180,6 +184,11 @@ impl Engine {
         self.states.len()
     }
 
+    /// Entries in the expiry schedule (live and stale), for metrics and tests.
+    pub fn scheduled(&self) -> usize {
+        self.expiry.len()
+    }
+
     /// The key the engine files an address under (IPv6 aggregated to the configured prefix).
     pub fn subject_of(&self, ip: IpAddr) -> IpNetwork {
         Key::of(ip, self.cfg.ipv6_prefix).subject(self.cfg.ipv6_prefix)
@@ -204,6 +213,9 @@ impl Engine {
             return None;
         }
         let key = Key::of(ev.client, self.cfg.ipv6_prefix);
+        if !self.room_for(key) {
+            return None;
+        }
         let path_class = self.scoring.classify(&ev.path);
         let weight = self.scoring.weight(path_class);
         let score = self.scoring.status_score(ev.status);
@@ -260,9 +272,52 @@ impl Engine {
             return None;
         }
         let key = Key::of(ip, self.cfg.ipv6_prefix);
+        if !self.room_for(key) {
+            return None;
+        }
         self.fold(key, t);
         self.apply_evidence(key, t, &mut evidence.to_vec(), false);
         self.decide(key, t, Cause::Evidence)
+    }
+
+    /// Whether `key` is tracked or may be: at `max_clients`, the good clients idle longest
+    /// (a tenth of the table, oldest first, ties by address) are forgotten to make room; when
+    /// every client holds a verdict, a new one is refused and counted.
+    fn room_for(&mut self, key: Key) -> bool {
+        if self.states.len() < self.cfg.max_clients || self.states.get(key).is_some() {
+            return true;
+        }
+        let mut idle: Vec<(Secs, Key)> =
+            self.states.iter().filter(|(_, st)| st.class == Class::Good as u8).map(|(k, st)| (st.last, k)).collect();
+        let n = (self.cfg.max_clients / 10).clamp(1, idle.len().max(1));
+        if idle.is_empty() {
+            self.stats.clients_refused += 1;
+            return false;
+        }
+        if n < idle.len() {
+            idle.select_nth_unstable(n - 1);
+            idle.truncate(n);
+        }
+        for (_, k) in &idle {
+            self.forget(*k);
+        }
+        self.stats.clients_evicted += idle.len() as u64;
+        true
+    }
+
+    /// Drops a client's state and, unless it holds a verdict, its dossier.
+    fn forget(&mut self, k: Key) {
+        match k {
+            Key::V4(a) => {
+                self.states.v4.remove(&a);
+            }
+            Key::V6(a) => {
+                self.states.v6.remove(&a);
+            }
+        }
+        if self.dossiers.get(&k).is_some_and(|d| d.held.is_none()) {
+            self.dossiers.remove(&k);
+        }
     }
 
     /// Brings a client's state to time `t` (decay), creating it or starting a new episode when
@@ -277,6 +332,12 @@ impl Engine {
             *st = IpState { first: t, last: t, class, flags, ..IpState::default() };
             if created && !self.dossiers.is_empty() && self.dossiers.contains_key(&key) {
                 st.flags |= HAS_DOSSIER;
+            }
+            if !created
+                && let Some(d) = self.dossiers.get_mut(&key)
+                && d.held.is_none()
+            {
+                d.new_episode();
             }
         } else if dt > 0 {
             st.s *= d;
@@ -468,6 +529,17 @@ impl Engine {
         Some(self.change(key, st, current, target, t, rep, cause, floor, judged))
     }
 
+    /// Puts a client in the expiry heap for `at`, unless an earlier entry is already there (it
+    /// will look again when it comes up).
+    fn schedule(&mut self, key: Key, at: Secs) {
+        if let Some(d) = self.dossiers.get_mut(&key)
+            && d.queued.is_none_or(|q| at < q)
+        {
+            d.queued = Some(at);
+            self.expiry.push(Reverse((at, key)));
+        }
+    }
+
     /// When a verdict of `class` decided at `t` lapses: the class's own TTL when the reputation
     /// supports it, the immediate verdict's TTL when evidence asked for it, whichever is later.
     fn expiry_for(&self, class: Class, judged: Class, floor: Option<(Class, Secs)>, t: Secs, offences: u32) -> Secs {
@@ -506,7 +578,7 @@ impl Engine {
         let d = self.dossiers.get_mut(&key).expect("just opened");
         d.held = expires.map(|e| Held { since: t, expires: e });
         if let Some(e) = expires {
-            self.expiry.push(Reverse((e, key)));
+            self.schedule(key, e);
         }
         self.states.get_mut(key).expect("exists").class = to as u8;
         self.stats.changes_to[to as usize] += 1;
@@ -565,37 +637,42 @@ impl Engine {
                 out.extend(self.remove_override(net, now));
             }
         }
+        // Take what is due first, then handle each once: whatever is scheduled meanwhile waits
+        // for the next call, so this always ends.
+        let mut due = Vec::new();
         while let Some(&Reverse((exp, key))) = self.expiry.peek() {
             if exp > t {
                 break;
             }
             self.expiry.pop();
-            let Some(held) = self.dossiers.get(&key).and_then(|d| d.held) else {
-                continue; // stale: the verdict already ended
-            };
-            if held.expires > exp {
-                self.expiry.push(Reverse((held.expires, key))); // renewed since
+            due.push((exp, key));
+        }
+        for (exp, key) in due {
+            let Some(d) = self.dossiers.get_mut(&key) else { continue };
+            if d.queued != Some(exp) {
+                continue; // a stale copy
+            }
+            d.queued = None;
+            let Some(held) = d.held else { continue };
+            if held.expires > t {
+                self.schedule(key, held.expires); // renewed since
                 continue;
             }
-            let Some(st) = self.states.get(key).copied() else {
-                continue;
-            };
-            let current = Class::from_u8(st.class);
-            if let Some(change) = self.decide(key, t, Cause::Expired) {
-                out.push(change);
-            } else if current != Class::Good {
-                // still supported: decide() renewed it; make sure the heap knows
-                if let Some(h) = self.dossiers.get(&key).and_then(|d| d.held) {
-                    if h.expires > t {
-                        self.expiry.push(Reverse((h.expires, key)));
-                    } else {
-                        let renewed = t.saturating_add(self.ttl(current, 1).max(1));
+            let Some(current) = self.states.get(key).map(|st| Class::from_u8(st.class)) else { continue };
+            match self.decide(key, t, Cause::Expired) {
+                Some(change) => out.push(change),
+                None if current != Class::Good => {
+                    // Still supported by the evidence: decide() renewed the hold.
+                    let renewed = self.dossiers.get(&key).and_then(|d| d.held).map_or(t, |h| h.expires);
+                    let next = if renewed > t { renewed } else { t.saturating_add(self.ttl(current, 1).max(1)) };
+                    if next > t {
                         if let Some(h) = self.dossiers.get_mut(&key).and_then(|d| d.held.as_mut()) {
-                            h.expires = renewed;
+                            h.expires = next;
                         }
-                        self.expiry.push(Reverse((renewed, key)));
+                        self.schedule(key, next);
                     }
                 }
+                None => {}
             }
         }
         out
@@ -644,7 +721,8 @@ impl Engine {
         }
         let t = secs(now);
         // Without the override, a held verdict must not outlive it: end holds at once.
-        let keys: Vec<Key> = self.states.iter().filter(|(k, _)| net.contains(k.addr())).map(|(k, _)| k).collect();
+        let mut keys: Vec<Key> = self.states.iter().filter(|(k, _)| net.contains(k.addr())).map(|(k, _)| k).collect();
+        keys.sort_unstable();
         for k in &keys {
             if let Some(h) = self.dossiers.get_mut(k).and_then(|d| d.held.as_mut()) {
                 h.expires = h.expires.min(t);
@@ -668,7 +746,8 @@ impl Engine {
     fn reevaluate(&mut self, net: IpNetwork, now: Timestamp) -> Vec<VerdictChange> {
         let t = secs(now);
         self.now = self.now.max(t);
-        let keys: Vec<Key> = self.states.iter().filter(|(k, _)| net.contains(k.addr())).map(|(k, _)| k).collect();
+        let mut keys: Vec<Key> = self.states.iter().filter(|(k, _)| net.contains(k.addr())).map(|(k, _)| k).collect();
+        keys.sort_unstable();
         keys.into_iter().filter_map(|k| self.decide(k, t, Cause::Override)).collect()
     }
 
@@ -698,14 +777,26 @@ impl Engine {
         })
     }
 
-    /// The clients with a non-good verdict, worst first, then by address.
-    pub fn flagged(&self, now: Timestamp) -> Vec<Explanation> {
-        let mut keys: Vec<Key> = self.dossiers.iter().filter(|(_, d)| d.held.is_some()).map(|(k, _)| *k).collect();
+    /// Clients with a non-good verdict (or only those of `class`), worst first, then by
+    /// address; at most `limit`. Only those returned are explained.
+    pub fn flagged(&self, now: Timestamp, class: Option<Class>, limit: usize) -> Vec<Explanation> {
+        let mut keys: Vec<(Reverse<u8>, Key)> = self
+            .dossiers
+            .iter()
+            .filter(|(_, d)| d.held.is_some())
+            .filter_map(|(k, _)| self.states.get(*k).map(|st| (Reverse(st.class), *k)))
+            .filter(|(Reverse(c), _)| *c != Class::Good as u8 && class.is_none_or(|want| want as u8 == *c))
+            .collect();
+        let limit = limit.min(keys.len());
+        if limit == 0 {
+            return Vec::new();
+        }
+        if limit < keys.len() {
+            keys.select_nth_unstable(limit - 1);
+            keys.truncate(limit);
+        }
         keys.sort_unstable();
-        let mut out: Vec<Explanation> =
-            keys.into_iter().filter_map(|k| self.explain(k.addr(), now)).filter(|x| x.class != Class::Good).collect();
-        out.sort_by_key(|x| std::cmp::Reverse(x.class));
-        out
+        keys.into_iter().filter_map(|(_, k)| self.explain(k.addr(), now)).collect()
     }
 
     /// Every tracked client's explanation, in address order.

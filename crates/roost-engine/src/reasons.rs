@@ -11,9 +11,9 @@ pub fn span(secs: u32) -> String {
     match secs {
         0..=1 => "1 s".to_owned(),
         2..=119 => format!("{secs} s"),
-        120..=7199 => format!("{} min", (secs + 30) / 60),
+        120..=7199 => format!("{} min", secs.saturating_add(30) / 60),
         _ => {
-            let m = (secs + 30) / 60;
+            let m = secs.saturating_add(30) / 60;
             if m.is_multiple_of(60) { format!("{} h", m / 60) } else { format!("{} h {} min", m / 60, m % 60) }
         }
     }

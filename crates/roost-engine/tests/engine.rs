@@ -475,3 +475,107 @@ proptest! {
         prop_assert!(r1 > r0 && r1 <= 0.0, "{r0} -> {r1}");
     }
 }
+
+/// Times past what the engine can represent (after 2106) clamp; expiring at that edge ends.
+#[test]
+fn expiry_terminates_at_the_end_of_time() {
+    let mut e = engine();
+    let far = 7_258_118_400; // 2200-01-01
+    for i in 0..12 {
+        e.observe(&ev("198.51.100.90", far + i, "GET", "/nope", 404));
+    }
+    assert_eq!(class_of(&e, "198.51.100.90", far), Class::Bad);
+    for _ in 0..3 {
+        let _ = e.expire(Timestamp::from_secs(far + 100));
+    }
+    assert!(e.scheduled() <= 2, "{}", e.scheduled());
+}
+
+/// A client flipping between dubious and bad keeps one live entry in the expiry schedule.
+#[test]
+fn the_expiry_schedule_does_not_grow_with_flips() {
+    let mut e = engine();
+    let ip = "198.51.100.91";
+    let mut t = T0;
+    for round in 0..50 {
+        for _ in 0..8 {
+            t += 1;
+            e.observe(&ev(ip, t, "GET", "/x", 404));
+        }
+        for _ in 0..12 {
+            t += 1;
+            e.observe(&ev(ip, t, "GET", "/ok", 200));
+        }
+        let _ = e.expire(Timestamp::from_secs(t));
+        assert!(e.scheduled() <= 3, "round {round}: {} entries", e.scheduled());
+    }
+}
+
+/// At `max_clients`, the good clients idle longest make room; flagged clients stay; when every
+/// client is flagged, new ones are refused and counted.
+#[test]
+fn max_clients_bounds_memory() {
+    let mut e = Engine::new(EngineConfig { max_clients: 20, ..Default::default() }).unwrap();
+    for i in 0..10u32 {
+        for k in 0..6 {
+            e.observe(&ev(&format!("198.51.100.{i}"), T0 + k, "GET", "/.env-x", 404));
+        }
+    }
+    for i in 0..100u32 {
+        e.observe(&ev(&format!("192.0.2.{i}"), T0 + 10 + i as i64, "GET", "/", 200));
+        assert!(e.tracked() <= 20);
+    }
+    assert!(e.stats().clients_evicted > 0);
+    for i in 0..10u32 {
+        assert_ne!(class_of(&e, &format!("198.51.100.{i}"), T0 + 200), Class::Good, "flagged clients are kept");
+    }
+    assert!(e.explain("192.0.2.99".parse().unwrap(), Timestamp::from_secs(T0 + 200)).is_some(), "the newest is kept");
+    assert!(e.explain("192.0.2.0".parse().unwrap(), Timestamp::from_secs(T0 + 200)).is_none(), "the longest idle went");
+
+    let mut e = Engine::new(EngineConfig { max_clients: 3, ..Default::default() }).unwrap();
+    for i in 0..3u32 {
+        for k in 0..6 {
+            e.observe(&ev(&format!("198.51.100.{i}"), T0 + k, "GET", "/y", 404));
+        }
+    }
+    assert!(e.observe(&ev("192.0.2.1", T0 + 10, "GET", "/.git/config", 404)).is_none());
+    assert_eq!(e.stats().clients_refused, 1);
+}
+
+/// When a client's evidence has decayed away, its old rule hits stop counting against it.
+#[test]
+fn a_new_episode_starts_with_a_clean_ledger() {
+    let mut e = engine();
+    e.add_inspector(Box::new(LoginWatch));
+    let ip = "198.51.100.92";
+    e.observe(&ev(ip, T0, "GET", "/a/../b", 400)).expect("flagged");
+    let _ = e.expire(Timestamp::from_secs(T0 + 700));
+    assert_eq!(class_of(&e, ip, T0 + 700), Class::Good);
+    // a day later: four 404s are below the minimum evidence, old hits do not make up the rest
+    for i in 0..4 {
+        e.observe(&ev(ip, T0 + 86_400 + i, "GET", "/nope", 404));
+    }
+    let x = e.explain(ip.parse().unwrap(), Timestamp::from_secs(T0 + 86_404)).unwrap();
+    assert_eq!(x.class, Class::Good);
+    assert!(x.reasons.iter().all(|r| !r.source.starts_with("rule:")), "{:?}", x.reasons);
+    assert_eq!(x.offences, 1, "offences are remembered for escalation");
+}
+
+/// `flagged` lists the worst first and explains only what it returns.
+#[test]
+fn flagged_filters_and_limits() {
+    let mut e = engine();
+    for i in 0..5u32 {
+        for k in 0..(if i < 2 { 6 } else { 12 }) {
+            e.observe(&ev(&format!("198.51.100.{i}"), T0 + k, "GET", "/z", 404));
+        }
+    }
+    let now = Timestamp::from_secs(T0 + 20);
+    let all = e.flagged(now, None, 100);
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0].class, Class::Bad);
+    assert_eq!(e.flagged(now, Some(Class::Dubious), 100).len(), 2);
+    let two = e.flagged(now, None, 2);
+    assert_eq!(two.len(), 2);
+    assert!(two.iter().all(|x| x.class == Class::Bad));
+}

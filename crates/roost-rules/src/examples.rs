@@ -95,6 +95,9 @@ pub fn parse_example(spec: &str) -> Result<Vec<RequestEvent<'static>>, String> {
         } else if t == "every" {
             let d = toks.get(i + 1).ok_or("`every` needs a duration, e.g. every 5s")?;
             every = humantime::parse_duration(d).map_err(|e| format!("every {d}: {e}"))?;
+            if every > Duration::from_secs(7 * 86_400) {
+                return Err(format!("every {d}: at most a week between requests"));
+            }
             i += 1;
         } else if let Some((k, v)) = t.split_once('=') {
             match k {

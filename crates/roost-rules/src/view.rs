@@ -93,12 +93,32 @@ pub fn decode(s: &str, plus_is_space: bool) -> Cow<'_, str> {
     cur
 }
 
+/// Overlong UTF-8 encodings of `/`, `.` and `\\` (`%c0%af`, `%c0%ae`, `%c1%9c`, `%e0%80%af`) as
+/// the characters they stand for; the rest of the text untouched.
 fn overlong(s: &str) -> Cow<'_, str> {
-    let lower = s.to_ascii_lowercase();
-    if !lower.contains("%c0%a") && !lower.contains("%c1%9c") && !lower.contains("%e0%80%af") {
+    const SEQS: [(&str, char); 4] = [("%e0%80%af", '/'), ("%c0%af", '/'), ("%c0%ae", '.'), ("%c1%9c", '\\')];
+    let b = s.as_bytes();
+    let at = |i: usize, pat: &str| b.len() >= i + pat.len() && b[i..i + pat.len()].eq_ignore_ascii_case(pat.as_bytes());
+    if !(0..b.len()).any(|i| b[i] == b'%' && SEQS.iter().any(|(p, _)| at(i, p))) {
         return Cow::Borrowed(s);
     }
-    Cow::Owned(lower.replace("%c0%af", "/").replace("%e0%80%af", "/").replace("%c1%9c", "\\").replace("%c0%ae", "."))
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    'outer: while i < b.len() {
+        if b[i] == b'%' {
+            for (p, c) in SEQS {
+                if at(i, p) {
+                    out.push(c);
+                    i += p.len();
+                    continue 'outer;
+                }
+            }
+        }
+        let ch = s[i..].chars().next().expect("in bounds");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    Cow::Owned(out)
 }
 
 /// Backslashes as slashes, repeated slashes collapsed.
@@ -272,6 +292,11 @@ mod tests {
         assert_eq!(decode("/%252e%252e%252fetc", false), "/../etc");
         assert_eq!(decode("/%25252e%25252e", false), "/..");
         assert_eq!(decode("/%c0%ae%c0%ae%c0%afetc", false), "/../etc");
+        assert_eq!(
+            decode("/%C0%AE%C0%AE%C0%AFEtc/PassWD", false),
+            "/../EtcPassWD".replace("EtcPassWD", "Etc/PassWD"),
+            "case kept"
+        );
         assert_eq!(decode("q=a+b%20c", true), "q=a b c");
         assert_eq!(decode("a+b", false), "a+b");
         assert_eq!(decode("%ff%fe", false), "\u{FFFD}\u{FFFD}");

@@ -20,9 +20,9 @@ enum State {
     /// Times of matching requests (at most `count`).
     Count(VecDeque<u32>),
     /// (last time, value hash) of distinct values (at most `count`).
-    Distinct(VecDeque<(u32, u32)>),
+    Distinct(VecDeque<(u32, u64)>),
     /// Per value hash, times of matching requests.
-    Same(Vec<(u32, VecDeque<u32>)>),
+    Same(Vec<(u64, VecDeque<u32>)>),
     /// (time, matched) of every request since the first match (bounded).
     Ratio(VecDeque<(u32, bool)>),
 }
@@ -45,14 +45,16 @@ pub struct Windows {
     cap: usize,
     /// Longest window in seconds: clients idle longer hold nothing useful.
     horizon: u32,
-    pub refused: u64,
+    /// Clients whose window state was dropped early to stay within the cap.
+    pub evicted: u64,
 }
 
-/// A short hash of a field value, for distinct / same windows (keyed per process).
-pub fn value_hash(v: &str) -> u32 {
+/// A hash of a field value, for distinct / same windows: keyed per process (no one can aim a
+/// collision at it) and 64 bits wide (no collision changes a replay's outcome in practice).
+pub fn value_hash(v: &str) -> u64 {
     use std::hash::BuildHasher;
     static KEYS: std::sync::OnceLock<hashbrown::DefaultHashBuilder> = std::sync::OnceLock::new();
-    KEYS.get_or_init(hashbrown::DefaultHashBuilder::default).hash_one(v) as u32
+    KEYS.get_or_init(hashbrown::DefaultHashBuilder::default).hash_one(v)
 }
 
 /// Records a matching request at `t` in a time-ordered ring; fires (and starts over) when
@@ -70,34 +72,42 @@ fn push_and_fire(times: &mut VecDeque<u32>, t: u32, count: u32, old: impl Fn(u32
 
 impl Windows {
     pub fn new(cap: usize, horizon: u32) -> Windows {
-        Windows { clients: HashMap::new(), cap: cap.max(1), horizon: horizon.max(1), refused: 0 }
+        Windows { clients: HashMap::new(), cap: cap.max(1), horizon: horizon.max(1), evicted: 0 }
     }
 
     pub fn clients(&self) -> usize {
         self.clients.len()
     }
 
-    fn client(&mut self, key: ClientKey, t: u32) -> Option<&mut Client> {
+    /// The client's window state, made room for when the table is full: clients idle past the
+    /// longest window go first, then the least recently seen tenth (ties by key), so the
+    /// clients active now — the ones being watched — keep their state.
+    fn client(&mut self, key: ClientKey, t: u32) -> &mut Client {
         if !self.clients.contains_key(&key) && self.clients.len() >= self.cap {
             let (horizon, before) = (self.horizon, self.clients.len());
             self.clients.retain(|_, c| t.saturating_sub(c.last) <= horizon);
-            tracing::debug!(dropped = before - self.clients.len(), "rule windows: dropped idle clients");
             if self.clients.len() >= self.cap {
-                self.refused += 1;
-                return None;
+                let mut by_age: Vec<(u32, ClientKey)> = self.clients.iter().map(|(k, c)| (c.last, *k)).collect();
+                let n = (self.cap / 10).clamp(1, by_age.len());
+                by_age.select_nth_unstable(n - 1);
+                for (_, k) in &by_age[..n] {
+                    self.clients.remove(k);
+                }
             }
+            self.evicted += (before - self.clients.len()) as u64;
+            tracing::debug!(dropped = before - self.clients.len(), "rule windows: made room");
         }
         let c = self.clients.entry(key).or_default();
         c.last = c.last.max(t);
-        Some(c)
+        c
     }
 
     /// A request of `key` matched window rule `rule`. Returns the count reached when the window's
     /// condition now holds (the window then starts over).
-    pub fn hit(&mut self, key: ClientKey, rule: u32, spec: &WindowSpec, t: u32, value: u32) -> Option<u32> {
+    pub fn hit(&mut self, key: ClientKey, rule: u32, spec: &WindowSpec, t: u32, value: u64) -> Option<u32> {
         let within = spec.within.as_secs().min(u32::MAX as u64) as u32;
         let count = spec.count.max(1);
-        let c = self.client(key, t)?;
+        let c = self.client(key, t);
         let slot = match c.slots.iter_mut().position(|s| s.rule == rule) {
             Some(i) => &mut c.slots[i],
             None => {
@@ -260,14 +270,17 @@ mod tests {
     }
 
     #[test]
-    fn client_cap_drops_idle_then_refuses() {
+    fn client_cap_drops_idle_then_least_recent() {
         let mut w = Windows::new(2, 60);
-        let s = spec(5, 60);
+        let s = spec(2, 60);
         w.hit((1, 32), 0, &s, 0, 0);
-        w.hit((2, 32), 0, &s, 0, 0);
+        w.hit((2, 32), 0, &s, 5, 0);
+        // full, nobody idle past the window: the least recently seen makes room
         assert_eq!(w.hit((3, 32), 0, &s, 10, 0), None);
-        assert_eq!((w.clients(), w.refused), (2, 1));
-        w.hit((3, 32), 0, &s, 100, 0);
-        assert_eq!((w.clients(), w.refused), (1, 1), "idle clients dropped to make room");
+        assert_eq!((w.clients(), w.evicted), (2, 1));
+        assert_eq!(w.hit((2, 32), 0, &s, 11, 0), Some(2), "client 2 kept its state");
+        // idle clients go first, all of them
+        w.hit((4, 32), 0, &s, 100, 0);
+        assert_eq!((w.clients(), w.evicted), (1, 3));
     }
 }

@@ -259,12 +259,12 @@ fn tail_loop(
     };
     let mut undetected: Vec<String> = Vec::new();
     let mut errors_logged = 0u64;
-    let mut last_scan = Instant::now() - Duration::from_secs(60);
+    let mut last_scan: Option<Instant> = None;
     tracing::info!(path = %src.path, format = ?src.format.format, "following access log");
     while !sh.stop.load(Ordering::Relaxed) {
-        if last_scan.elapsed() >= Duration::from_secs(5) {
+        if last_scan.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
             tail.rescan();
-            last_scan = Instant::now();
+            last_scan = Some(Instant::now());
         }
         let mut batch = Vec::new();
         let mut handle = |parser: &Parser,
@@ -442,8 +442,10 @@ fn demo_event(r: &roost_loggen::Request, shift_s: i64) -> RequestEvent<'static> 
 
 // ---- HTTP handlers -------------------------------------------------------------------------
 
+/// The time verdicts expire by: the wall clock (a log line dated in the future must not move
+/// time for every client), or the demo's own event time while it replays.
 fn clock(sh: &Shared, engine: &Engine) -> Timestamp {
-    if sh.demo_running.load(Ordering::Relaxed) { engine.now() } else { wall_now().max(engine.now()) }
+    if sh.demo_running.load(Ordering::Relaxed) { engine.now() } else { wall_now() }
 }
 
 async fn index() -> &'static str {
@@ -488,8 +490,7 @@ async fn clients(State(sh): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> R
     let engine = sh.engine.lock().expect("engine lock");
     let now = clock(&sh, &engine);
     let limit = q.limit.unwrap_or(100).min(10_000);
-    let list: Vec<_> =
-        engine.flagged(now).into_iter().filter(|x| want.is_none_or(|w| w == x.class)).take(limit).collect();
+    let list = engine.flagged(now, want, limit);
     Json(list).into_response()
 }
 
