@@ -21,7 +21,8 @@ done
 (cd "$ROOT" && cargo build --release -q -p roost)
 R=$ROOT/target/release/roost
 LOG=$WORK/bench-$LINES.log
-[ -s "$LOG" ] || $R generate --lines "$LINES" --seed 42 --out "$LOG" --truth "$LOG.truth"
+# always regenerate: the generator may have changed since the last run
+$R generate --lines "$LINES" --seed 42 --out "$LOG" --truth "$LOG.truth"
 head -n "$CS_LINES" "$LOG" > "$WORK/cs.log"
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
 echo "== log: $LOG ($(wc -l < "$LOG") lines, $(du -h "$LOG" | cut -f1))"

@@ -215,7 +215,8 @@ pub fn run(mut args: ReplayArgs, engine_cfg: EngineConfig) -> anyhow::Result<Sum
         per_class[x.class as usize] += 1;
     }
     for p in peaks.values() {
-        for r in &p.reasons {
+        // the rule set's version is context, not a reason of its own
+        for r in p.reasons.iter().filter(|r| !r.source.ends_with(":version")) {
             *reason_counts.entry(r.source.clone()).or_default() += 1;
         }
     }
