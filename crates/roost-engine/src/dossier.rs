@@ -67,14 +67,12 @@ fn bounded(mut s: String, max: usize) -> String {
 }
 
 pub fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
+    // copy no more than fits (plus a char), then cut like `bounded`
+    let mut end = s.len().min(max + 4);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &s[..end])
+    if s.len() <= max { s.to_owned() } else { bounded(s[..end].to_owned(), max) }
 }
 
 impl Dossier {

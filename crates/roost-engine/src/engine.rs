@@ -194,13 +194,9 @@ impl Engine {
         Key::of(ip, self.cfg.ipv6_prefix).subject(self.cfg.ipv6_prefix)
     }
 
-    fn allowlisted(&self, ip: IpAddr) -> bool {
-        !self.cfg.allowlist.is_empty() && self.allowlist.get_lpm(&IpNetwork::from(ip)).is_some()
-    }
-
     /// Whether an address is on the allowlist (never judged).
     pub fn is_allowlisted(&self, ip: IpAddr) -> bool {
-        self.allowlisted(ip)
+        !self.cfg.allowlist.is_empty() && self.allowlist.get_lpm(&IpNetwork::from(ip)).is_some()
     }
 
     /// Scores one request. Returns the verdict change it caused, if any.
@@ -208,7 +204,7 @@ impl Engine {
         self.stats.events += 1;
         let t = secs(ev.time);
         self.now = self.now.max(t);
-        if self.allowlisted(ev.client) {
+        if self.is_allowlisted(ev.client) {
             self.stats.allowlisted += 1;
             return None;
         }
@@ -268,7 +264,7 @@ impl Engine {
     pub fn apply(&mut self, ip: IpAddr, at: Timestamp, evidence: &[Evidence]) -> Option<VerdictChange> {
         let t = secs(at);
         self.now = self.now.max(t);
-        if self.allowlisted(ip) || evidence.is_empty() {
+        if self.is_allowlisted(ip) || evidence.is_empty() {
             return None;
         }
         let key = Key::of(ip, self.cfg.ipv6_prefix);
