@@ -6,7 +6,9 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 # Debian packages the tests run or build against.
-APT_PACKAGES=(build-essential pkg-config procps curl ca-certificates)
+# redis-server: verdict store; cmake + libcurl4-openssl-dev: rdkafka's bundled librdkafka build;
+# nginx: serves feed snapshots to `roost feeds` in the tests.
+APT_PACKAGES=(build-essential pkg-config procps curl ca-certificates redis-server cmake libcurl4-openssl-dev nginx)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,3 +26,12 @@ if [ ! -f "$ROOT/../shared/data/logs/semicomplete-apache-2015-05-17_18.log" ]; t
   exit 1
 fi
 command -v cargo >/dev/null || { echo "install-test-deps: cargo is missing (install Rust with rustup)" >&2; exit 1; }
+
+# A Kafka-protocol broker: tansu (crates.io), built once and cached outside the clone
+# (about 9 minutes on 2 cores the first time; later runs reuse it).
+TANSU_VERSION=0.6.0
+TANSU_ROOT="${ROOST_CACHE:-$HOME/.cache/roost}/tansu-$TANSU_VERSION"
+if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
+  echo "install-test-deps: building tansu $TANSU_VERSION into $TANSU_ROOT (one time, ~9 min)"
+  cargo install --quiet --locked --root "$TANSU_ROOT" tansu --version "$TANSU_VERSION" --features dynostore
+fi

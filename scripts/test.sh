@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
+# Real servers on loopback, started once for the whole run (tansu, redis-server) and stopped after.
+eval "$(scripts/services.sh start)"
+trap 'scripts/services.sh stop' EXIT
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then

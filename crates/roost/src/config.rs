@@ -12,7 +12,7 @@ use roost_logformat::LogFormatConfig;
 use serde::{Deserialize, Serialize};
 
 /// The top-level sections, as environment variables spell them (`ROOST_ENGINE__…`).
-const SECTIONS: &[&str] = &["engine", "logs", "rules", "up"];
+const SECTIONS: &[&str] = &["engine", "logs", "rules", "up", "feeds", "geo", "kafka"];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -22,6 +22,12 @@ pub struct Config {
     pub logs: Vec<LogSource>,
     pub rules: RulesConfig,
     pub up: UpConfig,
+    /// Threat feeds: definitions, local files, validation, fetching.
+    pub feeds: crate::feeds::FeedsConfig,
+    /// GeoIP/ASN databases and the policy that turns countries and networks into evidence.
+    pub geo: roost_geo::GeoConfig,
+    /// Kafka (unused while `brokers` is empty).
+    pub kafka: roost_kafka::KafkaConfig,
 }
 
 /// Known-bad behaviour rules.

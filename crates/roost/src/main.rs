@@ -2,6 +2,7 @@
 //! library crates together; each subcommand is one role.
 
 mod config;
+mod feeds;
 mod generate;
 mod replay;
 mod rules;
@@ -57,6 +58,15 @@ enum Command {
         /// Use the rule files in this directory instead of `rules.dir` or the built-in rules.
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Also score with this feed file: NAME=PATH, NAME one of `roost feeds list` (repeatable;
+        /// adds to `feeds.files`).
+        #[arg(long = "feed", value_name = "NAME=PATH", value_parser = feeds::parse_feed_arg)]
+        feed: Vec<(String, PathBuf)>,
+    },
+    /// Threat feeds: fetch and publish them, check a file, see which feeds list an address.
+    Feeds {
+        #[command(subcommand)]
+        cmd: FeedsCmd,
     },
     /// Check the known-bad behaviour rules: lint, run their examples, list them.
     Rules {
@@ -91,6 +101,31 @@ enum Command {
     },
     /// Print the effective configuration (defaults, file and environment merged) as TOML.
     Config,
+}
+
+#[derive(Subcommand)]
+enum FeedsCmd {
+    /// Fetch every enabled feed on its schedule; validate; publish changes to the feeds topic
+    /// (`kafka.brokers`) and/or snapshots to `feeds.cache_dir`. Serves /metrics on `feeds.listen`.
+    Run {
+        /// Fetch each feed once and exit (non-zero if any fetch failed or was refused).
+        #[arg(long)]
+        once: bool,
+        /// Only these feeds (repeatable).
+        #[arg(long)]
+        only: Vec<String>,
+    },
+    /// The feed definitions: name, on/off, format, schedule, effect, source.
+    List,
+    /// Parse and validate a file as feed NAME: counts, bad lines, what would be published.
+    Check { name: String, file: PathBuf },
+    /// Which feeds list an address, and since when.
+    Lookup {
+        ip: std::net::IpAddr,
+        /// A feed file NAME=PATH to consult besides the configured ones (repeatable).
+        #[arg(long = "feed", value_name = "NAME=PATH", value_parser = feeds::parse_feed_arg)]
+        feed: Vec<(String, PathBuf)>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -148,7 +183,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.cmd {
-        Command::Replay { files, format, log_format, output, changes, no_rules, rules: rules_dir } => {
+        Command::Replay { files, format, log_format, output, changes, no_rules, rules: rules_dir, feed } => {
             let mut fmt: LogFormatConfig = cfg.logs.first().map(|l| l.format.clone()).unwrap_or_default();
             if let Some(f) = format {
                 fmt.format = match f {
@@ -165,7 +200,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fmt.log_format = Some(def);
             }
             let rule_set = if no_rules { None } else { Some(rules::compile(&cfg.rules, rules_dir.as_deref())?) };
+            let defs = feeds::definitions(&cfg.feeds)?;
+            let loaded = feeds::load_local(&cfg, &defs, &feed)?;
+            let enrich = feeds::Enrichment::new(&cfg, roost_feeds::local::index(&loaded))?;
             let args = replay::ReplayArgs {
+                enrich: Some(enrich),
                 files,
                 format: fmt,
                 output,
@@ -188,6 +227,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("  its nginx log_format: {}", roost_loggen::TIMED_LOG_FORMAT);
             }
         }
+        Command::Feeds { cmd } => match cmd {
+            FeedsCmd::Run { once, only } => {
+                if !feeds::run(cfg, feeds::RunArgs { once, only })? {
+                    anyhow::bail!("some feeds were not refreshed (see above)");
+                }
+            }
+            FeedsCmd::List => print!("{}", feeds::list(&cfg.feeds)?),
+            FeedsCmd::Check { name, file } => print!("{}", feeds::check(&cfg, &name, &file)?),
+            FeedsCmd::Lookup { ip, feed } => print!("{}", feeds::lookup(&cfg, ip, &feed)?),
+        },
         Command::Up { demo, listen } => up::run(cfg, up::UpArgs { demo, listen })?,
         Command::Rules { cmd } => {
             let out = match cmd {

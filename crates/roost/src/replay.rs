@@ -22,6 +22,8 @@ pub struct ReplayArgs {
     /// Known-bad rules to score with, if any.
     pub rules: Option<roost_rules::RuleSet>,
     pub rules_max_clients: usize,
+    /// Threat feeds and GeoIP/ASN, if any.
+    pub enrich: Option<crate::feeds::Enrichment>,
 }
 
 /// One client's line in the output file.
@@ -119,6 +121,9 @@ pub fn run(mut args: ReplayArgs, engine_cfg: EngineConfig) -> anyhow::Result<Sum
             roost_rules::handle(set),
             args.rules_max_clients,
         )));
+    }
+    if let Some(e) = &args.enrich {
+        e.attach(&mut engine);
     }
     let mut changes_out = match &args.changes {
         Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),

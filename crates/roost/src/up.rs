@@ -120,10 +120,16 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
     let n_rules = rule_set.rules().len();
     let rules = roost_rules::handle(rule_set);
     engine.add_inspector(Box::new(roost_rules::RulesInspector::new(rules.clone(), cfg.rules.max_clients)));
+    let feed_defs = crate::feeds::definitions(&cfg.feeds)?;
+    let enrich = crate::feeds::Enrichment::new(&cfg, roost_feeds::FeedIndex::default())?;
+    enrich.attach(&mut engine);
     let metrics = Metrics::default();
     metrics.rules.set(n_rules as i64);
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let feed_metrics = crate::feeds::FeedMetrics::default();
+    feed_metrics.register(&mut registry);
+    let feeds_stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
         engine: Mutex::new(engine),
         recent: Mutex::new(VecDeque::new()),
@@ -175,6 +181,14 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
             }
         })?);
     }
+    threads.push(crate::feeds::spawn_sync(
+        &cfg,
+        feed_defs,
+        enrich.feeds.clone(),
+        enrich.geo.as_ref().map(|(h, _)| h.clone()),
+        feed_metrics,
+        feeds_stop.clone(),
+    )?);
     let sh = shared.clone();
     let scorer = std::thread::Builder::new().name("roost-scorer".into()).spawn(move || scorer_loop(rx, sh))?;
 
@@ -182,6 +196,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
     let listen = args.listen.unwrap_or(cfg.up.listen);
     let result = rt.block_on(serve(listen, shared.clone()));
     shared.stop.store(true, Ordering::Relaxed);
+    feeds_stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
     }

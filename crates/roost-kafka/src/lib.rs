@@ -1,0 +1,300 @@
+//! roost's Kafka edge.
+//!
+//! - [`KafkaConfig`]: brokers, client id, topic names, extra librdkafka properties.
+//! - [`Producer`]: an idempotent producer (`acks=all`) whose `flush` tells whether every record
+//!   was acknowledged: callers checkpoint only after that.
+//! - [`ensure_topic`]: creates a topic (compacted where asked) if it does not exist.
+//! - [`read_to_end`] replays a topic from the beginning up to its end at the time of the call;
+//!   [`Follower`] keeps reading it afterwards. Both read every partition without a consumer
+//!   group: topics such as `roost.feeds` are read whole by every instance.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+/// Topic names (the `[kafka.topics]` config section).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Topics {
+    /// Threat-feed entries, compacted (`roost feeds` writes, every scorer reads it whole).
+    pub feeds: String,
+}
+
+impl Default for Topics {
+    fn default() -> Topics {
+        Topics { feeds: "roost.feeds".into() }
+    }
+}
+
+/// How to reach Kafka (the `[kafka]` config section). Empty `brokers` means Kafka is not used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port,host:port`.
+    pub brokers: String,
+    pub topics: Topics,
+    /// Extra librdkafka properties (`security.protocol`, `sasl.mechanisms`, …).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    pub fn enabled(&self) -> bool {
+        !self.brokers.trim().is_empty()
+    }
+
+    fn client(&self, client_id: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers).set("client.id", client_id);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// Kafka failures, with what roost was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka: {what}: {source}")]
+    Kafka {
+        what: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("kafka: {0}")]
+    Timeout(String),
+}
+
+fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
+    let what = what.into();
+    move |source| Error::Kafka { what, source }
+}
+
+/// Creates `topic` if it does not exist; `compact` sets `cleanup.policy=compact`.
+pub fn ensure_topic(cfg: &KafkaConfig, topic: &str, partitions: i32, compact: bool) -> Result<(), Error> {
+    let admin: AdminClient<DefaultClientContext> =
+        cfg.client("roost-admin").create().map_err(kafka("creating the admin client"))?;
+    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    if compact {
+        t = t.set("cleanup.policy", "compact");
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let fut = admin.create_topics([&t], &opts);
+    let results = block_on(fut).map_err(kafka(format!("creating {topic}")))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(Error::Kafka { what: format!("creating {name}"), source: KafkaError::AdminOp(code) });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    // The admin client's futures complete on librdkafka's own thread; a tiny executor suffices.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a current-thread runtime");
+    rt.block_on(f)
+}
+
+/// An idempotent producer.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+impl Producer {
+    pub fn new(cfg: &KafkaConfig, client_id: &str) -> Result<Producer, Error> {
+        let inner = cfg
+            .client(client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "20")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(kafka("creating the producer"))?;
+        Ok(Producer { inner })
+    }
+
+    /// Sends one record (`None` value: a tombstone) and waits for its acknowledgement.
+    pub async fn send(&self, topic: &str, key: &[u8], value: Option<&[u8]>) -> Result<(), Error> {
+        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
+        if let Some(v) = value {
+            rec = rec.payload(v);
+        }
+        self.inner
+            .send(rec, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| Error::Kafka { what: format!("producing to {topic}"), source: e })
+    }
+
+    /// Sends many records concurrently and waits for all acknowledgements; the first failure is
+    /// returned (the others may or may not have been written: callers retry the whole batch,
+    /// which the compacted topic's keys make harmless).
+    pub async fn send_all(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<usize, Error> {
+        let mut pending = Vec::new();
+        for (key, value) in records {
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(&key);
+            if let Some(v) = &value {
+                rec = rec.payload(v);
+            }
+            pending.push(
+                self.inner
+                    .send_result(rec)
+                    .map_err(|(e, _)| Error::Kafka { what: format!("queueing for {topic}"), source: e })?,
+            );
+            // Keep the local queue bounded: wait for the oldest half when it grows.
+            if pending.len() >= 50_000 {
+                for p in pending.drain(..25_000) {
+                    ack(topic, p.await)?;
+                }
+            }
+        }
+        let n = pending.len();
+        for p in pending {
+            ack(topic, p.await)?;
+        }
+        Ok(n)
+    }
+
+    /// Waits until every queued record is acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<(), Error> {
+        self.inner.flush(timeout).map_err(kafka("flushing the producer"))
+    }
+}
+
+fn ack<E>(topic: &str, r: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, E>) -> Result<(), Error> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(Error::Kafka { what: format!("producing to {topic}"), source: e }),
+        Err(_) => Err(Error::Timeout(format!("producing to {topic}: the delivery report was lost"))),
+    }
+}
+
+/// One record read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    /// `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Reads a whole topic from the beginning, every partition, without a consumer group.
+pub struct Follower {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl Follower {
+    pub fn new(cfg: &KafkaConfig, topic: &str, client_id: &str) -> Result<Follower, Error> {
+        let consumer: BaseConsumer = cfg
+            .client(client_id)
+            .set("group.id", format!("{client_id}-unused"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(kafka("creating a consumer"))?;
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(kafka(format!("reading metadata of {topic}")))?;
+        let mut tpl = TopicPartitionList::new();
+        for t in md.topics() {
+            if let Some(e) = t.error() {
+                return Err(Error::Kafka {
+                    what: format!("metadata of {topic}"),
+                    source: KafkaError::MetadataFetch(e.into()),
+                });
+            }
+            for p in t.partitions() {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning).map_err(kafka("assigning"))?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Err(Error::Timeout(format!("topic {topic} has no partitions (does it exist?)")));
+        }
+        consumer.assign(&tpl).map_err(kafka(format!("assigning {topic}")))?;
+        Ok(Follower { consumer, topic: topic.to_owned() })
+    }
+
+    /// The end offsets of every partition now.
+    pub fn ends(&self) -> Result<BTreeMap<i32, i64>, Error> {
+        let assignment = self.consumer.assignment().map_err(kafka("reading the assignment"))?;
+        let mut ends = BTreeMap::new();
+        for e in assignment.elements() {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(10))
+                .map_err(kafka(format!("watermarks of {}", self.topic)))?;
+            ends.insert(e.partition(), high);
+        }
+        Ok(ends)
+    }
+
+    /// The next record, waiting up to `timeout`.
+    pub fn poll(&self, timeout: Duration) -> Result<Option<Record>, Error> {
+        match self.consumer.poll(timeout) {
+            None => Ok(None),
+            Some(Err(KafkaError::PartitionEOF(_))) => Ok(None),
+            Some(Err(e)) => Err(Error::Kafka { what: format!("reading {}", self.topic), source: e }),
+            Some(Ok(m)) => Ok(Some(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().unwrap_or_default().to_vec(),
+                value: m.payload().map(<[u8]>::to_vec),
+            })),
+        }
+    }
+
+    /// Reads until every partition reached the end it had when this was called and then no
+    /// record arrived for half a second (`timeout` bounds the whole read), handing each record
+    /// to `f`. Returns the records read.
+    ///
+    /// The quiet period is deliberate: tansu 0.6 reports a partition's high watermark as the
+    /// last batch's base offset + 1, so the watermark alone would stop short of the last batch.
+    pub fn read_to_end(&self, timeout: Duration, mut f: impl FnMut(Record)) -> Result<usize, Error> {
+        let ends = self.ends()?;
+        let mut reached: BTreeMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+        let deadline = Instant::now() + timeout;
+        let quiet = Duration::from_millis(500);
+        let mut last_record = Instant::now();
+        let mut n = 0;
+        loop {
+            let behind = reached.iter().any(|(p, at)| *at < ends[p]);
+            if !behind && last_record.elapsed() >= quiet {
+                return Ok(n);
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(format!("reading {} to its end took longer than {timeout:?}", self.topic)));
+            }
+            if let Some(r) = self.poll(Duration::from_millis(100))? {
+                reached.insert(r.partition, r.offset + 1);
+                last_record = Instant::now();
+                n += 1;
+                f(r);
+            }
+        }
+    }
+}
+
+/// Reads `topic` whole, once.
+pub fn read_to_end(cfg: &KafkaConfig, topic: &str, timeout: Duration, f: impl FnMut(Record)) -> Result<usize, Error> {
+    Follower::new(cfg, topic, "roost-reader")?.read_to_end(timeout, f)
+}
