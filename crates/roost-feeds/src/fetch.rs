@@ -57,8 +57,6 @@ pub enum Fetched {
     Changed {
         parsed: Parsed,
         validators: Conditional,
-        bytes: usize,
-        body: Vec<u8>,
     },
 }
 
@@ -145,12 +143,7 @@ impl Fetcher {
         if cond.sha256.as_deref() == Some(sha.as_str()) {
             return Ok(Fetched::NotModified);
         }
-        Ok(Fetched::Changed {
-            parsed,
-            validators: Conditional { sha256: Some(sha), ..validators },
-            bytes,
-            body: if pages == 1 { first } else { Vec::new() },
-        })
+        Ok(Fetched::Changed { parsed, validators: Conditional { sha256: Some(sha), ..validators } })
     }
 
     /// One GET with retries. `None` when the server answered 304.

@@ -31,6 +31,7 @@ use roost_kafka::{Follower, Producer};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::up::wall_now;
 
 /// The `[feeds]` config section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -236,10 +237,6 @@ impl FeedMetrics {
     }
 }
 
-fn wall_now() -> Timestamp {
-    local::system_time(SystemTime::now())
-}
-
 // ---- the index under `roost up`: local files and the feeds topic --------------------------------
 
 /// Builds the index from local files and the topic's store, leaving out feeds whose last
@@ -281,15 +278,21 @@ pub fn spawn_sync(
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let geo_every = cfg.geo.reload_interval.unwrap_or(Duration::from_secs(60));
     let cfg = cfg.clone();
-    let stamp = |loaded: &[Loaded]| -> Vec<Option<SystemTime>> {
-        loaded.iter().map(|l| std::fs::metadata(&l.path).and_then(|m| m.modified()).ok()).collect()
+    // Every file a feed could be loaded from, present or not: a change, a new file or a
+    // vanished one means reloading.
+    let mut watched: Vec<PathBuf> = cfg.feeds.files.values().cloned().collect();
+    if !cfg.feeds.cache_dir.is_empty() {
+        watched.extend(defs.iter().filter(|d| d.enabled).map(|d| cache_path(&cfg.feeds.cache_dir, &d.name)));
+    }
+    let stamp = move || -> Vec<Option<SystemTime>> {
+        watched.iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
     };
     // The first load happens before scoring starts, so the first requests already meet the feeds.
     let mut loaded = load_local(&cfg, &defs, &[]).unwrap_or_else(|e| {
         tracing::warn!(error = %format!("{e:#}"), "feed files not loaded");
         Vec::new()
     });
-    let mut stamps = stamp(&loaded);
+    let mut stamps = stamp();
     let mut store = FeedStore::default();
     let mut follower: Option<Follower> = None;
     let mut retry_at = Instant::now();
@@ -332,20 +335,18 @@ pub fn spawn_sync(
             }
             if last_local_check.elapsed() >= Duration::from_secs(5) {
                 last_local_check = Instant::now();
-                let now_stamps = stamp(&loaded);
-                if now_stamps != stamps || (loaded.is_empty() && !cfg.feeds.cache_dir.is_empty()) {
+                let now_stamps = stamp();
+                if now_stamps != stamps {
                     match load_local(&cfg, &defs, &[]) {
                         Ok(l) => {
-                            if now_stamps != stamps || !l.is_empty() {
-                                dirty = true;
-                            }
                             loaded = l;
+                            dirty = true;
                         }
                         Err(e) => {
                             tracing::warn!(error = %format!("{e:#}"), "feed files not reloaded; keeping the old ones")
                         }
                     }
-                    stamps = stamp(&loaded);
+                    stamps = now_stamps;
                 }
             }
             if let Some(g) = &geo
@@ -471,23 +472,9 @@ async fn daemon(cfg: Config, defs: Vec<FeedDef>, once: bool) -> anyhow::Result<b
         metrics.register(&mut registry);
         let listen = cfg.feeds.listen;
         let registry = Arc::new(registry);
-        let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" })).route(
-            "/metrics",
-            axum::routing::get(move || {
-                let r = registry.clone();
-                async move {
-                    let mut out = String::new();
-                    let _ = prometheus_client::encoding::text::encode(&mut out, &r);
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        out,
-                    )
-                }
-            }),
-        );
+        let app = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route("/metrics", axum::routing::get(move || std::future::ready(crate::up::encode_metrics(&registry))));
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
         tracing::info!("roost feeds: /metrics on http://{}", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, app).await });

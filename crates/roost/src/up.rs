@@ -103,7 +103,7 @@ struct Shared {
     reload_rules: AtomicBool,
 }
 
-fn wall_now() -> Timestamp {
+pub(crate) fn wall_now() -> Timestamp {
     let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Timestamp(d.as_millis() as i64)
 }
@@ -468,8 +468,13 @@ async fn index() -> &'static str {
 }
 
 async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
+    encode_metrics(&sh.registry)
+}
+
+/// A registry in the OpenMetrics text format, as every daemon's `/metrics` serves it.
+pub(crate) fn encode_metrics(registry: &Registry) -> Response {
     let mut out = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &sh.registry) {
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
