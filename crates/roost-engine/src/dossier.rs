@@ -15,6 +15,8 @@ use crate::verdict::{Class, Sample};
 pub struct Held {
     pub since: Secs,
     pub expires: Secs,
+    /// The expiry last reported outside (in the change, or the latest renewal).
+    pub announced: Secs,
 }
 
 /// One source's evidence about a client, accumulated.

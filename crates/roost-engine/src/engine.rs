@@ -99,6 +99,8 @@ pub struct Engine {
     scratch: Vec<Evidence>,
     /// The built-in signals' sources, made once (crawl, slow).
     sources: [Source; 2],
+    /// Clients whose verdict's expiry moved well past the one reported, while tracked.
+    renewed: Option<Vec<Key>>,
 }
 
 /// Seconds as whole and tenths, for text: integer formatting is far cheaper than `{:.1}`.
@@ -142,6 +144,7 @@ impl Engine {
             stats: Stats::default(),
             scratch: Vec::new(),
             sources: [Source::new(SourceKind::Behaviour, "crawl"), Source::new(SourceKind::Behaviour, "slow")],
+            renewed: None,
             cfg,
         })
     }
@@ -182,6 +185,54 @@ impl Engine {
 
     pub fn tracked(&self) -> usize {
         self.states.len()
+    }
+
+    /// Starts (or stops) noting renewals: a verdict that evidence keeps in force has its expiry
+    /// pushed out silently (no [`VerdictChange`]); a store that keeps verdicts with a TTL (Redis)
+    /// must hear of it before the reported expiry passes. With tracking on, each time a verdict's
+    /// expiry moves past the last reported one by a quarter of its remaining time (at least a
+    /// minute), the client is noted for [`Engine::take_renewals`].
+    pub fn track_renewals(&mut self, on: bool) {
+        self.renewed = on.then(Vec::new);
+    }
+
+    /// The renewals noted since the last call, as changes with `cause` [`Cause::Renewed`] and
+    /// `from == to` (in address order; clients whose verdict ended meanwhile are left out).
+    pub fn take_renewals(&mut self) -> Vec<VerdictChange> {
+        let Some(keys) = self.renewed.as_mut() else { return Vec::new() };
+        let mut keys = std::mem::take(keys);
+        keys.sort_unstable();
+        keys.dedup();
+        let now = self.now();
+        keys.into_iter()
+            .filter_map(|k| {
+                let x = self.explain(k.addr(), now)?;
+                (x.class != Class::Good).then(|| VerdictChange {
+                    subject: x.subject,
+                    at: now,
+                    from: x.class,
+                    to: x.class,
+                    cause: Cause::Renewed,
+                    reputation: x.reputation,
+                    requests: x.requests,
+                    expires: x.expires,
+                    reasons: x.reasons,
+                    samples: x.samples,
+                })
+            })
+            .collect()
+    }
+
+    /// Notes `key` as renewed if its hold's expiry moved far enough past the reported one.
+    fn note_renewal(&mut self, key: Key, t: Secs) {
+        let Some(renewed) = self.renewed.as_mut() else { return };
+        if let Some(h) = self.dossiers.get_mut(&key).and_then(|d| d.held.as_mut()) {
+            let step = (h.expires.saturating_sub(t) / 4).max(60);
+            if h.expires >= h.announced.saturating_add(step) {
+                h.announced = h.expires;
+                renewed.push(key);
+            }
+        }
     }
 
     /// Entries in the expiry schedule (live and stale), for metrics and tests.
@@ -515,6 +566,7 @@ impl Engine {
                 if let Some(h) = &mut d.held {
                     h.expires = h.expires.max(expires);
                 }
+                self.note_renewal(key, t);
             }
             return None;
         }
@@ -572,7 +624,7 @@ impl Engine {
         let offences = d.offences;
         let expires = (to != Class::Good).then(|| self.expiry_for(to, judged, floor, t, offences));
         let d = self.dossiers.get_mut(&key).expect("just opened");
-        d.held = expires.map(|e| Held { since: t, expires: e });
+        d.held = expires.map(|e| Held { since: t, expires: e, announced: e });
         if let Some(e) = expires {
             self.schedule(key, e);
         }
@@ -603,7 +655,7 @@ impl Engine {
                     why.insert(0, Reason { source: "override".into(), text: "override removed".into(), weight: 0.0 });
                 }
             }
-            Cause::Evidence => {}
+            Cause::Evidence | Cause::Renewed => {}
         }
         self.cite_versions(&mut why);
         VerdictChange {
@@ -665,6 +717,7 @@ impl Engine {
                         if let Some(h) = self.dossiers.get_mut(&key).and_then(|d| d.held.as_mut()) {
                             h.expires = next;
                         }
+                        self.note_renewal(key, t);
                         self.schedule(key, next);
                     }
                 }

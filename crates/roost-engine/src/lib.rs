@@ -27,4 +27,4 @@ pub use evidence::{Annotator, Evidence, Inspector, RequestContext, Source, Sourc
 pub use roost_event::{RequestEvent, Timestamp};
 pub use scoring::{Category, PathClass, Scoring};
 pub use state::{IpState, Key};
-pub use verdict::{Cause, Class, Explanation, Reason, Sample, VerdictChange};
+pub use verdict::{Cause, Class, Explanation, Reason, Sample, VerdictChange, subject_name};

@@ -91,6 +91,9 @@ pub enum Cause {
     Expired,
     /// An operator set or removed an override.
     Override,
+    /// Not a change of class: evidence kept the verdict in force and pushed its expiry out (see
+    /// `Engine::track_renewals`). Stores that keep verdicts with a TTL rewrite them.
+    Renewed,
 }
 
 /// A client's verdict moved from one class to another. The engine's output: sinks publish these
@@ -131,4 +134,14 @@ pub struct Explanation {
     pub offences: u32,
     pub reasons: Vec<Reason>,
     pub samples: Vec<Sample>,
+}
+
+/// A subject as text: a plain address for a single host (`203.0.113.7`), `prefix/len` for an
+/// aggregated IPv6 prefix (`2001:db8:1:2::/64`). Kafka keys, Redis keys and reports use it.
+pub fn subject_name(net: IpNetwork) -> String {
+    let full = match net.ip() {
+        std::net::IpAddr::V4(_) => 32,
+        std::net::IpAddr::V6(_) => 128,
+    };
+    if net.prefix() == full { net.ip().to_string() } else { net.to_string() }
 }

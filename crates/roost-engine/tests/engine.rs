@@ -579,3 +579,34 @@ fn flagged_filters_and_limits() {
     assert_eq!(two.len(), 2);
     assert!(two.iter().all(|x| x.class == Class::Bad));
 }
+
+#[test]
+fn renewals_are_reported_when_the_expiry_moves_well_past_the_reported_one() {
+    let mut e = engine();
+    e.track_renewals(true);
+    let ip = "198.51.100.8";
+    let mut changes = vec![];
+    for i in 0..40 {
+        changes.extend(e.observe(&ev(ip, T0 + i, "GET", &format!("/wp-admin/{i}.php"), 404)));
+    }
+    let bad = changes.last().unwrap().clone();
+    assert_eq!(bad.to, Class::Bad);
+    assert!(e.take_renewals().is_empty(), "a few seconds of renewal is not worth a write");
+    // the scanner keeps going for 20 minutes: its hold moves out past a quarter of an hour
+    for i in 40..1240 {
+        changes.extend(e.observe(&ev(ip, T0 + i, "GET", &format!("/wp-admin/{i}.php"), 404)));
+    }
+    assert_eq!(changes.len(), 2, "no class change meanwhile");
+    let r = e.take_renewals();
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].from, r[0].to, r[0].cause), (Class::Bad, Class::Bad, Cause::Renewed));
+    assert!(r[0].expires.unwrap() > bad.expires.unwrap());
+    assert!(!r[0].reasons.is_empty());
+    assert!(e.take_renewals().is_empty(), "taken once");
+    // without tracking nothing is kept
+    let mut quiet = engine();
+    for i in 0..1240 {
+        quiet.observe(&ev(ip, T0 + i, "GET", &format!("/wp-admin/{i}.php"), 404));
+    }
+    assert!(quiet.take_renewals().is_empty());
+}

@@ -1,3 +1,5 @@
-//! Sources of roost's input. Today: following access logs on disk ([`tail`]).
+//! Sources of roost's input. Today: following access logs on disk ([`tail`]) and remembering
+//! where reading stands ([`checkpoint`]).
 
+pub mod checkpoint;
 pub mod tail;

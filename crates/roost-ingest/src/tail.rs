@@ -2,7 +2,11 @@
 //!
 //! A [`Follower`] reads one path from where it left off each time it is polled, and copes with
 //! both rotation styles: rename-and-create (logrotate's default; the old file is read to its end
-//! before the new one is opened) and copytruncate (the file shrinks under us: start over at 0).
+//! before the new one is opened) and copytruncate (the file shrinks or its first bytes change
+//! under us: what we had not read yet is read from the copy, found beside it by its first bytes,
+//! then the truncated file from 0). A checkpointed [`Position`] names the file by device, inode
+//! and a checksum of its first bytes, so a follower resumed after a stop finds the file again
+//! even if it was renamed or copied away meanwhile.
 //! A [`Tail`] follows every file matching a glob, picking up files that appear later.
 //! Polling rather than inotify: it works on every filesystem, and one stat per poll is cheap.
 
@@ -12,6 +16,8 @@ use std::io::{self, Read, Seek, SeekFrom};
 #[cfg(unix)]
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 /// Lines longer than this are cut (and counted): a log line is never this long unless
 /// something is wrong, and memory stays bounded.
@@ -30,6 +36,54 @@ pub enum Start {
 struct FileId {
     dev: u64,
     ino: u64,
+}
+
+/// Where a follower stands: in which file (device and inode, so a renamed file is still
+/// recognised) and how far every line before was handed over. This is what a checkpoint keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub dev: u64,
+    pub ino: u64,
+    pub offset: u64,
+    /// The bytes from `offset` on finish a line already cut at [`MAX_LINE`]: skip to its end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_line: bool,
+    /// A checksum of the file's first `head_len` bytes (up to [`HEAD`]): an inode number can be
+    /// reused by a new file once the old one is deleted; its first bytes tell them apart.
+    #[serde(default)]
+    pub head_len: u32,
+    #[serde(default)]
+    pub head_crc: u32,
+}
+
+/// How many leading bytes identify a file's content.
+pub const HEAD: usize = 1024;
+
+/// The checksum of a file's first bytes (at most [`HEAD`]), and how many there were.
+fn head_of(f: &File, upto: usize) -> io::Result<(u32, u32)> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; HEAD];
+    let want = upto.min(HEAD);
+    let mut got = 0;
+    while got < want {
+        let n = f.read_at(&mut buf[got..want], got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok((got as u32, crc32fast::hash(&buf[..got])))
+}
+
+/// Whether `f` starts with the bytes `pos` saw.
+fn same_head(f: &File, pos: &Position) -> bool {
+    pos.head_len == 0 || head_of(f, pos.head_len as usize).is_ok_and(|h| h == (pos.head_len, pos.head_crc))
+}
+
+impl Position {
+    fn id(&self) -> FileId {
+        FileId { dev: self.dev, ino: self.ino }
+    }
 }
 
 fn id_of(m: &fs::Metadata) -> FileId {
@@ -53,6 +107,20 @@ pub struct PollStats {
     pub truncations: u64,
     /// Lines cut at [`MAX_LINE`].
     pub cut: u64,
+    /// Files that rotated away while nobody was reading and could not be found again: the rest
+    /// of them was not read.
+    pub lost_rotations: u64,
+}
+
+impl PollStats {
+    fn add(&mut self, s: &PollStats) {
+        self.lines += s.lines;
+        self.bytes += s.bytes;
+        self.rotations += s.rotations;
+        self.truncations += s.truncations;
+        self.cut += s.cut;
+        self.lost_rotations += s.lost_rotations;
+    }
 }
 
 /// Follows one path.
@@ -64,6 +132,11 @@ pub struct Follower {
     partial: Vec<u8>,
     cutting: bool,
     buf: Box<[u8]>,
+    /// Set by [`Follower::resume`] when the checkpointed file could not be found; reported once.
+    lost_at_start: bool,
+    /// Length and checksum of the current file's first bytes (up to [`HEAD`]) as last read:
+    /// if they change, the file was truncated and rewritten (copytruncate).
+    head: (u32, u32),
 }
 
 impl Follower {
@@ -79,6 +152,8 @@ impl Follower {
             partial: Vec::new(),
             cutting: false,
             buf: vec![0; 64 * 1024].into(),
+            lost_at_start: false,
+            head: (0, 0),
         };
         match f.open() {
             Ok(true) => {}
@@ -98,6 +173,78 @@ impl Follower {
         self.offset
     }
 
+    /// Where this follower stands (`None` while its file does not exist). Every line before
+    /// the position has been handed to a sink; a partial line at the end is not counted.
+    pub fn position(&self) -> Option<Position> {
+        let (f, id) = self.file.as_ref()?;
+        let offset = self.offset - self.partial.len() as u64;
+        let (head_len, head_crc) =
+            if self.head.0 as u64 >= offset.min(HEAD as u64) { self.head } else { head_of(f, offset as usize).unwrap_or((0, 0)) };
+        Some(Position { dev: id.dev, ino: id.ino, offset, skip_line: self.cutting, head_len, head_crc })
+    }
+
+    /// Notes the first bytes read so far (until [`HEAD`] of them are known).
+    fn note_head(&mut self) {
+        if let Some((f, _)) = &self.file
+            && (self.head.0 as usize) < HEAD
+            && self.offset > self.head.0 as u64
+            && let Ok(h) = head_of(f, self.offset.min(HEAD as u64) as usize)
+        {
+            self.head = h;
+        }
+    }
+
+    /// Whether the current file still starts with the bytes read from it.
+    fn head_unchanged(&self, f: &File) -> bool {
+        self.head.0 == 0 || head_of(f, self.head.0 as usize).is_ok_and(|h| h == self.head)
+    }
+
+    /// Follows `path` again from a checkpointed position. If the file at `path` is no longer the
+    /// one the position names (it rotated while nobody was reading), the old file is looked for
+    /// in the same directory by its inode and read to its end first; then the file now at `path`
+    /// is read from its beginning.
+    pub fn resume(path: impl Into<PathBuf>, pos: Position) -> Follower {
+        let mut f = Follower {
+            path: path.into(),
+            file: None,
+            offset: 0,
+            start: Start::Beginning,
+            partial: Vec::new(),
+            cutting: false,
+            buf: vec![0; 64 * 1024].into(),
+            lost_at_start: false,
+            head: (0, 0),
+        };
+        let current = File::open(&f.path).ok().and_then(|file| {
+            let m = file.metadata().ok()?;
+            (id_of(&m) == pos.id() && m.len() >= pos.offset && same_head(&file, &pos)).then_some(file)
+        });
+        let file = match current {
+            Some(file) => Some((file, pos.id())),
+            None => {
+                // Rotated (renamed away) or copied and truncated while nobody was reading: the
+                // checkpointed bytes live on in another file of the directory.
+                let found = f.path.parent().and_then(|dir| find_file(dir, &pos, None));
+                match &found {
+                    Some((p, _, _)) => tracing::info!(path = %f.path.display(), rotated = %p.display(),
+                        "resuming a log that rotated while stopped: reading the old file to its end first"),
+                    None => {
+                        tracing::warn!(path = %f.path.display(), "the file being read rotated away while stopped and is gone: lines written to it after the checkpoint are lost");
+                        f.lost_at_start = true;
+                    }
+                }
+                found.map(|(_, file, id)| (file, id))
+            }
+        };
+        if let Some((file, id)) = file {
+            f.offset = pos.offset;
+            f.cutting = pos.skip_line;
+            f.head = (pos.head_len, pos.head_crc);
+            f.file = Some((file, id));
+        }
+        f
+    }
+
     fn open(&mut self) -> io::Result<bool> {
         let f = match File::open(&self.path) {
             Ok(f) => f,
@@ -110,6 +257,7 @@ impl Follower {
         // Whatever comes next (a rotated-in file) is new: read it whole.
         self.start = Start::Beginning;
         self.file = Some((f, id_of(&m)));
+        self.head = (0, 0);
         self.partial.clear();
         self.cutting = false;
         Ok(true)
@@ -117,21 +265,54 @@ impl Follower {
 
     /// Reads everything new and hands each complete line (without its newline) to `sink`.
     pub fn poll(&mut self, sink: &mut dyn FnMut(&[u8])) -> io::Result<PollStats> {
+        self.poll_max(u64::MAX, sink)
+    }
+
+    /// Like [`Follower::poll`], but stops after reading about `max_bytes` (whole 64 KiB reads):
+    /// callers that must hold what they read until it is safe elsewhere stay bounded.
+    pub fn poll_max(&mut self, max_bytes: u64, sink: &mut dyn FnMut(&[u8])) -> io::Result<PollStats> {
         let mut stats = PollStats::default();
+        if std::mem::take(&mut self.lost_at_start) {
+            stats.lost_rotations += 1;
+        }
         if self.file.is_none() && !self.open()? {
             return Ok(stats);
         }
-        // copytruncate: the file is now shorter than what we read
-        if let Some((f, _)) = &self.file
-            && f.metadata()?.len() < self.offset
-        {
-            tracing::info!(path = %self.path.display(), "log truncated; reading from the start");
-            stats.truncations += 1;
-            self.offset = 0;
-            self.partial.clear();
-            self.cutting = false;
+        // copytruncate: the file is now shorter than what we read, or starts differently
+        if let Some((f, id)) = &self.file {
+            let id = *id;
+            let len = f.metadata()?.len();
+            if len < self.offset || !self.head_unchanged(f) {
+                stats.truncations += 1;
+                let pos = Position {
+                    dev: id.dev,
+                    ino: id.ino,
+                    offset: self.offset,
+                    skip_line: false,
+                    head_len: self.head.0,
+                    head_crc: self.head.1,
+                };
+                match self.path.parent().and_then(|dir| find_file(dir, &pos, Some(id))) {
+                    Some((copy, file, copy_id)) if self.head.0 > 0 => {
+                        // what was not read yet is in the copy: finish it, then the path from 0
+                        tracing::info!(path = %self.path.display(), copy = %copy.display(), "log truncated; reading the rest from its copy first");
+                        self.file = Some((file, copy_id));
+                    }
+                    _ => {
+                        tracing::info!(path = %self.path.display(), "log truncated; reading from the start");
+                        self.offset = 0;
+                        self.head = (0, 0);
+                        self.partial.clear();
+                        self.cutting = false;
+                    }
+                }
+            }
         }
-        self.drain(sink, &mut stats)?;
+        let at_end = self.drain(max_bytes, sink, &mut stats)?;
+        self.note_head();
+        if !at_end {
+            return Ok(stats); // more to read in this file: the next poll goes on
+        }
         // rename-and-create: the path now names another file. The old one was just read to its
         // end; whatever it lacks a newline for is a whole line now.
         match fs::metadata(&self.path) {
@@ -141,7 +322,7 @@ impl Follower {
                 self.flush_partial(sink, &mut stats);
                 self.file = None;
                 if self.open()? {
-                    self.drain(sink, &mut stats)?;
+                    self.drain(max_bytes.saturating_sub(stats.bytes), sink, &mut stats)?;
                 }
             }
             _ => {}
@@ -149,14 +330,20 @@ impl Follower {
         Ok(stats)
     }
 
-    fn drain(&mut self, sink: &mut dyn FnMut(&[u8]), stats: &mut PollStats) -> io::Result<()> {
-        let Some((f, _)) = &mut self.file else { return Ok(()) };
+    /// Reads to the end of the file, or until `max_bytes` were read; true at the end.
+    fn drain(&mut self, max_bytes: u64, sink: &mut dyn FnMut(&[u8]), stats: &mut PollStats) -> io::Result<bool> {
+        let Some((f, _)) = &mut self.file else { return Ok(true) };
         f.seek(SeekFrom::Start(self.offset))?;
+        let mut read = 0u64;
         loop {
+            if read >= max_bytes {
+                return Ok(false);
+            }
             let n = f.read(&mut self.buf)?;
             if n == 0 {
-                return Ok(());
+                return Ok(true);
             }
+            read += n as u64;
             self.offset += n as u64;
             stats.bytes += n as u64;
             let mut chunk = &self.buf[..n];
@@ -201,6 +388,33 @@ impl Follower {
     }
 }
 
+/// The file in `dir` that holds the bytes `pos` names: the same inode with the same first bytes
+/// (renamed), or else another file with the same first bytes and at least `pos.offset` of them
+/// (a copy). `not` is left out (the truncated original itself). Opened, with its id.
+fn find_file(dir: &Path, pos: &Position, not: Option<FileId>) -> Option<(PathBuf, File, FileId)> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let mut copy = None;
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let Ok(m) = fs::metadata(&p) else { continue };
+        let id = id_of(&m);
+        if !m.is_file() || Some(id) == not || m.len() < pos.offset {
+            continue;
+        }
+        let Ok(f) = File::open(&p) else { continue };
+        if !same_head(&f, pos) {
+            continue;
+        }
+        if id == pos.id() {
+            return Some((p, f, id));
+        }
+        if copy.is_none() && pos.head_len > 0 {
+            copy = Some((p, f, id));
+        }
+    }
+    copy
+}
+
 fn strip_cr(b: &[u8]) -> &[u8] {
     b.strip_suffix(b"\r").unwrap_or(b)
 }
@@ -211,18 +425,44 @@ pub struct Tail {
     start: Start,
     followers: BTreeMap<PathBuf, Follower>,
     first_scan: bool,
+    /// Checkpointed positions, used by the first scan.
+    resume: BTreeMap<PathBuf, Position>,
 }
 
 impl Tail {
     pub fn new(pattern: impl Into<String>, start: Start) -> Result<Tail, glob::PatternError> {
+        Tail::resume(pattern, start, BTreeMap::new())
+    }
+
+    /// Follows the glob again from checkpointed positions (see [`Tail::positions`]): files with a
+    /// position go on from it (even if they rotated meanwhile, see [`Follower::resume`]); other
+    /// files that exist now start at `start`.
+    pub fn resume(
+        pattern: impl Into<String>,
+        start: Start,
+        positions: BTreeMap<PathBuf, Position>,
+    ) -> Result<Tail, glob::PatternError> {
         let pattern = pattern.into();
-        glob::Pattern::new(&pattern)?;
-        Ok(Tail { pattern, start, followers: BTreeMap::new(), first_scan: true })
+        let compiled = glob::Pattern::new(&pattern)?;
+        let resume = positions.into_iter().filter(|(p, _)| compiled.matches_path(p) || p == Path::new(&pattern)).collect();
+        Ok(Tail { pattern, start, followers: BTreeMap::new(), first_scan: true, resume })
+    }
+
+    /// Where every followed file stands, by path.
+    pub fn positions(&self) -> BTreeMap<PathBuf, Position> {
+        self.followers.iter().filter_map(|(p, f)| Some((p.clone(), f.position()?))).collect()
     }
 
     /// Picks up files that now match the pattern.
     pub fn rescan(&mut self) {
         let start = if self.first_scan { self.start } else { Start::Beginning };
+        if self.first_scan {
+            // checkpointed files first, whether or not their path exists right now
+            for (p, pos) in std::mem::take(&mut self.resume) {
+                tracing::info!(path = %p.display(), offset = pos.offset, "resuming log");
+                self.followers.insert(p.clone(), Follower::resume(p, pos));
+            }
+        }
         self.first_scan = false;
         let paths: Vec<PathBuf> = match glob::glob(&self.pattern) {
             Ok(p) => p.filter_map(Result::ok).collect(),
@@ -243,16 +483,15 @@ impl Tail {
 
     /// Polls every file; `sink` gets each line with the path it came from.
     pub fn poll(&mut self, sink: &mut dyn FnMut(&Path, &[u8])) -> PollStats {
+        self.poll_max(u64::MAX, sink)
+    }
+
+    /// Like [`Tail::poll`], reading about `max_bytes` at most from each file.
+    pub fn poll_max(&mut self, max_bytes: u64, sink: &mut dyn FnMut(&Path, &[u8])) -> PollStats {
         let mut total = PollStats::default();
         for (path, f) in &mut self.followers {
-            match f.poll(&mut |l| sink(path, l)) {
-                Ok(s) => {
-                    total.lines += s.lines;
-                    total.bytes += s.bytes;
-                    total.rotations += s.rotations;
-                    total.truncations += s.truncations;
-                    total.cut += s.cut;
-                }
+            match f.poll_max(max_bytes, &mut |l| sink(path, l)) {
+                Ok(s) => total.add(&s),
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot read log"),
             }
         }
@@ -330,6 +569,60 @@ mod tests {
         assert_eq!(lines(&mut f), ["c"]);
     }
 
+    /// logrotate's copytruncate: copy the file aside, then truncate it in place.
+    fn copytruncate(p: &Path, to: &Path) {
+        fs::copy(p, to).unwrap();
+        fs::OpenOptions::new().write(true).open(p).unwrap().set_len(0).unwrap();
+    }
+
+    #[test]
+    fn copytruncate_reads_what_was_not_read_yet_from_the_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("access.log");
+        append(&p, "a\nb\n");
+        let mut f = Follower::new(&p, Start::Beginning);
+        assert_eq!(lines(&mut f), ["a", "b"]);
+        append(&p, "c\nd\n"); // written, not read yet, when the copy is taken
+        copytruncate(&p, &d.path().join("access.log.1"));
+        append(&p, "e\n");
+        let mut got = Vec::new();
+        let st = f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned())).unwrap();
+        assert_eq!(got, ["c", "d", "e"]);
+        assert_eq!(st.truncations, 1);
+    }
+
+    #[test]
+    fn a_truncated_file_that_grew_past_the_offset_is_noticed_by_its_first_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("access.log");
+        append(&p, "first line of the old file\n");
+        let mut f = Follower::new(&p, Start::Beginning);
+        assert_eq!(lines(&mut f), ["first line of the old file"]);
+        copytruncate(&p, &d.path().join("access.log.1"));
+        // between two polls the new file grows longer than what was read of the old one
+        append(&p, "new 1 ........................\nnew 2\n");
+        assert_eq!(lines(&mut f), ["new 1 ........................", "new 2"]);
+    }
+
+    #[test]
+    fn copytruncate_while_stopped_resumes_from_the_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("access.log");
+        append(&p, "a\nb\n");
+        let mut f = Follower::new(&p, Start::Beginning);
+        assert_eq!(lines(&mut f), ["a", "b"]);
+        let pos = f.position().unwrap();
+        drop(f);
+        append(&p, "c\n");
+        copytruncate(&p, &d.path().join("access.log.1"));
+        append(&p, "d is longer than what was read before\n");
+        let mut f = Follower::resume(&p, pos);
+        let mut got = Vec::new();
+        let st = f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned())).unwrap();
+        assert_eq!(got, ["c", "d is longer than what was read before"]);
+        assert_eq!(st.lost_rotations, 0);
+    }
+
     #[test]
     fn overlong_lines_are_cut_not_buffered_forever() {
         let d = tempfile::tempdir().unwrap();
@@ -359,5 +652,86 @@ mod tests {
             got.push(format!("{}:{}", p.file_name().unwrap().to_string_lossy(), String::from_utf8_lossy(l)))
         });
         assert_eq!(got, ["a.log:a1", "b.log:b1"]);
+    }
+
+    #[test]
+    fn resumes_from_a_position_even_across_a_rotation_while_stopped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("access.log");
+        append(&p, "a\nb\npart");
+        let mut f = Follower::new(&p, Start::Beginning);
+        assert_eq!(lines(&mut f), ["a", "b"]);
+        let pos = f.position().unwrap();
+        assert_eq!(pos.offset, 4, "the partial line is not past the position");
+        drop(f);
+        // same file, more written
+        append(&p, "ial\nc\n");
+        let mut f = Follower::resume(&p, pos);
+        assert_eq!(lines(&mut f), ["partial", "c"]);
+        let pos = f.position().unwrap();
+        drop(f);
+        // rotated while stopped: the old file's rest comes first, then the new file whole
+        append(&p, "d\n");
+        fs::rename(&p, d.path().join("access.log.1")).unwrap();
+        append(&p, "e\n");
+        let mut f = Follower::resume(&p, pos);
+        assert_eq!(lines(&mut f), ["d", "e"]);
+        // copytruncate while stopped: start over (noticed when the file is now shorter)
+        let pos = f.position().unwrap();
+        drop(f);
+        fs::File::create(&p).unwrap();
+        append(&p, "f\n");
+        let mut f = Follower::resume(&p, Position { offset: pos.offset + 1, ..pos });
+        assert_eq!(lines(&mut f), ["f"]);
+        // the old file is gone: counted, and the new one is read whole
+        let pos = f.position().unwrap();
+        drop(f);
+        fs::remove_file(&p).unwrap();
+        append(&p, "g\n");
+        let mut f = Follower::resume(&p, pos);
+        let mut got = Vec::new();
+        let stats = f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned())).unwrap();
+        assert_eq!(got, ["g"]);
+        assert_eq!(stats.lost_rotations, 1);
+    }
+
+    #[test]
+    fn bounded_polls_read_a_little_at_a_time_and_lose_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("access.log");
+        let body: String = (0..50_000).map(|i| format!("line {i}\n")).collect();
+        append(&p, &body);
+        let mut f = Follower::new(&p, Start::Beginning);
+        let mut got = Vec::new();
+        let mut polls = 0;
+        loop {
+            let s = f.poll_max(64 * 1024, &mut |l| got.push(String::from_utf8_lossy(l).into_owned())).unwrap();
+            polls += 1;
+            if s.lines == 0 {
+                break;
+            }
+        }
+        assert!(polls > 5);
+        assert_eq!(got.len(), 50_000);
+        assert_eq!(got[49_999], "line 49999");
+    }
+
+    #[test]
+    fn a_glob_resumes_checkpointed_files_and_starts_new_ones_per_config() {
+        let d = tempfile::tempdir().unwrap();
+        let pattern = format!("{}/*.log", d.path().display());
+        append(&d.path().join("a.log"), "a1\n");
+        let mut t = Tail::new(&pattern, Start::Beginning).unwrap();
+        t.rescan();
+        t.poll(&mut |_, _| {});
+        let positions = t.positions();
+        drop(t);
+        append(&d.path().join("a.log"), "a2\n");
+        append(&d.path().join("b.log"), "b-old\n");
+        let mut t = Tail::resume(&pattern, Start::End, positions).unwrap();
+        t.rescan();
+        let mut got = Vec::new();
+        t.poll(&mut |_, l| got.push(String::from_utf8_lossy(l).into_owned()));
+        assert_eq!(got, ["a2"], "a.log goes on from its position; b.log existed already and starts at the end");
     }
 }

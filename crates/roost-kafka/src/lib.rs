@@ -7,9 +7,15 @@
 //! - [`read_to_end`] replays a topic from the beginning up to its end at the time of the call;
 //!   [`Follower`] keeps reading it afterwards. Both read every partition without a consumer
 //!   group: topics such as `roost.feeds` are read whole by every instance.
+//! - [`GroupConsumer`]: a consumer-group member that replays each partition it is given from the
+//!   beginning (state rebuild) and commits only when told.
+
+mod group;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+pub use group::{GroupConsumer, GroupEvent};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -25,13 +31,29 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Topics {
+    /// Request events parsed from access logs, keyed by client (`roost tail` writes, the
+    /// `roost score` consumer group reads).
+    pub requests: String,
+    /// Lines that did not parse, with their source (`roost tail` writes; operators read).
+    pub deadletter: String,
+    /// Verdict changes, compacted, keyed by client (`roost score` writes; the flowspec
+    /// controller and the admin UI read).
+    pub verdicts: String,
+    /// Operators' overrides, compacted, keyed by prefix (every scorer reads it whole).
+    pub overrides: String,
     /// Threat-feed entries, compacted (`roost feeds` writes, every scorer reads it whole).
     pub feeds: String,
 }
 
 impl Default for Topics {
     fn default() -> Topics {
-        Topics { feeds: "roost.feeds".into() }
+        Topics {
+            requests: "roost.requests".into(),
+            deadletter: "roost.deadletter".into(),
+            verdicts: "roost.verdicts".into(),
+            overrides: "roost.overrides".into(),
+            feeds: "roost.feeds".into(),
+        }
     }
 }
 
@@ -115,14 +137,21 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(cfg: &KafkaConfig, client_id: &str) -> Result<Producer, Error> {
-        let inner = cfg
-            .client(client_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "20")
-            .set("message.timeout.ms", "30000")
-            .create()
-            .map_err(kafka("creating the producer"))?;
+        Producer::with(cfg, client_id, &[])
+    }
+
+    /// A producer with librdkafka properties of its own (`linger.ms`, `message.timeout.ms`…);
+    /// the configured `kafka.properties` still win.
+    pub fn with(cfg: &KafkaConfig, client_id: &str, props: &[(&str, &str)]) -> Result<Producer, Error> {
+        let mut c = ClientConfig::new();
+        c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "20").set("message.timeout.ms", "30000");
+        for (k, v) in props {
+            c.set(*k, *v);
+        }
+        for (k, v) in cfg.client(client_id).config_map() {
+            c.set(k, v);
+        }
+        let inner = c.create().map_err(kafka("creating the producer"))?;
         Ok(Producer { inner })
     }
 

@@ -12,7 +12,7 @@ use roost_logformat::LogFormatConfig;
 use serde::{Deserialize, Serialize};
 
 /// The top-level sections, as environment variables spell them (`ROOST_ENGINE__…`).
-const SECTIONS: &[&str] = &["engine", "logs", "rules", "up", "feeds", "geo", "kafka"];
+const SECTIONS: &[&str] = &["engine", "logs", "rules", "up", "feeds", "geo", "kafka", "redis", "tail", "score"];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -28,6 +28,12 @@ pub struct Config {
     pub geo: roost_geo::GeoConfig,
     /// Kafka (unused while `brokers` is empty).
     pub kafka: roost_kafka::KafkaConfig,
+    /// The verdict store (`roost score` writes, proxies read).
+    pub redis: roost_verdicts::RedisConfig,
+    /// `roost tail`: logs to Kafka.
+    pub tail: crate::tail::TailConfig,
+    /// `roost score`: the scorer consumer group.
+    pub score: roost_scorer::Settings,
 }
 
 /// Known-bad behaviour rules.

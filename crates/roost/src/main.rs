@@ -6,6 +6,8 @@ mod feeds;
 mod generate;
 mod replay;
 mod rules;
+mod score;
+mod tail;
 mod up;
 
 use std::io::Write;
@@ -99,6 +101,12 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Follow the configured access logs and publish them to Kafka, parsed at the edge
+    /// (at-least-once: positions are checkpointed after Kafka acknowledged).
+    Tail,
+    /// Score the requests topic as one member of the scorer group; verdicts to Redis and the
+    /// verdicts topic, offsets committed after.
+    Score,
     /// Print the effective configuration (defaults, file and environment merged) as TOML.
     Config,
 }
@@ -238,6 +246,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             FeedsCmd::Lookup { ip, feed } => print!("{}", feeds::lookup(&cfg, ip, &feed)?),
         },
         Command::Up { demo, listen } => up::run(cfg, up::UpArgs { demo, listen })?,
+        Command::Tail => tail::run(cfg)?,
+        Command::Score => score::run(cfg)?,
         Command::Rules { cmd } => {
             let out = match cmd {
                 RulesCmd::Lint { dir } => rules::lint(&cfg.rules, dir.as_deref())?,

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -274,13 +273,7 @@ fn trim_newline(b: &[u8]) -> &[u8] {
 }
 
 /// `203.0.113.7` for a single address, `2001:db8:1:2::/64` for an aggregated prefix.
-pub fn subject_name(net: ipnetwork::IpNetwork) -> String {
-    let full = match net.ip() {
-        IpAddr::V4(_) => 32,
-        IpAddr::V6(_) => 128,
-    };
-    if net.prefix() == full { net.ip().to_string() } else { net.to_string() }
-}
+pub use roost_engine::subject_name;
 
 fn pct(n: u64, of: u64) -> String {
     if of == 0 { "0.0%".into() } else { format!("{:.1}%", n as f64 * 100.0 / of as f64) }

@@ -228,12 +228,12 @@ async fn serve(listen: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
             }
         });
     }
-    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("roost up: stopping");
     Ok(())
 }
 
-async fn shutdown() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

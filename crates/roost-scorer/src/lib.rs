@@ -1,0 +1,298 @@
+//! `roost score`: the engine behind a Kafka consumer group.
+//!
+//! - [`Scorer`] (no I/O): one [`Engine`] per assigned partition of the requests topic. A
+//!   partition's state is a function of that partition's records alone, in offset order, so
+//!   whichever instance owns it computes the same verdicts. On assignment a partition is read
+//!   from its beginning: records before the group's committed offset rebuild state without
+//!   effects; at the committed offset the partition's current verdicts are written once
+//!   (resync), and from there on every verdict change is an output, and so is every renewal
+//!   (a verdict kept in force past the expiry last written: stores with TTLs must hear of it).
+//! - [`run`]: the loop around it: poll a batch, write its outputs to Redis and the verdicts
+//!   topic, and only then commit the offsets. A Redis that comes back empty gets every current
+//!   verdict again.
+//! - [`wire`]: the requests-topic and dead-letter message schemas (`roost tail` writes them).
+
+pub mod overrides;
+pub mod run;
+pub mod wire;
+
+use std::collections::BTreeMap;
+
+use ipnetwork::IpNetwork;
+use roost_engine::{Engine, Explanation, Override, Timestamp, VerdictChange};
+
+pub use run::{Metrics, Settings, run};
+
+/// Builds a fresh engine (rules, feeds and GeoIP attached) for a partition.
+pub type EngineFactory = Box<dyn Fn() -> Engine + Send>;
+
+struct Partition {
+    engine: Engine,
+    /// The offset of the next record to handle.
+    next: i64,
+    /// Records before this offset were handled by an earlier owner: replay them silently.
+    live_from: i64,
+    live: bool,
+    last_expire: i64,
+}
+
+/// What the scorer asks to be written.
+#[derive(Debug)]
+pub enum Output {
+    /// A verdict changed (event time `now` of its partition).
+    Change { partition: i32, change: VerdictChange, now: Timestamp },
+    /// A partition went live: its current non-good verdicts, to (re)write without announcing.
+    Resync { partition: i32, verdicts: Vec<Explanation>, now: Timestamp },
+}
+
+/// Counters, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub events: u64,
+    /// Records replayed to rebuild state after an assignment.
+    pub rebuilt: u64,
+    /// Records that were not a request event (counted, logged, skipped).
+    pub bad_records: u64,
+}
+
+/// The engines of the partitions this instance owns.
+pub struct Scorer {
+    make: EngineFactory,
+    parts: BTreeMap<i32, Partition>,
+    overrides: BTreeMap<IpNetwork, Override>,
+    outputs: Vec<Output>,
+    counts: Counts,
+}
+
+impl Scorer {
+    pub fn new(make: EngineFactory) -> Scorer {
+        Scorer { make, parts: BTreeMap::new(), overrides: BTreeMap::new(), outputs: Vec::new(), counts: Counts::default() }
+    }
+
+    /// Takes partitions, each with the group's committed offset.
+    pub fn assign(&mut self, parts: &[(i32, Option<i64>)]) {
+        for &(p, committed) in parts {
+            let mut engine = (self.make)();
+            engine.track_renewals(true);
+            for (net, ov) in &self.overrides {
+                engine.set_override(*net, ov.clone(), Timestamp(0));
+            }
+            let mut part =
+                Partition { engine, next: 0, live_from: committed.unwrap_or(0), live: false, last_expire: i64::MIN };
+            Self::maybe_live(p, &mut part, &mut self.outputs);
+            self.parts.insert(p, part);
+        }
+    }
+
+    /// Gives partitions up: their state and unwritten outputs go (the next owner rebuilds).
+    pub fn revoke(&mut self, parts: &[i32]) {
+        for p in parts {
+            self.parts.remove(p);
+        }
+        self.outputs.retain(|o| match o {
+            Output::Change { partition, .. } | Output::Resync { partition, .. } => !parts.contains(partition),
+        });
+    }
+
+    pub fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
+        self.parts.keys().copied()
+    }
+
+    fn maybe_live(p: i32, part: &mut Partition, out: &mut Vec<Output>) {
+        if !part.live && part.next >= part.live_from {
+            part.live = true;
+            part.engine.take_renewals(); // the resync carries them
+            let now = part.engine.now();
+            let verdicts = part.engine.flagged(now, None, usize::MAX);
+            tracing::info!(partition = p, offset = part.next, flagged = verdicts.len(), "partition live");
+            out.push(Output::Resync { partition: p, verdicts, now });
+        }
+    }
+
+    /// Handles one record of partition `p`. Records of partitions not owned, and records
+    /// already handled, are ignored. Returns an error for a record that is not a request event
+    /// (it is skipped; the caller counts and logs it).
+    pub fn record(&mut self, p: i32, offset: i64, value: Option<&[u8]>) -> Result<(), wire::Error> {
+        let Some(part) = self.parts.get_mut(&p) else { return Ok(()) };
+        if offset < part.next {
+            return Ok(());
+        }
+        part.next = offset + 1;
+        let result = match value.map(wire::decode_request) {
+            None => Err(wire::Error::Empty),
+            Some(Err(e)) => Err(e),
+            Some(Ok(ev)) => {
+                let live = part.live;
+                // as `roost replay` does: verdicts lapse as event time passes each second
+                let t = ev.time.secs();
+                if t > part.last_expire {
+                    for c in part.engine.expire(ev.time) {
+                        if live {
+                            self.outputs.push(Output::Change { partition: p, now: part.engine.now(), change: c });
+                        }
+                    }
+                    part.last_expire = t;
+                }
+                if let Some(c) = part.engine.observe(&ev)
+                    && live
+                {
+                    self.outputs.push(Output::Change { partition: p, now: part.engine.now(), change: c });
+                }
+                if live {
+                    self.counts.events += 1;
+                } else {
+                    self.counts.rebuilt += 1;
+                }
+                Ok(())
+            }
+        };
+        if result.is_err() {
+            self.counts.bad_records += 1;
+        }
+        Self::maybe_live(p, part, &mut self.outputs);
+        result
+    }
+
+    /// Sets (`Some`) or removes an operator's override in every partition's engine, and in
+    /// engines made later.
+    pub fn set_override(&mut self, net: IpNetwork, ov: Option<Override>) {
+        match &ov {
+            Some(o) => self.overrides.insert(net, o.clone()),
+            None => self.overrides.remove(&net),
+        };
+        for (p, part) in &mut self.parts {
+            let now = part.engine.now();
+            let changes = match &ov {
+                Some(o) => part.engine.set_override(net, o.clone(), now),
+                None => part.engine.remove_override(net, now),
+            };
+            if part.live {
+                self.outputs.extend(changes.into_iter().map(|c| Output::Change { partition: *p, change: c, now }));
+            }
+        }
+    }
+
+    /// Every live partition's current verdicts, to write again (the store lost them).
+    pub fn resync_all(&mut self) {
+        for (p, part) in &self.parts {
+            if part.live {
+                let now = part.engine.now();
+                self.outputs.push(Output::Resync { partition: *p, verdicts: part.engine.flagged(now, None, usize::MAX), now });
+            }
+        }
+    }
+
+    /// The outputs so far, and per partition the offset to commit once they are written.
+    pub fn take(&mut self) -> (Vec<Output>, BTreeMap<i32, i64>) {
+        for (p, part) in &mut self.parts {
+            if part.live {
+                let now = part.engine.now();
+                let renewals = part.engine.take_renewals();
+                self.outputs.extend(renewals.into_iter().map(|change| Output::Change { partition: *p, change, now }));
+            }
+        }
+        let commits = self.parts.iter().filter(|(_, s)| s.live && s.next > 0).map(|(p, s)| (*p, s.next)).collect();
+        (std::mem::take(&mut self.outputs), commits)
+    }
+
+    /// The offset of the next record to handle, per partition.
+    pub fn positions(&self) -> BTreeMap<i32, i64> {
+        self.parts.iter().map(|(p, s)| (*p, s.next)).collect()
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// The engines, for metrics (aggregates, state size).
+    pub fn engines(&self) -> impl Iterator<Item = &Engine> {
+        self.parts.values().map(|p| &p.engine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use roost_engine::{Class, EngineConfig, RequestEvent};
+
+    use super::*;
+
+    fn ev(t: i64, ip: &str, status: u16) -> Vec<u8> {
+        let ev = RequestEvent {
+            time: Timestamp(t * 1000),
+            client: ip.parse().unwrap(),
+            method: "GET".into(),
+            host: None,
+            path: "/admin".into(),
+            query: None,
+            protocol: "HTTP/1.1".into(),
+            status,
+            bytes: 10,
+            request_time: None,
+            referer: None,
+            user_agent: None,
+        };
+        wire::encode_request(&ev)
+    }
+
+    fn scorer() -> Scorer {
+        Scorer::new(Box::new(|| Engine::new(EngineConfig::default()).unwrap()))
+    }
+
+    fn changes(out: &[Output]) -> Vec<(String, Class)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Change { change, .. } => Some((change.subject.ip().to_string(), change.to)),
+                Output::Resync { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rebuilt_partition_ends_where_one_that_never_stopped_does() {
+        let log: Vec<Vec<u8>> = (0..60).map(|i| ev(1_700_000_000 + i, "198.51.100.9", 403)).collect();
+        // one owner all along
+        let mut a = scorer();
+        a.assign(&[(0, None)]);
+        for (o, v) in log.iter().enumerate() {
+            a.record(0, o as i64, Some(v)).unwrap();
+        }
+        let (out_a, commits) = a.take();
+        assert_eq!(commits[&0], 60);
+        let flagged_a = changes(&out_a);
+        assert!(!flagged_a.is_empty(), "60 forbidden answers in a minute flag the client");
+        // a second owner takes over after 30 records were committed: it replays them silently,
+        // resyncs, and emits only what comes after
+        let mut b = scorer();
+        b.assign(&[(0, Some(30))]);
+        for (o, v) in log.iter().enumerate() {
+            b.record(0, o as i64, Some(v)).unwrap();
+        }
+        let (out_b, _) = b.take();
+        assert_eq!(b.counts().rebuilt, 30);
+        assert!(matches!(out_b[0], Output::Resync { .. }));
+        let before: usize = out_a
+            .iter()
+            .filter(|o| matches!(o, Output::Change { change, .. } if change.at.secs() < 1_700_000_030))
+            .count();
+        assert_eq!(changes(&out_b), flagged_a[before..].to_vec());
+        let xa: Vec<_> = a.engines().flat_map(|e| e.flagged(e.now(), None, 10)).collect();
+        let xb: Vec<_> = b.engines().flat_map(|e| e.flagged(e.now(), None, 10)).collect();
+        assert_eq!(xa, xb);
+    }
+
+    #[test]
+    fn bad_records_are_counted_and_skipped_and_revoked_partitions_forgotten() {
+        let mut s = scorer();
+        s.assign(&[(0, None), (1, None)]);
+        assert!(s.record(0, 0, Some(b"not json")).is_err());
+        assert!(s.record(0, 1, None).is_err());
+        s.record(1, 0, Some(&ev(1_700_000_000, "192.0.2.1", 200))).unwrap();
+        assert_eq!(s.counts().bad_records, 2);
+        assert_eq!(s.counts().events, 1);
+        s.revoke(&[1]);
+        assert_eq!(s.partitions().collect::<Vec<_>>(), [0]);
+        let (_, commits) = s.take();
+        assert_eq!(commits.get(&0), Some(&2));
+        assert_eq!(commits.get(&1), None);
+    }
+}

@@ -1,0 +1,376 @@
+//! The I/O loop of `roost score`: Kafka in, Redis and the verdicts topic out, offsets last.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use ipnetwork::IpNetwork;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use roost_engine::{Class, Override, VerdictChange, subject_name};
+use roost_kafka::{GroupConsumer, GroupEvent, KafkaConfig, Producer};
+use roost_verdicts::{RedisConfig, Store, VerdictRecord, Write};
+use serde::{Deserialize, Serialize};
+
+use crate::{Output, Scorer};
+
+/// The `[score]` config section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The consumer group every scorer instance joins.
+    pub group: String,
+    /// Where /metrics listens.
+    pub listen: SocketAddr,
+    /// Partitions of the requests topic when roost creates it. Scorer instances beyond this
+    /// number stand by.
+    pub partitions: i32,
+    /// Records handled between two writes-and-commits, at most.
+    pub batch: usize,
+    /// Writes-and-commits happen at least this often while records flow.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: std::time::Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            group: "roost-score".into(),
+            listen: "127.0.0.1:9751".parse().expect("valid"),
+            partitions: 8,
+            batch: 5000,
+            flush_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabel {
+    partition: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabel {
+    verdict: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByLabel {
+    by: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChangeLabel {
+    to: String,
+    cause: String,
+}
+
+/// `roost score`'s metrics.
+#[derive(Default)]
+pub struct Metrics {
+    events: Counter,
+    rebuilt: Counter,
+    bad_records: Counter,
+    writes: Family<SinkLabel, Counter>,
+    write_errors: Family<SinkLabel, Counter>,
+    resyncs: Counter,
+    commits: Counter,
+    commit_errors: Counter,
+    poll_errors: Counter,
+    lag: Family<PartitionLabel, Gauge>,
+    partitions: Gauge,
+    clients: Family<VerdictLabel, Gauge>,
+    tracked: Gauge,
+    dossiers: Gauge,
+    reputation_mean: Family<ByLabel, Gauge<f64, AtomicU64>>,
+    changes: Family<ChangeLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register("roost_score_events", "Request events scored", self.events.clone());
+        r.register("roost_score_rebuilt_events", "Records replayed to rebuild a partition's state", self.rebuilt.clone());
+        r.register("roost_score_bad_records", "Records on the requests topic that were not request events", self.bad_records.clone());
+        r.register("roost_score_writes", "Verdicts written, by sink (redis, kafka)", self.writes.clone());
+        r.register("roost_score_write_errors", "Failed verdict writes (retried), by sink", self.write_errors.clone());
+        r.register("roost_score_redis_resyncs", "Times Redis came back empty and every verdict was written again", self.resyncs.clone());
+        r.register("roost_score_commits", "Offset commits", self.commits.clone());
+        r.register("roost_score_commit_errors", "Failed offset commits", self.commit_errors.clone());
+        r.register("roost_score_poll_errors", "Errors reading the requests topic (the broker away)", self.poll_errors.clone());
+        r.register("roost_consumer_lag_records", "Records not yet read, by partition of the requests topic", self.lag.clone());
+        r.register("roost_score_partitions", "Partitions this instance owns", self.partitions.clone());
+        r.register("roost_clients", "Tracked clients, by verdict", self.clients.clone());
+        r.register("roost_score_state_clients", "Clients with state in this instance's engines", self.tracked.clone());
+        r.register("roost_dossiers", "Clients with a dossier (samples and evidence)", self.dossiers.clone());
+        r.register(
+            "roost_reputation_mean",
+            "Mean reputation (-1..1) of tracked clients, by client or weighted by recent requests",
+            self.reputation_mean.clone(),
+        );
+        r.register("roost_verdict_changes", "Verdict changes, by new verdict and cause", self.changes.clone());
+    }
+
+    fn sink(&self, f: &Family<SinkLabel, Counter>, sink: &str) -> Counter {
+        f.get_or_create(&SinkLabel { sink: sink.into() }).clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kafka(#[from] roost_kafka::Error),
+    #[error(transparent)]
+    Redis(#[from] roost_verdicts::Error),
+}
+
+/// A verdict change as a verdicts-topic value: `{"v":1, …VerdictChange}`.
+pub fn encode_change(c: &VerdictChange) -> Vec<u8> {
+    let json = serde_json::to_vec(c).expect("a change serializes");
+    let mut out = b"{\"v\":1,".to_vec();
+    out.extend_from_slice(&json[1..]);
+    out
+}
+
+/// Runs until `stop`: joins the group, scores, writes, commits. Overrides arrive on
+/// `overrides` (from the overrides topic, read whole by the caller).
+pub fn run(
+    kafka: &KafkaConfig,
+    redis: &RedisConfig,
+    s: &Settings,
+    mut scorer: Scorer,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+    overrides: Receiver<(IpNetwork, Option<Override>)>,
+) -> Result<(), Error> {
+    let consumer = GroupConsumer::new(kafka, &kafka.topics.requests, &s.group, "roost-score")?;
+    let producer = Producer::with(kafka, "roost-score", &[("linger.ms", "5"), ("message.timeout.ms", "0")])?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a current-thread runtime");
+    let mut store = Store::new(redis)?;
+    if let Err(e) = store.server_restarted() {
+        tracing::warn!(error = %e, "Redis not reachable yet; verdicts wait for it");
+    }
+    let mut last_check = Instant::now();
+    let mut last_stats = Instant::now() - Duration::from_secs(60);
+    let mut seen = scorer.counts().clone();
+    let mut last_poll_error = Instant::now() - Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let mut n = 0;
+        while n < s.batch && started.elapsed() < s.flush_interval {
+            let polled = match consumer.poll(s.flush_interval.saturating_sub(started.elapsed())) {
+                Ok(p) => p,
+                Err(e) => {
+                    // librdkafka reconnects by itself: a broker away is a pause, not an end
+                    metrics.poll_errors.inc();
+                    if last_poll_error.elapsed() >= Duration::from_secs(5) {
+                        last_poll_error = Instant::now();
+                        tracing::warn!(error = %e, "reading the requests topic");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            };
+            match polled {
+                None => break,
+                Some(GroupEvent::Assigned(parts)) => scorer.assign(&parts),
+                Some(GroupEvent::Revoked(parts)) => scorer.revoke(&parts),
+                Some(GroupEvent::Record(r)) => {
+                    n += 1;
+                    if let Err(e) = scorer.record(r.partition, r.offset, r.value.as_deref()) {
+                        tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "skipping a record that is not a request event");
+                    }
+                }
+            }
+        }
+        while let Ok((net, ov)) = overrides.try_recv() {
+            tracing::info!(prefix = %net, set = ov.is_some(), "override");
+            scorer.set_override(net, ov);
+        }
+        let (mut outputs, commits) = scorer.take();
+        if last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = Instant::now();
+            if store.server_restarted().unwrap_or(false) {
+                tracing::warn!("Redis restarted: writing every current verdict again");
+                metrics.resyncs.inc();
+                scorer.resync_all();
+                outputs.extend(scorer.take().0);
+            }
+        }
+        if !outputs.is_empty() {
+            write(&mut store, &producer, &rt, kafka, &mut scorer, &mut outputs, metrics, stop);
+        }
+        if stop.load(Ordering::Relaxed) {
+            break; // whatever was not written is not committed either
+        }
+        if !commits.is_empty() {
+            match consumer.commit(&commits) {
+                Ok(()) => {
+                    metrics.commits.inc();
+                }
+                Err(e) => {
+                    // the next commit covers these offsets; a crash before it repeats them
+                    metrics.commit_errors.inc();
+                    tracing::warn!(error = %e, "offset commit failed");
+                }
+            };
+        }
+        let c = scorer.counts().clone();
+        metrics.events.inc_by(c.events - seen.events);
+        metrics.rebuilt.inc_by(c.rebuilt - seen.rebuilt);
+        metrics.bad_records.inc_by(c.bad_records - seen.bad_records);
+        seen = c;
+        if last_stats.elapsed() >= Duration::from_secs(5) {
+            last_stats = Instant::now();
+            stats(&consumer, &scorer, metrics);
+        }
+    }
+    Ok(())
+}
+
+/// Writes outputs to Redis and the verdicts topic, retrying until both took them (or `stop`).
+#[allow(clippy::too_many_arguments)]
+fn write(
+    store: &mut Store,
+    producer: &Producer,
+    rt: &tokio::runtime::Runtime,
+    kafka: &KafkaConfig,
+    scorer: &mut Scorer,
+    outputs: &mut Vec<Output>,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut redis_done = false;
+    let mut kafka_done = false;
+    while !stop.load(Ordering::Relaxed) {
+        if !redis_done {
+            let writes = to_writes(outputs);
+            match store.write(&writes) {
+                Ok(()) => {
+                    redis_done = true;
+                    metrics.sink(&metrics.writes, "redis").inc_by(writes.len() as u64);
+                }
+                Err(e) => {
+                    metrics.sink(&metrics.write_errors, "redis").inc();
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot write verdicts to Redis");
+                }
+            }
+        }
+        if redis_done && !kafka_done {
+            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = outputs
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Change { change, .. } => {
+                        Some((subject_name(change.subject).into_bytes(), Some(encode_change(change))))
+                    }
+                    Output::Resync { .. } => None,
+                })
+                .collect();
+            let n = records.len() as u64;
+            let sent = rt.block_on(async {
+                tokio::select! {
+                    r = producer.send_all(&kafka.topics.verdicts, records) => Some(r),
+                    _ = stopped(stop) => None,
+                }
+            });
+            let Some(sent) = sent else { return }; // stopping: nothing is committed
+            match sent {
+                Ok(_) => {
+                    kafka_done = true;
+                    metrics.sink(&metrics.writes, "kafka").inc_by(n);
+                }
+                Err(e) => {
+                    metrics.sink(&metrics.write_errors, "kafka").inc();
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot write verdicts to Kafka");
+                }
+            }
+        }
+        if redis_done && kafka_done {
+            for o in outputs.iter() {
+                if let Output::Change { change: c, .. } = o {
+                    let reason = c.reasons.first().map(|r| r.text.as_str()).unwrap_or("");
+                    tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reason, "verdict");
+                    metrics
+                        .changes
+                        .get_or_create(&ChangeLabel {
+                            to: c.to.as_str().into(),
+                            cause: format!("{:?}", c.cause).to_lowercase(),
+                        })
+                        .inc();
+                }
+            }
+            outputs.clear();
+            return;
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        // a Redis that comes back may have come back empty
+        if !redis_done && store.server_restarted().unwrap_or(false) {
+            tracing::warn!("Redis restarted: writing every current verdict again");
+            metrics.resyncs.inc();
+            scorer.resync_all();
+            outputs.extend(scorer.take().0);
+        }
+    }
+}
+
+/// Resolves once `stop` is set.
+pub async fn stopped(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn to_writes(outputs: &[Output]) -> Vec<Write> {
+    let mut w = Vec::new();
+    for o in outputs {
+        match o {
+            Output::Change { change, now, .. } => {
+                w.push(Write { record: VerdictRecord::from_change(change), now: *now, announce: true })
+            }
+            Output::Resync { verdicts, now, .. } => w.extend(verdicts.iter().map(|x| Write {
+                record: VerdictRecord::from_explanation(x),
+                now: *now,
+                announce: false,
+            })),
+        }
+    }
+    w
+}
+
+fn stats(consumer: &GroupConsumer, scorer: &Scorer, metrics: &Metrics) {
+    let positions = scorer.positions();
+    metrics.partitions.set(positions.len() as i64);
+    metrics.lag.clear();
+    for (p, lag) in consumer.lag() {
+        metrics.lag.get_or_create(&PartitionLabel { partition: p.to_string() }).set(lag);
+    }
+    let (mut per_class, mut ips, mut tracked, mut dossiers) = ([0u64; 3], 0u64, 0u64, 0u64);
+    let (mut sum_ip, mut sum_req, mut req_n) = (0.0f64, 0.0f64, 0.0f64);
+    for e in scorer.engines() {
+        let a = e.aggregates(e.now());
+        for (i, n) in a.per_class.iter().enumerate() {
+            per_class[i] += n;
+        }
+        ips += a.ips;
+        sum_ip += a.mean_by_ip * a.ips as f64;
+        sum_req += a.mean_by_request * a.ips as f64;
+        req_n += a.ips as f64;
+        tracked += e.tracked() as u64;
+        dossiers += a.dossiers;
+    }
+    for c in Class::ALL {
+        metrics.clients.get_or_create(&VerdictLabel { verdict: c.as_str().into() }).set(per_class[c as usize] as i64);
+    }
+    if ips > 0 {
+        metrics.reputation_mean.get_or_create(&ByLabel { by: "client".into() }).set(sum_ip / ips as f64);
+        metrics.reputation_mean.get_or_create(&ByLabel { by: "request".into() }).set(sum_req / req_n);
+    }
+    metrics.tracked.set(tracked as i64);
+    metrics.dossiers.set(dossiers as i64);
+}

@@ -1,0 +1,103 @@
+//! Message schemas on the requests and dead-letter topics (version 1).
+//!
+//! - `roost.requests`: key = the client's subject ([`subject_key`]: the IPv4 address, or the
+//!   IPv6 prefix clients are aggregated by, so one client always lands in one partition);
+//!   value = the [`RequestEvent`] as JSON with `"v":1` first:
+//!   `{"v":1,"time":1764064800000,"client":"203.0.113.7","method":"GET","path":"/","status":200,…}`.
+//! - `roost.deadletter`: key = the source file; value = [`DeadLetter`] as JSON.
+//!
+//! A reader refuses any other version rather than guess.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use roost_engine::subject_name;
+use roost_event::RequestEvent;
+use serde::{Deserialize, Serialize};
+
+const V1: &[u8] = b"{\"v\":1,";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("empty record")]
+    Empty,
+    #[error("not a version-1 request event (starts {0:?})")]
+    Version(String),
+    #[error("not a request event: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// The Kafka key for a client.
+pub fn subject_key(ip: IpAddr, ipv6_prefix: u8) -> String {
+    match ip {
+        IpAddr::V4(_) => ip.to_string(),
+        IpAddr::V6(v6) => {
+            let net = ipnetwork::Ipv6Network::new(v6, ipv6_prefix.min(128)).expect("prefix ≤ 128");
+            let masked = ipnetwork::Ipv6Network::new(net.network(), net.prefix()).expect("valid");
+            subject_name(IpNetwork::V6(masked))
+        }
+    }
+}
+
+/// A request event as a requests-topic value.
+pub fn encode_request(ev: &RequestEvent<'_>) -> Vec<u8> {
+    let json = serde_json::to_vec(ev).expect("an event serializes");
+    let mut out = Vec::with_capacity(json.len() + V1.len());
+    out.extend_from_slice(V1);
+    out.extend_from_slice(&json[1..]);
+    out
+}
+
+/// A requests-topic value as an event (borrowing from it where no unescaping was needed).
+pub fn decode_request(value: &[u8]) -> Result<RequestEvent<'_>, Error> {
+    if !value.starts_with(V1) {
+        return Err(Error::Version(String::from_utf8_lossy(&value[..value.len().min(16)]).into_owned()));
+    }
+    Ok(serde_json::from_slice(value)?)
+}
+
+/// A line that did not parse, kept with where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub v: u32,
+    /// The host `roost tail` runs on.
+    pub host: String,
+    pub file: String,
+    /// Parse-error kind (bounded set) and message.
+    pub kind: String,
+    pub error: String,
+    /// The raw line (invalid UTF-8 replaced).
+    pub line: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use roost_event::Timestamp;
+
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_other_versions() {
+        let ev = RequestEvent {
+            time: Timestamp(1_764_064_800_000),
+            client: "2001:db8::7".parse().unwrap(),
+            method: "GET".into(),
+            host: Some("shop.example".into()),
+            path: "/a \"quoted\" path".into(),
+            query: Some("q=1".into()),
+            protocol: "HTTP/1.1".into(),
+            status: 404,
+            bytes: 153,
+            request_time: Some(0.004),
+            referer: None,
+            user_agent: Some("curl/8".into()),
+        };
+        let v = encode_request(&ev);
+        assert!(v.starts_with(br#"{"v":1,"time":1764064800000,"client":"2001:db8::7""#));
+        assert_eq!(decode_request(&v).unwrap(), ev);
+        assert!(matches!(decode_request(br#"{"v":2,"time":1}"#), Err(Error::Version(_))));
+        assert!(matches!(decode_request(br#"{"v":1,"time":"x"}"#), Err(Error::Json(_))));
+        assert_eq!(subject_key("2001:db8:1:2:3::7".parse().unwrap(), 64), "2001:db8:1:2::/64");
+        assert_eq!(subject_key("203.0.113.7".parse().unwrap(), 64), "203.0.113.7");
+    }
+}

@@ -1,0 +1,269 @@
+//! The verdict store in Redis: what proxies read to route a request, written by `roost score`.
+//!
+//! Key schema (prefix `roost:` by default, see [`RedisConfig::prefix`]):
+//!
+//! - `{prefix}v:{subject}` → a [`VerdictRecord`] as JSON, for every client whose verdict is not
+//!   good, with a TTL: the verdict's remaining time plus [`RedisConfig::ttl_grace`]. A scorer that
+//!   dies cannot leave a client blocked for good. A client that becomes good again is deleted.
+//! - `{prefix}changes` → a stream (`XADD … MAXLEN ~ stream_maxlen`) with one entry per change:
+//!   fields `subject`, `verdict`, `expires` (ms, or empty). Proxies load every `v:` key at start
+//!   (SCAN), then follow the stream from the ID they loaded at; one whose position fell off the
+//!   stream's end loads again.
+//!
+//! Writes are pipelined per batch and idempotent (the same change written twice leaves the same
+//! state), so a scorer may repeat a batch after a failure. [`Store::server_restarted`] notices a
+//! Redis that came back empty (its `run_id` changed): the scorer then writes every verdict again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::{Commands, Connection, RedisError};
+use roost_engine::{Class, Explanation, Timestamp, VerdictChange, subject_name};
+use serde::{Deserialize, Serialize};
+
+/// The `[redis]` config section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]`; empty: Redis is not used.
+    pub url: String,
+    /// Put before every key roost writes.
+    pub prefix: String,
+    /// Added to each verdict's remaining time for its key's TTL.
+    #[serde(with = "humantime_serde")]
+    pub ttl_grace: Duration,
+    /// The change stream is trimmed to about this many entries.
+    pub stream_maxlen: usize,
+    /// Connect and command timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            prefix: "roost:".into(),
+            ttl_grace: Duration::from_secs(300),
+            stream_maxlen: 100_000,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What Redis holds for a client whose verdict is not good.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerdictRecord {
+    pub v: u32,
+    pub subject: String,
+    pub verdict: Class,
+    pub reputation: f32,
+    /// When the verdict was reached (event time, Unix ms).
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<Timestamp>,
+    pub requests: u32,
+    pub reasons: Vec<String>,
+}
+
+impl VerdictRecord {
+    pub fn from_change(c: &VerdictChange) -> VerdictRecord {
+        VerdictRecord {
+            v: 1,
+            subject: subject_name(c.subject),
+            verdict: c.to,
+            reputation: (c.reputation * 1000.0).round() / 1000.0,
+            at: c.at,
+            expires: c.expires,
+            requests: c.requests,
+            reasons: c.reasons.iter().map(|r| r.text.clone()).collect(),
+        }
+    }
+
+    pub fn from_explanation(x: &Explanation) -> VerdictRecord {
+        VerdictRecord {
+            v: 1,
+            subject: subject_name(x.subject),
+            verdict: x.class,
+            reputation: (x.reputation * 1000.0).round() / 1000.0,
+            at: x.since.unwrap_or(x.last_seen),
+            expires: x.expires,
+            requests: x.requests,
+            reasons: x.reasons.iter().map(|r| r.text.clone()).collect(),
+        }
+    }
+}
+
+/// One write: a verdict as of `now` (event time, for its TTL).
+#[derive(Clone, Debug)]
+pub struct Write {
+    pub record: VerdictRecord,
+    pub now: Timestamp,
+    /// Also append to the change stream (a resync rewrites keys without announcing them again).
+    pub announce: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("redis {url}: {what}: {source}")]
+    Redis {
+        url: String,
+        what: &'static str,
+        #[source]
+        source: RedisError,
+    },
+    #[error("redis {url}: a stored verdict is not valid JSON ({key}): {source}")]
+    Record {
+        url: String,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A connection to the verdict store, reconnecting after failures.
+pub struct Store {
+    cfg: RedisConfig,
+    client: redis::Client,
+    conn: Option<Connection>,
+    run_id: Option<String>,
+}
+
+impl Store {
+    pub fn new(cfg: &RedisConfig) -> Result<Store, Error> {
+        let client = redis::Client::open(cfg.url.as_str()).map_err(|source| Error::Redis {
+            url: redact(&cfg.url),
+            what: "parsing the URL",
+            source,
+        })?;
+        Ok(Store { cfg: cfg.clone(), client, conn: None, run_id: None })
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.cfg
+    }
+
+    fn err(&self, what: &'static str) -> impl FnOnce(RedisError) -> Error + use<> {
+        let url = redact(&self.cfg.url);
+        move |source| Error::Redis { url, what, source }
+    }
+
+    fn conn(&mut self) -> Result<&mut Connection, Error> {
+        if self.conn.is_none() {
+            let c = self.client.get_connection_with_timeout(self.cfg.timeout).map_err(self.err("connecting"))?;
+            c.set_read_timeout(Some(self.cfg.timeout)).map_err(self.err("setting the read timeout"))?;
+            c.set_write_timeout(Some(self.cfg.timeout)).map_err(self.err("setting the write timeout"))?;
+            self.conn = Some(c);
+        }
+        Ok(self.conn.as_mut().expect("just connected"))
+    }
+
+    /// Runs `f` on the connection; a failure drops the connection so the next call reconnects.
+    fn with<T>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<T, Error> {
+        let map = self.err(what);
+        let r = f(self.conn()?);
+        if r.is_err() {
+            self.conn = None;
+        }
+        r.map_err(map)
+    }
+
+    /// The key of a subject's verdict.
+    pub fn key(&self, subject: &str) -> String {
+        format!("{}v:{subject}", self.cfg.prefix)
+    }
+
+    pub fn stream_key(&self) -> String {
+        format!("{}changes", self.cfg.prefix)
+    }
+
+    /// Writes verdicts in one pipeline: good ones deleted, others set with their TTL.
+    pub fn write(&mut self, writes: &[Write]) -> Result<(), Error> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        let stream = self.stream_key();
+        for w in writes {
+            let key = self.key(&w.record.subject);
+            if w.record.verdict == Class::Good {
+                pipe.del(&key).ignore();
+            } else {
+                let remaining = w.record.expires.map_or(0, |e| (e.0 - w.now.0).max(0)) as u64;
+                let ttl = remaining + self.cfg.ttl_grace.as_millis() as u64;
+                let json = serde_json::to_string(&w.record).expect("a record serializes");
+                pipe.pset_ex(&key, json, ttl.max(1)).ignore();
+            }
+            if w.announce {
+                let expires = w.record.expires.map(|e| e.0.to_string()).unwrap_or_default();
+                pipe.cmd("XADD")
+                    .arg(&stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.cfg.stream_maxlen)
+                    .arg("*")
+                    .arg("subject")
+                    .arg(&w.record.subject)
+                    .arg("verdict")
+                    .arg(w.record.verdict.as_str())
+                    .arg("expires")
+                    .arg(expires)
+                    .ignore();
+            }
+        }
+        self.with("writing verdicts", |c| pipe.query::<()>(c))
+    }
+
+    /// Whether the server is not the one seen last time (restarted, failed over): whatever it
+    /// held may be gone. The first call only notes the server.
+    pub fn server_restarted(&mut self) -> Result<bool, Error> {
+        let info: redis::InfoDict = self.with("reading INFO", |c| redis::cmd("INFO").arg("server").query(c))?;
+        let id: Option<String> = info.get("run_id");
+        let changed = self.run_id.is_some() && id != self.run_id;
+        self.run_id = id;
+        Ok(changed)
+    }
+
+    /// Every stored verdict, by subject (a full load, as a proxy does at start).
+    pub fn load_all(&mut self) -> Result<BTreeMap<String, VerdictRecord>, Error> {
+        let pattern = format!("{}v:*", self.cfg.prefix);
+        let keys: Vec<String> = self.with("scanning verdict keys", |c| c.scan_match(&pattern)?.collect::<Result<Vec<String>, _>>())?;
+        let mut out = BTreeMap::new();
+        for chunk in keys.chunks(500) {
+            let values: Vec<Option<String>> = self.with("reading verdicts", |c| c.mget(chunk))?;
+            for (key, v) in chunk.iter().zip(values) {
+                let Some(v) = v else { continue }; // expired meanwhile
+                let rec: VerdictRecord = serde_json::from_str(&v).map_err(|source| Error::Record {
+                    url: redact(&self.cfg.url),
+                    key: key.clone(),
+                    source,
+                })?;
+                out.insert(rec.subject.clone(), rec);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://:secret@10.0.0.1:6379/0"), "redis://***@10.0.0.1:6379/0");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,616 @@
+//! The distributed Chicken end to end, with real parts on loopback: `roost tail` publishing to a
+//! Kafka-protocol broker (tansu), `roost score` instances in a consumer group writing verdicts to
+//! Redis (redis-server) and the verdicts topic. Processes are killed with SIGKILL, brokers and
+//! Redis stopped and restarted; nothing may be lost and the verdicts must equal `roost replay`'s.
+//!
+//! The shared broker and Redis come from scripts/services.sh (ROOST_TEST_KAFKA, ROOST_TEST_REDIS,
+//! ROOST_TEST_TANSU); tests that stop a server start their own on a free port.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use roost_kafka::{Follower, KafkaConfig};
+use roost_verdicts::{RedisConfig, Store};
+
+fn kafka() -> String {
+    std::env::var("ROOST_TEST_KAFKA")
+        .expect("ROOST_TEST_KAFKA is not set: run the suite with scripts/test.sh, which starts the broker")
+}
+
+fn redis() -> String {
+    std::env::var("ROOST_TEST_REDIS").expect("ROOST_TEST_REDIS is not set: run the suite with scripts/test.sh")
+}
+
+fn tansu() -> String {
+    std::env::var("ROOST_TEST_TANSU").expect("ROOST_TEST_TANSU is not set: run the suite with scripts/test.sh")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A name no other test (or earlier run against the same broker) uses.
+fn unique(what: &str) -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    format!("t{}-{t}-{what}", std::process::id())
+}
+
+fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A child process, killed when dropped, its stderr echoed with a prefix (shown on failure).
+struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command) -> Proc {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let err = child.stderr.take().unwrap();
+        let tag = name.to_owned();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {l}");
+            }
+        });
+        Proc { child, name: name.to_owned() }
+    }
+
+    fn roost(name: &str, config: &Path, sub: &str) -> Proc {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_roost"));
+        c.arg("--config").arg(config).arg(sub).env("ROOST_LOG", "info,rdkafka=warn");
+        Proc::spawn(name, c)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn sigkill(mut self) {
+        eprintln!("[test] SIGKILL {}", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Resident memory in KiB.
+    fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// A metric's value summed over its label sets (`name` without labels), from /metrics.
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let body = http_get(port, "/metrics")?;
+    let mut found = None;
+    for l in body.lines().filter(|l| !l.starts_with('#')) {
+        let (key, value) = l.rsplit_once(' ')?;
+        let bare = key.split('{').next().unwrap_or(key);
+        if bare == name {
+            *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
+        }
+    }
+    found
+}
+
+/// Topic and group names of one test, and the config file that uses them.
+struct Setup {
+    dir: tempfile::TempDir,
+    brokers: String,
+    requests: String,
+    deadletter: String,
+    verdicts: String,
+    group: String,
+    redis_url: String,
+    redis_prefix: String,
+}
+
+impl Setup {
+    fn new(name: &str) -> Setup {
+        Setup {
+            dir: tempfile::tempdir().unwrap(),
+            brokers: kafka(),
+            requests: unique(&format!("{name}-requests")),
+            deadletter: unique(&format!("{name}-deadletter")),
+            verdicts: unique(&format!("{name}-verdicts")),
+            group: unique(&format!("{name}-score")),
+            redis_url: redis(),
+            redis_prefix: format!("{}:", unique(name)),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// A config for one process; `logs` are the paths `roost tail` follows.
+    fn config(&self, name: &str, logs: &[&str], metrics_port: u16) -> PathBuf {
+        let mut t = format!(
+            "[kafka]\nbrokers = \"{b}\"\n[kafka.topics]\nrequests = \"{r}\"\ndeadletter = \"{d}\"\nverdicts = \"{v}\"\n\
+             overrides = \"{o}\"\nfeeds = \"{f}\"\n\n[redis]\nurl = \"{ru}\"\nprefix = \"{rp}\"\n\n\
+             [tail]\ncheckpoint = \"{cp}\"\nstart = \"beginning\"\npoll_interval = \"50ms\"\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [score]\ngroup = \"{g}\"\npartitions = 4\nlisten = \"127.0.0.1:{port}\"\n\n",
+            b = self.brokers,
+            r = self.requests,
+            d = self.deadletter,
+            v = self.verdicts,
+            o = format!("{}-overrides", self.requests),
+            f = format!("{}-feeds", self.requests),
+            ru = self.redis_url,
+            rp = self.redis_prefix,
+            cp = self.path("tail.json").display(),
+            g = self.group,
+            port = metrics_port,
+        );
+        for l in logs {
+            t.push_str(&format!("[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n", self.path(l).display()));
+        }
+        let p = self.path(&format!("{name}.toml"));
+        std::fs::write(&p, t).unwrap();
+        p
+    }
+
+    fn kafka_cfg(&self) -> KafkaConfig {
+        KafkaConfig { brokers: self.brokers.clone(), ..Default::default() }
+    }
+
+    fn store(&self) -> Store {
+        Store::new(&RedisConfig { url: self.redis_url.clone(), prefix: self.redis_prefix.clone(), ..Default::default() })
+            .unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// roost tail: nothing lost through rotation, SIGKILL and a broker outage
+
+/// Line `i` of file `f`: a combined-format line whose path names both, so the topic can be
+/// counted by content.
+fn numbered_line(f: u8, i: u64) -> String {
+    let t = 1_764_064_800 + (i / 1000) as i64;
+    let sod = t.rem_euclid(86_400);
+    let ip = format!("10.{}.{}.{}", f, (i >> 8) & 255, i & 255);
+    format!(
+        "{ip} - - [25/Nov/2025:{:02}:{:02}:{:02} +0000] \"GET /item/{f}/{i} HTTP/1.1\" 200 512 \"-\" \"Mozilla/5.0 (X11; Linux x86_64)\"\n",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    )
+}
+
+/// Shifts `p.1` → `p.2` → … (keeping 5), as logrotate does.
+fn shift(p: &Path) {
+    for n in (1..5).rev() {
+        let from = PathBuf::from(format!("{}.{n}", p.display()));
+        if from.exists() {
+            std::fs::rename(&from, format!("{}.{}", p.display(), n + 1)).unwrap();
+        }
+    }
+}
+
+/// Writes `per_file` numbered lines to each of a.log (rotated by rename-and-create) and b.log
+/// (rotated by copytruncate), rotating each every `rotate_every` lines, at about `rate` lines/s
+/// in all, plus `malformed` lines that do not parse. `progress` counts lines written.
+fn write_logs(dir: &Path, per_file: u64, rotate_every: u64, rate: u64, malformed: u64, progress: &AtomicU64) {
+    let a = dir.join("a.log");
+    let b = dir.join("b.log");
+    let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
+    let (mut fa, mut fb) = (open(&a), open(&b));
+    let chunk = 500;
+    let started = Instant::now();
+    let mut i = 0;
+    while i < per_file {
+        let n = chunk.min(per_file - i);
+        let mut buf_a = String::new();
+        let mut buf_b = String::new();
+        for k in i..i + n {
+            buf_a.push_str(&numbered_line(0, k));
+            buf_b.push_str(&numbered_line(1, k));
+            if malformed > 0 && k % (per_file / malformed).max(1) == 0 && k / (per_file / malformed).max(1) < malformed {
+                buf_b.push_str(&format!("this is not an access log line #{k}\n"));
+            }
+        }
+        fa.write_all(buf_a.as_bytes()).unwrap();
+        fb.write_all(buf_b.as_bytes()).unwrap();
+        i += n;
+        progress.store(i * 2, Ordering::Relaxed);
+        if i % rotate_every == 0 && i < per_file {
+            // rename-and-create: the server keeps writing the old file until it reopens
+            shift(&a);
+            std::fs::rename(&a, dir.join("a.log.1")).unwrap();
+            fa.write_all(b"").unwrap();
+            fa = open(&a);
+            // copytruncate: copy aside, truncate in place; the server's descriptor stays
+            shift(&b);
+            std::fs::copy(&b, dir.join("b.log.1")).unwrap();
+            fb.set_len(0).unwrap();
+        }
+        // pace the writer
+        let due = Duration::from_secs_f64((i * 2) as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// Counts what reached the requests topic by content: per (file, line) how many copies.
+struct Census {
+    follower: Follower,
+    seen: [Vec<u8>; 2],
+    unique: u64,
+    dups: u64,
+    other: u64,
+}
+
+impl Census {
+    fn new(cfg: &KafkaConfig, topic: &str, per_file: u64) -> Census {
+        let follower = Follower::new(cfg, topic, &unique("census")).unwrap();
+        Census {
+            follower,
+            seen: [vec![0; per_file as usize], vec![0; per_file as usize]],
+            unique: 0,
+            dups: 0,
+            other: 0,
+        }
+    }
+
+    /// Reads until `want` distinct lines arrived and then nothing more for a second (or `limit`).
+    fn read(&mut self, want: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline {
+            match self.follower.poll(Duration::from_millis(200)).unwrap() {
+                Some(r) => {
+                    quiet_since = Instant::now();
+                    let ev = roost_scorer::wire::decode_request(r.value.as_deref().unwrap()).unwrap();
+                    let mut it = ev.path.trim_start_matches("/item/").split('/');
+                    match (it.next().and_then(|f| f.parse::<usize>().ok()), it.next().and_then(|i| i.parse::<usize>().ok())) {
+                        (Some(f), Some(i)) if f < 2 && i < self.seen[f].len() => {
+                            let n = &mut self.seen[f][i];
+                            if *n == 0 {
+                                self.unique += 1;
+                            } else {
+                                self.dups += 1;
+                            }
+                            *n = n.saturating_add(1);
+                        }
+                        _ => self.other += 1,
+                    }
+                }
+                None if self.unique >= want && quiet_since.elapsed() > Duration::from_secs(1) => return,
+                None => {}
+            }
+        }
+    }
+
+    fn missing(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (f, v) in self.seen.iter().enumerate() {
+            out.extend(v.iter().enumerate().filter(|(_, n)| **n == 0).map(|(i, _)| (f, i)).take(10));
+        }
+        out
+    }
+}
+
+#[test]
+fn tail_loses_nothing_through_rotations_and_two_sigkills() {
+    const PER_FILE: u64 = 500_000;
+    const MALFORMED: u64 = 20;
+    let s = Setup::new("tail-kill");
+    let cfg = s.config("tail", &["a.log", "b.log"], free_port());
+    let progress = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (dir, progress) = (s.dir.path().to_owned(), progress.clone());
+        std::thread::spawn(move || write_logs(&dir, PER_FILE, 100_000, 50_000, MALFORMED, &progress))
+    };
+    let mut tail = Proc::roost("tail#1", &cfg, "tail");
+    for (n, at) in [(2, 300_000), (3, 650_000)] {
+        wait_for(Duration::from_secs(120), "the writer to get on", || progress.load(Ordering::Relaxed) >= at);
+        assert!(tail.running(), "roost tail died by itself");
+        tail.sigkill();
+        std::thread::sleep(Duration::from_millis(700)); // lines (and maybe a rotation) meanwhile
+        tail = Proc::roost(&format!("tail#{n}"), &cfg, "tail");
+    }
+    writer.join().unwrap();
+    let mut census = Census::new(&s.kafka_cfg(), &s.requests, PER_FILE);
+    census.read(2 * PER_FILE, Duration::from_secs(240));
+    eprintln!("[test] unique {} duplicates {} other {}", census.unique, census.dups, census.other);
+    assert_eq!(census.unique, 2 * PER_FILE, "lines lost, e.g. (file, line) {:?}", census.missing());
+    assert_eq!(census.other, 0);
+    assert!(census.dups * 1000 < 2 * PER_FILE, "{} duplicates: 0.1 % or more", census.dups);
+    // the lines that did not parse went to the dead-letter topic, with their source
+    let mut dead = Vec::new();
+    roost_kafka::read_to_end(&s.kafka_cfg(), &s.deadletter, Duration::from_secs(60), |r| {
+        dead.push(serde_json::from_slice::<roost_scorer::wire::DeadLetter>(r.value.as_deref().unwrap()).unwrap())
+    })
+    .unwrap();
+    let mut lines: Vec<&str> = dead.iter().map(|d| d.line.as_str()).collect();
+    lines.sort_unstable();
+    lines.dedup();
+    assert_eq!(lines.len() as u64, MALFORMED, "{lines:?}");
+    assert!(dead.iter().all(|d| d.file.ends_with("b.log") && d.line.starts_with("this is not") && !d.kind.is_empty()));
+    assert!(tail.running());
+}
+
+/// A tansu broker of the test's own, with sqlite storage (its topics survive a restart).
+fn own_broker(dir: &Path, port: u16) -> Proc {
+    let mut c = Command::new(tansu());
+    c.args([
+        "broker",
+        "--listener-url",
+        &format!("tcp://127.0.0.1:{port}"),
+        "--advertised-listener-url",
+        &format!("tcp://127.0.0.1:{port}"),
+        "--storage-engine",
+        &format!("sqlite://{}", dir.join("tansu.db").display()),
+    ]);
+    c.env("RUST_LOG", "warn");
+    let p = Proc::spawn("tansu", c);
+    wait_for(Duration::from_secs(20), "tansu to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    p
+}
+
+#[test]
+fn tail_waits_out_a_stopped_broker_with_bounded_memory_and_loses_nothing() {
+    const PER_FILE: u64 = 400_000;
+    let mut s = Setup::new("tail-outage");
+    let port = free_port();
+    s.brokers = format!("127.0.0.1:{port}");
+    let broker_dir = s.path("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let mut broker = Some(own_broker(&broker_dir, port));
+    let cfg = s.config("tail", &["a.log", "b.log"], free_port());
+    let progress = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (dir, progress) = (s.dir.path().to_owned(), progress.clone());
+        // 40 s of writing at 20k lines/s; the broker is away for 30 s of it
+        std::thread::spawn(move || write_logs(&dir, PER_FILE, 200_000, 20_000, 0, &progress))
+    };
+    let tail = Proc::roost("tail", &cfg, "tail");
+    wait_for(Duration::from_secs(60), "the writer to get on", || progress.load(Ordering::Relaxed) >= 100_000);
+    eprintln!("[test] stopping the broker for 30 s");
+    broker.take().unwrap().sigkill();
+    std::thread::sleep(Duration::from_secs(5));
+    let rss_early = tail.rss_kib();
+    std::thread::sleep(Duration::from_secs(25));
+    let rss_late = tail.rss_kib();
+    let written_meanwhile = progress.load(Ordering::Relaxed);
+    eprintln!("[test] tail RSS {rss_early} KiB → {rss_late} KiB while the broker was away ({written_meanwhile} lines written by then)");
+    broker = Some(own_broker(&broker_dir, port));
+    writer.join().unwrap();
+    let mut census = Census::new(&s.kafka_cfg(), &s.requests, PER_FILE);
+    census.read(2 * PER_FILE, Duration::from_secs(240));
+    eprintln!("[test] unique {} duplicates {}", census.unique, census.dups);
+    assert_eq!(census.unique, 2 * PER_FILE, "lines lost, e.g. (file, line) {:?}", census.missing());
+    // 25 s of lines at 20k/s is ~60 MB of log: none of it was held in memory
+    assert!(rss_late < rss_early + 16 * 1024, "memory grew from {rss_early} KiB to {rss_late} KiB during the outage");
+    assert!(rss_late < 128 * 1024, "{rss_late} KiB");
+    drop(broker);
+}
+
+// ---------------------------------------------------------------------------------------------
+// roost score: restarts, rebalances and a Redis restart end with replay's verdicts
+
+/// A generated log (`roost generate`) of about `lines` lines, with attackers.
+fn generate(s: &Setup, lines: u64) -> PathBuf {
+    let full = s.path("generated.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_roost"))
+        .args(["generate", "--lines", &lines.to_string(), "--out"])
+        .arg(&full)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    full
+}
+
+/// Appends `src` to `dst` gradually (in 100 pieces over about `over`), so that the pipeline is
+/// mid-stream while processes are killed; `progress` is the percentage written.
+fn feed_gradually(src: &Path, dst: &Path, over: Duration, done: &AtomicBool, progress: &AtomicU64) {
+    let text = std::fs::read(src).unwrap();
+    let lines: Vec<&[u8]> = text.split_inclusive(|b| *b == b'\n').collect();
+    let chunks = 100;
+    let per = lines.len().div_ceil(chunks);
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dst).unwrap();
+    for (n, c) in lines.chunks(per).enumerate() {
+        f.write_all(&c.concat()).unwrap();
+        progress.store(((n + 1) * 100 / chunks) as u64, Ordering::Relaxed);
+        std::thread::sleep(over / chunks as u32);
+    }
+    done.store(true, Ordering::Relaxed);
+}
+
+/// `roost replay`'s non-good verdicts for `log`, by subject.
+fn replay_verdicts(cfg: &Path, log: &Path) -> BTreeMap<String, String> {
+    let out_file = log.with_extension("verdicts.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_roost"))
+        .arg("--config")
+        .arg(cfg)
+        .args(["replay", "--format", "combined", "-o"])
+        .arg(&out_file)
+        .arg(log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut m = BTreeMap::new();
+    for l in std::fs::read_to_string(&out_file).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let verdict = v["verdict"].as_str().unwrap();
+        if verdict != "good" {
+            m.insert(v["ip"].as_str().unwrap().to_owned(), verdict.to_owned());
+        }
+    }
+    m
+}
+
+fn redis_verdicts(store: &mut Store) -> Option<BTreeMap<String, String>> {
+    let all = store.load_all().ok()?;
+    Some(all.into_iter().map(|(k, v)| (k, v.verdict.to_string())).collect())
+}
+
+/// Waits until Redis holds exactly `want`; on timeout, fails showing the difference.
+fn converge(store: &mut Store, want: &BTreeMap<String, String>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut got = BTreeMap::new();
+    while Instant::now() < deadline {
+        if let Some(g) = redis_verdicts(store) {
+            if &g == want {
+                return;
+            }
+            got = g;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let missing: Vec<_> = want.iter().filter(|(k, v)| got.get(*k) != Some(v)).take(10).collect();
+    let extra: Vec<_> = got.iter().filter(|(k, v)| want.get(*k) != Some(v)).take(10).collect();
+    panic!(
+        "Redis never matched replay: {} expected, {} held; expected but not held (first 10) {missing:?}; held but not expected {extra:?}",
+        want.len(),
+        got.len()
+    );
+}
+
+#[test]
+fn a_scorer_killed_and_restarted_mid_stream_ends_with_replays_verdicts() {
+    let s = Setup::new("score-restart");
+    let log = generate(&s, 150_000);
+    let tail_cfg = s.config("tail", &["access.log"], free_port());
+    let score_port = free_port();
+    let score_cfg = s.config("score", &[], score_port);
+    let want = replay_verdicts(&score_cfg, &log);
+    assert!(want.len() > 20, "the generated log has attackers: {}", want.len());
+    let (done, progress) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let feeder = {
+        let (src, dst, done, progress) = (log.clone(), s.path("access.log"), done.clone(), progress.clone());
+        std::thread::spawn(move || feed_gradually(&src, &dst, Duration::from_secs(15), &done, &progress))
+    };
+    let _tail = Proc::roost("tail", &tail_cfg, "tail");
+    let scorer = Proc::roost("score#1", &score_cfg, "score");
+    wait_for(Duration::from_secs(60), "some verdicts in Redis", || {
+        progress.load(Ordering::Relaxed) >= 40
+            && metric(score_port, "roost_score_commits_total").unwrap_or(0.0) > 0.0
+            && redis_verdicts(&mut s.store()).is_some_and(|v| !v.is_empty())
+    });
+    scorer.sigkill();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut scorer = Proc::roost("score#2", &score_cfg, "score");
+    feeder.join().unwrap();
+    converge(&mut s.store(), &want, Duration::from_secs(120));
+    assert!(scorer.running());
+    let rebuilt = metric(score_port, "roost_score_rebuilt_events_total").unwrap_or(0.0);
+    assert!(rebuilt > 0.0, "the restarted scorer rebuilt its state from the committed offsets");
+    // the verdicts topic has a record for every verdict in Redis (compacted: last one wins)
+    let mut topic: HashMap<String, String> = HashMap::new();
+    roost_kafka::read_to_end(&s.kafka_cfg(), &s.verdicts, Duration::from_secs(60), |r| {
+        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        assert_eq!(v["v"], 1);
+        topic.insert(String::from_utf8(r.key).unwrap(), v["to"].as_str().unwrap().to_owned());
+    })
+    .unwrap();
+    let flagged: BTreeMap<String, String> = topic.into_iter().filter(|(_, v)| v != "good").collect();
+    assert_eq!(flagged, want, "the verdicts topic's last word per client is replay's verdict");
+}
+
+#[test]
+fn two_scorers_share_the_partitions_and_one_takes_over_when_the_other_dies() {
+    let s = Setup::new("score-pair");
+    let log = generate(&s, 150_000);
+    let tail_cfg = s.config("tail", &["access.log"], free_port());
+    let (port_a, port_b) = (free_port(), free_port());
+    let cfg_a = s.config("score-a", &[], port_a);
+    let cfg_b = s.config("score-b", &[], port_b);
+    let want = replay_verdicts(&cfg_a, &log);
+    let a = Proc::roost("score-a", &cfg_a, "score");
+    let mut b = Proc::roost("score-b", &cfg_b, "score");
+    let owned = |port| metric(port, "roost_score_partitions").unwrap_or(0.0);
+    wait_for(Duration::from_secs(60), "both scorers to own partitions", || {
+        owned(port_a) > 0.0 && owned(port_b) > 0.0 && owned(port_a) + owned(port_b) == 4.0
+    });
+    let (done, progress) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let feeder = {
+        let (src, dst, done, progress) = (log.clone(), s.path("access.log"), done.clone(), progress.clone());
+        std::thread::spawn(move || feed_gradually(&src, &dst, Duration::from_secs(20), &done, &progress))
+    };
+    let _tail = Proc::roost("tail", &tail_cfg, "tail");
+    wait_for(Duration::from_secs(60), "half the log", || progress.load(Ordering::Relaxed) >= 50);
+    let before = owned(port_b);
+    a.sigkill();
+    wait_for(Duration::from_secs(60), "the survivor to take every partition", || owned(port_b) == 4.0);
+    eprintln!("[test] score-b owned {before} partitions, now 4");
+    feeder.join().unwrap();
+    converge(&mut s.store(), &want, Duration::from_secs(120));
+    assert!(b.running());
+    assert!(metric(port_b, "roost_score_rebuilt_events_total").unwrap_or(0.0) > 0.0);
+}
+
+/// A redis-server of the test's own (no persistence: a restart comes back empty).
+fn own_redis(dir: &Path, port: u16) -> Proc {
+    let mut c = Command::new("redis-server");
+    c.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"]).arg(dir);
+    let p = Proc::spawn("redis", c);
+    wait_for(Duration::from_secs(20), "redis to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    p
+}
+
+#[test]
+fn a_redis_restart_gets_every_verdict_rewritten_and_nothing_crashes() {
+    let mut s = Setup::new("redis-restart");
+    let port = free_port();
+    s.redis_url = format!("redis://127.0.0.1:{port}");
+    let redis = own_redis(s.dir.path(), port);
+    let log = generate(&s, 100_000);
+    let tail_cfg = s.config("tail", &["access.log"], free_port());
+    let score_port = free_port();
+    let score_cfg = s.config("score", &[], score_port);
+    let want = replay_verdicts(&score_cfg, &log);
+    let (done, progress) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let feeder = {
+        let (src, dst, done, progress) = (log.clone(), s.path("access.log"), done.clone(), progress.clone());
+        std::thread::spawn(move || feed_gradually(&src, &dst, Duration::from_secs(12), &done, &progress))
+    };
+    let _tail = Proc::roost("tail", &tail_cfg, "tail");
+    let mut scorer = Proc::roost("score", &score_cfg, "score");
+    wait_for(Duration::from_secs(60), "verdicts in Redis", || {
+        progress.load(Ordering::Relaxed) >= 40 && redis_verdicts(&mut s.store()).is_some_and(|v| v.len() > 5)
+    });
+    redis.sigkill();
+    std::thread::sleep(Duration::from_secs(3)); // the scorer's writes fail meanwhile
+    let _redis = own_redis(s.dir.path(), port);
+    feeder.join().unwrap();
+    converge(&mut s.store(), &want, Duration::from_secs(120));
+    assert!(scorer.running(), "the scorer survived Redis going away");
+    assert!(metric(score_port, "roost_score_redis_resyncs_total").unwrap_or(0.0) >= 1.0);
+}
