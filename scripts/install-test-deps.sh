@@ -27,14 +27,12 @@ if [ ! -f "$ROOT/../shared/data/logs/semicomplete-apache-2015-05-17_18.log" ]; t
 fi
 command -v cargo >/dev/null || { echo "install-test-deps: cargo is missing (install Rust with rustup)" >&2; exit 1; }
 
-# A Kafka-protocol broker: tansu (crates.io), built once and cached outside the clone
-# (about 10 minutes on 2 cores the first time; later runs reuse it). dynostore gives the
-# in-memory broker most tests share; libsql gives sqlite:// storage, for the test that stops
-# and restarts a broker and expects its topics back.
-TANSU_VERSION=0.6.0
-TANSU_FEATURES=dynostore,libsql
-TANSU_ROOT="${ROOST_CACHE:-$HOME/.cache/roost}/tansu-$TANSU_VERSION-${TANSU_FEATURES//,/-}"
+# A Kafka-protocol broker: tansu (crates.io) with a fix to its consumer-group coordinator
+# (scripts/tansu/build.sh says why), built once and cached outside the clone (about 10 minutes on
+# 2 cores the first time; later runs reuse it). dynostore gives the in-memory broker most tests
+# share; libsql gives sqlite:// storage, for the test that stops and restarts a broker.
+TANSU_ROOT="${ROOST_CACHE:-$HOME/.cache/roost}/tansu-0.6.0-roost1"
 if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
-  echo "install-test-deps: building tansu $TANSU_VERSION into $TANSU_ROOT (one time, ~9 min)"
-  cargo install --quiet --locked --root "$TANSU_ROOT" tansu --version "$TANSU_VERSION" --features "$TANSU_FEATURES"
+  echo "install-test-deps: building tansu 0.6.0 (patched) into $TANSU_ROOT (one time, ~10 min)"
+  "$ROOT/scripts/tansu/build.sh" "$TANSU_ROOT"
 fi

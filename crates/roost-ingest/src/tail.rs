@@ -317,17 +317,67 @@ impl Follower {
         // end; whatever it lacks a newline for is a whole line now.
         match fs::metadata(&self.path) {
             Ok(m) if Some(id_of(&m)) != self.file.as_ref().map(|(_, id)| *id) => {
-                tracing::info!(path = %self.path.display(), "log rotated; following the new file");
                 stats.rotations += 1;
                 self.flush_partial(sink, &mut stats);
-                self.file = None;
-                if self.open()? {
+                let finished = self.file.take();
+                // Rotated more than once since this file was read (while stopped, or while
+                // Kafka held reading back): the files rotated in between come first, oldest first.
+                let between = finished.as_ref().and_then(|(f, _)| self.rotated_after(f, id_of(&m)));
+                let more = match between {
+                    Some((p, file, id)) => {
+                        tracing::info!(path = %self.path.display(), next = %p.display(), "log rotated more than once; reading the file rotated in between first");
+                        self.file = Some((file, id));
+                        self.offset = 0;
+                        self.head = (0, 0);
+                        true
+                    }
+                    None => {
+                        tracing::info!(path = %self.path.display(), "log rotated; following the new file");
+                        self.open()?
+                    }
+                };
+                if more {
                     self.drain(max_bytes.saturating_sub(stats.bytes), sink, &mut stats)?;
+                    self.note_head();
                 }
             }
             _ => {}
         }
         Ok(stats)
+    }
+
+    /// The oldest file rotated after `finished` that is not the one at the path now (`current`):
+    /// a sibling named after the path (`access.log.1`, `access.log-20261201`; compressed ones
+    /// are left alone) last written no earlier than `finished` was.
+    fn rotated_after(&self, finished: &File, current: FileId) -> Option<(PathBuf, File, FileId)> {
+        let fm = finished.metadata().ok()?;
+        let (done, since) = (id_of(&fm), fm.modified().ok()?);
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = self.path.file_name()?.to_str()?;
+        let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+        for e in fs::read_dir(dir).ok()?.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(rest) = name.strip_prefix(base) else { continue };
+            if !rest.starts_with(['.', '-', '_'])
+                || [".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z"].iter().any(|z| rest.ends_with(z))
+            {
+                continue;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            let id = id_of(&m);
+            let Ok(mtime) = m.modified() else { continue };
+            if !m.is_file() || m.len() == 0 || id == done || id == current || id.dev != done.dev || mtime < since {
+                continue;
+            }
+            if best.as_ref().is_none_or(|(t, p)| (mtime, e.path()) < (*t, p.clone())) {
+                best = Some((mtime, e.path()));
+            }
+        }
+        let (_, p) = best?;
+        let file = File::open(&p).ok()?;
+        let id = id_of(&file.metadata().ok()?);
+        Some((p, file, id))
     }
 
     /// Reads to the end of the file, or until `max_bytes` were read; true at the end.
@@ -621,6 +671,42 @@ mod tests {
         let st = f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned())).unwrap();
         assert_eq!(got, ["c", "d is longer than what was read before"]);
         assert_eq!(st.lost_rotations, 0);
+    }
+
+    /// Sets a file's modification time `secs` after the epoch (file times are the chain's order).
+    fn touch(p: &Path, secs: u64) {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        fs::File::options().write(true).open(p).unwrap().set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn two_rotations_while_stopped_lose_nothing_in_between() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("access.log");
+        append(&p, "g1 a\n");
+        let mut f = Follower::new(&p, Start::Beginning);
+        assert_eq!(lines(&mut f), ["g1 a"]);
+        let pos = f.position().unwrap();
+        drop(f);
+        append(&p, "g1 b\n");
+        touch(&p, 1_000);
+        // logrotate twice: access.log → .1 → .2, with a generation written in between
+        fs::rename(&p, d.path().join("access.log.1")).unwrap();
+        append(&p, "g2 a\n");
+        touch(&p, 2_000);
+        fs::rename(d.path().join("access.log.1"), d.path().join("access.log.2")).unwrap();
+        fs::rename(&p, d.path().join("access.log.1")).unwrap();
+        append(&p, "g3 a\n");
+        // an old compressed generation and an older one are left alone
+        append(&d.path().join("access.log.3.gz"), "zz\n");
+        append(&d.path().join("access.log.4"), "old\n");
+        touch(&d.path().join("access.log.4"), 500);
+        let mut f = Follower::resume(&p, pos);
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned())).unwrap();
+        }
+        assert_eq!(got, ["g1 b", "g2 a", "g3 a"]);
     }
 
     #[test]

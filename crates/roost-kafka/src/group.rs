@@ -112,8 +112,21 @@ pub struct GroupConsumer {
 
 impl GroupConsumer {
     /// Joins `group` reading `topic`. Offsets are committed only by [`GroupConsumer::commit`].
-    pub fn new(cfg: &KafkaConfig, topic: &str, group: &str, client_id: &str) -> Result<GroupConsumer, Error> {
+    ///
+    /// `instance` makes this a static member (`group.instance.id`, KIP-345): restarted with the
+    /// same id, it takes its old place (and partitions) back at once instead of waiting for the
+    /// dead session to time out and the group to rebalance. Every live member needs its own id.
+    pub fn new(
+        cfg: &KafkaConfig,
+        topic: &str,
+        group: &str,
+        instance: Option<&str>,
+        client_id: &str,
+    ) -> Result<GroupConsumer, Error> {
         let mut c = cfg.client(client_id);
+        if let Some(id) = instance {
+            c.set("group.instance.id", id);
+        }
         c.set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

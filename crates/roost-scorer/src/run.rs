@@ -24,6 +24,9 @@ use crate::{Output, Scorer};
 pub struct Settings {
     /// The consumer group every scorer instance joins.
     pub group: String,
+    /// This instance's name in the group (static membership): a restarted instance takes its
+    /// partitions back at once. Empty: the host name. Two instances on one host need two names.
+    pub instance: String,
     /// Where /metrics listens.
     pub listen: SocketAddr,
     /// Partitions of the requests topic when roost creates it. Scorer instances beyond this
@@ -40,6 +43,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             group: "roost-score".into(),
+            instance: String::new(),
             listen: "127.0.0.1:9751".parse().expect("valid"),
             partitions: 8,
             batch: 5000,
@@ -147,7 +151,8 @@ pub fn run(
     stop: &AtomicBool,
     overrides: Receiver<(IpNetwork, Option<Override>)>,
 ) -> Result<(), Error> {
-    let consumer = GroupConsumer::new(kafka, &kafka.topics.requests, &s.group, "roost-score")?;
+    let instance = if s.instance.is_empty() { None } else { Some(s.instance.as_str()) };
+    let consumer = GroupConsumer::new(kafka, &kafka.topics.requests, &s.group, instance, "roost-score")?;
     let producer = Producer::with(kafka, "roost-score", &[("linger.ms", "5"), ("message.timeout.ms", "0")])?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a current-thread runtime");
     let mut store = Store::new(redis)?;
