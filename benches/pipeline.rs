@@ -2,12 +2,14 @@
 //! broker → `roost score` → Redis. Run by `benches/pipeline.sh`, which starts the broker and
 //! Redis (and fail2ban, the peer, in the same run).
 //!
-//! - throughput: a generated log of `--lines` lines is tailed from its beginning; the time until
-//!   the tail has published every line, and until the scorer has scored every one (its verdicts
-//!   in Redis and offsets committed).
+//! - throughput: a generated log of `--lines` lines is appended at once to a watched file, then
+//!   one probe line; the time until the scorer has scored every line and the probe's verdict is
+//!   in Redis (and, with `--fail2ban-banfile`, until fail2ban watching the same file banned the
+//!   probe).
 //! - detection latency: normal traffic is appended at `--rate` lines/s; every 100 ms one probe
 //!   line (an SQL injection from a fresh address, which the rules block at once) is appended, and
-//!   the time until its verdict appears on Redis's change stream is recorded.
+//!   the time until its verdict appears on Redis's change stream is recorded (and until fail2ban
+//!   banned it, when it watches the same file).
 //!
 //! Prints one `key value` line per figure.
 
@@ -28,6 +30,8 @@ struct Args {
     lines: u64,
     rate: u64,
     seconds: u64,
+    /// fail2ban's ban log (`IP EPOCH.NANOS` per ban), when fail2ban watches the same files.
+    banfile: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -39,6 +43,7 @@ fn args() -> Args {
         lines: 1_000_000,
         rate: 10_000,
         seconds: 30,
+        banfile: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -51,6 +56,7 @@ fn args() -> Args {
             "--lines" => a.lines = v.parse().expect("--lines N"),
             "--rate" => a.rate = v.parse().expect("--rate N"),
             "--seconds" => a.seconds = v.parse().expect("--seconds N"),
+            "--fail2ban-banfile" => a.banfile = Some(v.into()),
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -132,7 +138,7 @@ fn config(a: &Args, run: &str, log: &Path, start: &str, tail_port: u16, score_po
          verdicts = \"{id}-verdicts\"\noverrides = \"{id}-overrides\"\nfeeds = \"{id}-feeds\"\n\n\
          [redis]\nurl = \"{r}\"\nprefix = \"{prefix}\"\n\n\
          [tail]\ncheckpoint = \"{d}/{id}.tail.json\"\nstart = \"{start}\"\npoll_interval = \"20ms\"\nlisten = \"127.0.0.1:{tail_port}\"\n\n\
-         [score]\ngroup = \"{id}\"\npartitions = 4\nlisten = \"127.0.0.1:{score_port}\"\nflush_interval = \"20ms\"\n\n\
+         [score]\ngroup = \"{id}\"\ninstance = \"bench\"\npartitions = 4\nlisten = \"127.0.0.1:{score_port}\"\nflush_interval = \"20ms\"\n\n\
          [[logs]]\npath = \"{l}\"\nformat = \"combined\"\n",
         k = a.kafka,
         r = a.redis,
@@ -144,39 +150,99 @@ fn config(a: &Args, run: &str, log: &Path, start: &str, tail_port: u16, score_po
     (p, prefix)
 }
 
+/// fail2ban's bans so far: address → when (Unix seconds).
+fn bans(file: &Path) -> HashMap<String, f64> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (ip, t) = l.split_once(' ')?;
+            Some((ip.to_owned(), t.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+const PROBE: &str = "/item?id=1%20UNION%20SELECT%20username,password%20FROM%20users";
+
+/// Every line of a generated log appended at once to a watched (empty) file, then one probe
+/// line: how long until everything is scored (roost) and until the probe is banned (fail2ban,
+/// which reads a file in order, so its ban means every line before was read).
 fn throughput(a: &Args) {
-    let log = a.dir.join("throughput.log");
-    if !log.exists() {
+    let src = a.dir.join("generated.log");
+    if !src.exists() {
         let st = Command::new(&a.roost)
             .args(["generate", "--lines", &a.lines.to_string(), "--out"])
-            .arg(&log)
+            .arg(&src)
             .status()
             .unwrap();
         assert!(st.success());
     }
-    let lines = std::fs::read(&log).unwrap().iter().filter(|b| **b == b'\n').count() as f64;
+    let body = std::fs::read(&src).unwrap();
+    let lines = body.iter().filter(|b| **b == b'\n').count() as f64 + 1.0;
+    let log = a.dir.join("throughput.log");
+    std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
     let (tail_port, score_port) = (free_port(), free_port());
-    let (cfg, _) = config(a, "tput", &log, "beginning", tail_port, score_port);
-    let _score = roost(a, &cfg, "score");
+    let (cfg, prefix) = config(a, "tput", &log, "end", tail_port, score_port);
+    let score = roost(a, &cfg, "score");
+    let _tail = roost(a, &cfg, "tail");
     wait(Duration::from_secs(60), "the scorer to own its partitions", || {
         metric(score_port, "roost_score_partitions").unwrap_or(0.0) >= 4.0
     });
+    wait(Duration::from_secs(30), "the tail to be up", || metric(tail_port, "roost_tail_lines_total").is_some());
+    let probe_ip = "10.251.0.1";
     let started = Instant::now();
-    let _tail = roost(a, &cfg, "tail");
+    let t0 = unix(SystemTime::now());
+    {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        for chunk in body.chunks(4 << 20) {
+            f.write_all(chunk).unwrap();
+        }
+        f.write_all(clf(SystemTime::now(), probe_ip, PROBE, 200).as_bytes()).unwrap();
+    }
+    let written = started.elapsed();
     let mut tail_done = None;
-    wait(Duration::from_secs(600), "every line scored", || {
+    let mut f2b_done: Option<f64> = None;
+    let mut redis = redis::Client::open(a.redis.as_str()).unwrap().get_connection().unwrap();
+    let key = format!("{prefix}v:{probe_ip}");
+    let mut probe_seen = None;
+    wait(Duration::from_secs(900), "every line scored", || {
         if tail_done.is_none() && metric(tail_port, "roost_tail_events_total").unwrap_or(0.0) >= lines {
             tail_done = Some(started.elapsed());
         }
-        metric(score_port, "roost_score_events_total").unwrap_or(0.0) >= lines
+        if probe_seen.is_none() && redis::cmd("EXISTS").arg(&key).query::<i64>(&mut redis).unwrap_or(0) == 1 {
+            probe_seen = Some(started.elapsed());
+        }
+        if let Some(b) = &a.banfile
+            && f2b_done.is_none()
+        {
+            f2b_done = bans(b).get(probe_ip).map(|t| t - t0);
+        }
+        let roost_done = metric(score_port, "roost_score_events_total").unwrap_or(0.0) >= lines && probe_seen.is_some();
+        roost_done && (a.banfile.is_none() || f2b_done.is_some())
     });
-    let all = started.elapsed();
-    let tail_done = tail_done.unwrap_or(all);
+    let all = probe_seen.unwrap().max(tail_done.unwrap_or_default());
     println!("throughput_lines {lines}");
-    println!("tail_seconds {:.2}", tail_done.as_secs_f64());
-    println!("tail_lines_per_s {:.0}", lines / tail_done.as_secs_f64());
-    println!("end_to_end_seconds {:.2}", all.as_secs_f64());
-    println!("end_to_end_lines_per_s {:.0}", lines / all.as_secs_f64());
+    println!("throughput_append_seconds {:.2}", written.as_secs_f64());
+    println!("roost_tail_seconds {:.2}", tail_done.unwrap_or(all).as_secs_f64());
+    println!("roost_end_to_end_seconds {:.2}", all.as_secs_f64());
+    println!("roost_end_to_end_lines_per_s {:.0}", lines / all.as_secs_f64());
+    if let Some(t) = f2b_done {
+        println!("fail2ban_end_to_end_seconds {t:.2}");
+        println!("fail2ban_end_to_end_lines_per_s {:.0}", lines / t);
+    }
+    // A scorer that takes the partitions over rebuilds their state from the topic.
+    drop(score);
+    let started = Instant::now();
+    let _again = roost(a, &cfg, "score");
+    wait(Duration::from_secs(600), "the state rebuilt", || {
+        metric(score_port, "roost_score_rebuilt_events_total").unwrap_or(0.0) >= lines - 1.0
+    });
+    let rebuild = started.elapsed().as_secs_f64();
+    println!("rebuild_seconds {rebuild:.2}");
+    println!("rebuild_records_per_s {:.0}", lines / rebuild);
 }
 
 fn clf(t: SystemTime, ip: &str, target: &str, status: u16) -> String {
@@ -207,7 +273,7 @@ fn civil(z: i64) -> (i64, u32, u32) {
 
 /// Appends normal traffic at `rate` lines/s and a probe every 100 ms to `log` for `seconds`;
 /// returns when each probe's line was written, by address.
-pub fn drive(log: &Path, rate: u64, seconds: u64, stop: &AtomicBool) -> HashMap<String, Instant> {
+pub fn drive(log: &Path, rate: u64, seconds: u64, stop: &AtomicBool) -> HashMap<String, (Instant, f64)> {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let mut probes = HashMap::new();
     let started = Instant::now();
@@ -228,9 +294,8 @@ pub fn drive(log: &Path, rate: u64, seconds: u64, stop: &AtomicBool) -> HashMap<
         if Instant::now() >= next_probe {
             k += 1;
             let ip = format!("10.250.{}.{}", k / 250, k % 250);
-            f.write_all(clf(now, &ip, "/item?id=1%20UNION%20SELECT%20username,password%20FROM%20users", 200).as_bytes())
-                .unwrap();
-            probes.insert(ip, Instant::now());
+            f.write_all(clf(now, &ip, PROBE, 200).as_bytes()).unwrap();
+            probes.insert(ip, (Instant::now(), unix(SystemTime::now())));
             next_probe += Duration::from_millis(100);
         }
         let due = tick * ((started.elapsed().as_nanos() / tick.as_nanos()) as u32 + 1);
@@ -250,8 +315,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn latency(a: &Args) {
-    let log = a.dir.join(format!("latency-{}.log", stamp()));
-    std::fs::write(&log, "").unwrap();
+    let log = a.dir.join("latency.log");
+    std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
     let (tail_port, score_port) = (free_port(), free_port());
     let (cfg, prefix) = config(a, "lat", &log, "end", tail_port, score_port);
     let _score = roost(a, &cfg, "score");
@@ -293,18 +358,29 @@ fn latency(a: &Args) {
     let seen = seen.lock().unwrap();
     let mut lat: Vec<f64> = probes
         .iter()
-        .filter_map(|(ip, t0)| seen.get(ip).map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1000.0))
+        .filter_map(|(ip, (t0, _))| seen.get(ip).map(|t1| t1.saturating_duration_since(*t0).as_secs_f64() * 1000.0))
         .collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     let events = metric(score_port, "roost_score_events_total").unwrap_or(0.0);
     println!("latency_rate_lines_per_s {}", a.rate);
     println!("latency_lines_scored {events:.0}");
     println!("latency_probes {}", probes.len());
-    println!("latency_detected {}", lat.len());
-    println!("latency_p50_ms {:.1}", percentile(&lat, 50.0));
-    println!("latency_p90_ms {:.1}", percentile(&lat, 90.0));
-    println!("latency_p99_ms {:.1}", percentile(&lat, 99.0));
-    println!("latency_max_ms {:.1}", lat.last().copied().unwrap_or(f64::NAN));
+    report("roost", &lat);
+    if let Some(b) = &a.banfile {
+        let banned = bans(b);
+        let mut f2b: Vec<f64> =
+            probes.iter().filter_map(|(ip, (_, w))| banned.get(ip).map(|t| (t - w).max(0.0) * 1000.0)).collect();
+        f2b.sort_by(|a, b| a.total_cmp(b));
+        report("fail2ban", &f2b);
+    }
+}
+
+fn report(who: &str, lat: &[f64]) {
+    println!("{who}_latency_detected {}", lat.len());
+    println!("{who}_latency_p50_ms {:.1}", percentile(lat, 50.0));
+    println!("{who}_latency_p90_ms {:.1}", percentile(lat, 90.0));
+    println!("{who}_latency_p99_ms {:.1}", percentile(lat, 99.0));
+    println!("{who}_latency_max_ms {:.1}", lat.last().copied().unwrap_or(f64::NAN));
 }
 
 /// (entry id, subject) of every entry in an XREAD reply.

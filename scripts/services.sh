@@ -9,7 +9,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUN="${ROOST_TEST_RUN:-$ROOT/target/test-services}"
 KAFKA_PORT="${ROOST_TEST_KAFKA_PORT:-19092}"
 REDIS_PORT="${ROOST_TEST_REDIS_PORT:-16379}"
-TANSU="${ROOST_CACHE:-$HOME/.cache/roost}/tansu-0.6.0-roost1/bin/tansu"
+TANSU="${ROOST_CACHE:-$HOME/.cache/roost}/$("$ROOT/scripts/tansu/build.sh" --name)/bin/tansu"
 mkdir -p "$RUN"
 
 wait_port() { # host port what

@@ -2,17 +2,24 @@
 # Builds the Kafka-protocol broker the tests use: tansu (crates.io) with two fixes to its
 # consumer-group coordinator, into $1 (its bin/tansu). Called by scripts/install-test-deps.sh.
 #
-# tansu 0.6.0 loses a group whose leader dies: a member that joins while the dead leader is still
-# listed gets an empty assignment once the leader is evicted, and a group whose leader was
-# evicted by the heartbeat check keeps waiting for it, so its partitions are never handed out
-# again (seen with two `roost score` instances, one killed). 0.6.0-group-leader.patch makes the
-# coordinator drop an evicted leader and send followers back to rejoin when there is none, as
-# Kafka's coordinator does. Everything else is tansu as published.
+# tansu 0.6.0's group coordinator does not recover from a member that dies (seen with `roost
+# score` instances killed by SIGKILL): a member evicted by another's heartbeat leaves the group
+# "formed", so the survivors keep their old assignment and the dead member's partitions are never
+# handed out again; a leader evicted that way stays recorded as leader, so the group waits for it
+# for ever; and a member that joins while the dead leader is still listed gets an empty
+# assignment once it is evicted. 0.6.0-group-leader.patch makes the group re-form after an
+# eviction, drops an evicted leader, and sends a follower back to rejoin when there is no leader,
+# as Kafka's coordinator does. Everything else is tansu as published.
+#   build.sh --name   prints the cache directory's name (changes with this script and the patch)
 set -euo pipefail
-DEST=$1
 VERSION=0.6.0
 FEATURES=dynostore,libsql
 HERE=$(cd "$(dirname "$0")" && pwd)
+if [ "${1:-}" = --name ]; then
+  echo "tansu-$VERSION-$(cat "$0" "$HERE/$VERSION-group-leader.patch" | sha256sum | cut -c1-12)"
+  exit 0
+fi
+DEST=$1
 WORK="$DEST.build"
 rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -27,10 +34,10 @@ fetch tansu 4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d
 fetch tansu-broker 93c1e91b40c2a706dfdbe9a795c08c70918c874ad23f6e0e87564cc0a180e720
 patch --quiet -p1 -d "$WORK/tansu-broker" < "$HERE/$VERSION-group-leader.patch"
 printf '\n[patch.crates-io]\ntansu-broker = { path = "../tansu-broker" }\n' >> "$WORK/tansu/Cargo.toml"
-# the published Cargo.lock pins every other dependency
-CARGO_TARGET_DIR="$WORK/target" cargo build --quiet --release --manifest-path "$WORK/tansu/Cargo.toml" \
+# the published Cargo.lock pins every other dependency; the target dir outlives a failed try
+CARGO_TARGET_DIR="$DEST.target" cargo build --quiet --release --manifest-path "$WORK/tansu/Cargo.toml" \
   --features "$FEATURES" --bin tansu
 mkdir -p "$DEST/bin"
-cp "$WORK/target/release/tansu" "$DEST/bin/tansu.new"
+cp "$DEST.target/release/tansu" "$DEST/bin/tansu.new"
 mv "$DEST/bin/tansu.new" "$DEST/bin/tansu"
-rm -rf "$WORK"
+rm -rf "$WORK" "$DEST.target"

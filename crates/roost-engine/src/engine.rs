@@ -207,7 +207,7 @@ impl Engine {
         keys.into_iter()
             .filter_map(|k| {
                 let x = self.explain(k.addr(), now)?;
-                (x.class != Class::Good).then(|| VerdictChange {
+                (x.class != Class::Good).then_some(VerdictChange {
                     subject: x.subject,
                     at: now,
                     from: x.class,

@@ -1,14 +1,17 @@
 //! The request event: one HTTP request as an access-log line described it.
 //!
 //! Parsers (`roost-logformat`) produce it, the engine (`roost-engine`) consumes it, and the
-//! Kafka pipeline carries it. Text fields borrow from the line they were parsed from where
-//! possible ([`Cow`]), so parsing a line allocates only when it has to unescape something.
+//! Kafka pipeline carries it ([`wire`]: the versioned message schemas). Text fields borrow from
+//! the line they were parsed from where possible ([`Cow`]), so parsing a line allocates only
+//! when it has to unescape something.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+
+pub mod wire;
 
 /// A point in time as Unix milliseconds (UTC).
 ///

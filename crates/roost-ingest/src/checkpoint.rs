@@ -86,7 +86,10 @@ mod tests {
         let p = d.path().join("tail.json");
         assert_eq!(Checkpoint::load(&p).unwrap(), None);
         let mut files = BTreeMap::new();
-        files.insert(PathBuf::from("/var/log/a.log"), Position { dev: 1, ino: 2, offset: 3, skip_line: false, head_len: 3, head_crc: 7 });
+        files.insert(
+            PathBuf::from("/var/log/a.log"),
+            Position { dev: 1, ino: 2, offset: 3, skip_line: false, head_len: 3, head_crc: 7 },
+        );
         let c = Checkpoint::new(files);
         c.store(&p).unwrap();
         assert_eq!(Checkpoint::load(&p).unwrap(), Some(c));

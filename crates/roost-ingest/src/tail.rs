@@ -178,8 +178,11 @@ impl Follower {
     pub fn position(&self) -> Option<Position> {
         let (f, id) = self.file.as_ref()?;
         let offset = self.offset - self.partial.len() as u64;
-        let (head_len, head_crc) =
-            if self.head.0 as u64 >= offset.min(HEAD as u64) { self.head } else { head_of(f, offset as usize).unwrap_or((0, 0)) };
+        let (head_len, head_crc) = if self.head.0 as u64 >= offset.min(HEAD as u64) {
+            self.head
+        } else {
+            head_of(f, offset as usize).unwrap_or((0, 0))
+        };
         Some(Position { dev: id.dev, ino: id.ino, offset, skip_line: self.cutting, head_len, head_crc })
     }
 
@@ -494,7 +497,8 @@ impl Tail {
     ) -> Result<Tail, glob::PatternError> {
         let pattern = pattern.into();
         let compiled = glob::Pattern::new(&pattern)?;
-        let resume = positions.into_iter().filter(|(p, _)| compiled.matches_path(p) || p == Path::new(&pattern)).collect();
+        let resume =
+            positions.into_iter().filter(|(p, _)| compiled.matches_path(p) || p == Path::new(&pattern)).collect();
         Ok(Tail { pattern, start, followers: BTreeMap::new(), first_scan: true, resume })
     }
 

@@ -10,10 +10,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
-use rdkafka::statistics::Statistics;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
@@ -61,7 +61,9 @@ impl ConsumerContext for Ctx {
         let parts: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let committed: BTreeMap<i32, Option<i64>> = match c.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
+                let committed: BTreeMap<i32, Option<i64>> = match c
+                    .committed_offsets(tpl.clone(), Duration::from_secs(30))
+                {
                     Ok(list) => list
                         .elements_for_topic(&self.topic)
                         .iter()
@@ -140,7 +142,8 @@ impl GroupConsumer {
         for (k, v) in &cfg.properties {
             c.set(k, v);
         }
-        let ctx = Ctx { topic: topic.to_owned(), events: Mutex::new(VecDeque::new()), lag: Mutex::new(BTreeMap::new()) };
+        let ctx =
+            Ctx { topic: topic.to_owned(), events: Mutex::new(VecDeque::new()), lag: Mutex::new(BTreeMap::new()) };
         let consumer: BaseConsumer<Ctx> = c.create_with_context(ctx).map_err(kafka("creating the group consumer"))?;
         consumer.subscribe(&[topic]).map_err(kafka(format!("subscribing to {topic}")))?;
         Ok(GroupConsumer { consumer, topic: topic.to_owned() })

@@ -144,7 +144,10 @@ impl Producer {
     /// the configured `kafka.properties` still win.
     pub fn with(cfg: &KafkaConfig, client_id: &str, props: &[(&str, &str)]) -> Result<Producer, Error> {
         let mut c = ClientConfig::new();
-        c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "20").set("message.timeout.ms", "30000");
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "20")
+            .set("message.timeout.ms", "30000");
         for (k, v) in props {
             c.set(*k, *v);
         }

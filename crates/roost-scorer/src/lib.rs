@@ -10,17 +10,17 @@
 //! - [`run`]: the loop around it: poll a batch, write its outputs to Redis and the verdicts
 //!   topic, and only then commit the offsets. A Redis that comes back empty gets every current
 //!   verdict again.
-//! - [`wire`]: the requests-topic and dead-letter message schemas (`roost tail` writes them).
+//! - [`wire`] (from `roost-event`): the requests-topic and dead-letter message schemas.
 
 pub mod overrides;
 pub mod run;
-pub mod wire;
 
 use std::collections::BTreeMap;
 
 use ipnetwork::IpNetwork;
 use roost_engine::{Engine, Explanation, Override, Timestamp, VerdictChange};
 
+pub use roost_event::wire;
 pub use run::{Metrics, Settings, run};
 
 /// Builds a fresh engine (rules, feeds and GeoIP attached) for a partition.
@@ -66,7 +66,13 @@ pub struct Scorer {
 
 impl Scorer {
     pub fn new(make: EngineFactory) -> Scorer {
-        Scorer { make, parts: BTreeMap::new(), overrides: BTreeMap::new(), outputs: Vec::new(), counts: Counts::default() }
+        Scorer {
+            make,
+            parts: BTreeMap::new(),
+            overrides: BTreeMap::new(),
+            outputs: Vec::new(),
+            counts: Counts::default(),
+        }
     }
 
     /// Takes partitions, each with the group's committed offset.
@@ -177,7 +183,11 @@ impl Scorer {
         for (p, part) in &self.parts {
             if part.live {
                 let now = part.engine.now();
-                self.outputs.push(Output::Resync { partition: *p, verdicts: part.engine.flagged(now, None, usize::MAX), now });
+                self.outputs.push(Output::Resync {
+                    partition: *p,
+                    verdicts: part.engine.flagged(now, None, usize::MAX),
+                    now,
+                });
             }
         }
     }
@@ -278,6 +288,26 @@ mod tests {
         let xa: Vec<_> = a.engines().flat_map(|e| e.flagged(e.now(), None, 10)).collect();
         let xb: Vec<_> = b.engines().flat_map(|e| e.flagged(e.now(), None, 10)).collect();
         assert_eq!(xa, xb);
+    }
+
+    #[test]
+    fn renewals_of_a_live_partition_are_outputs() {
+        let mut s = scorer();
+        s.assign(&[(0, None)]);
+        // forbidden answers for 20 minutes: flagged early, then kept in force
+        for i in 0..1200 {
+            s.record(0, i, Some(&ev(1_700_000_000 + i, "198.51.100.10", 403))).unwrap();
+        }
+        let (out, _) = s.take();
+        let renewed: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Change { change, .. } if change.cause == roost_engine::Cause::Renewed => Some(change),
+                _ => None,
+            })
+            .collect();
+        assert!(!renewed.is_empty(), "the verdict's expiry moved out and was reported");
+        assert!(renewed.iter().all(|c| c.from == c.to && c.to != Class::Good && c.expires.is_some()));
     }
 
     #[test]

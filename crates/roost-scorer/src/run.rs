@@ -24,8 +24,9 @@ use crate::{Output, Scorer};
 pub struct Settings {
     /// The consumer group every scorer instance joins.
     pub group: String,
-    /// This instance's name in the group (static membership): a restarted instance takes its
-    /// partitions back at once. Empty: the host name. Two instances on one host need two names.
+    /// This instance's stable name in the group (static membership, `group.instance.id`): a
+    /// restarted instance takes its partitions back at once instead of after the session
+    /// timeout. Every instance needs its own name. Empty: dynamic membership.
     pub instance: String,
     /// Where /metrics listens.
     pub listen: SocketAddr,
@@ -98,15 +99,35 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(&self, r: &mut Registry) {
         r.register("roost_score_events", "Request events scored", self.events.clone());
-        r.register("roost_score_rebuilt_events", "Records replayed to rebuild a partition's state", self.rebuilt.clone());
-        r.register("roost_score_bad_records", "Records on the requests topic that were not request events", self.bad_records.clone());
+        r.register(
+            "roost_score_rebuilt_events",
+            "Records replayed to rebuild a partition's state",
+            self.rebuilt.clone(),
+        );
+        r.register(
+            "roost_score_bad_records",
+            "Records on the requests topic that were not request events",
+            self.bad_records.clone(),
+        );
         r.register("roost_score_writes", "Verdicts written, by sink (redis, kafka)", self.writes.clone());
         r.register("roost_score_write_errors", "Failed verdict writes (retried), by sink", self.write_errors.clone());
-        r.register("roost_score_redis_resyncs", "Times Redis came back empty and every verdict was written again", self.resyncs.clone());
+        r.register(
+            "roost_score_redis_resyncs",
+            "Times Redis came back empty and every verdict was written again",
+            self.resyncs.clone(),
+        );
         r.register("roost_score_commits", "Offset commits", self.commits.clone());
         r.register("roost_score_commit_errors", "Failed offset commits", self.commit_errors.clone());
-        r.register("roost_score_poll_errors", "Errors reading the requests topic (the broker away)", self.poll_errors.clone());
-        r.register("roost_consumer_lag_records", "Records not yet read, by partition of the requests topic", self.lag.clone());
+        r.register(
+            "roost_score_poll_errors",
+            "Errors reading the requests topic (the broker away)",
+            self.poll_errors.clone(),
+        );
+        r.register(
+            "roost_consumer_lag_records",
+            "Records not yet read, by partition of the requests topic",
+            self.lag.clone(),
+        );
         r.register("roost_score_partitions", "Partitions this instance owns", self.partitions.clone());
         r.register("roost_clients", "Tracked clients, by verdict", self.clients.clone());
         r.register("roost_score_state_clients", "Clients with state in this instance's engines", self.tracked.clone());

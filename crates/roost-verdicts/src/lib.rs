@@ -231,7 +231,8 @@ impl Store {
     /// Every stored verdict, by subject (a full load, as a proxy does at start).
     pub fn load_all(&mut self) -> Result<BTreeMap<String, VerdictRecord>, Error> {
         let pattern = format!("{}v:*", self.cfg.prefix);
-        let keys: Vec<String> = self.with("scanning verdict keys", |c| c.scan_match(&pattern)?.collect::<Result<Vec<String>, _>>())?;
+        let keys: Vec<String> =
+            self.with("scanning verdict keys", |c| c.scan_match(&pattern)?.collect::<Result<Vec<String>, _>>())?;
         let mut out = BTreeMap::new();
         for chunk in keys.chunks(500) {
             let values: Vec<Option<String>> = self.with("reading verdicts", |c| c.mget(chunk))?;

@@ -10,10 +10,7 @@ use roost_engine::Engine;
 
 use crate::config::Config;
 
-pub fn run(mut cfg: Config) -> anyhow::Result<()> {
-    if cfg.score.instance.is_empty() {
-        cfg.score.instance = crate::tail::hostname();
-    }
+pub fn run(cfg: Config) -> anyhow::Result<()> {
     anyhow::ensure!(cfg.kafka.enabled(), "roost score reads Kafka: set kafka.brokers");
     anyhow::ensure!(!cfg.redis.url.is_empty(), "roost score writes verdicts to Redis: set redis.url");
     let k = &cfg.kafka;

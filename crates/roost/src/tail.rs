@@ -90,8 +90,16 @@ impl Metrics {
             self.lost_rotations.clone(),
         );
         r.register("roost_tail_cut_lines", "Lines longer than 64 KiB, cut", self.cut.clone());
-        r.register("roost_tail_checkpoints", "Positions checkpointed after Kafka acknowledged", self.checkpoints.clone());
-        r.register("roost_tail_send_errors", "Batches Kafka refused (resent from the checkpoint)", self.send_errors.clone());
+        r.register(
+            "roost_tail_checkpoints",
+            "Positions checkpointed after Kafka acknowledged",
+            self.checkpoints.clone(),
+        );
+        r.register(
+            "roost_tail_send_errors",
+            "Batches Kafka refused (resent from the checkpoint)",
+            self.send_errors.clone(),
+        );
     }
 }
 
@@ -101,8 +109,10 @@ struct Source {
     parser: Option<Parser>,
 }
 
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 pub fn run(cfg: Config) -> anyhow::Result<()> {

@@ -57,7 +57,8 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, mut cmd: Command) -> Proc {
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut child =
+            cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{name}: {e}"));
         let err = child.stderr.take().unwrap();
         let tag = name.to_owned();
         std::thread::spawn(move || {
@@ -138,6 +139,8 @@ struct Setup {
     group: String,
     redis_url: String,
     redis_prefix: String,
+    /// Scorers join as static members named after their config (`score.instance`).
+    static_members: bool,
 }
 
 impl Setup {
@@ -151,6 +154,7 @@ impl Setup {
             group: unique(&format!("{name}-score")),
             redis_url: redis(),
             redis_prefix: format!("{}:", unique(name)),
+            static_members: false,
         }
     }
 
@@ -164,18 +168,19 @@ impl Setup {
             "[kafka]\nbrokers = \"{b}\"\n[kafka.topics]\nrequests = \"{r}\"\ndeadletter = \"{d}\"\nverdicts = \"{v}\"\n\
              overrides = \"{o}\"\nfeeds = \"{f}\"\n\n[redis]\nurl = \"{ru}\"\nprefix = \"{rp}\"\n\n\
              [tail]\ncheckpoint = \"{cp}\"\nstart = \"beginning\"\npoll_interval = \"50ms\"\nlisten = \"127.0.0.1:{port}\"\n\n\
-             [score]\ngroup = \"{g}\"\ninstance = \"{name}\"\npartitions = 4\nlisten = \"127.0.0.1:{port}\"\n\n",
+             [score]\ngroup = \"{g}\"\ninstance = \"{inst}\"\npartitions = 4\nlisten = \"127.0.0.1:{port}\"\n\n",
             b = self.brokers,
             r = self.requests,
             d = self.deadletter,
             v = self.verdicts,
-            o = format!("{}-overrides", self.requests),
-            f = format!("{}-feeds", self.requests),
+            o = self.requests.replace("requests", "overrides"),
+            f = self.requests.replace("requests", "feeds"),
             ru = self.redis_url,
             rp = self.redis_prefix,
             cp = self.path("tail.json").display(),
             g = self.group,
             port = metrics_port,
+            inst = if self.static_members { name } else { "" },
         );
         for l in logs {
             t.push_str(&format!("[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n", self.path(l).display()));
@@ -190,8 +195,12 @@ impl Setup {
     }
 
     fn store(&self) -> Store {
-        Store::new(&RedisConfig { url: self.redis_url.clone(), prefix: self.redis_prefix.clone(), ..Default::default() })
-            .unwrap()
+        Store::new(&RedisConfig {
+            url: self.redis_url.clone(),
+            prefix: self.redis_prefix.clone(),
+            ..Default::default()
+        })
+        .unwrap()
     }
 }
 
@@ -240,7 +249,8 @@ fn write_logs(dir: &Path, per_file: u64, rotate_every: u64, rate: u64, malformed
         for k in i..i + n {
             buf_a.push_str(&numbered_line(0, k));
             buf_b.push_str(&numbered_line(1, k));
-            if malformed > 0 && k % (per_file / malformed).max(1) == 0 && k / (per_file / malformed).max(1) < malformed {
+            if malformed > 0 && k % (per_file / malformed).max(1) == 0 && k / (per_file / malformed).max(1) < malformed
+            {
                 buf_b.push_str(&format!("this is not an access log line #{k}\n"));
             }
         }
@@ -298,7 +308,10 @@ impl Census {
                     quiet_since = Instant::now();
                     let ev = roost_scorer::wire::decode_request(r.value.as_deref().unwrap()).unwrap();
                     let mut it = ev.path.trim_start_matches("/item/").split('/');
-                    match (it.next().and_then(|f| f.parse::<usize>().ok()), it.next().and_then(|i| i.parse::<usize>().ok())) {
+                    match (
+                        it.next().and_then(|f| f.parse::<usize>().ok()),
+                        it.next().and_then(|i| i.parse::<usize>().ok()),
+                    ) {
                         (Some(f), Some(i)) if f < 2 && i < self.seen[f].len() => {
                             let n = &mut self.seen[f][i];
                             if *n == 0 {
@@ -398,7 +411,7 @@ fn own_broker(dir: &Path, port: u16) -> Proc {
 
 #[test]
 fn tail_waits_out_a_stopped_broker_with_bounded_memory_and_loses_nothing() {
-    const PER_FILE: u64 = 200_000;
+    const PER_FILE: u64 = 100_000;
     let mut s = Setup::new("tail-outage");
     let port = free_port();
     s.brokers = format!("127.0.0.1:{port}");
@@ -409,11 +422,11 @@ fn tail_waits_out_a_stopped_broker_with_bounded_memory_and_loses_nothing() {
     let progress = Arc::new(AtomicU64::new(0));
     let writer = {
         let (dir, progress) = (s.dir.path().to_owned(), progress.clone());
-        // 40 s of writing at 10k lines/s; the broker is away for 30 s of it
-        std::thread::spawn(move || write_logs(&dir, PER_FILE, 100_000, 10_000, 0, &progress))
+        // 40 s of writing at 5k lines/s; the broker is away for 30 s of it
+        std::thread::spawn(move || write_logs(&dir, PER_FILE, 50_000, 5_000, 0, &progress))
     };
     let tail = Proc::roost("tail", &cfg, "tail");
-    wait_for(Duration::from_secs(60), "the writer to get on", || progress.load(Ordering::Relaxed) >= 50_000);
+    wait_for(Duration::from_secs(60), "the writer to get on", || progress.load(Ordering::Relaxed) >= 25_000);
     eprintln!("[test] stopping the broker for 30 s");
     broker.take().unwrap().sigkill();
     std::thread::sleep(Duration::from_secs(5));
@@ -421,15 +434,17 @@ fn tail_waits_out_a_stopped_broker_with_bounded_memory_and_loses_nothing() {
     std::thread::sleep(Duration::from_secs(25));
     let rss_late = tail.rss_kib();
     let written_meanwhile = progress.load(Ordering::Relaxed);
-    eprintln!("[test] tail RSS {rss_early} KiB → {rss_late} KiB while the broker was away ({written_meanwhile} lines written by then)");
+    eprintln!(
+        "[test] tail RSS {rss_early} KiB → {rss_late} KiB while the broker was away ({written_meanwhile} lines written by then)"
+    );
     broker = Some(own_broker(&broker_dir, port));
     writer.join().unwrap();
     let mut census = Census::new(&s.kafka_cfg(), &s.requests, PER_FILE);
     census.read(2 * PER_FILE, Duration::from_secs(240));
     eprintln!("[test] unique {} duplicates {}", census.unique, census.dups);
     assert_eq!(census.unique, 2 * PER_FILE, "lines lost: (file, first, last) {:?}", census.missing());
-    // 25 s of lines at 10k/s is ~30 MB of log: none of it was held in memory
-    assert!(rss_late < rss_early + 16 * 1024, "memory grew from {rss_early} KiB to {rss_late} KiB during the outage");
+    // 25 s of lines at 5k/s is ~11 MB of log, ~125k events: none of it was held in memory
+    assert!(rss_late < rss_early + 8 * 1024, "memory grew from {rss_early} KiB to {rss_late} KiB during the outage");
     assert!(rss_late < 128 * 1024, "{rss_late} KiB");
     drop(broker);
 }
@@ -517,7 +532,8 @@ fn converge(store: &mut Store, want: &BTreeMap<String, String>, limit: Duration)
 
 #[test]
 fn a_scorer_killed_and_restarted_mid_stream_ends_with_replays_verdicts() {
-    let s = Setup::new("score-restart");
+    let mut s = Setup::new("score-restart");
+    s.static_members = true; // the restarted scorer takes its old place back
     let log = generate(&s, 150_000);
     let tail_cfg = s.config("tail", &["access.log"], free_port());
     let score_port = free_port();
@@ -625,14 +641,4 @@ fn a_redis_restart_gets_every_verdict_rewritten_and_nothing_crashes() {
     converge(&mut s.store(), &want, Duration::from_secs(120));
     assert!(scorer.running(), "the scorer survived Redis going away");
     assert!(metric(score_port, "roost_score_redis_resyncs_total").unwrap_or(0.0) >= 1.0);
-}
-
-#[test]
-#[ignore]
-fn scratch_read_speed() {
-    let topic = std::env::var("TOPIC").unwrap();
-    let cfg = KafkaConfig { brokers: kafka(), ..Default::default() };
-    let t = Instant::now();
-    let n = roost_kafka::read_to_end(&cfg, &topic, Duration::from_secs(600), |_| {}).unwrap();
-    eprintln!("read {n} in {:?}", t.elapsed());
 }

@@ -8,12 +8,11 @@
 //!
 //! A reader refuses any other version rather than guess.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
-use ipnetwork::IpNetwork;
-use roost_engine::subject_name;
-use roost_event::RequestEvent;
 use serde::{Deserialize, Serialize};
+
+use crate::RequestEvent;
 
 const V1: &[u8] = b"{\"v\":1,";
 
@@ -27,14 +26,17 @@ pub enum Error {
     Json(#[from] serde_json::Error),
 }
 
-/// The Kafka key for a client.
+/// The Kafka key for a client: its subject, as the engine names it (`roost_engine::subject_name`).
 pub fn subject_key(ip: IpAddr, ipv6_prefix: u8) -> String {
     match ip {
         IpAddr::V4(_) => ip.to_string(),
         IpAddr::V6(v6) => {
-            let net = ipnetwork::Ipv6Network::new(v6, ipv6_prefix.min(128)).expect("prefix ≤ 128");
-            let masked = ipnetwork::Ipv6Network::new(net.network(), net.prefix()).expect("valid");
-            subject_name(IpNetwork::V6(masked))
+            let len = ipv6_prefix.min(128);
+            if len == 128 {
+                return v6.to_string();
+            }
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            format!("{}/{len}", Ipv6Addr::from(u128::from(v6) & mask))
         }
     }
 }
@@ -72,9 +74,8 @@ pub struct DeadLetter {
 
 #[cfg(test)]
 mod tests {
-    use roost_event::Timestamp;
-
     use super::*;
+    use crate::Timestamp;
 
     #[test]
     fn round_trips_and_refuses_other_versions() {
