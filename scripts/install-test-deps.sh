@@ -32,7 +32,7 @@ command -v cargo >/dev/null || { echo "install-test-deps: cargo is missing (inst
 # 2 cores the first time; later runs reuse it). dynostore gives the in-memory broker most tests
 # share; libsql gives sqlite:// storage, for the test that stops and restarts a broker.
 # The cache is named after the build script and patch, so changing either rebuilds it.
-TANSU_ROOT="${ROOST_CACHE:-$HOME/.cache/roost}/$(scripts/tansu/build.sh --name)"
+TANSU_ROOT="${ROOST_CACHE:-$HOME/.cache/roost}/$("$ROOT/scripts/tansu/build.sh" --name)"
 if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
   echo "install-test-deps: building tansu 0.6.0 (patched) into $TANSU_ROOT (one time, ~10 min)"
   "$ROOT/scripts/tansu/build.sh" "$TANSU_ROOT"

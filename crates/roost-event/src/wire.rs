@@ -43,11 +43,62 @@ pub fn subject_key(ip: IpAddr, ipv6_prefix: u8) -> String {
 
 /// A request event as a requests-topic value.
 pub fn encode_request(ev: &RequestEvent<'_>) -> Vec<u8> {
+    encode_request_from(ev, None)
+}
+
+/// A request event as a requests-topic value, with the `origin` of its line (see [`Origin`]).
+pub fn encode_request_from(ev: &RequestEvent<'_>, origin: Option<&Origin>) -> Vec<u8> {
     let json = serde_json::to_vec(ev).expect("an event serializes");
-    let mut out = Vec::with_capacity(json.len() + V1.len());
+    let mut out = Vec::with_capacity(json.len() + V1.len() + 80);
     out.extend_from_slice(V1);
+    if let Some(o) = origin {
+        out.extend_from_slice(b"\"origin\":");
+        serde_json::to_writer(&mut out, &o.to_string()).expect("a string serializes");
+        out.push(b',');
+    }
     out.extend_from_slice(&json[1..]);
     out
+}
+
+/// Where a published line came from: `roost tail`'s host, the followed path, the file's device
+/// and inode and the byte offset where the line began. In a requests-topic or dead-letter value
+/// as `"origin":"host\tpath\tdev\tino\toffset"`. A restarted tail reads back what was written
+/// after its checkpoint and leaves out lines whose origin is already there.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub host: String,
+    pub file: String,
+    pub dev: u64,
+    pub ino: u64,
+    pub offset: u64,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\t{}\t{}\t{}\t{}", self.host, self.file, self.dev, self.ino, self.offset)
+    }
+}
+
+impl std::str::FromStr for Origin {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Origin, ()> {
+        let mut it = s.split('\t');
+        let mut next = || it.next().ok_or(());
+        let (host, file) = (next()?.to_owned(), next()?.to_owned());
+        let num = |s: &str| s.parse::<u64>().map_err(|_| ());
+        let (dev, ino, offset) = (num(next()?)?, num(next()?)?, num(next()?)?);
+        Ok(Origin { host, file, dev, ino, offset })
+    }
+}
+
+/// The origin in a requests-topic or dead-letter value, if it has one.
+pub fn origin_of(value: &[u8]) -> Option<Origin> {
+    #[derive(Deserialize)]
+    struct Only<'a> {
+        #[serde(borrow, default)]
+        origin: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Only<'_>>(value).ok()?.origin?.parse().ok()
 }
 
 /// A requests-topic value as an event (borrowing from it where no unescaping was needed).
@@ -70,6 +121,9 @@ pub struct DeadLetter {
     pub error: String,
     /// The raw line (invalid UTF-8 replaced).
     pub line: String,
+    /// Where the line was (see [`Origin`]), as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 #[cfg(test)]
@@ -99,6 +153,12 @@ mod tests {
         assert!(matches!(decode_request(br#"{"v":2,"time":1}"#), Err(Error::Version(_))));
         assert!(matches!(decode_request(br#"{"v":1,"time":"x"}"#), Err(Error::Json(_))));
         assert_eq!(subject_key("2001:db8:1:2:3::7".parse().unwrap(), 64), "2001:db8:1:2::/64");
+        let o = Origin { host: "web1".into(), file: "/var/log/a \"b\".log".into(), dev: 2049, ino: 77, offset: 123 };
+        let with = encode_request_from(&ev, Some(&o));
+        assert!(with.starts_with(br#"{"v":1,"origin":"web1\t/var/log/a \"b\".log\t2049\t77\t123","time""#));
+        assert_eq!(decode_request(&with).unwrap(), ev);
+        assert_eq!(origin_of(&with), Some(o));
+        assert_eq!(origin_of(&v), None);
         assert_eq!(subject_key("203.0.113.7".parse().unwrap(), 64), "203.0.113.7");
     }
 }

@@ -1,8 +1,10 @@
 //! Durable reading positions: where each followed file stands, written only once what was read
 //! before it is safe elsewhere (for `roost tail`: acknowledged by Kafka).
 //!
-//! The file is JSON (`{"v":1,"files":{"/var/log/nginx/access.log":{"dev":…,"ino":…,"offset":…}}}`),
-//! replaced atomically: written beside, synced, renamed over, directory synced. A crash leaves
+//! The file is JSON (`{"v":1,"files":{"/var/log/nginx/access.log":{"dev":…,"ino":…,"offset":…}},
+//! "kafka":{"roost.requests":{"0":1234,…}}}`): where each file stands, and per topic and
+//! partition the offset after the last record acknowledged when it was written (what a restart
+//! reads back to recognise lines of the batch that was in flight). Replaced atomically: written beside, synced, renamed over, directory synced. A crash leaves
 //! either the old checkpoint or the new one, never half of one.
 
 use std::collections::BTreeMap;
@@ -20,6 +22,8 @@ const VERSION: u32 = 1;
 pub struct Checkpoint {
     pub v: u32,
     pub files: BTreeMap<PathBuf, Position>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kafka: BTreeMap<String, BTreeMap<i32, i64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +46,7 @@ pub enum Error {
 
 impl Checkpoint {
     pub fn new(files: BTreeMap<PathBuf, Position>) -> Checkpoint {
-        Checkpoint { v: VERSION, files }
+        Checkpoint { v: VERSION, files, kafka: BTreeMap::new() }
     }
 
     /// The checkpoint at `path`; `None` if there is none yet.
@@ -90,7 +94,8 @@ mod tests {
             PathBuf::from("/var/log/a.log"),
             Position { dev: 1, ino: 2, offset: 3, skip_line: false, head_len: 3, head_crc: 7 },
         );
-        let c = Checkpoint::new(files);
+        let mut c = Checkpoint::new(files);
+        c.kafka.insert("roost.requests".into(), [(0, 12), (3, 7)].into_iter().collect());
         c.store(&p).unwrap();
         assert_eq!(Checkpoint::load(&p).unwrap(), Some(c));
         fs::write(&p, "{not json").unwrap();

@@ -32,10 +32,19 @@ pub enum Start {
     Beginning,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-struct FileId {
-    dev: u64,
-    ino: u64,
+/// A file by device and inode: it keeps its identity when renamed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Where a line handed to a sink began: in which file, at which byte. Stable across restarts
+/// (a resumed follower hands the same line with the same `LineAt`), so it identifies a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LineAt {
+    pub file: FileId,
+    pub offset: u64,
 }
 
 /// Where a follower stands: in which file (device and inode, so a renamed file is still
@@ -130,6 +139,8 @@ pub struct Follower {
     offset: u64,
     start: Start,
     partial: Vec<u8>,
+    /// Where the line in `partial` began.
+    partial_at: u64,
     cutting: bool,
     buf: Box<[u8]>,
     /// Set by [`Follower::resume`] when the checkpointed file could not be found; reported once.
@@ -150,6 +161,7 @@ impl Follower {
             offset: 0,
             start,
             partial: Vec::new(),
+            partial_at: 0,
             cutting: false,
             buf: vec![0; 64 * 1024].into(),
             lost_at_start: false,
@@ -213,6 +225,7 @@ impl Follower {
             offset: 0,
             start: Start::Beginning,
             partial: Vec::new(),
+            partial_at: 0,
             cutting: false,
             buf: vec![0; 64 * 1024].into(),
             lost_at_start: false,
@@ -274,6 +287,11 @@ impl Follower {
     /// Like [`Follower::poll`], but stops after reading about `max_bytes` (whole 64 KiB reads):
     /// callers that must hold what they read until it is safe elsewhere stay bounded.
     pub fn poll_max(&mut self, max_bytes: u64, sink: &mut dyn FnMut(&[u8])) -> io::Result<PollStats> {
+        self.poll_lines(max_bytes, &mut |_, l| sink(l))
+    }
+
+    /// Like [`Follower::poll_max`], also telling where each line began.
+    pub fn poll_lines(&mut self, max_bytes: u64, sink: &mut dyn FnMut(LineAt, &[u8])) -> io::Result<PollStats> {
         let mut stats = PollStats::default();
         if std::mem::take(&mut self.lost_at_start) {
             stats.lost_rotations += 1;
@@ -384,8 +402,14 @@ impl Follower {
     }
 
     /// Reads to the end of the file, or until `max_bytes` were read; true at the end.
-    fn drain(&mut self, max_bytes: u64, sink: &mut dyn FnMut(&[u8]), stats: &mut PollStats) -> io::Result<bool> {
-        let Some((f, _)) = &mut self.file else { return Ok(true) };
+    fn drain(
+        &mut self,
+        max_bytes: u64,
+        sink: &mut dyn FnMut(LineAt, &[u8]),
+        stats: &mut PollStats,
+    ) -> io::Result<bool> {
+        let Some((f, file)) = &mut self.file else { return Ok(true) };
+        let file = *file;
         f.seek(SeekFrom::Start(self.offset))?;
         let mut read = 0u64;
         loop {
@@ -397,31 +421,37 @@ impl Follower {
                 return Ok(true);
             }
             read += n as u64;
+            let base = self.offset;
             self.offset += n as u64;
             stats.bytes += n as u64;
-            let mut chunk = &self.buf[..n];
-            while let Some(i) = chunk.iter().position(|&b| b == b'\n') {
-                let piece = &chunk[..i];
+            let mut start = 0;
+            let chunk = &self.buf[..n];
+            while let Some(i) = chunk[start..].iter().position(|&b| b == b'\n') {
+                let piece = &chunk[start..start + i];
                 if self.cutting {
                     self.cutting = false;
                 } else if self.partial.is_empty() {
-                    sink(strip_cr(piece));
+                    sink(LineAt { file, offset: base + start as u64 }, strip_cr(piece));
                     stats.lines += 1;
                 } else {
                     let room = MAX_LINE - self.partial.len();
                     self.partial.extend_from_slice(&piece[..piece.len().min(room)]);
-                    sink(strip_cr(&self.partial));
+                    sink(LineAt { file, offset: self.partial_at }, strip_cr(&self.partial));
                     stats.lines += 1;
                     self.partial.clear();
                 }
-                chunk = &chunk[i + 1..];
+                start += i + 1;
             }
-            if !self.cutting && !chunk.is_empty() {
+            let rest = &chunk[start..];
+            if !self.cutting && !rest.is_empty() {
+                if self.partial.is_empty() {
+                    self.partial_at = base + start as u64;
+                }
                 let room = MAX_LINE - self.partial.len();
-                self.partial.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                self.partial.extend_from_slice(&rest[..rest.len().min(room)]);
                 if self.partial.len() >= MAX_LINE {
                     // hand over what fits, drop the rest of the line
-                    sink(&self.partial);
+                    sink(LineAt { file, offset: self.partial_at }, &self.partial);
                     stats.lines += 1;
                     stats.cut += 1;
                     self.partial.clear();
@@ -431,9 +461,10 @@ impl Follower {
         }
     }
 
-    fn flush_partial(&mut self, sink: &mut dyn FnMut(&[u8]), stats: &mut PollStats) {
+    fn flush_partial(&mut self, sink: &mut dyn FnMut(LineAt, &[u8]), stats: &mut PollStats) {
         if !self.partial.is_empty() && !self.cutting {
-            sink(strip_cr(&self.partial));
+            let file = self.file.as_ref().map(|(_, id)| *id).unwrap_or_default();
+            sink(LineAt { file, offset: self.partial_at }, strip_cr(&self.partial));
             stats.lines += 1;
         }
         self.partial.clear();
@@ -542,9 +573,14 @@ impl Tail {
 
     /// Like [`Tail::poll`], reading about `max_bytes` at most from each file.
     pub fn poll_max(&mut self, max_bytes: u64, sink: &mut dyn FnMut(&Path, &[u8])) -> PollStats {
+        self.poll_lines(max_bytes, &mut |p, _, l| sink(p, l))
+    }
+
+    /// Like [`Tail::poll_max`], also telling where each line began.
+    pub fn poll_lines(&mut self, max_bytes: u64, sink: &mut dyn FnMut(&Path, LineAt, &[u8])) -> PollStats {
         let mut total = PollStats::default();
         for (path, f) in &mut self.followers {
-            match f.poll_max(max_bytes, &mut |l| sink(path, l)) {
+            match f.poll_lines(max_bytes, &mut |at, l| sink(path, at, l)) {
                 Ok(s) => total.add(&s),
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot read log"),
             }
@@ -711,6 +747,27 @@ mod tests {
             f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned())).unwrap();
         }
         assert_eq!(got, ["g1 b", "g2 a", "g3 a"]);
+    }
+
+    #[test]
+    fn lines_are_told_with_where_they_began_and_a_resume_tells_the_same() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("access.log");
+        append(&p, "aa\nbbbb\ncc");
+        let mut f = Follower::new(&p, Start::Beginning);
+        let mut got = Vec::new();
+        f.poll_lines(u64::MAX, &mut |at, l| got.push((at.offset, String::from_utf8_lossy(l).into_owned()))).unwrap();
+        assert_eq!(got, [(0, "aa".to_owned()), (3, "bbbb".to_owned())]);
+        let pos = f.position().unwrap();
+        append(&p, "c\ndd\n");
+        let mut first = Vec::new();
+        f.poll_lines(u64::MAX, &mut |at, l| first.push((at, String::from_utf8_lossy(l).into_owned()))).unwrap();
+        assert_eq!(first.iter().map(|(at, _)| at.offset).collect::<Vec<_>>(), [8, 12], "the partial line began at 8");
+        let mut again = Vec::new();
+        Follower::resume(&p, pos)
+            .poll_lines(u64::MAX, &mut |at, l| again.push((at, String::from_utf8_lossy(l).into_owned())))
+            .unwrap();
+        assert_eq!(again, first);
     }
 
     #[test]

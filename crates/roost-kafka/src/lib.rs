@@ -204,6 +204,36 @@ impl Producer {
         Ok(n)
     }
 
+    /// Sends records concurrently and waits for every acknowledgement;
+    /// returns, per partition written, the offset after the last record written there. On a
+    /// failure nothing is said about which records were written (callers resend the batch).
+    pub async fn send_batch(&self, topic: &str, records: &[OutRecord]) -> Result<BTreeMap<i32, i64>, Error> {
+        let mut pending = Vec::with_capacity(records.len());
+        let mut next = BTreeMap::new();
+        for r in records {
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(&r.key);
+            if let Some(v) = &r.value {
+                rec = rec.payload(v);
+            }
+            pending.push(
+                self.inner
+                    .send_result(rec)
+                    .map_err(|(e, _)| Error::Kafka { what: format!("queueing for {topic}"), source: e })?,
+            );
+        }
+        for p in pending {
+            match p.await {
+                Ok(Ok(d)) => {
+                    let e = next.entry(d.partition).or_insert(0);
+                    *e = (*e).max(d.offset + 1);
+                }
+                Ok(Err((e, _))) => return Err(Error::Kafka { what: format!("producing to {topic}"), source: e }),
+                Err(_) => return Err(Error::Timeout(format!("producing to {topic}: the delivery report was lost"))),
+            }
+        }
+        Ok(next)
+    }
+
     /// Waits until every queued record is acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<(), Error> {
         self.inner.flush(timeout).map_err(kafka("flushing the producer"))
@@ -228,14 +258,34 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
 }
 
+/// A record to send: key and value (`None`: a tombstone).
+#[derive(Clone, Debug, Default)]
+pub struct OutRecord {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
 /// Reads a whole topic from the beginning, every partition, without a consumer group.
 pub struct Follower {
     consumer: BaseConsumer,
     topic: String,
+    /// Where each partition's reading began (absent: at its beginning).
+    start: BTreeMap<i32, i64>,
 }
 
 impl Follower {
     pub fn new(cfg: &KafkaConfig, topic: &str, client_id: &str) -> Result<Follower, Error> {
+        Follower::from(cfg, topic, client_id, &BTreeMap::new())
+    }
+
+    /// Like [`Follower::new`], starting each partition named in `start` at its offset there
+    /// (the others at their beginning).
+    pub fn from(
+        cfg: &KafkaConfig,
+        topic: &str,
+        client_id: &str,
+        start: &BTreeMap<i32, i64>,
+    ) -> Result<Follower, Error> {
         let consumer: BaseConsumer = cfg
             .client(client_id)
             .set("group.id", format!("{client_id}-unused"))
@@ -256,14 +306,15 @@ impl Follower {
                 });
             }
             for p in t.partitions() {
-                tpl.add_partition_offset(topic, p.id(), Offset::Beginning).map_err(kafka("assigning"))?;
+                let at = start.get(&p.id()).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                tpl.add_partition_offset(topic, p.id(), at).map_err(kafka("assigning"))?;
             }
         }
         if tpl.count() == 0 {
             return Err(Error::Timeout(format!("topic {topic} has no partitions (does it exist?)")));
         }
         consumer.assign(&tpl).map_err(kafka(format!("assigning {topic}")))?;
-        Ok(Follower { consumer, topic: topic.to_owned() })
+        Ok(Follower { consumer, topic: topic.to_owned(), start: start.clone() })
     }
 
     /// The end offsets of every partition now.
@@ -303,7 +354,8 @@ impl Follower {
     /// last batch's base offset + 1, so the watermark alone would stop short of the last batch.
     pub fn read_to_end(&self, timeout: Duration, mut f: impl FnMut(Record)) -> Result<usize, Error> {
         let ends = self.ends()?;
-        let mut reached: BTreeMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+        let mut reached: BTreeMap<i32, i64> =
+            ends.keys().map(|p| (*p, self.start.get(p).copied().unwrap_or(0))).collect();
         let deadline = Instant::now() + timeout;
         let quiet = Duration::from_millis(500);
         let mut last_record = Instant::now();

@@ -5,9 +5,11 @@
 //! At-least-once, nothing lost: a batch of lines is sent (idempotent producer, `acks=all`, no
 //! delivery timeout: while Kafka is away the batch waits and reading pauses), and only once
 //! every line of it is acknowledged are the files' positions checkpointed (atomically, synced).
-//! Killed at any moment, a restart resends at most the one batch that was in flight.
+//! Killed at any moment, a restart resends only what of the batch in flight did not reach Kafka:
+//! every record carries its line's origin (`"origin"`: host, file, inode, offset), the
+//! checkpoint records each partition's offset, and the restart reads back what lies beyond.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,9 +22,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use roost_ingest::checkpoint::Checkpoint;
-use roost_ingest::tail::{Position, Start, Tail};
+use roost_ingest::tail::{LineAt, Position, Start, Tail};
+use roost_kafka::OutRecord;
 use roost_logformat::{FormatKind, Parser};
-use roost_scorer::wire::{DeadLetter, encode_request, subject_key};
+use roost_scorer::wire::{DeadLetter, Origin, encode_request_from, origin_of, subject_key};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, LogSource, LogStart};
@@ -39,7 +42,8 @@ pub struct TailConfig {
     /// How often files are checked for new lines.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// Bytes read from each file per batch, about (one batch is in flight at a time).
+    /// Bytes read from each file per batch, about (one batch is in flight at a time: this bounds
+    /// memory while Kafka is away).
     pub batch_bytes: u64,
     /// Where /metrics listens.
     pub listen: SocketAddr,
@@ -51,7 +55,7 @@ impl Default for TailConfig {
             checkpoint: PathBuf::from("/var/lib/roost/tail.json"),
             start: LogStart::End,
             poll_interval: Duration::from_millis(100),
-            batch_bytes: 128 * 1024,
+            batch_bytes: 1024 * 1024,
             listen: "127.0.0.1:9753".parse().expect("valid"),
         }
     }
@@ -72,6 +76,8 @@ struct Metrics {
     cut: Counter,
     checkpoints: Counter,
     send_errors: Counter,
+    read_back: Counter,
+    deduplicated: Counter,
 }
 
 impl Metrics {
@@ -155,16 +161,35 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
 async fn pump(cfg: &Config, m: &Metrics, stop: &AtomicBool) -> anyhow::Result<()> {
     let t = &cfg.tail;
+    let topics = [cfg.kafka.topics.requests.clone(), cfg.kafka.topics.deadletter.clone()];
     let producer = roost_kafka::Producer::with(
         &cfg.kafka,
         "roost-tail",
         // no delivery timeout: while Kafka is down the batch waits (and reading pauses)
-        &[("linger.ms", "2"), ("message.timeout.ms", "0"), ("compression.type", "lz4")],
+        &[("linger.ms", "1"), ("message.timeout.ms", "0"), ("compression.type", "lz4")],
     )?;
     let saved = Checkpoint::load(&t.checkpoint)?;
     let fresh = saved.is_none();
-    let saved = saved.map(|c| c.files).unwrap_or_default();
-    tracing::info!(checkpoint = %t.checkpoint.display(), files = saved.len(), "roost tail starting");
+    let saved = saved.unwrap_or_default();
+    tracing::info!(checkpoint = %t.checkpoint.display(), files = saved.files.len(), "roost tail starting");
+    let host = hostname();
+    // Where each partition stood at the last checkpoint; partitions never written to start at
+    // their end now. Whatever lies beyond is the batch that was in flight (or other hosts').
+    let mut kafka_next = saved.kafka.clone();
+    for topic in &topics {
+        let ends = roost_kafka::Follower::new(&cfg.kafka, topic, "roost-tail-ends").and_then(|f| f.ends());
+        match ends {
+            Ok(ends) => {
+                let next = kafka_next.entry(topic.clone()).or_default();
+                for (p, end) in ends {
+                    next.entry(p).or_insert(end);
+                }
+            }
+            // without them a kill may cost duplicates in partitions not written yet; no loss
+            Err(e) => tracing::warn!(%topic, error = %e, "cannot read the partitions' ends"),
+        }
+    }
+    let mut delivered = if fresh { HashSet::new() } else { read_back(cfg, &host, &saved.kafka, m) };
     let start = if fresh && t.start == LogStart::End { Start::End } else { Start::Beginning };
     let mut sources = Vec::new();
     for src in &cfg.logs {
@@ -172,16 +197,20 @@ async fn pump(cfg: &Config, m: &Metrics, stop: &AtomicBool) -> anyhow::Result<()
             FormatKind::Auto => None,
             _ => Some(Parser::from_config(&src.format)?),
         };
-        let tail = Tail::resume(&src.path, start, saved.clone())
+        let tail = Tail::resume(&src.path, start, saved.files.clone())
             .map_err(|e| anyhow::anyhow!("log path {:?} is not a valid glob: {e}", src.path))?;
         sources.push(Source { cfg: src.clone(), tail, parser });
     }
     for s in &mut sources {
         s.tail.rescan();
     }
+    let checkpoint = |files: &BTreeMap<PathBuf, Position>, kafka: &BTreeMap<String, BTreeMap<i32, i64>>| {
+        let mut c = Checkpoint::new(files.clone());
+        c.kafka = kafka.clone();
+        c.store(&t.checkpoint)
+    };
     let mut last = positions(&sources);
-    Checkpoint::new(last.clone()).store(&t.checkpoint)?;
-    let host = hostname();
+    checkpoint(&last, &kafka_next)?;
     let v6 = cfg.engine.ipv6_prefix;
     let mut last_scan = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -191,11 +220,11 @@ async fn pump(cfg: &Config, m: &Metrics, stop: &AtomicBool) -> anyhow::Result<()
                 s.tail.rescan();
             }
         }
-        let mut requests: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        let mut dead: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut requests: Vec<OutRecord> = Vec::new();
+        let mut dead: Vec<OutRecord> = Vec::new();
         for s in &mut sources {
-            let mut lines: Vec<(PathBuf, Vec<u8>)> = Vec::new();
-            let st = s.tail.poll_max(t.batch_bytes, &mut |p, l| lines.push((p.to_owned(), l.to_vec())));
+            let mut lines: Vec<(PathBuf, LineAt, Vec<u8>)> = Vec::new();
+            let st = s.tail.poll_lines(t.batch_bytes, &mut |p, at, l| lines.push((p.to_owned(), at, l.to_vec())));
             m.lines.inc_by(st.lines);
             m.rotations.inc_by(st.rotations + st.truncations);
             m.lost_rotations.inc_by(st.lost_rotations);
@@ -204,21 +233,37 @@ async fn pump(cfg: &Config, m: &Metrics, stop: &AtomicBool) -> anyhow::Result<()
                 continue;
             }
             let parser = s.parser.get_or_insert_with(|| detect(&s.cfg, &lines));
-            for (path, raw) in &lines {
+            for (path, at, raw) in &lines {
+                let path = path.display().to_string();
+                let origin = Origin {
+                    host: host.clone(),
+                    file: path.clone(),
+                    dev: at.file.dev,
+                    ino: at.file.ino,
+                    offset: at.offset,
+                };
+                if !delivered.is_empty() && delivered.remove(&origin) {
+                    m.deduplicated.inc(); // written by the batch in flight when the last run ended
+                    continue;
+                }
                 let line = String::from_utf8_lossy(raw);
                 match parser.parse(&line) {
-                    Ok(ev) => requests.push((subject_key(ev.client, v6).into_bytes(), Some(encode_request(&ev)))),
+                    Ok(ev) => requests.push(OutRecord {
+                        key: subject_key(ev.client, v6).into_bytes(),
+                        value: Some(encode_request_from(&ev, Some(&origin))),
+                    }),
                     Err(e) => {
                         m.parse_errors.get_or_create(&KindLabel { kind: e.kind.label().into() }).inc();
                         let d = DeadLetter {
                             v: 1,
                             host: host.clone(),
-                            file: path.display().to_string(),
+                            file: path.clone(),
                             kind: e.kind.label().into(),
                             error: e.to_string(),
                             line: line.into_owned(),
+                            origin: Some(origin.to_string()),
                         };
-                        dead.push((d.file.clone().into_bytes(), Some(serde_json::to_vec(&d)?)));
+                        dead.push(OutRecord { key: path.into_bytes(), value: Some(serde_json::to_vec(&d)?) });
                     }
                 }
             }
@@ -226,32 +271,39 @@ async fn pump(cfg: &Config, m: &Metrics, stop: &AtomicBool) -> anyhow::Result<()
         let now = positions(&sources);
         if requests.is_empty() && dead.is_empty() {
             if now != last {
-                Checkpoint::new(now.clone()).store(&t.checkpoint)?;
+                checkpoint(&now, &kafka_next)?;
                 last = now;
             }
             tokio::time::sleep(t.poll_interval).await;
             continue;
         }
-        let (n_req, _n_dead) = (requests.len(), dead.len());
+        let n_req = requests.len();
         let sending = async {
-            tokio::try_join!(
-                producer.send_all(&cfg.kafka.topics.requests, requests),
-                producer.send_all(&cfg.kafka.topics.deadletter, dead)
-            )
+            tokio::try_join!(producer.send_batch(&topics[0], &requests), producer.send_batch(&topics[1], &dead))
         };
         let sent = tokio::select! {
             r = sending => r,
             // stopping while Kafka is away: the batch is not checkpointed, so it is read again
             _ = roost_scorer::run::stopped(stop) => break,
         };
-        if let Err(e) = sent {
-            // Fatal for this process (no delivery timeout: only a refusal gets here). Exiting
-            // without checkpointing means the batch is read and sent again after a restart.
-            m.send_errors.inc();
-            return Err(e).context("Kafka refused a batch; positions not checkpointed");
+        let (req_next, dead_next) = match sent {
+            Ok(n) => n,
+            Err(e) => {
+                // Fatal for this process (no delivery timeout: only a refusal gets here). Exiting
+                // without checkpointing means the batch is read and sent again after a restart.
+                m.send_errors.inc();
+                return Err(e).context("Kafka refused a batch; positions not checkpointed");
+            }
+        };
+        for (topic, next) in [(&topics[0], req_next), (&topics[1], dead_next)] {
+            let known = kafka_next.entry(topic.clone()).or_default();
+            for (p, o) in next {
+                let e = known.entry(p).or_insert(o);
+                *e = (*e).max(o);
+            }
         }
         m.events.inc_by(n_req as u64);
-        Checkpoint::new(now.clone()).store(&t.checkpoint)?;
+        checkpoint(&now, &kafka_next)?;
         m.checkpoints.inc();
         last = now;
     }
@@ -259,13 +311,51 @@ async fn pump(cfg: &Config, m: &Metrics, stop: &AtomicBool) -> anyhow::Result<()
     Ok(())
 }
 
+/// The lines of this host written after the checkpointed partition offsets: the batch that was
+/// in flight when the last run ended, at most. Bounded (records and time); past the bounds the
+/// rest of that batch is simply sent again (duplicates, never a loss).
+fn read_back(cfg: &Config, host: &str, from: &BTreeMap<String, BTreeMap<i32, i64>>, m: &Metrics) -> HashSet<Origin> {
+    const MAX_RECORDS: usize = 2_000_000;
+    let mut out = HashSet::new();
+    for (topic, start) in from {
+        let follower = match roost_kafka::Follower::from(&cfg.kafka, topic, "roost-tail-readback", start) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "cannot read back the last batch; it may be sent twice");
+                continue;
+            }
+        };
+        let mut n = 0usize;
+        let r = follower.read_to_end(Duration::from_secs(60), |r| {
+            n += 1;
+            if n <= MAX_RECORDS
+                && let Some(o) = r.value.as_deref().and_then(origin_of)
+                && o.host == host
+            {
+                out.insert(o);
+            }
+        });
+        if let Err(e) = r {
+            tracing::warn!(%topic, error = %e, "reading back the last batch; part of it may be sent twice");
+        }
+        if n > MAX_RECORDS {
+            tracing::warn!(%topic, records = n, "more written since the checkpoint than read back; part of the last batch may be sent twice");
+        }
+    }
+    m.read_back.inc_by(out.len() as u64);
+    if !out.is_empty() {
+        tracing::info!(lines = out.len(), "lines of the last batch already in Kafka: not sent again");
+    }
+    out
+}
+
 fn positions(sources: &[Source]) -> BTreeMap<PathBuf, Position> {
     sources.iter().flat_map(|s| s.tail.positions()).collect()
 }
 
 /// The parser for an `auto` source, from the first lines read.
-fn detect(src: &LogSource, lines: &[(PathBuf, Vec<u8>)]) -> Parser {
-    let head: Vec<String> = lines.iter().take(20).map(|(_, l)| String::from_utf8_lossy(l).into_owned()).collect();
+fn detect(src: &LogSource, lines: &[(PathBuf, LineAt, Vec<u8>)]) -> Parser {
+    let head: Vec<String> = lines.iter().take(20).map(|(_, _, l)| String::from_utf8_lossy(l).into_owned()).collect();
     match roost_logformat::detect(head.iter().map(String::as_str)) {
         Some(p) => {
             tracing::info!(path = %src.path, format = p.name(), "detected log format");
