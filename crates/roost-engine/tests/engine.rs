@@ -616,9 +616,7 @@ proptest! {
     /// one client's requests always meet in one partition's engine.
     #[test]
     fn the_wire_key_is_the_engines_subject(bits in any::<u128>(), v4 in any::<u32>(), prefix in 1u8..=128) {
-        let mut cfg = EngineConfig::default();
-        cfg.ipv6_prefix = prefix;
-        let e = Engine::new(cfg).unwrap();
+        let e = Engine::new(EngineConfig { ipv6_prefix: prefix, ..EngineConfig::default() }).unwrap();
         for ip in [IpAddr::from(std::net::Ipv6Addr::from(bits)), IpAddr::from(std::net::Ipv4Addr::from(v4))] {
             prop_assert_eq!(subject_name(e.subject_of(ip)), roost_event::wire::subject_key(ip, prefix));
         }
