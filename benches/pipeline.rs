@@ -91,7 +91,7 @@ fn roost(a: &Args, cfg: &Path, sub: &str) -> Proc {
             .arg("--config")
             .arg(cfg)
             .arg(sub)
-            .env("ROOST_LOG", "warn")
+            .env("ROOST_LOG", "info,librdkafka=warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -105,9 +105,10 @@ fn metric(port: u16, name: &str) -> Option<f64> {
     write!(s, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
+    let body = body.split_once("\r\n\r\n")?.1;
     let mut found = None;
     for l in body.lines().filter(|l| !l.starts_with('#')) {
-        let (key, value) = l.rsplit_once(' ')?;
+        let Some((key, value)) = l.rsplit_once(' ') else { continue };
         if key.split('{').next() == Some(name) {
             *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
         }
