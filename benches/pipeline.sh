@@ -3,14 +3,20 @@
 # same run: log file → roost tail → broker (tansu) → roost score → Redis, against
 # log file → fail2ban-server (pyinotify backend) → ban action.
 #   bash benches/pipeline.sh            # LINES=1000000 RATE=10000 SECONDS=30
-# Needs scripts/install-test-deps.sh (tansu, redis) and Debian's fail2ban + python3-pyinotify.
+# Installs what it needs: scripts/install-test-deps.sh (tansu, redis) and the peer, Debian's
+# fail2ban + python3-pyinotify (its system service is left stopped: the bench runs its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LINES=${LINES:-1000000}
 RATE=${RATE:-10000}
 SECS=${SECONDS_RUN:-30}
 WORK=${WORK:-${TMPDIR:-/tmp}/roost-pipeline-bench}
-command -v fail2ban-server >/dev/null || { echo "needs fail2ban (apt install fail2ban python3-pyinotify)" >&2; exit 1; }
+scripts/install-test-deps.sh
+if ! command -v fail2ban-server >/dev/null || ! /usr/bin/python3 -c 'import pyinotify' 2>/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends fail2ban python3-pyinotify
+  $SUDO systemctl disable --now fail2ban >/dev/null 2>&1 || true
+fi
 cargo build --release --quiet -p roost -p roost-benches --bin roost --bin pipeline-bench
 eval "$(scripts/services.sh start)"
 trap 'fail2ban-client -c "$F2B" stop >/dev/null 2>&1 || true; scripts/services.sh stop' EXIT
