@@ -7,8 +7,9 @@ SUDO=""
 
 # Debian packages the tests run or build against.
 # redis-server: verdict store; cmake + libcurl4-openssl-dev: rdkafka's bundled librdkafka build;
-# nginx: serves feed snapshots to `roost feeds` in the tests.
-APT_PACKAGES=(build-essential pkg-config procps curl ca-certificates redis-server cmake libcurl4-openssl-dev nginx)
+# nginx: serves feed snapshots to `roost feeds` in the tests, and is the peer and upstream of the
+# proxy tests; libssl-dev: pingora's TLS (openssl); wrk: proxy load; chromium: solves the challenge.
+APT_PACKAGES=(build-essential pkg-config procps curl ca-certificates redis-server cmake libcurl4-openssl-dev nginx libssl-dev wrk chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -508,46 +508,21 @@ pub fn generate(s: &Scenario, mut emit: impl FnMut(&Request) -> io::Result<()>) 
     Ok(truth)
 }
 
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-
-/// A value as nginx's default escaping writes it: `"`, `\\` and bytes outside printable ASCII
-/// as `\xHH`.
-fn nginx_escaped(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("\\x{b:02X}"));
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
 /// Writes one request as a log line (with its newline).
 pub fn write_line(w: &mut impl Write, r: &Request, format: Format) -> io::Result<()> {
-    let secs = r.time_ms.div_euclid(1000);
-    let (y, m, d) = roost_event::civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    let referer = nginx_escaped(r.referer.as_deref().unwrap_or("-"));
+    let referer = roost_event::nginx_escaped(r.referer.as_deref().unwrap_or("-"));
     match format {
         Format::Combined | Format::Timed => {
             write!(
                 w,
-                "{} - - [{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000] \"{} {} HTTP/1.1\" {} {} \"{referer}\" \"{}\"",
+                "{} - - [{}] \"{} {} HTTP/1.1\" {} {} \"{referer}\" \"{}\"",
                 r.client,
-                MONTHS[m as usize - 1],
-                sod / 3600,
-                sod / 60 % 60,
-                sod % 60,
+                roost_event::TimeLocal(roost_event::Timestamp(r.time_ms)),
                 r.method,
-                nginx_escaped(&r.target),
+                roost_event::nginx_escaped(&r.target),
                 r.status,
                 r.bytes,
-                nginx_escaped(r.user_agent)
+                roost_event::nginx_escaped(r.user_agent)
             )?;
             if format == Format::Timed {
                 write!(w, " rt={:.3}", r.request_time)?;
@@ -556,7 +531,7 @@ pub fn write_line(w: &mut impl Write, r: &Request, format: Format) -> io::Result
         }
         Format::Json => {
             let line = serde_json::json!({
-                "time_iso8601": Timestamp::from_secs(secs).to_string().replace('Z', "+00:00"),
+                "time_iso8601": Timestamp::from_secs(r.time_ms.div_euclid(1000)).to_string().replace('Z', "+00:00"),
                 "remote_addr": r.client.to_string(),
                 "host": "www.example.org",
                 "request": format!("{} {} HTTP/1.1", r.method, r.target),

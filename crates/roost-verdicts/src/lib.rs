@@ -250,6 +250,99 @@ impl Store {
     }
 }
 
+/// A position in the change stream (`MS-SEQ`, as Redis numbers stream entries).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamPos(pub u64, pub u64);
+
+impl StreamPos {
+    pub fn parse(s: &str) -> Option<StreamPos> {
+        let (a, b) = s.split_once('-')?;
+        Some(StreamPos(a.parse().ok()?, b.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for StreamPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// One entry of the change stream: which subject changed (read its key for the verdict).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub pos: StreamPos,
+    pub subject: String,
+}
+
+/// Reading the change stream, as proxies do.
+impl Store {
+    /// The last entry's position (`0-0` when the stream is empty or missing): load everything
+    /// after reading it, then follow from it, and no change can fall in between.
+    pub fn last_change(&mut self) -> Result<StreamPos, Error> {
+        let key = self.stream_key();
+        self.edge_change(&key, "XREVRANGE", "+", "-")
+    }
+
+    /// The oldest entry still in the stream (`0-0` when empty): a follower whose position is
+    /// older than this may have missed trimmed changes and loads everything again.
+    pub fn first_change(&mut self) -> Result<StreamPos, Error> {
+        let key = self.stream_key();
+        self.edge_change(&key, "XRANGE", "-", "+")
+    }
+
+    fn edge_change(&mut self, key: &str, cmd: &str, a: &str, b: &str) -> Result<StreamPos, Error> {
+        let r: redis::streams::StreamRangeReply = self.with("reading the change stream", |c| {
+            redis::cmd(cmd).arg(key).arg(a).arg(b).arg("COUNT").arg(1).query(c)
+        })?;
+        Ok(r.ids.first().and_then(|e| StreamPos::parse(&e.id)).unwrap_or_default())
+    }
+
+    /// Changes after `after`, waiting up to `block` for the first (at most `count`).
+    pub fn read_changes(&mut self, after: StreamPos, block: Duration, count: usize) -> Result<Vec<Change>, Error> {
+        let key = self.stream_key();
+        let reply: Option<redis::streams::StreamReadReply> = self.with("following the change stream", |c| {
+            redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(count)
+                .arg("BLOCK")
+                .arg(block.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(after.to_string())
+                .query(c)
+        })?;
+        let mut out = Vec::new();
+        for k in reply.map(|r| r.keys).unwrap_or_default() {
+            for e in k.ids {
+                let Some(pos) = StreamPos::parse(&e.id) else { continue };
+                let subject: Option<String> = e.get("subject");
+                out.push(Change { pos, subject: subject.unwrap_or_default() });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored verdicts of these subjects (`None`: good, or lapsed); a record that is not
+    /// valid JSON is an error of its own, the others still read.
+    #[allow(clippy::type_complexity)]
+    pub fn get_many(&mut self, subjects: &[&str]) -> Result<Vec<Result<Option<VerdictRecord>, Error>>, Error> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = subjects.iter().map(|s| self.key(s)).collect();
+        let values: Vec<Option<String>> = self.with("reading verdicts", |c| c.mget(&keys))?;
+        let url = redact(&self.cfg.url);
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .map(|(key, v)| {
+                v.map(|v| serde_json::from_str(&v).map_err(|source| Error::Record { url: url.clone(), key, source }))
+                    .transpose()
+            })
+            .collect())
+    }
+}
+
 /// The URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

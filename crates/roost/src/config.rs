@@ -12,7 +12,8 @@ use roost_logformat::LogFormatConfig;
 use serde::{Deserialize, Serialize};
 
 /// The top-level sections, as environment variables spell them (`ROOST_ENGINE__…`).
-const SECTIONS: &[&str] = &["engine", "logs", "rules", "up", "feeds", "geo", "kafka", "redis", "tail", "score"];
+const SECTIONS: &[&str] =
+    &["engine", "logs", "rules", "up", "feeds", "geo", "kafka", "redis", "tail", "score", "proxy"];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -34,6 +35,8 @@ pub struct Config {
     pub tail: crate::tail::TailConfig,
     /// `roost score`: the scorer consumer group.
     pub score: roost_scorer::Settings,
+    /// `roost proxy`: Waffles, routing each request by its client's verdict.
+    pub proxy: roost_proxy::ProxyConfig,
 }
 
 /// Known-bad behaviour rules.

@@ -107,6 +107,17 @@ enum Command {
     /// Score the requests topic as one member of the scorer group; verdicts to Redis and the
     /// verdicts topic, offsets committed after.
     Score,
+    /// Waffles: the reverse proxy that sends each request to the app, a challenge or an error
+    /// page by its client's verdict (pingora; verdicts followed from Redis).
+    Proxy {
+        /// Take the listeners over from the running proxy (graceful restart: start the new one
+        /// with --upgrade, then send the old one SIGQUIT).
+        #[arg(long)]
+        upgrade: bool,
+        /// Run in the background.
+        #[arg(long)]
+        daemon: bool,
+    },
     /// Print the effective configuration (defaults, file and environment merged) as TOML.
     Config,
 }
@@ -248,6 +259,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up { demo, listen } => up::run(cfg, up::UpArgs { demo, listen })?,
         Command::Tail => tail::run(cfg)?,
         Command::Score => score::run(cfg)?,
+        Command::Proxy { upgrade, daemon } => {
+            roost_proxy::run(cfg.proxy, cfg.redis, cfg.engine.ipv6_prefix, roost_proxy::RunOptions { upgrade, daemon })?
+        }
         Command::Rules { cmd } => {
             let out = match cmd {
                 RulesCmd::Lint { dir } => rules::lint(&cfg.rules, dir.as_deref())?,

@@ -1,0 +1,32 @@
+//! Waffles: `roost proxy`, the reverse proxy diverted traffic reaches. For every request it
+//! decides, by the client's verdict, between the app, a challenge and an error page, without a
+//! Redis round trip on the request path (a local cache follows Redis), and it never needs a
+//! third party: the challenge is a SHA-256 proof of work served by the proxy itself.
+//!
+//! - [`challenge`]: tokens and clearance cookies (pure: secret, binding and time passed in);
+//! - [`cache`] and [`sync`]: the verdicts, and the thread that keeps them in step with Redis;
+//! - [`clientip`]: the client address, believing `X-Forwarded-For` only from trusted proxies;
+//! - [`pages`]: the challenge and error pages;
+//! - [`service`]: the pingora [`pingora::proxy::ProxyHttp`] that routes each request;
+//! - [`server`]: listeners, TLS with SNI, upstream pool and health checks, metrics, graceful
+//!   restart;
+//! - [`accesslog`]: what happened to each request, in a format `roost tail` reads back.
+
+pub mod accesslog;
+pub mod cache;
+pub mod challenge;
+pub mod clientip;
+pub mod config;
+pub mod metrics;
+pub mod pages;
+pub mod server;
+pub mod service;
+pub mod sync;
+
+pub use config::ProxyConfig;
+pub use server::{RunOptions, run};
+
+/// Wall-clock time, Unix ms: the proxy lives at the edge and judges requests as they arrive.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,341 @@
+//! Putting the proxy together on pingora's server: listeners (plain, h2c, TLS with SNI), the
+//! upstream pool with its health checks, the Redis follower, /metrics, and graceful restart
+//! (`--upgrade` takes the listeners over from a running proxy; SIGQUIT hands them over).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::lb::LoadBalancer;
+use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::RoundRobin;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{TlsAccept, TlsAcceptCallbacks};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::tls::TlsRef;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use pingora::tls::pkey::{PKey, Private};
+use pingora::tls::ssl::NameType;
+use pingora::tls::x509::X509;
+use prometheus_client::registry::Registry;
+use roost_verdicts::RedisConfig;
+
+use crate::accesslog::AccessLog;
+use crate::cache::VerdictCache;
+use crate::challenge::{ReplayGuard, Signer};
+use crate::config::{CertKey, ProxyConfig};
+use crate::metrics::{Metrics, UpstreamLabels};
+use crate::service::Waffles;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS certificate {path}: {msg}")]
+    Tls { path: String, msg: String },
+    #[error("proxy.upstreams: {0}")]
+    Upstreams(std::io::Error),
+    #[error("starting: {0}")]
+    Start(String),
+}
+
+/// How this process starts.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Take the listeners over from a running proxy (graceful upgrade).
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+/// Runs the proxy until it is told to stop. Never returns on success: pingora exits the process.
+pub fn run(cfg: ProxyConfig, redis: RedisConfig, ipv6_prefix: u8, opts: RunOptions) -> Result<(), Error> {
+    cfg.validate()?;
+    let cfg = Arc::new(cfg);
+    let signer = Signer::new(&secret(&cfg)?);
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let cache = Arc::new(VerdictCache::new(ipv6_prefix));
+    let stop = Arc::new(AtomicBool::new(false));
+    if redis.url.is_empty() {
+        tracing::warn!("redis.url is empty: no verdicts; every client follows proxy.unknown");
+    } else {
+        crate::sync::spawn(redis, cache.clone(), metrics.clone(), stop.clone())
+            .map_err(|e| Error::Start(format!("the Redis follower thread: {e}")))?;
+    }
+    let log = if cfg.access_log.is_empty() {
+        AccessLog::off(metrics.clone())
+    } else {
+        AccessLog::open(cfg.access_log.clone().into(), metrics.clone()).map_err(|source| Error::File {
+            what: "access log",
+            path: cfg.access_log.clone(),
+            source,
+        })?
+    };
+
+    let mut conf = ServerConf {
+        threads: if cfg.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            cfg.threads
+        },
+        grace_period_seconds: Some(cfg.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(cfg.shutdown_timeout.as_secs()),
+        upgrade_sock: cfg.upgrade_sock.clone(),
+        pid_file: cfg.pid_file.clone(),
+        daemon: opts.daemon,
+        ..ServerConf::default()
+    };
+    conf.work_stealing = true;
+    let opt = Opt { upgrade: opts.upgrade, daemon: opts.daemon, ..Opt::default() };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(cfg.upstreams.iter().map(String::as_str))
+        .map_err(Error::Upstreams)?;
+    if cfg.health_check.path.is_empty() {
+        lb.set_health_check(TcpHealthCheck::new());
+    } else {
+        let mut hc = HttpHealthCheck::new(&cfg.health_check.host, false);
+        hc.req.set_uri(
+            cfg.health_check.path.parse().map_err(|_| {
+                Error::Start(format!("proxy.health_check.path {:?} is not a path", cfg.health_check.path))
+            })?,
+        );
+        lb.set_health_check(Box::new(hc));
+    }
+    lb.health_check_frequency = Some(cfg.health_check.interval);
+    let health = background_service("upstream health checks", lb);
+    let upstreams = health.task();
+
+    let waffles = Waffles {
+        cfg: cfg.clone(),
+        cache,
+        signer,
+        replay: ReplayGuard::new(cfg.challenge.max_redeemed),
+        metrics: metrics.clone(),
+        log,
+        upstreams: upstreams.clone(),
+    };
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, waffles);
+    if cfg.h2c {
+        let mut o = HttpServerOptions::default();
+        o.h2c = true;
+        proxy.server_options = Some(o);
+    }
+    let app = Guarded { inner: Arc::new(proxy), header_timeout: cfg.client_timeout.min(cfg.keepalive_timeout) };
+    let mut svc = Service::new("roost proxy".into(), app);
+    for l in &cfg.listen {
+        svc.add_tcp(l);
+    }
+    for t in &cfg.tls {
+        let certs = Certs::load(&t.certs)?;
+        let mut tls = TlsSettings::with_callbacks(Box::new(certs) as TlsAcceptCallbacks)
+            .map_err(|e| Error::Tls { path: t.listen.clone(), msg: e.to_string() })?;
+        tls.enable_h2();
+        svc.add_tls_with_settings(&t.listen, None, tls);
+    }
+
+    let mut metrics_svc = Service::new(
+        "roost proxy metrics".into(),
+        pingora::apps::http_app::HttpServer::new_app(MetricsApp { registry, metrics, upstreams }),
+    );
+    metrics_svc.add_tcp(&cfg.metrics_listen.to_string());
+
+    tracing::info!(
+        listen = ?cfg.listen,
+        tls = cfg.tls.len(),
+        upstreams = ?cfg.upstreams,
+        metrics = %cfg.metrics_listen,
+        "roost proxy: serving"
+    );
+    server.add_service(health);
+    server.add_service(svc);
+    server.add_service(metrics_svc);
+    server.run_forever();
+}
+
+fn secret(cfg: &ProxyConfig) -> Result<Vec<u8>, Error> {
+    let f = &cfg.challenge.secret_file;
+    if f.is_empty() {
+        tracing::warn!(
+            "proxy.challenge.secret_file is empty: a random secret for this process; clearance cookies end with it and other proxies refuse them"
+        );
+        let mut b = vec![0u8; 32];
+        getrandom::fill(&mut b).map_err(|e| Error::Start(format!("randomness: {e}")))?;
+        return Ok(b);
+    }
+    let s = std::fs::read(f).map_err(|source| Error::File { what: "challenge secret", path: f.clone(), source })?;
+    let s = s.trim_ascii().to_vec();
+    if s.len() < 16 {
+        return Err(Error::Start(format!("proxy.challenge.secret_file {f}: at least 16 bytes of secret, please")));
+    }
+    Ok(s)
+}
+
+/// Bounds the wait for each read of a request's header before pingora reads it, so a client
+/// that dribbles its header is cut off after `header_timeout` of silence (pingora's own is 60 s).
+/// The same bound applies to an idle keep-alive connection waiting for its next request.
+struct Guarded<A> {
+    inner: Arc<A>,
+    header_timeout: Duration,
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for Guarded<A> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // pingora waits for a request header under the keep-alive timeout (60 s by default),
+        // for the first request of a connection too
+        session.set_keepalive(Some(self.header_timeout.as_secs().max(1)));
+        session.set_read_timeout(Some(self.header_timeout));
+        self.inner.process_new_http(session, shutdown).await
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}
+
+/// Certificates for one TLS listener, picked by the client's SNI.
+struct Certs {
+    certs: Vec<LoadedCert>,
+}
+
+struct LoadedCert {
+    names: Vec<String>,
+    leaf: X509,
+    chain: Vec<X509>,
+    key: PKey<Private>,
+}
+
+impl Certs {
+    fn load(list: &[CertKey]) -> Result<Certs, Error> {
+        let mut certs = Vec::new();
+        for ck in list {
+            let tls_err = |msg: String| Error::Tls { path: ck.cert.clone(), msg };
+            let pem = std::fs::read(&ck.cert).map_err(|source| Error::File {
+                what: "TLS certificate",
+                path: ck.cert.clone(),
+                source,
+            })?;
+            let mut stack = X509::stack_from_pem(&pem).map_err(|e| tls_err(e.to_string()))?;
+            if stack.is_empty() {
+                return Err(tls_err("no certificate in the file".into()));
+            }
+            let leaf = stack.remove(0);
+            let key_pem = std::fs::read(&ck.key).map_err(|source| Error::File {
+                what: "TLS key",
+                path: ck.key.clone(),
+                source,
+            })?;
+            let key = PKey::private_key_from_pem(&key_pem)
+                .map_err(|e| Error::Tls { path: ck.key.clone(), msg: e.to_string() })?;
+            let mut names: Vec<String> = leaf
+                .subject_alt_names()
+                .map(|s| s.iter().filter_map(|n| n.dnsname().map(|d| d.to_ascii_lowercase())).collect())
+                .unwrap_or_default();
+            if names.is_empty() {
+                for e in leaf.subject_name().entries_by_nid(pingora::tls::nid::Nid::COMMONNAME) {
+                    if let Ok(s) = e.data().to_string() {
+                        names.push(s.to_ascii_lowercase());
+                    }
+                }
+            }
+            certs.push(LoadedCert { names, leaf, chain: stack, key });
+        }
+        Ok(Certs { certs })
+    }
+
+    fn pick(&self, sni: Option<&str>) -> &LoadedCert {
+        let Some(sni) = sni.map(str::to_ascii_lowercase) else { return &self.certs[0] };
+        let matches = |n: &str| {
+            n == sni
+                || n.strip_prefix("*.").is_some_and(|base| sni.split_once('.').is_some_and(|(_, rest)| rest == base))
+        };
+        self.certs.iter().find(|c| c.names.iter().any(|n| matches(n))).unwrap_or(&self.certs[0])
+    }
+}
+
+#[async_trait]
+impl TlsAccept for Certs {
+    async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        use pingora::tls::ext;
+        let c = self.pick(ssl.servername(NameType::HOST_NAME));
+        if let Err(e) = ext::ssl_use_certificate(ssl, &c.leaf) {
+            tracing::warn!(error = %e, "TLS: using the certificate");
+        }
+        if let Err(e) = ext::ssl_use_private_key(ssl, &c.key) {
+            tracing::warn!(error = %e, "TLS: using the key");
+        }
+        for ch in &c.chain {
+            if let Err(e) = ext::ssl_add_chain_cert(ssl, ch) {
+                tracing::warn!(error = %e, "TLS: adding a chain certificate");
+            }
+        }
+    }
+}
+
+struct MetricsApp {
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    upstreams: Arc<LoadBalancer<RoundRobin>>,
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_owned();
+        // scrapes are seconds apart: no idle connections kept for them
+        session.set_keepalive(None);
+        let (status, ctype, body) = match path.as_str() {
+            "/metrics" => {
+                let backends = self.upstreams.backends();
+                for b in backends.get_backend().iter() {
+                    let up = i64::from(backends.ready(b));
+                    self.metrics
+                        .upstream_healthy
+                        .get_or_create(&UpstreamLabels { upstream: b.addr.to_string() })
+                        .set(up);
+                }
+                let mut out = String::new();
+                match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+                    Ok(()) => (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", out.into_bytes()),
+                    Err(_) => (500, "text/plain", b"encoding the metrics failed\n".to_vec()),
+                }
+            }
+            "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
+            _ => (404, "text/plain", b"not found\n".to_vec()),
+        };
+        http::Response::builder()
+            .status(status)
+            .header("content-type", ctype)
+            .header("content-length", body.len())
+            .body(body)
+            .expect("a valid response")
+    }
+}

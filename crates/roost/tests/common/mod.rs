@@ -1,0 +1,120 @@
+//! Helpers the integration tests share: the servers scripts/services.sh started, free ports,
+//! bounded waits, child processes that die with the test, plain HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn kafka() -> String {
+    std::env::var("ROOST_TEST_KAFKA")
+        .expect("ROOST_TEST_KAFKA is not set: run the suite with scripts/test.sh, which starts the broker")
+}
+
+pub fn redis() -> String {
+    std::env::var("ROOST_TEST_REDIS").expect("ROOST_TEST_REDIS is not set: run the suite with scripts/test.sh")
+}
+
+pub fn tansu() -> String {
+    std::env::var("ROOST_TEST_TANSU").expect("ROOST_TEST_TANSU is not set: run the suite with scripts/test.sh")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(what: &str) -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    format!("t{}-{t}-{what}", std::process::id())
+}
+
+pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A child process, killed when dropped, its stderr echoed with a prefix (shown on failure).
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        let mut child =
+            cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let err = child.stderr.take().unwrap();
+        let tag = name.to_owned();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {l}");
+            }
+        });
+        Proc { child, name: name.to_owned() }
+    }
+
+    pub fn roost(name: &str, config: &Path, sub: &str) -> Proc {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_roost"));
+        c.arg("--config").arg(config).arg(sub).env("ROOST_LOG", "info,rdkafka=warn");
+        Proc::spawn(name, c)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn sigkill(mut self) {
+        eprintln!("[test] SIGKILL {}", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// A metric's value summed over its label sets (`name` without labels), from /metrics.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let body = http_get(port, "/metrics")?;
+    let mut found = None;
+    for l in body.lines().filter(|l| !l.starts_with('#')) {
+        let (key, value) = l.rsplit_once(' ')?;
+        let bare = key.split('{').next().unwrap_or(key);
+        if bare == name {
+            *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
+        }
+    }
+    found
+}

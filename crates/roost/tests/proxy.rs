@@ -1,0 +1,506 @@
+//! Waffles end to end, with real parts on loopback: `roost proxy` in front of a real nginx
+//! upstream, verdicts written to a real Redis (scripts/services.sh starts it; the test that stops
+//! Redis runs its own), clients from different loopback addresses (127.0.0.x), and a real
+//! headless Chromium solving the JavaScript challenge.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use roost_engine::{Class, Timestamp};
+use roost_proxy::challenge::{Signer, solve};
+use roost_verdicts::{RedisConfig, Store, VerdictRecord, Write as VWrite};
+
+const SECRET: &str = "test secret, sixteen bytes at least";
+
+fn now_ms() -> i64 {
+    roost_proxy::now_ms()
+}
+
+/// nginx as the app: answers every path with the verdict header and forwarding chain it got.
+fn upstream(dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let d = dir.join("nginx");
+    std::fs::create_dir_all(d.join("logs")).unwrap();
+    let conf = d.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+               server {{ listen 127.0.0.1:{port};\n\
+                 location / {{ default_type text/plain; return 200 \"app verdict=[$http_x_roost_verdict] xff=[$http_x_forwarded_for] uri=[$request_uri]\\n\"; }} }} }}\n",
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new("/usr/sbin/nginx");
+    c.arg("-c").arg(&conf).arg("-p").arg(&d);
+    let p = Proc::spawn("nginx", c);
+    wait_for(Duration::from_secs(10), "nginx to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    (p, port)
+}
+
+struct Waffles {
+    _proc: Proc,
+    _upstream: Proc,
+    port: u16,
+    metrics: u16,
+    prefix: String,
+    redis_url: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Waffles {
+    fn start(redis_url: &str, extra: &str) -> Waffles {
+        let dir = tempfile::tempdir().unwrap();
+        let (up, up_port) = upstream(dir.path());
+        let (port, metrics) = (free_port(), free_port());
+        let prefix = format!("{}:", unique("proxy"));
+        let log = dir.path().join("proxy-access.log");
+        std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+        let d = dir.path().display();
+        let cfg = dir.path().join("roost.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[redis]
+url = "{redis_url}"
+prefix = "{prefix}"
+timeout = "1s"
+
+[proxy]
+listen = ["127.0.0.1:{port}"]
+upstreams = ["127.0.0.1:{up_port}"]
+metrics_listen = "127.0.0.1:{metrics}"
+trusted_proxies = ["127.0.0.2/32"]
+access_log = "{d}/proxy-access.log"
+client_timeout = "2s"
+max_header_bytes = 8192
+threads = 1
+pid_file = "{d}/proxy.pid"
+upgrade_sock = "{d}/upgrade.sock"
+{extra}
+
+[proxy.challenge]
+secret_file = "{d}/secret"
+min_bits = 8
+max_bits = 10
+min_wait_secs = 1
+max_wait_secs = 2
+"#
+            ),
+        )
+        .unwrap();
+        let p = Proc::roost("proxy", &cfg, "proxy");
+        wait_for(Duration::from_secs(20), "roost proxy to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+        wait_for(Duration::from_secs(20), "roost proxy to load verdicts", || {
+            metric(metrics, "roost_proxy_redis_up") == Some(1.0)
+        });
+        Waffles { _proc: p, _upstream: up, port, metrics, prefix, redis_url: redis_url.to_owned(), log, _dir: dir }
+    }
+
+    fn store(&self) -> Store {
+        Store::new(&RedisConfig { url: self.redis_url.clone(), prefix: self.prefix.clone(), ..RedisConfig::default() })
+            .unwrap()
+    }
+
+    fn set(&self, subject: &str, verdict: Class, reputation: f32) {
+        let now = now_ms();
+        let record = VerdictRecord {
+            v: 1,
+            subject: subject.into(),
+            verdict,
+            reputation,
+            at: Timestamp(now),
+            expires: (verdict != Class::Good).then_some(Timestamp(now + 3_600_000)),
+            requests: 10,
+            reasons: vec!["test".into()],
+        };
+        self.store().write(&[VWrite { record, now: Timestamp(now), announce: true }]).unwrap();
+    }
+
+    fn get(&self, from: &str, path: &str, headers: &str) -> Response {
+        request(
+            from,
+            self.port,
+            &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n{headers}Connection: close\r\n\r\n"),
+        )
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        metric(self.metrics, name).unwrap_or(0.0)
+    }
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// One raw request from a chosen loopback address.
+fn request(from: &str, port: u16, raw: &str) -> Response {
+    let s = connect_from(from, port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = s;
+    s.write_all(raw.as_bytes()).unwrap();
+    read_response(&mut s)
+}
+
+fn connect_from(from: &str, port: u16) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    sock.bind(&local.into()).unwrap();
+    let remote: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    sock.connect_timeout(&remote.into(), Duration::from_secs(5)).unwrap();
+    sock.into()
+}
+
+fn read_response(s: &mut TcpStream) -> Response {
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Response { status, head: head.to_owned(), body: body.to_owned() }
+}
+
+/// The value of a hidden input in a challenge page.
+fn field(page: &str, name: &str) -> String {
+    let at = page.find(&format!("name=\"{name}\" value=\"")).unwrap_or_else(|| panic!("no {name} in {page}"));
+    let rest = &page[at + name.len() + 15..];
+    html_unescape(&rest[..rest.find('"').unwrap()])
+}
+
+fn html_unescape(s: &str) -> String {
+    s.replace("&quot;", "\"").replace("&lt;", "<").replace("&gt;", ">").replace("&#x27;", "'").replace("&amp;", "&")
+}
+
+fn bits(page: &str) -> u8 {
+    let at = page.find("bits = ").unwrap() + 7;
+    page[at..].split(',').next().unwrap().trim().parse().unwrap()
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn post_form(w: &Waffles, from: &str, body: &str) -> Response {
+    request(
+        from,
+        w.port,
+        &format!(
+            "POST /.roost/verify HTTP/1.1\r\nHost: shop.example\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+fn cookie_of(r: &Response) -> String {
+    r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned()
+}
+
+#[test]
+fn a_verdict_written_to_redis_changes_the_route_within_a_second() {
+    let w = Waffles::start(&redis(), "");
+    let ok = w.get("127.0.0.5", "/", "");
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert!(ok.body.contains("verdict=[good]"), "{}", ok.body);
+
+    for (class, want) in [(Class::Bad, 403), (Class::Dubious, 403), (Class::Good, 200)] {
+        let t = Instant::now();
+        w.set("127.0.0.5", class, -0.5);
+        let mut r = w.get("127.0.0.5", "/", "");
+        while r.status != want || (class == Class::Dubious && !r.body.contains("One moment")) {
+            assert!(t.elapsed() < Duration::from_secs(1), "{class:?}: route unchanged after 1 s: {r:?}");
+            std::thread::sleep(Duration::from_millis(20));
+            r = w.get("127.0.0.5", "/", "");
+        }
+        eprintln!("{class:?} took effect after {:?}", t.elapsed());
+        if class == Class::Bad {
+            assert!(r.body.contains("Access denied"), "{}", r.body);
+            // a reference the admin UI can look up, and nothing about how the verdict was reached
+            let reference = r.body.split("<code>").nth(1).unwrap().split("</code>").next().unwrap().to_owned();
+            assert_eq!(reference.len(), 10);
+            assert!(!r.body.contains("test") && !r.body.contains("-0.5"));
+            wait_for(Duration::from_secs(5), "the access log to record the reference", || {
+                std::fs::read_to_string(&w.log).unwrap_or_default().contains(&format!("ref={reference}"))
+            });
+        }
+    }
+    // IPv6-style subjects and other addresses are unaffected
+    assert_eq!(w.get("127.0.0.6", "/", "").status, 200);
+    assert!(w.metric("roost_proxy_requests_total") >= 4.0);
+    assert!(w.metric("roost_proxy_sync_changes_total") >= 3.0);
+}
+
+#[test]
+fn a_client_solves_the_challenge_reaches_the_app_and_cookies_cannot_be_forged_moved_or_replayed() {
+    let w = Waffles::start(&redis(), "");
+    for ip in ["127.0.0.11", "127.0.0.12"] {
+        w.set(ip, Class::Dubious, -0.4);
+    }
+    wait_for(Duration::from_secs(5), "the verdicts to arrive", || w.get("127.0.0.12", "/", "").status == 403);
+
+    let page = w.get("127.0.0.11", "/shop?item=7&q=%22x%22", "");
+    assert_eq!(page.status, 403);
+    assert!(page.body.contains("One moment, please"));
+    assert!(page.header("content-security-policy").unwrap().contains("script-src 'nonce-"));
+    let (token, back) = (field(&page.body, "t"), field(&page.body, "r"));
+    assert_eq!(back, "/shop?item=7&q=%22x%22");
+    let b = bits(&page.body);
+    assert!((8..=10).contains(&b), "{b}");
+    let n = solve(&token, b).to_string();
+
+    // a wrong answer is refused
+    let wrong = (0u64..)
+        .find(|c| {
+            roost_proxy::challenge::leading_zero_bits(&roost_proxy::challenge::work_hash(&token, &c.to_string()))
+                < b.into()
+        })
+        .unwrap();
+    let r = post_form(&w, "127.0.0.11", &form(&[("t", &token), ("n", &wrong.to_string()), ("r", &back)]));
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("did not go through"));
+    // the solution, from another address, is refused (the token is bound to the solver's)
+    let r = post_form(&w, "127.0.0.12", &form(&[("t", &token), ("n", &n), ("r", &back)]));
+    assert_eq!(r.status, 403, "{r:?}");
+
+    let ok = post_form(&w, "127.0.0.11", &form(&[("t", &token), ("n", &n), ("r", &back)]));
+    assert_eq!(ok.status, 303, "{ok:?}");
+    assert_eq!(ok.header("location").as_deref(), Some("/shop?item=7&q=%22x%22"));
+    let cookie = cookie_of(&ok);
+    let set = ok.header("set-cookie").unwrap();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Lax") && set.contains("Max-Age=3600"), "{set}");
+
+    let app = w.get("127.0.0.11", "/shop?item=7", &format!("Cookie: a=b; {cookie}\r\n"));
+    assert_eq!(app.status, 200, "{app:?}");
+    assert!(app.body.contains("verdict=[dubious; cleared]"), "{}", app.body);
+
+    // replaying the solution is refused
+    let again = post_form(&w, "127.0.0.11", &form(&[("t", &token), ("n", &n), ("r", &back)]));
+    assert_eq!(again.status, 403, "{again:?}");
+    // the cookie moved to another address is refused
+    assert_eq!(w.get("127.0.0.12", "/", &format!("Cookie: {cookie}\r\n")).status, 403);
+    // a forged cookie (a later expiry, same signature) and one signed with another key
+    let (exp, sig) = cookie.split_once('=').unwrap().1.split_once('.').unwrap();
+    let later = format!("roost_clearance={}.{sig}", exp.parse::<u64>().unwrap() + 86_400_000);
+    assert_eq!(w.get("127.0.0.11", "/", &format!("Cookie: {later}\r\n")).status, 403);
+    let other = Signer::new(b"someone else's secret").clearance("127.0.0.11", now_ms() as u64 + 60_000);
+    assert_eq!(w.get("127.0.0.11", "/", &format!("Cookie: roost_clearance={other}\r\n")).status, 403);
+    // an expired one, genuinely signed
+    let expired = Signer::new(SECRET.as_bytes()).clearance("127.0.0.11", now_ms() as u64 - 1000);
+    assert_eq!(w.get("127.0.0.11", "/", &format!("Cookie: roost_clearance={expired}\r\n")).status, 403);
+    let fresh = Signer::new(SECRET.as_bytes()).clearance("127.0.0.11", now_ms() as u64 + 60_000);
+    assert_eq!(w.get("127.0.0.11", "/", &format!("Cookie: roost_clearance={fresh}\r\n")).status, 200);
+
+    // no JavaScript: the meta refresh, redeemed too early and then after the wait
+    let page = w.get("127.0.0.12", "/news", "");
+    let refresh = page.body.split("http-equiv=\"refresh\" content=\"").nth(1).unwrap();
+    let (secs, url) = refresh.split_once(";url=").unwrap();
+    let url = html_unescape(&url[..url.find('"').unwrap()]);
+    let secs: u64 = secs.parse().unwrap();
+    assert!((1..=2).contains(&secs));
+    let early = w.get("127.0.0.12", &url, "");
+    assert_eq!(early.status, 403);
+    std::thread::sleep(Duration::from_millis(secs * 1000 + 100));
+    let waited = w.get("127.0.0.12", &url, "");
+    assert_eq!(waited.status, 303, "{waited:?}");
+    assert_eq!(waited.header("location").as_deref(), Some("/news"));
+    let c2 = cookie_of(&waited);
+    assert_eq!(w.get("127.0.0.12", "/news", &format!("Cookie: {c2}\r\n")).status, 200);
+
+    assert!(metric(w.metrics, "roost_proxy_challenges_total").unwrap() >= 4.0);
+    assert!(w.metric("roost_proxy_cookies_refused_total") >= 4.0);
+
+    // the access log says what happened, in a format roost tail reads
+    wait_for(Duration::from_secs(5), "the access log", || {
+        std::fs::read_to_string(&w.log).unwrap_or_default().contains("challenge=passed:wait")
+    });
+    let log = std::fs::read_to_string(&w.log).unwrap();
+    let fmt = roost_logformat::NginxFormat::compile(roost_proxy::accesslog::LOG_FORMAT).unwrap();
+    for l in log.lines() {
+        let ev = fmt.parse(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+        assert!(ev.client.to_string().starts_with("127.0.0."));
+    }
+    assert!(log.contains("route=challenge challenge=passed "));
+    assert!(log.contains("challenge=failed:replayed"));
+    assert!(log.contains("route=app challenge=cleared"));
+}
+
+#[test]
+fn x_forwarded_for_counts_only_from_a_trusted_proxy() {
+    let w = Waffles::start(&redis(), "");
+    w.set("203.0.113.9", Class::Bad, -0.9);
+    w.set("127.0.0.21", Class::Bad, -0.9);
+    let xff = "X-Forwarded-For: 203.0.113.9\r\n";
+    wait_for(Duration::from_secs(5), "the verdict to arrive", || w.get("127.0.0.2", "/", xff).status == 403);
+    // from an untrusted peer the header is the client's own words: ignored
+    let r = w.get("127.0.0.1", "/", xff);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("xff=[127.0.0.1]"), "{}", r.body);
+    // nor can a flagged client launder itself through it
+    assert_eq!(w.get("127.0.0.21", "/", "X-Forwarded-For: 198.51.100.1\r\n").status, 403);
+    // through the trusted proxy, the chain is kept for the app
+    let r = w.get("127.0.0.2", "/", "X-Forwarded-For: 198.51.100.7\r\n");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("xff=[198.51.100.7, 127.0.0.2]"), "{}", r.body);
+    // a client-sent X-Roost-Verdict never reaches the app
+    let r = w.get("127.0.0.1", "/", "X-Roost-Verdict: good; trusted\r\n");
+    assert!(r.body.contains("verdict=[good]"), "{}", r.body);
+    // a trusted proxy sending garbage: counted, and the peer is judged
+    let r = w.get("127.0.0.2", "/", "X-Forwarded-For: not-an-address\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(w.metric("roost_proxy_refused_total"), 1.0);
+}
+
+#[test]
+fn with_redis_down_the_last_known_verdicts_still_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let start_redis = || {
+        let mut c = Command::new("redis-server");
+        c.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path());
+        let p = Proc::spawn("redis", c);
+        wait_for(Duration::from_secs(10), "redis to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+        p
+    };
+    let redis_proc = start_redis();
+    let w = Waffles::start(&format!("redis://127.0.0.1:{port}"), "");
+    w.set("127.0.0.31", Class::Bad, -0.8);
+    wait_for(Duration::from_secs(5), "the verdict to arrive", || w.get("127.0.0.31", "/", "").status == 403);
+
+    redis_proc.sigkill();
+    wait_for(Duration::from_secs(10), "the proxy to notice", || w.metric("roost_proxy_redis_up") == 0.0);
+    for _ in 0..5 {
+        assert_eq!(w.get("127.0.0.31", "/", "").status, 403, "the last-known verdict still applies");
+        assert_eq!(w.get("127.0.0.32", "/", "").status, 200, "unknown clients: fail open (the default)");
+    }
+    assert!(w.metric("roost_proxy_sync_errors_total") >= 1.0);
+
+    // Redis back, empty: the proxy loads again and follows what it holds now
+    let _redis = start_redis();
+    wait_for(Duration::from_secs(15), "the proxy to reconnect", || w.metric("roost_proxy_redis_up") == 1.0);
+    wait_for(Duration::from_secs(5), "the reload to clear the old verdict", || {
+        w.get("127.0.0.31", "/", "").status == 200
+    });
+    w.set("127.0.0.32", Class::Bad, -0.8);
+    wait_for(Duration::from_secs(5), "a new verdict to apply", || w.get("127.0.0.32", "/", "").status == 403);
+}
+
+#[test]
+fn the_unknown_policy_applies_only_while_redis_is_unreachable() {
+    // nothing listens on this port: the store is unreachable from the start
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, up_port) = upstream(dir.path());
+    let (port, metrics) = (free_port(), free_port());
+    let cfg = dir.path().join("roost.toml");
+    let d = dir.path().display();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[redis]\nurl = \"{dead}\"\ntimeout = \"200ms\"\n[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nupstreams = [\"127.0.0.1:{up_port}\"]\n\
+             metrics_listen = \"127.0.0.1:{metrics}\"\nunknown = \"challenge\"\nthreads = 1\npid_file = \"{d}/p.pid\"\nupgrade_sock = \"{d}/u.sock\"\n"
+        ),
+    )
+    .unwrap();
+    let _p = Proc::roost("proxy", &cfg, "proxy");
+    wait_for(Duration::from_secs(20), "roost proxy to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let r = request("127.0.0.41", port, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("One moment"));
+    assert_eq!(metric(metrics, "roost_proxy_redis_up"), Some(0.0));
+}
+
+#[test]
+fn oversized_headers_and_slow_clients_are_cut_off() {
+    let w = Waffles::start(&redis(), "");
+    let big = format!("X-Big: {}\r\n", "a".repeat(16 * 1024));
+    assert_eq!(w.get("127.0.0.51", "/", &big).status, 431);
+    // far past pingora's own limit: refused as a bad request
+    let huge = format!("X-Huge: {}\r\n", "b".repeat(2 * 1024 * 1024));
+    let s = connect_from("127.0.0.51", w.port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = s;
+    let _ = s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\n{huge}\r\n").as_bytes());
+    let r = read_response(&mut s);
+    assert!(r.status == 400 || r.status == 0, "{}", r.status);
+
+    // a header dribbled slower than client_timeout (2 s): cut off
+    let mut s = connect_from("127.0.0.52", w.port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the connection is closed");
+    assert!(t.elapsed() < Duration::from_secs(5), "cut off after {:?}", t.elapsed());
+
+    // a body that stops arriving (where the proxy reads it, its own endpoint): 408
+    let mut s = connect_from("127.0.0.53", w.port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /.roost/verify HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nt=only+ten").unwrap();
+    let r = read_response(&mut s);
+    assert_eq!(r.status, 408, "{r:?}");
+    // the proxy is still fine
+    assert_eq!(w.get("127.0.0.54", "/", "").status, 200);
+}
+
+#[test]
+fn a_real_chromium_solves_the_javascript_challenge() {
+    let w = Waffles::start(&redis(), "");
+    // Chromium connects from 127.0.0.1
+    w.set("127.0.0.1", Class::Dubious, -0.3);
+    wait_for(Duration::from_secs(5), "the verdict to arrive", || w.get("127.0.0.1", "/", "").status == 403);
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("/usr/bin/chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--virtual-time-budget=30000",
+            "--timeout=60000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("http://127.0.0.1:{}/welcome?from=chromium", w.port))
+        .output()
+        .expect("chromium (Debian package chromium; scripts/install-test-deps.sh installs it)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("verdict=[dubious; cleared]") && dom.contains("uri=[/welcome?from=chromium]"),
+        "Chromium did not reach the app:\n{dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read_to_string(&w.log).unwrap();
+    assert!(log.contains("route=challenge challenge=passed "), "{log}");
+    assert!(log.contains("HeadlessChrome"), "{log}");
+}
