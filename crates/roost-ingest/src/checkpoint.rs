@@ -92,7 +92,7 @@ mod tests {
         let mut files = BTreeMap::new();
         files.insert(
             PathBuf::from("/var/log/a.log"),
-            Position { dev: 1, ino: 2, offset: 3, skip_line: false, head_len: 3, head_crc: 7 },
+            Position { dev: 1, ino: 2, offset: 3, skip_line: false, head_len: 3, head_crc: 7, alias: None },
         );
         let mut c = Checkpoint::new(files);
         c.kafka.insert("roost.requests".into(), [(0, 12), (3, 7)].into_iter().collect());

@@ -33,7 +33,7 @@ pub enum Start {
 }
 
 /// A file by device and inode: it keeps its identity when renamed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct FileId {
     pub dev: u64,
     pub ino: u64,
@@ -63,6 +63,10 @@ pub struct Position {
     pub head_len: u32,
     #[serde(default)]
     pub head_crc: u32,
+    /// Reading the copy of a file truncated under us (copytruncate): the file its lines are
+    /// reported as ([`LineAt::file`]), the original, so a line has one identity in both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<FileId>,
 }
 
 /// How many leading bytes identify a file's content.
@@ -148,6 +152,9 @@ pub struct Follower {
     /// Length and checksum of the current file's first bytes (up to [`HEAD`]) as last read:
     /// if they change, the file was truncated and rewritten (copytruncate).
     head: (u32, u32),
+    /// Set while reading the copy of a truncated file: its lines are reported as the original's
+    /// (the same bytes at the same offsets), see [`Position::alias`].
+    alias: Option<FileId>,
 }
 
 impl Follower {
@@ -166,6 +173,7 @@ impl Follower {
             buf: vec![0; 64 * 1024].into(),
             lost_at_start: false,
             head: (0, 0),
+            alias: None,
         };
         match f.open() {
             Ok(true) => {}
@@ -195,7 +203,15 @@ impl Follower {
         } else {
             head_of(f, offset as usize).unwrap_or((0, 0))
         };
-        Some(Position { dev: id.dev, ino: id.ino, offset, skip_line: self.cutting, head_len, head_crc })
+        Some(Position {
+            dev: id.dev,
+            ino: id.ino,
+            offset,
+            skip_line: self.cutting,
+            head_len,
+            head_crc,
+            alias: self.alias,
+        })
     }
 
     /// Notes the first bytes read so far (until [`HEAD`] of them are known).
@@ -230,6 +246,7 @@ impl Follower {
             buf: vec![0; 64 * 1024].into(),
             lost_at_start: false,
             head: (0, 0),
+            alias: None,
         };
         let current = File::open(&f.path).ok().and_then(|file| {
             let m = file.metadata().ok()?;
@@ -256,6 +273,8 @@ impl Follower {
             f.offset = pos.offset;
             f.cutting = pos.skip_line;
             f.head = (pos.head_len, pos.head_crc);
+            // a copy of the checkpointed file carries on its identity; a renamed file is itself
+            f.alias = if id != pos.id() { Some(pos.alias.unwrap_or(pos.id())) } else { pos.alias };
             f.file = Some((file, id));
         }
         f
@@ -274,6 +293,7 @@ impl Follower {
         self.start = Start::Beginning;
         self.file = Some((f, id_of(&m)));
         self.head = (0, 0);
+        self.alias = None;
         self.partial.clear();
         self.cutting = false;
         Ok(true)
@@ -312,17 +332,20 @@ impl Follower {
                     skip_line: false,
                     head_len: self.head.0,
                     head_crc: self.head.1,
+                    alias: None,
                 };
                 match self.path.parent().and_then(|dir| find_file(dir, &pos, Some(id))) {
                     Some((copy, file, copy_id)) if self.head.0 > 0 => {
                         // what was not read yet is in the copy: finish it, then the path from 0
                         tracing::info!(path = %self.path.display(), copy = %copy.display(), "log truncated; reading the rest from its copy first");
                         self.file = Some((file, copy_id));
+                        self.alias = Some(self.alias.unwrap_or(id));
                     }
                     _ => {
                         tracing::info!(path = %self.path.display(), "log truncated; reading from the start");
                         self.offset = 0;
                         self.head = (0, 0);
+                        self.alias = None;
                         self.partial.clear();
                         self.cutting = false;
                     }
@@ -350,6 +373,7 @@ impl Follower {
                         self.file = Some((file, id));
                         self.offset = 0;
                         self.head = (0, 0);
+                        self.alias = None;
                         true
                     }
                     None => {
@@ -409,7 +433,7 @@ impl Follower {
         stats: &mut PollStats,
     ) -> io::Result<bool> {
         let Some((f, file)) = &mut self.file else { return Ok(true) };
-        let file = *file;
+        let file = self.alias.unwrap_or(*file);
         f.seek(SeekFrom::Start(self.offset))?;
         let mut read = 0u64;
         loop {
@@ -711,6 +735,51 @@ mod tests {
         let st = f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned())).unwrap();
         assert_eq!(got, ["c", "d is longer than what was read before"]);
         assert_eq!(st.lost_rotations, 0);
+    }
+
+    /// A line has one identity whether read from the file or from its copy after a copytruncate,
+    /// live or after a restart: a restarted tail recognises what it already sent.
+    #[test]
+    fn lines_read_from_a_copy_keep_the_originals_identity() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("access.log");
+        append(&p, "a\nb\n");
+        let mut f = Follower::new(&p, Start::Beginning);
+        let mut first = Vec::new();
+        f.poll_lines(u64::MAX, &mut |at, _| first.push(at)).unwrap();
+        let original = first[0].file;
+        let pos = f.position().unwrap();
+        append(&p, "c\nd\n");
+        copytruncate(&p, &d.path().join("access.log.1"));
+        let mut live = Vec::new();
+        f.poll_lines(u64::MAX, &mut |at, l| live.push((at, String::from_utf8_lossy(l).into_owned()))).unwrap();
+        assert_eq!(live.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>(), ["c", "d"]);
+        assert!(live.iter().all(|(at, _)| at.file == original), "{live:?}");
+        // the same lines after a restart from the position before them
+        let mut again = Vec::new();
+        let mut r = Follower::resume(&p, pos);
+        r.poll_lines(u64::MAX, &mut |at, l| again.push((at, String::from_utf8_lossy(l).into_owned()))).unwrap();
+        assert_eq!(again, live);
+        // and from a position taken while reading the copy (more than one read's worth in it)
+        let q = d.path().join("big.log");
+        append(&q, "first\n");
+        let mut f = Follower::new(&q, Start::Beginning);
+        let mut seen = Vec::new();
+        f.poll_lines(u64::MAX, &mut |at, _| seen.push(at)).unwrap();
+        let original = seen[0].file;
+        append(&q, &"x".repeat(99).repeat(2000).replace(&"x".repeat(99), &format!("{}\n", "x".repeat(98))));
+        copytruncate(&q, &d.path().join("big.log.1"));
+        f.poll_lines(1, &mut |at, _| assert_eq!(at.file, original)).unwrap();
+        let mid = f.position().unwrap();
+        assert_eq!(mid.alias, Some(original));
+        let mut rest = 0;
+        Follower::resume(&q, mid)
+            .poll_lines(u64::MAX, &mut |at, _| {
+                assert_eq!(at.file, original);
+                rest += 1;
+            })
+            .unwrap();
+        assert!(rest > 0);
     }
 
     /// Sets a file's modification time `secs` after the epoch (file times are the chain's order).
