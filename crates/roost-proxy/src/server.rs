@@ -99,7 +99,7 @@ pub fn run(cfg: ProxyConfig, redis: RedisConfig, ipv6_prefix: u8, opts: RunOptio
         daemon: opts.daemon,
         ..ServerConf::default()
     };
-    conf.work_stealing = true;
+    conf.work_stealing = false;
     let opt = Opt { upgrade: opts.upgrade, daemon: opts.daemon, ..Opt::default() };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();

@@ -49,6 +49,7 @@ fn upstream(dir: &Path) -> (Proc, u16) {
 }
 
 struct Waffles {
+    cfg: PathBuf,
     _proc: Proc,
     _upstream: Proc,
     port: u16,
@@ -61,8 +62,14 @@ struct Waffles {
 
 impl Waffles {
     fn start(redis_url: &str, extra: &str) -> Waffles {
+        Waffles::start_with(redis_url, extra, None)
+    }
+
+    /// `upstreams`: the `proxy.upstreams` value instead of the one nginx upstream.
+    fn start_with(redis_url: &str, extra: &str, upstreams: Option<&dyn Fn(u16) -> String>) -> Waffles {
         let dir = tempfile::tempdir().unwrap();
         let (up, up_port) = upstream(dir.path());
+        let upstreams = upstreams.map_or_else(|| format!("[\"127.0.0.1:{up_port}\"]"), |f| f(up_port));
         let (port, metrics) = (free_port(), free_port());
         let prefix = format!("{}:", unique("proxy"));
         let log = dir.path().join("proxy-access.log");
@@ -79,7 +86,7 @@ timeout = "1s"
 
 [proxy]
 listen = ["127.0.0.1:{port}"]
-upstreams = ["127.0.0.1:{up_port}"]
+upstreams = {upstreams}
 metrics_listen = "127.0.0.1:{metrics}"
 trusted_proxies = ["127.0.0.2/32"]
 access_log = "{d}/proxy-access.log"
@@ -105,7 +112,7 @@ max_wait_secs = 2
         wait_for(Duration::from_secs(20), "roost proxy to load verdicts", || {
             metric(metrics, "roost_proxy_redis_up") == Some(1.0)
         });
-        Waffles { _proc: p, _upstream: up, port, metrics, prefix, redis_url: redis_url.to_owned(), log, _dir: dir }
+        Waffles { cfg, _proc: p, _upstream: up, port, metrics, prefix, redis_url: redis_url.to_owned(), log, _dir: dir }
     }
 
     fn store(&self) -> Store {
@@ -503,4 +510,143 @@ fn a_real_chromium_solves_the_javascript_challenge() {
     let log = std::fs::read_to_string(&w.log).unwrap();
     assert!(log.contains("route=challenge challenge=passed "), "{log}");
     assert!(log.contains("HeadlessChrome"), "{log}");
+}
+
+/// A self-signed certificate for `name` (openssl, Debian's), as (cert, key) paths.
+fn cert(dir: &Path, file: &str, name: &str) -> (PathBuf, PathBuf) {
+    let (c, k) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout"])
+        .arg(&k)
+        .arg("-out")
+        .arg(&c)
+        .args(["-subj", &format!("/CN={name}"), "-addext", &format!("subjectAltName=DNS:{name}")])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    (c, k)
+}
+
+/// curl (Debian's) to the TLS listener, verifying against `ca`: (HTTP version, body).
+fn curl_tls(port: u16, host: &str, ca: &Path, extra: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--resolve", &format!("{host}:{port}:127.0.0.1"), "--cacert"])
+        .arg(ca)
+        .args(extra)
+        .args(["-w", "\n%{http_version}", &format!("https://{host}:{port}/tls")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {host}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, version) = text.rsplit_once('\n').unwrap();
+    (version.to_owned(), body.to_owned())
+}
+
+#[test]
+fn tls_with_sni_http2_and_h2c() {
+    let certs = tempfile::tempdir().unwrap();
+    let (shop_c, shop_k) = cert(certs.path(), "shop", "shop.test");
+    let (api_c, api_k) = cert(certs.path(), "api", "*.api.test");
+    let tls_port = free_port();
+    let extra = format!(
+        "h2c = true\ntls = [{{ listen = \"127.0.0.1:{tls_port}\", certs = [{{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}] }}]\n",
+        shop_c.display(),
+        shop_k.display(),
+        api_c.display(),
+        api_k.display()
+    );
+    let w = Waffles::start(&redis(), &extra);
+    wait_for(Duration::from_secs(10), "the TLS listener", || TcpStream::connect(("127.0.0.1", tls_port)).is_ok());
+    // SNI picks the certificate: each name verifies only against its own
+    let (v, body) = curl_tls(tls_port, "shop.test", &shop_c, &["--http1.1"]);
+    assert_eq!(v, "1.1");
+    assert!(body.contains("verdict=[good]"), "{body}");
+    let (v, body) = curl_tls(tls_port, "v1.api.test", &api_c, &["--http2"]);
+    assert_eq!(v, "2", "HTTP/2 by ALPN");
+    assert!(body.contains("verdict=[good]"), "{body}");
+    // a name no certificate has: the first (default) one is served, which curl refuses for it
+    let wrong = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--resolve", &format!("other.test:{tls_port}:127.0.0.1"), "--cacert"])
+        .arg(&api_c)
+        .arg(format!("https://other.test:{tls_port}/"))
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    // a challenge over TLS sets a Secure cookie
+    w.set("127.0.0.1", Class::Dubious, -0.2);
+    wait_for(Duration::from_secs(5), "the verdict", || w.get("127.0.0.1", "/", "").status == 403);
+    // h2c: HTTP/2 with prior knowledge on the plain listener
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg(format!("http://127.0.0.1:{}/", w.port))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 403");
+}
+
+#[test]
+fn unhealthy_upstreams_are_left_out_of_the_rotation() {
+    let dead = free_port();
+    let w = Waffles::start_with(
+        &redis(),
+        "[proxy.health_check]\ninterval = \"200ms\"\npath = \"/health\"\n",
+        Some(&|up| format!("[\"127.0.0.1:{up}\", \"127.0.0.1:{dead}\"]")),
+    );
+    wait_for(Duration::from_secs(10), "the dead upstream to be marked down", || {
+        let body = http_get(w.metrics, "/metrics").unwrap_or_default();
+        body.contains(&format!("roost_proxy_upstream_healthy{{upstream=\"127.0.0.1:{dead}\"}} 0"))
+    });
+    for i in 0..20 {
+        let r = w.get("127.0.0.61", &format!("/n{i}"), "");
+        assert_eq!(r.status, 200, "request {i} went to the dead upstream: {r:?}");
+    }
+}
+
+#[test]
+fn a_graceful_upgrade_hands_the_listeners_over_without_refusing_a_request() {
+    let w = Waffles::start(&redis(), "grace_period = \"1s\"\nshutdown_timeout = \"2s\"\n");
+    let old_pid = w._proc.pid();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (stop, port) = (stop.clone(), w.port);
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = request("127.0.0.71", port, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                if r.status == 200 {
+                    ok += 1
+                } else {
+                    failed.push(r.status)
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_roost"));
+    c.arg("--config").arg(&w.cfg).arg("proxy").arg("--upgrade").env("ROOST_LOG", "info");
+    let mut new = Proc::spawn("proxy-new", c);
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill").args(["-QUIT", &old_pid.to_string()]).status().unwrap();
+    wait_for(Duration::from_secs(15), "the old proxy to exit", || {
+        !Path::new(&format!("/proc/{old_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{old_pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.join().unwrap();
+    assert!(new.running(), "the new proxy serves on");
+    assert!(ok > 50, "{ok} requests");
+    assert!(failed.is_empty(), "refused or failed during the upgrade: {failed:?}");
+    assert_eq!(w.get("127.0.0.72", "/", "").status, 200);
 }
