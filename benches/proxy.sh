@@ -4,6 +4,7 @@
 # one worker each (nginx worker_processes 1, roost proxy threads = 1), access logs off, keep-alive
 # to the upstream, `wrk -t1 -c50 -d15s --latency`, direct / nginx / roost interleaved, REPS times;
 # then again with 100,000 verdicts in the proxy's cache (none of them the benchmark client's).
+# A bare pingora proxy (benches/pingora_bare.rs) runs beside them: the floor roost builds on.
 #   bash benches/proxy.sh              # REPS=2 DUR=15s VERDICTS=100000
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ DUR=${DUR:-15s}
 VERDICTS=${VERDICTS:-100000}
 WORK=${WORK:-${TMPDIR:-/tmp}/roost-proxy-bench}
 scripts/install-test-deps.sh
-cargo build --release --quiet -p roost --bin roost
+cargo build --release --quiet -p roost --bin roost -p roost-benches --bin pingora-bare
 eval "$(scripts/services.sh start)"
 RUN="$WORK/run-$(date +%s)"
 N="$RUN/nginx"
@@ -21,7 +22,7 @@ PREFIX="bench$(date +%s):"
 PIDS=()
 stop() {
   for d in px up; do [ -s "$N/$d/nginx.pid" ] && kill "$(cat "$N/$d/nginx.pid")" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   scripts/services.sh stop
 }
 trap stop EXIT
@@ -75,7 +76,8 @@ nginx -c "$N/proxy.conf" -p "$N/px"
 
 start_roost() {
   ROOST_LOG=warn target/release/roost --config "$RUN/roost.toml" proxy 2>>"$RUN/roost-proxy.log" &
-  PIDS+=($!)
+  ROOST_PID=$!
+  PIDS+=($ROOST_PID)
   for _ in $(seq 1 100); do
     curl -sf http://127.0.0.1:18091/metrics 2>/dev/null | grep -q '^roost_proxy_redis_up 1' && return 0
     sleep 0.1
@@ -86,13 +88,16 @@ start_roost() {
 cache_entries() { curl -sf http://127.0.0.1:18091/metrics | awk '$1=="roost_proxy_cache_entries"{print $2}'; }
 
 start_roost
+# the floor: pingora proxying with nothing of roost's (benches/pingora_bare.rs)
+target/release/pingora-bare 127.0.0.1:18092 127.0.0.1:18081 2>>"$RUN/pingora-bare.log" &
+PIDS+=($!)
 sleep 0.5
 curl -sS -i http://127.0.0.1:18090/ | head -1
 curl -sS -i http://127.0.0.1:18080/ | head -1
 
 round() { # label
   for i in $(seq "$REPS"); do
-    for t in direct:18081 nginx:18080 roost:18090; do
+    for t in direct:18081 nginx:18080 bare:18092 roost:18090; do
       timeout 60 wrk -t1 -c50 -d"$DUR" --latency "http://127.0.0.1:${t#*:}/" > "$RUN/wrk/$1.${t%%:*}.$i.txt"
     done
   done
@@ -114,7 +119,7 @@ for i in range(n):
     out.write("*%d\r\n" % len(parts) + "".join("$%d\r\n%s\r\n" % (len(p.encode()), p) for p in parts))
 PY
 redis-cli -u "$ROOST_TEST_REDIS" --pipe < "$RUN/verdicts.resp" | tail -1
-kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+kill -INT "$ROOST_PID"; wait "$ROOST_PID" 2>/dev/null || true
 start_roost
 echo "roost proxy cache entries: $(cache_entries)"
 round cached
@@ -134,9 +139,11 @@ def parse(f):
 print("machine: %s" % open("/proc/cpuinfo").read().split("model name")[1].split(":")[1].split("\n")[0].strip())
 for label in ("empty", "cached"):
     for i in range(1, reps + 1):
-        a, n, r = (parse("%s/%s.%s.%d.txt" % (d, label, w, i)) for w in ("direct", "nginx", "roost"))
+        a, n, b, r = (parse("%s/%s.%s.%d.txt" % (d, label, w, i)) for w in ("direct", "nginx", "bare", "roost"))
         print("%s run %d: direct %.0f req/s p50 %.3f p99 %.3f ms | nginx %.0f req/s p50 %.3f p99 %.3f (+%.3f/+%.3f) non2xx %d"
-              " | roost %.0f req/s p50 %.3f p99 %.3f (+%.3f/+%.3f) non2xx %d | roost/nginx %.2f"
+              " | pingora-bare %.0f req/s p50 %.3f p99 %.3f (+%.3f/+%.3f)"
+              " | roost %.0f req/s p50 %.3f p99 %.3f (+%.3f/+%.3f) non2xx %d | roost/nginx %.2f roost/bare %.2f"
               % (label, i, a[0], a[1], a[2], n[0], n[1], n[2], n[1] - a[1], n[2] - a[2], n[3],
-                 r[0], r[1], r[2], r[1] - a[1], r[2] - a[2], r[3], r[0] / n[0]))
+                 b[0], b[1], b[2], b[1] - a[1], b[2] - a[2],
+                 r[0], r[1], r[2], r[1] - a[1], r[2] - a[2], r[3], r[0] / n[0], r[0] / b[0]))
 PY

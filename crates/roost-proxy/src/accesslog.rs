@@ -78,6 +78,10 @@ impl AccessLog {
         Ok(AccessLog { tx: Some(tx), metrics })
     }
 
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     pub fn log(&self, e: Entry) {
         if let Some(tx) = &self.tx {
             match tx.try_send(e) {
