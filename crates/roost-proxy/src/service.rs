@@ -288,7 +288,8 @@ async fn respond_error(session: &mut Session, ctx: &mut Ctx, status: u16, refere
 /// Bytes of the request line and headers, as the client sent them (about).
 fn header_bytes(session: &Session) -> usize {
     let req = session.req_header();
-    let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + req.uri.authority().map_or(0, |a| a.as_str().len());
+    let target =
+        req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + req.uri.authority().map_or(0, |a| a.as_str().len());
     let line = req.method.as_str().len() + target + 12;
     line + req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
 }
