@@ -8,8 +8,9 @@ SUDO=""
 # Debian packages the tests run or build against.
 # redis-server: verdict store; cmake + libcurl4-openssl-dev: rdkafka's bundled librdkafka build;
 # nginx: serves feed snapshots to `roost feeds` in the tests, and is the peer and upstream of the
-# proxy tests; libssl-dev: pingora's TLS (openssl); wrk: proxy load; chromium: solves the challenge.
-APT_PACKAGES=(build-essential pkg-config procps curl ca-certificates redis-server cmake libcurl4-openssl-dev nginx libssl-dev wrk chromium)
+# proxy tests; libssl-dev: pingora's TLS (openssl); wrk: proxy load; chromium: solves the challenge;
+# gobgpd, bird2: the routers `roost bgp` peers with (their system services are left stopped).
+APT_PACKAGES=(build-essential pkg-config procps curl ca-certificates redis-server cmake libcurl4-openssl-dev nginx libssl-dev wrk chromium gobgpd bird2)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +19,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-test-deps: installing ${missing[*]}"
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
+  # the tests run their own routers on loopback ports; the packaged services are not wanted
+  $SUDO systemctl disable --now bird gobgpd >/dev/null 2>&1 || true
 fi
 
 # Shared real-world test data (../shared/data, next to the checkout): the tests read it.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// The top-level sections, as environment variables spell them (`ROOST_ENGINE__…`).
 const SECTIONS: &[&str] =
-    &["engine", "logs", "rules", "up", "feeds", "geo", "kafka", "redis", "tail", "score", "proxy"];
+    &["engine", "logs", "rules", "up", "feeds", "geo", "kafka", "redis", "tail", "score", "proxy", "bgp"];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -37,6 +37,8 @@ pub struct Config {
     pub score: roost_scorer::Settings,
     /// `roost proxy`: Waffles, routing each request by its client's verdict.
     pub proxy: roost_proxy::ProxyConfig,
+    /// `roost bgp`: the flowspec controller.
+    pub bgp: roost_bgp::BgpConfig,
 }
 
 /// Known-bad behaviour rules.

@@ -6,6 +6,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod bgp;
 mod config;
 mod feeds;
 mod generate;
@@ -114,6 +115,12 @@ enum Command {
     Score,
     /// Waffles: the reverse proxy that sends each request to the app, a challenge or an error
     /// page by its client's verdict (pingora; verdicts followed from Redis).
+    /// The flowspec controller: announce BGP flowspec rules that divert flagged clients to the
+    /// proxy, withdraw them when verdicts end.
+    Bgp {
+        #[command(subcommand)]
+        cmd: Option<BgpCmd>,
+    },
     Proxy {
         /// Take the listeners over from the running proxy (graceful restart: start the new one
         /// with --upgrade, then send the old one SIGQUIT).
@@ -150,6 +157,12 @@ enum FeedsCmd {
         #[arg(long = "feed", value_name = "NAME=PATH", value_parser = feeds::parse_feed_arg)]
         feed: Vec<(String, PathBuf)>,
     },
+}
+
+#[derive(Subcommand)]
+enum BgpCmd {
+    /// The running controller's rules, with the verdict and reasons behind each.
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -264,6 +277,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up { demo, listen } => up::run(cfg, up::UpArgs { demo, listen })?,
         Command::Tail => tail::run(cfg)?,
         Command::Score => score::run(cfg)?,
+        Command::Bgp { cmd: None } => bgp::run(cfg)?,
+        Command::Bgp { cmd: Some(BgpCmd::Show) } => print!("{}", bgp::show(&cfg)?),
         Command::Proxy { upgrade, daemon } => {
             roost_proxy::run(cfg.proxy, cfg.redis, cfg.engine.ipv6_prefix, roost_proxy::RunOptions { upgrade, daemon })?
         }

@@ -1,0 +1,109 @@
+//! The `[bgp]` config section.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::flowspec::Action;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BgpConfig {
+    /// Our AS and BGP identifier.
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    /// Hold time offered (the smaller of ours and the peer's applies; 0 or at least 3).
+    pub hold_time: u16,
+    /// The routers: roost connects to each (they peer passively).
+    pub peers: Vec<PeerConfig>,
+    /// Destination prefixes the diversions apply to (your sites); empty: any destination.
+    pub protect: Vec<IpNetwork>,
+    /// Match only this IP protocol (6 = TCP) and these destination ports; none: all traffic.
+    pub protocol: Option<u8>,
+    pub ports: Vec<u16>,
+    /// What routers do with a dubious / bad client's traffic; none: no rule for that verdict.
+    pub dubious: Option<Action>,
+    pub bad: Option<Action>,
+    /// Source prefix length of the rules (32/128: one rule per client; shorter aggregates).
+    pub aggregate_v4: u8,
+    pub aggregate_v6: u8,
+    /// Never a rule whose source prefix is shorter than this.
+    pub min_prefix_v4: u8,
+    pub min_prefix_v6: u8,
+    /// Never a rule touching these prefixes.
+    pub allowlist: Vec<IpNetwork>,
+    /// Rules per peer at most, worst verdicts first.
+    pub max_rules: usize,
+    /// Compute and show the rules, announce nothing.
+    pub dry_run: bool,
+    /// /metrics, /healthz and /rules (`roost bgp show`).
+    pub listen: SocketAddr,
+    /// Waiting before a reconnect grows from this up to a minute.
+    #[serde(with = "humantime_serde")]
+    pub connect_retry: Duration,
+}
+
+impl Default for BgpConfig {
+    fn default() -> Self {
+        BgpConfig {
+            asn: 65003,
+            router_id: Ipv4Addr::new(127, 0, 0, 4),
+            hold_time: 90,
+            peers: Vec::new(),
+            protect: Vec::new(),
+            protocol: Some(6),
+            ports: vec![80, 443],
+            dubious: Some(Action::RedirectVrf { asn: 65003, value: 100 }),
+            bad: Some(Action::RedirectVrf { asn: 65003, value: 100 }),
+            aggregate_v4: 32,
+            aggregate_v6: 64,
+            min_prefix_v4: 24,
+            min_prefix_v6: 48,
+            allowlist: vec!["127.0.0.0/8".parse().expect("valid"), "::1/128".parse().expect("valid")],
+            max_rules: 10_000,
+            dry_run: false,
+            listen: "127.0.0.1:9755".parse().expect("valid"),
+            connect_retry: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The router's BGP address and port.
+    pub address: SocketAddr,
+    /// Our address on that session (bound before connecting).
+    #[serde(default)]
+    pub local_address: Option<IpAddr>,
+    /// The router's AS; 0: any.
+    #[serde(default)]
+    pub peer_as: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("bgp.{0}: {1}")]
+    Invalid(&'static str, String),
+}
+
+impl BgpConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |k, m: &str| Err(ConfigError::Invalid(k, m.into()));
+        if self.hold_time != 0 && self.hold_time < 3 {
+            return bad("hold_time", "0 or at least 3 seconds");
+        }
+        if self.min_prefix_v4 > 32 || self.aggregate_v4 > 32 || self.aggregate_v4 < self.min_prefix_v4 {
+            return bad("aggregate_v4", "needs min_prefix_v4 <= aggregate_v4 <= 32");
+        }
+        if self.min_prefix_v6 > 128 || self.aggregate_v6 > 128 || self.aggregate_v6 < self.min_prefix_v6 {
+            return bad("aggregate_v6", "needs min_prefix_v6 <= aggregate_v6 <= 128");
+        }
+        if self.min_prefix_v4 < 8 || self.min_prefix_v6 < 19 {
+            return bad("min_prefix_v4", "a minimum shorter than /8 (/19 for IPv6) could divert whole networks");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,246 @@
+//! One BGP session per router (RFC 4271's state machine, active side): connect, OPEN, wait for
+//! the peer's OPEN and KEEPALIVE, then Established: announce the whole plan and End-of-RIB, and
+//! from then on send only what changed. KEEPALIVEs every third of the hold time; the hold timer
+//! ends a silent session with a NOTIFICATION. Any error ends the session; it is re-established
+//! with a growing wait, and a new session starts from nothing (the full set again).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+
+use crate::config::{BgpConfig, PeerConfig};
+use crate::flowspec::FlowRule;
+use crate::policy::Plan;
+use crate::wire::{self, Incoming};
+
+/// What one session is doing (read by /metrics and `roost bgp show`).
+#[derive(Default)]
+pub struct PeerState {
+    pub established: AtomicBool,
+    pub announced: AtomicU64,
+    pub announces: AtomicU64,
+    pub withdraws: AtomicU64,
+    pub resets: AtomicU64,
+    pub updates_received: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    #[error("peer sent NOTIFICATION {code}/{subcode}")]
+    Notified { code: u8, subcode: u8 },
+    #[error("{0}")]
+    Fsm(String),
+    #[error("hold timer expired")]
+    HoldExpired,
+}
+
+/// Runs the session to `peer` until the process ends, re-establishing it after failures.
+pub async fn run(cfg: Arc<BgpConfig>, peer: PeerConfig, plan: watch::Receiver<Arc<Plan>>, state: Arc<PeerState>) {
+    let mut wait = cfg.connect_retry;
+    loop {
+        let started = Instant::now();
+        let r = session(&cfg, &peer, plan.clone(), &state).await;
+        state.established.store(false, Ordering::Relaxed);
+        state.announced.store(0, Ordering::Relaxed);
+        state.resets.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = r {
+            tracing::warn!(peer = %peer.address, error = %e, retry_in = ?wait, "BGP session down");
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            wait = cfg.connect_retry; // it had been up a while: start the backoff over
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(60));
+    }
+}
+
+async fn connect(peer: &PeerConfig) -> Result<TcpStream, SessionError> {
+    let sock = if peer.address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(local) = peer.local_address {
+        sock.bind((local, 0).into())?;
+    }
+    let s = tokio::time::timeout(Duration::from_secs(10), sock.connect(peer.address))
+        .await
+        .map_err(|_| SessionError::Fsm("connect timed out".into()))??;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Reads the next whole message into `buf`'s front and returns it.
+async fn next(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Incoming, SessionError> {
+    loop {
+        if let Some(len) = wire::frame_len(buf)? {
+            let msg = buf.split_to(len);
+            return Ok(wire::parse(&msg)?);
+        }
+        if s.read_buf(buf).await? == 0 {
+            return Err(SessionError::Fsm("peer closed the connection".into()));
+        }
+    }
+}
+
+async fn session(
+    cfg: &BgpConfig,
+    peer: &PeerConfig,
+    mut plan: watch::Receiver<Arc<Plan>>,
+    state: &PeerState,
+) -> Result<(), SessionError> {
+    let mut s = connect(peer).await?;
+    s.write_all(&wire::open(cfg.asn, cfg.hold_time, cfg.router_id)).await?;
+    let mut buf = BytesMut::with_capacity(8192);
+    let hold = match tokio::time::timeout(Duration::from_secs(30), next(&mut s, &mut buf)).await {
+        Err(_) => return Err(SessionError::Fsm("no OPEN from the peer".into())),
+        Ok(Ok(Incoming::Open { asn, hold })) => {
+            if peer.peer_as != 0 && asn != peer.peer_as {
+                let _ = s.write_all(&wire::notification(2, 2)).await; // bad peer AS
+                return Err(SessionError::Fsm(format!("peer is AS {asn}, expected {}", peer.peer_as)));
+            }
+            let h = hold.min(cfg.hold_time);
+            if h != 0 && h < 3 {
+                let _ = s.write_all(&wire::notification(2, 6)).await; // unacceptable hold time
+                return Err(SessionError::Fsm(format!("hold time {h}")));
+            }
+            h
+        }
+        Ok(Ok(Incoming::Notification { code, subcode })) => return Err(SessionError::Notified { code, subcode }),
+        Ok(Ok(other)) => {
+            let _ = s.write_all(&wire::notification(5, 1)).await;
+            return Err(SessionError::Fsm(format!("expected OPEN, got {other:?}")));
+        }
+        Ok(Err(e)) => return Err(e),
+    };
+    s.write_all(&wire::keepalive()).await?;
+    // OpenConfirm: the peer's KEEPALIVE
+    match tokio::time::timeout(Duration::from_secs(u64::from(hold.max(30))), next(&mut s, &mut buf)).await {
+        Err(_) => return Err(SessionError::HoldExpired),
+        Ok(Ok(Incoming::Keepalive)) => {}
+        Ok(Ok(Incoming::Notification { code, subcode })) => return Err(SessionError::Notified { code, subcode }),
+        Ok(Ok(other)) => return Err(SessionError::Fsm(format!("expected KEEPALIVE, got {other:?}"))),
+        Ok(Err(e)) => return Err(e),
+    }
+    state.established.store(true, Ordering::Relaxed);
+    tracing::info!(peer = %peer.address, hold, "BGP session established");
+
+    let mut announced: HashMap<Vec<u8>, FlowRule> = HashMap::new();
+    let current = plan.borrow_and_update().clone();
+    sync(&mut s, cfg, &current, &mut announced, state).await?;
+    s.write_all(&wire::end_of_rib(false)).await?;
+    s.write_all(&wire::end_of_rib(true)).await?;
+
+    let keepalive_every = if hold == 0 { Duration::from_secs(3600) } else { Duration::from_secs(u64::from(hold) / 3) };
+    let mut ticker = tokio::time::interval(keepalive_every);
+    ticker.tick().await;
+    let mut heard = Instant::now();
+    loop {
+        tokio::select! {
+            changed = plan.changed() => {
+                if changed.is_err() {
+                    return Ok(()); // the controller is stopping
+                }
+                let p = plan.borrow_and_update().clone();
+                sync(&mut s, cfg, &p, &mut announced, state).await?;
+            }
+            _ = ticker.tick() => {
+                if hold != 0 && heard.elapsed() > Duration::from_secs(u64::from(hold)) {
+                    let _ = s.write_all(&wire::notification(4, 0)).await;
+                    return Err(SessionError::HoldExpired);
+                }
+                s.write_all(&wire::keepalive()).await?;
+            }
+            r = s.read_buf(&mut buf) => {
+                if r? == 0 {
+                    return Err(SessionError::Fsm("peer closed the connection".into()));
+                }
+                while let Some(len) = wire::frame_len(&buf)? {
+                    let msg = buf.split_to(len);
+                    heard = Instant::now();
+                    match wire::parse(&msg)? {
+                        Incoming::Keepalive => {}
+                        Incoming::Update => { state.updates_received.fetch_add(1, Ordering::Relaxed); }
+                        Incoming::RouteRefresh => {
+                            let all: Vec<&FlowRule> = announced.values().collect();
+                            send(&mut s, cfg, &all, &[]).await?;
+                        }
+                        Incoming::Notification { code, subcode } => return Err(SessionError::Notified { code, subcode }),
+                        Incoming::Open { .. } => {
+                            let _ = s.write_all(&wire::notification(5, 3)).await;
+                            return Err(SessionError::Fsm("OPEN while established".into()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Makes the peer's table equal to the plan: withdraw what is no longer wanted, announce what is
+/// new or changed.
+async fn sync(
+    s: &mut TcpStream,
+    cfg: &BgpConfig,
+    plan: &Plan,
+    announced: &mut HashMap<Vec<u8>, FlowRule>,
+    state: &PeerState,
+) -> Result<(), SessionError> {
+    let mut wanted: HashMap<Vec<u8>, &FlowRule> = HashMap::with_capacity(plan.rules.len());
+    for p in &plan.rules {
+        if let Ok(n) = p.rule.nlri() {
+            wanted.insert(n, &p.rule);
+        }
+    }
+    let gone: Vec<Vec<u8>> = announced.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+    let gone_rules: Vec<FlowRule> = gone.iter().filter_map(|k| announced.remove(k)).collect();
+    let new: Vec<&FlowRule> = wanted.iter().filter(|(k, r)| announced.get(*k) != Some(**r)).map(|(_, r)| *r).collect();
+    let gone_refs: Vec<&FlowRule> = gone_rules.iter().collect();
+    send(s, cfg, &new, &gone_refs).await?;
+    let announced_now = new.len();
+    for r in new {
+        announced.insert(r.nlri().expect("encoded above"), r.clone());
+    }
+    state.announces.fetch_add(announced_now as u64, Ordering::Relaxed);
+    state.withdraws.fetch_add(gone_rules.len() as u64, Ordering::Relaxed);
+    state.announced.store(announced.len() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn send(
+    s: &mut TcpStream,
+    cfg: &BgpConfig,
+    announce: &[&FlowRule],
+    withdraw: &[&FlowRule],
+) -> Result<(), SessionError> {
+    let mut out = Vec::new();
+    for v6 in [false, true] {
+        let w: Vec<&FlowRule> = withdraw.iter().copied().filter(|r| r.is_ipv6() == v6).collect();
+        for m in wire::withdraw(&w) {
+            out.extend_from_slice(&m);
+        }
+        // one UPDATE stream per action
+        let mut by_action: Vec<(crate::flowspec::Action, Vec<&FlowRule>)> = Vec::new();
+        for r in announce.iter().copied().filter(|r| r.is_ipv6() == v6) {
+            match by_action.iter_mut().find(|(a, _)| *a == r.action) {
+                Some((_, v)) => v.push(r),
+                None => by_action.push((r.action, vec![r])),
+            }
+        }
+        for (_, rules) in by_action {
+            for m in wire::announce(cfg.asn, &rules) {
+                out.extend_from_slice(&m);
+            }
+        }
+    }
+    if !out.is_empty() {
+        s.write_all(&out).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! `roost bgp` against a real router on loopback: GoBGP (gobgpd, Debian) peering passively on
+//! 127.0.0.1, roost connecting from 127.0.0.4. Verdicts are written to a real broker's verdicts
+//! topic (scripts/services.sh); the rules must show up in gobgpd's flowspec tables, go away when
+//! verdicts expire, come back after the router restarts, and never cover an allowlisted or
+//! too-broad prefix.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn gobgpd(dir: &Path, bgp_port: u16, api_port: u16) -> Proc {
+    let conf = dir.join("gobgpd.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"[global.config]
+  as = 65000
+  router-id = "127.0.0.1"
+  port = {bgp_port}
+  local-address-list = ["127.0.0.1"]
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "127.0.0.4"
+    peer-as = 65003
+  [neighbors.transport.config]
+    passive-mode = true
+  [neighbors.ebgp-multihop.config]
+    enabled = true
+    multihop-ttl = 2
+  [neighbors.timers.config]
+    hold-time = 9
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv4-flowspec"
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv6-flowspec"
+"#
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new("/usr/bin/gobgpd");
+    c.arg("-f").arg(&conf).args([
+        "--api-hosts",
+        &format!("127.0.0.1:{api_port}"),
+        "--pprof-disable",
+        "-p",
+        "-l",
+        "warn",
+    ]);
+    let p = Proc::spawn("gobgpd", c);
+    wait_for(Duration::from_secs(20), "gobgpd to listen", || TcpStream::connect(("127.0.0.1", bgp_port)).is_ok());
+    p
+}
+
+fn rib(api_port: u16, family: &str) -> String {
+    let out = Command::new("/usr/bin/gobgp")
+        .args(["-p", &api_port.to_string(), "global", "rib", "-a", family])
+        .output()
+        .expect("gobgp (Debian package gobgpd)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn send_verdicts(kafka: &roost_kafka::KafkaConfig, records: &[(&str, &str, f32, i64)]) {
+    let p = roost_kafka::Producer::new(kafka, "bgp-test").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        for (subject, to, rep, expires_in) in records {
+            let now = roost_proxy::now_ms();
+            let v = serde_json::json!({
+                "v": 1, "subject": subject, "at": now, "from": "good", "to": to, "cause": "evidence",
+                "reputation": rep, "requests": 20, "expires": now + expires_in,
+                "reasons": [{"source": "rule", "text": format!("R-5001 brute-force login ({subject})"), "weight": 1.0}],
+                "samples": []
+            });
+            p.send(&kafka.topics.verdicts, subject.as_bytes(), Some(v.to_string().as_bytes())).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn rules_reach_gobgp_expire_come_back_after_a_restart_and_never_cover_the_allowlist() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bgp_port, api_port, listen) = (free_port(), free_port(), free_port());
+    let topic = unique("verdicts");
+    let kafka = roost_kafka::KafkaConfig {
+        brokers: kafka(),
+        topics: roost_kafka::Topics { verdicts: topic.clone(), ..Default::default() },
+        ..Default::default()
+    };
+    roost_kafka::ensure_topic(&kafka, &topic, 1, true).unwrap();
+    let cfg = dir.path().join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[kafka]
+brokers = "{}"
+[kafka.topics]
+verdicts = "{topic}"
+[bgp]
+asn = 65003
+router_id = "127.0.0.4"
+hold_time = 9
+listen = "127.0.0.1:{listen}"
+protect = ["192.0.2.0/24", "2001:db8:ffff::/48"]
+allowlist = ["198.51.100.0/24"]
+peers = [{{ address = "127.0.0.1:{bgp_port}", local_address = "127.0.0.4", peer_as = 65000 }}]
+bad = {{ kind = "discard" }}
+"#,
+            kafka.brokers
+        ),
+    )
+    .unwrap();
+    let mut router = gobgpd(dir.path(), bgp_port, api_port);
+    let _bgp = Proc::roost("bgp", &cfg, "bgp");
+    wait_for(Duration::from_secs(30), "the session", || metric(listen, "roost_bgp_session_up") == Some(1.0));
+
+    send_verdicts(
+        &kafka,
+        &[
+            ("203.0.113.9", "bad", -0.9, 3_600_000),
+            ("203.0.113.10", "dubious", -0.3, 4_000),
+            ("2001:db8:1:2::/64", "bad", -0.8, 3_600_000),
+            ("198.51.100.7", "bad", -1.0, 3_600_000),
+            ("10.9.0.0/16", "bad", -1.0, 3_600_000),
+        ],
+    );
+    wait_for(Duration::from_secs(15), "the IPv4 rules in gobgpd", || {
+        let r = rib(api_port, "ipv4-flowspec");
+        r.contains("[source: 203.0.113.9/32]") && r.contains("[source: 203.0.113.10/32]")
+    });
+    let v4 = rib(api_port, "ipv4-flowspec");
+    eprintln!("{v4}");
+    let bad_line = v4.lines().find(|l| l.contains("203.0.113.9/32")).unwrap();
+    assert!(bad_line.contains("[destination: 192.0.2.0/24]"), "{bad_line}");
+    assert!(bad_line.contains("[protocol: ==tcp]") || bad_line.contains("protocol"), "{bad_line}");
+    assert!(bad_line.contains("discard"), "{bad_line}");
+    let dubious_line = v4.lines().find(|l| l.contains("203.0.113.10/32")).unwrap();
+    assert!(dubious_line.contains("redirect"), "{dubious_line}");
+    wait_for(Duration::from_secs(10), "the IPv6 rule", || rib(api_port, "ipv6-flowspec").contains("2001:db8:1:2::/64"));
+    assert!(!v4.contains("198.51.100"), "an allowlisted prefix was announced");
+    assert!(!v4.contains("10.9.0.0"), "a prefix shorter than /24 was announced");
+
+    // the dubious verdict expires after 4 s: withdrawn; the others stay
+    wait_for(Duration::from_secs(15), "the expired rule to be withdrawn", || {
+        !rib(api_port, "ipv4-flowspec").contains("203.0.113.10/32")
+    });
+    assert!(rib(api_port, "ipv4-flowspec").contains("203.0.113.9/32"));
+
+    // the router restarts: the session comes back with every rule
+    router.sigkill();
+    router = gobgpd(dir.path(), bgp_port, api_port);
+    wait_for(Duration::from_secs(60), "the rules after the router restarted", || {
+        rib(api_port, "ipv4-flowspec").contains("203.0.113.9/32")
+            && rib(api_port, "ipv6-flowspec").contains("2001:db8:1:2::/64")
+    });
+    // a verdict that turns good withdraws its rule
+    send_verdicts(&kafka, &[("203.0.113.9", "good", 0.5, 0)]);
+    wait_for(Duration::from_secs(15), "the good verdict's rule to go", || {
+        !rib(api_port, "ipv4-flowspec").contains("203.0.113.9/32")
+    });
+    let show =
+        Command::new(env!("CARGO_BIN_EXE_roost")).arg("--config").arg(&cfg).args(["bgp", "show"]).output().unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("2001:db8:1:2::/64") && show.contains("R-5001 brute-force login"), "{show}");
+    assert!(show.contains("refused 198.51.100.7: allowlisted"), "{show}");
+    assert!(metric(listen, "roost_bgp_withdraws_total").unwrap() >= 2.0);
+    drop(router);
+}
