@@ -172,3 +172,92 @@ bad = {{ kind = "discard" }}
     assert!(metric(listen, "roost_bgp_withdraws_total").unwrap() >= 2.0);
     drop(router);
 }
+
+fn bird(dir: &Path, bgp_port: u16) -> (Proc, std::path::PathBuf) {
+    let conf = dir.join("bird.conf");
+    let ctl = dir.join("bird.ctl");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"log stderr {{ warning, error, fatal, bug }};
+router id 127.0.0.1;
+flow4 table flowtab4;
+flow6 table flowtab6;
+protocol device {{ }}
+protocol bgp roost {{
+  local 127.0.0.1 port {bgp_port} as 65000;
+  neighbor 127.0.0.4 as 65003;
+  multihop; passive on; strict bind on; hold time 9;
+  error wait time 1, 5; error forget time 10;
+  flow4 {{ table flowtab4; import all; export none; }};
+  flow6 {{ table flowtab6; import all; export none; next hop address ::1; }};
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new("/usr/sbin/bird");
+    c.arg("-f").arg("-c").arg(&conf).arg("-s").arg(&ctl).arg("-P").arg(dir.join("bird.pid"));
+    let p = Proc::spawn("bird", c);
+    wait_for(Duration::from_secs(20), "bird to listen", || TcpStream::connect(("127.0.0.1", bgp_port)).is_ok());
+    (p, ctl)
+}
+
+fn birdc(ctl: &Path, args: &[&str]) -> String {
+    let out =
+        Command::new("/usr/sbin/birdc").arg("-s").arg(ctl).args(args).output().expect("birdc (Debian package bird2)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn rules_reach_bird_with_their_match_and_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bgp_port, listen) = (free_port(), free_port());
+    let topic = unique("verdicts-bird");
+    let kafka = roost_kafka::KafkaConfig {
+        brokers: kafka(),
+        topics: roost_kafka::Topics { verdicts: topic.clone(), ..Default::default() },
+        ..Default::default()
+    };
+    roost_kafka::ensure_topic(&kafka, &topic, 1, true).unwrap();
+    let cfg = dir.path().join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nverdicts = \"{topic}\"\n[bgp]\nhold_time = 9\nlisten = \"127.0.0.1:{listen}\"\n\
+             protect = [\"192.0.2.0/24\", \"2001:db8:ffff::/48\"]\n\
+             peers = [{{ address = \"127.0.0.1:{bgp_port}\", local_address = \"127.0.0.4\" }}]\n\
+             bad = {{ kind = \"rate_limit\", bytes_per_second = 1000.0 }}\n",
+            kafka.brokers
+        ),
+    )
+    .unwrap();
+    let (_bird, ctl) = bird(dir.path(), bgp_port);
+    let _bgp = Proc::roost("bgp", &cfg, "bgp");
+    wait_for(Duration::from_secs(30), "the session with BIRD", || {
+        birdc(&ctl, &["show", "protocols", "roost"]).contains("Established")
+    });
+    send_verdicts(
+        &kafka,
+        &[
+            ("203.0.113.21", "bad", -0.9, 3_600_000),
+            ("2001:db8:5:6::/64", "bad", -0.9, 3_600_000),
+            ("203.0.113.22", "dubious", -0.2, 3_000),
+        ],
+    );
+    wait_for(Duration::from_secs(15), "the rules in BIRD", || {
+        birdc(&ctl, &["show", "route", "table", "flowtab4"]).contains("src 203.0.113.22/32")
+            && birdc(&ctl, &["show", "route", "table", "flowtab6"]).contains("src 2001:db8:5:6::/64")
+    });
+    let all = birdc(&ctl, &["show", "route", "table", "flowtab4", "all"]);
+    eprintln!("{all}");
+    let t = birdc(&ctl, &["show", "route", "table", "flowtab4"]);
+    let line = t.lines().find(|l| l.contains("src 203.0.113.21/32")).unwrap();
+    assert!(line.contains("dst 192.0.2.0/24") && line.contains("proto 6") && line.contains("dport 80,443"), "{line}");
+    // traffic-rate 1000 bytes/s; the dubious one redirects to VRF 65003:100
+    assert!(all.contains("(generic, 0x80060000, 0x447a0000)"), "{all}");
+    assert!(all.contains("(generic, 0x8008fdeb, 0x64)"), "{all}");
+    wait_for(Duration::from_secs(15), "the expired rule to leave BIRD", || {
+        !birdc(&ctl, &["show", "route", "table", "flowtab4"]).contains("src 203.0.113.22/32")
+    });
+}
