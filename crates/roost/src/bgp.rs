@@ -45,6 +45,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let b = Arc::new(cfg.bgp.clone());
     b.validate()?;
     anyhow::ensure!(cfg.kafka.enabled(), "roost bgp follows the verdicts topic: set kafka.brokers");
+    // as `roost score` does; not fatal: with Kafka away the controller waits (and freezes)
+    if let Err(e) = roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.verdicts, 1, true) {
+        tracing::warn!(error = %e, "cannot make sure the verdicts topic exists; waiting for it");
+    }
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(Plan::default()));
     let peers: Vec<(String, Arc<PeerState>)> =
         b.peers.iter().map(|p| (p.address.to_string(), Arc::new(PeerState::default()))).collect();
