@@ -20,8 +20,8 @@ pub struct BgpConfig {
     pub peers: Vec<PeerConfig>,
     /// Destination prefixes the diversions apply to (your sites); empty: any destination.
     pub protect: Vec<IpNetwork>,
-    /// Match only this IP protocol (6 = TCP) and these destination ports; none: all traffic.
-    pub protocol: Option<u8>,
+    /// Match only this IP protocol (6 = TCP; 0 = any) and these destination ports ([] = any).
+    pub protocol: u8,
     pub ports: Vec<u16>,
     /// What routers do with a dubious / bad client's traffic; none: no rule for that verdict.
     pub dubious: Option<Action>,
@@ -53,7 +53,7 @@ impl Default for BgpConfig {
             hold_time: 90,
             peers: Vec::new(),
             protect: Vec::new(),
-            protocol: Some(6),
+            protocol: 6,
             ports: vec![80, 443],
             dubious: Some(Action::RedirectVrf { asn: 65003, value: 100 }),
             bad: Some(Action::RedirectVrf { asn: 65003, value: 100 }),

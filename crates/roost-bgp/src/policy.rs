@@ -86,7 +86,13 @@ pub fn plan<'a>(cfg: &BgpConfig, verdicts: impl IntoIterator<Item = &'a Verdict>
             continue;
         }
         let e = by_source.entry(source).or_insert_with(|| Planned {
-            rule: FlowRule { source, destination: None, protocol: cfg.protocol, ports: cfg.ports.clone(), action },
+            rule: FlowRule {
+                source,
+                destination: None,
+                protocol: (cfg.protocol != 0).then_some(cfg.protocol),
+                ports: cfg.ports.clone(),
+                action,
+            },
             class: v.class,
             reputation: v.reputation,
             subjects: Vec::new(),
