@@ -60,8 +60,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let stop = Arc::new(AtomicBool::new(false));
     // the verdict source: a thread following the topic
+    // a verdict should reach the routers in well under a second: the broker answers fetches at
+    // once instead of waiting to fill them (librdkafka waits up to 500 ms by default)
+    let mut kafka = cfg.kafka.clone();
+    kafka.properties.entry("fetch.wait.max.ms".into()).or_insert_with(|| "10".into());
     let follower = {
-        let (kafka, b, shared, stop) = (cfg.kafka.clone(), b.clone(), shared.clone(), stop.clone());
+        let (kafka, b, shared, stop) = (kafka, b.clone(), shared.clone(), stop.clone());
         std::thread::Builder::new()
             .name("roost-bgp-verdicts".into())
             .spawn(move || follow(&kafka, &b, &shared, &tx, &stop))?
@@ -117,7 +121,9 @@ fn follow(
             }
         }
         let f = follower.as_ref().expect("set above");
-        match f.poll(Duration::from_millis(200)) {
+        // while records come in, drain them quickly, then plan; idle, wait longer
+        let wait = if dirty { Duration::from_millis(5) } else { Duration::from_millis(200) };
+        match f.poll(wait) {
             Ok(Some(r)) => {
                 shared.source_up.store(true, Ordering::Relaxed);
                 let Some(v) = r.value.as_deref() else { continue };
