@@ -40,6 +40,9 @@ pub struct BgpConfig {
     pub dry_run: bool,
     /// /metrics, /healthz and /rules (`roost bgp show`).
     pub listen: SocketAddr,
+    /// Where routers that connect to roost (peers with `passive = true`) reach it; none: no
+    /// passive peers.
+    pub bgp_listen: Option<SocketAddr>,
     /// Waiting before a reconnect grows from this up to a minute.
     #[serde(with = "humantime_serde")]
     pub connect_retry: Duration,
@@ -65,6 +68,7 @@ impl Default for BgpConfig {
             max_rules: 10_000,
             dry_run: false,
             listen: "127.0.0.1:9755".parse().expect("valid"),
+            bgp_listen: None,
             connect_retry: Duration::from_secs(1),
         }
     }
@@ -73,8 +77,11 @@ impl Default for BgpConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
-    /// The router's BGP address and port.
+    /// The router's BGP address and port (for a passive peer, the port is not used).
     pub address: SocketAddr,
+    /// The router connects to us (on `bgp.bgp_listen`) instead of us to it.
+    #[serde(default)]
+    pub passive: bool,
     /// Our address on that session (bound before connecting).
     #[serde(default)]
     pub local_address: Option<IpAddr>,
@@ -100,6 +107,9 @@ impl BgpConfig {
         }
         if self.min_prefix_v6 > 128 || self.aggregate_v6 > 128 || self.aggregate_v6 < self.min_prefix_v6 {
             return bad("aggregate_v6", "needs min_prefix_v6 <= aggregate_v6 <= 128");
+        }
+        if self.peers.iter().any(|p| p.passive) && self.bgp_listen.is_none() {
+            return bad("bgp_listen", "passive peers connect to bgp.bgp_listen: set it");
         }
         if self.min_prefix_v4 < 8 || self.min_prefix_v6 < 19 {
             return bad("min_prefix_v4", "a minimum shorter than /8 (/19 for IPv6) could divert whole networks");

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::config::{BgpConfig, PeerConfig};
 use crate::flowspec::FlowRule;
 use crate::policy::Plan;
-use crate::wire::{self, Incoming};
+use crate::wire::{self, Incoming as Msg};
 
 /// What one session is doing (read by /metrics and `roost bgp show`).
 #[derive(Default)]
@@ -44,12 +44,53 @@ pub enum SessionError {
     HoldExpired,
 }
 
-/// Runs the session to `peer` until the process ends, re-establishing it after failures.
-pub async fn run(cfg: Arc<BgpConfig>, peer: PeerConfig, plan: watch::Receiver<Arc<Plan>>, state: Arc<PeerState>) {
+/// Connections routers opened to us (passive peering), each handed to its peer's session.
+pub type Connections = tokio::sync::mpsc::Receiver<TcpStream>;
+
+/// Accepts BGP connections on `listen` and hands each to the passive peer whose address it comes
+/// from; connections from anyone else are closed at once.
+pub async fn listen(
+    listen: std::net::SocketAddr,
+    peers: Vec<(std::net::IpAddr, tokio::sync::mpsc::Sender<TcpStream>)>,
+) -> std::io::Result<()> {
+    let l = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(%listen, "accepting BGP connections from passive peers");
+    loop {
+        let (s, from) = l.accept().await?;
+        match peers.iter().find(|(ip, _)| *ip == from.ip()) {
+            Some((_, tx)) => {
+                if tx.try_send(s).is_err() {
+                    tracing::warn!(%from, "a second connection from a peer whose session is up: closed");
+                }
+            }
+            None => tracing::warn!(%from, "BGP connection from an address that is not a configured peer: closed"),
+        }
+    }
+}
+
+/// Runs the session to `peer` until the process ends, re-establishing it after failures. A
+/// passive peer's sessions start from the connections `incoming` hands over.
+pub async fn run(
+    cfg: Arc<BgpConfig>,
+    peer: PeerConfig,
+    plan: watch::Receiver<Arc<Plan>>,
+    state: Arc<PeerState>,
+    mut incoming: Option<Connections>,
+) {
     let mut wait = cfg.connect_retry;
     loop {
         let started = Instant::now();
-        let r = session(&cfg, &peer, plan.clone(), &state).await;
+        let stream = match incoming.as_mut() {
+            Some(rx) => match rx.recv().await {
+                Some(s) => Ok(s),
+                None => return,
+            },
+            None => connect(&peer).await,
+        };
+        let r = match stream {
+            Ok(s) => session(s, &cfg, &peer, plan.clone(), &state).await,
+            Err(e) => Err(e),
+        };
         state.established.store(false, Ordering::Relaxed);
         state.announced.store(0, Ordering::Relaxed);
         state.resets.fetch_add(1, Ordering::Relaxed);
@@ -59,8 +100,10 @@ pub async fn run(cfg: Arc<BgpConfig>, peer: PeerConfig, plan: watch::Receiver<Ar
         if started.elapsed() > Duration::from_secs(60) {
             wait = cfg.connect_retry; // it had been up a while: start the backoff over
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(60));
+        if incoming.is_none() {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(60));
+        }
     }
 }
 
@@ -77,7 +120,7 @@ async fn connect(peer: &PeerConfig) -> Result<TcpStream, SessionError> {
 }
 
 /// Reads the next whole message into `buf`'s front and returns it.
-async fn next(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Incoming, SessionError> {
+async fn next(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Msg, SessionError> {
     loop {
         if let Some(len) = wire::frame_len(buf)? {
             let msg = buf.split_to(len);
@@ -90,17 +133,18 @@ async fn next(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Incoming, Session
 }
 
 async fn session(
+    mut s: TcpStream,
     cfg: &BgpConfig,
     peer: &PeerConfig,
     mut plan: watch::Receiver<Arc<Plan>>,
     state: &PeerState,
 ) -> Result<(), SessionError> {
-    let mut s = connect(peer).await?;
+    s.set_nodelay(true)?;
     s.write_all(&wire::open(cfg.asn, cfg.hold_time, cfg.router_id)).await?;
     let mut buf = BytesMut::with_capacity(8192);
-    let hold = match tokio::time::timeout(Duration::from_secs(30), next(&mut s, &mut buf)).await {
+    let (hold, families) = match tokio::time::timeout(Duration::from_secs(30), next(&mut s, &mut buf)).await {
         Err(_) => return Err(SessionError::Fsm("no OPEN from the peer".into())),
-        Ok(Ok(Incoming::Open { asn, hold })) => {
+        Ok(Ok(Msg::Open { asn, hold, flow4, flow6 })) => {
             if peer.peer_as != 0 && asn != peer.peer_as {
                 let _ = s.write_all(&wire::notification(2, 2)).await; // bad peer AS
                 return Err(SessionError::Fsm(format!("peer is AS {asn}, expected {}", peer.peer_as)));
@@ -110,9 +154,13 @@ async fn session(
                 let _ = s.write_all(&wire::notification(2, 6)).await; // unacceptable hold time
                 return Err(SessionError::Fsm(format!("hold time {h}")));
             }
-            h
+            if !flow4 && !flow6 {
+                let _ = s.write_all(&wire::notification(2, 7)).await; // unsupported capability
+                return Err(SessionError::Fsm("the peer offers neither IPv4 nor IPv6 flowspec".into()));
+            }
+            (h, Families { v4: flow4, v6: flow6 })
         }
-        Ok(Ok(Incoming::Notification { code, subcode })) => return Err(SessionError::Notified { code, subcode }),
+        Ok(Ok(Msg::Notification { code, subcode })) => return Err(SessionError::Notified { code, subcode }),
         Ok(Ok(other)) => {
             let _ = s.write_all(&wire::notification(5, 1)).await;
             return Err(SessionError::Fsm(format!("expected OPEN, got {other:?}")));
@@ -123,8 +171,8 @@ async fn session(
     // OpenConfirm: the peer's KEEPALIVE
     match tokio::time::timeout(Duration::from_secs(u64::from(hold.max(30))), next(&mut s, &mut buf)).await {
         Err(_) => return Err(SessionError::HoldExpired),
-        Ok(Ok(Incoming::Keepalive)) => {}
-        Ok(Ok(Incoming::Notification { code, subcode })) => return Err(SessionError::Notified { code, subcode }),
+        Ok(Ok(Msg::Keepalive)) => {}
+        Ok(Ok(Msg::Notification { code, subcode })) => return Err(SessionError::Notified { code, subcode }),
         Ok(Ok(other)) => return Err(SessionError::Fsm(format!("expected KEEPALIVE, got {other:?}"))),
         Ok(Err(e)) => return Err(e),
     }
@@ -133,9 +181,13 @@ async fn session(
 
     let mut announced: HashMap<Vec<u8>, FlowRule> = HashMap::new();
     let current = plan.borrow_and_update().clone();
-    sync(&mut s, cfg, &current, &mut announced, state).await?;
-    s.write_all(&wire::end_of_rib(false)).await?;
-    s.write_all(&wire::end_of_rib(true)).await?;
+    sync(&mut s, cfg, families, &current, &mut announced, state).await?;
+    // End-of-RIB only for the families the peer took (others it may treat as an error)
+    for (v6, on) in [(false, families.v4), (true, families.v6)] {
+        if on {
+            s.write_all(&wire::end_of_rib(v6)).await?;
+        }
+    }
 
     let keepalive_every = if hold == 0 { Duration::from_secs(3600) } else { Duration::from_secs(u64::from(hold) / 3) };
     let mut ticker = tokio::time::interval(keepalive_every);
@@ -148,7 +200,7 @@ async fn session(
                     return Ok(()); // the controller is stopping
                 }
                 let p = plan.borrow_and_update().clone();
-                sync(&mut s, cfg, &p, &mut announced, state).await?;
+                sync(&mut s, cfg, families, &p, &mut announced, state).await?;
             }
             _ = ticker.tick() => {
                 if hold != 0 && heard.elapsed() > Duration::from_secs(u64::from(hold)) {
@@ -165,14 +217,14 @@ async fn session(
                     let msg = buf.split_to(len);
                     heard = Instant::now();
                     match wire::parse(&msg)? {
-                        Incoming::Keepalive => {}
-                        Incoming::Update => { state.updates_received.fetch_add(1, Ordering::Relaxed); }
-                        Incoming::RouteRefresh => {
+                        Msg::Keepalive => {}
+                        Msg::Update => { state.updates_received.fetch_add(1, Ordering::Relaxed); }
+                        Msg::RouteRefresh => {
                             let all: Vec<&FlowRule> = announced.values().collect();
                             send(&mut s, cfg, &all, &[]).await?;
                         }
-                        Incoming::Notification { code, subcode } => return Err(SessionError::Notified { code, subcode }),
-                        Incoming::Open { .. } => {
+                        Msg::Notification { code, subcode } => return Err(SessionError::Notified { code, subcode }),
+                        Msg::Open { .. } => {
                             let _ = s.write_all(&wire::notification(5, 3)).await;
                             return Err(SessionError::Fsm("OPEN while established".into()));
                         }
@@ -183,17 +235,25 @@ async fn session(
     }
 }
 
-/// Makes the peer's table equal to the plan: withdraw what is no longer wanted, announce what is
-/// new or changed.
+/// The flowspec families a session negotiated.
+#[derive(Clone, Copy, Debug)]
+struct Families {
+    v4: bool,
+    v6: bool,
+}
+
+/// Makes the peer's table equal to the plan (for the families it took): withdraw what is no
+/// longer wanted, announce what is new or changed.
 async fn sync(
     s: &mut TcpStream,
     cfg: &BgpConfig,
+    families: Families,
     plan: &Plan,
     announced: &mut HashMap<Vec<u8>, FlowRule>,
     state: &PeerState,
 ) -> Result<(), SessionError> {
     let mut wanted: HashMap<Vec<u8>, &FlowRule> = HashMap::with_capacity(plan.rules.len());
-    for p in &plan.rules {
+    for p in plan.rules.iter().filter(|p| if p.rule.is_ipv6() { families.v6 } else { families.v4 }) {
         if let Ok(n) = p.rule.nlri() {
             wanted.insert(n, &p.rule);
         }

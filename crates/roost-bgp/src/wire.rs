@@ -159,10 +159,19 @@ pub fn withdraw(rules: &[&FlowRule]) -> Vec<Vec<u8>> {
 /// What a peer sent, as far as the session needs it.
 #[derive(Debug, PartialEq)]
 pub enum Incoming {
-    Open { asn: u32, hold: u16 },
+    /// `flow4`/`flow6`: whether the peer offers IPv4 / IPv6 flowspec (its MP capabilities).
+    Open {
+        asn: u32,
+        hold: u16,
+        flow4: bool,
+        flow6: bool,
+    },
     Keepalive,
     Update,
-    Notification { code: u8, subcode: u8 },
+    Notification {
+        code: u8,
+        subcode: u8,
+    },
     RouteRefresh,
 }
 
@@ -209,7 +218,11 @@ pub fn parse(msg: &[u8]) -> Result<Incoming, WireError> {
                     if let Some(four) = four_octet_as(msg) {
                         asn = four;
                     }
-                    Ok(Incoming::Open { asn, hold: o.hold_time })
+                    let mp = capabilities(msg, 1);
+                    let has = |afi: u16| {
+                        mp.iter().any(|v| v.len() == 4 && v[..2] == afi.to_be_bytes() && v[3] == SAFI_FLOWSPEC)
+                    };
+                    Ok(Incoming::Open { asn, hold: o.hold_time, flow4: has(1), flow6: has(2) })
                 }
                 Ok(other) => Err(WireError::Malformed { kind: "OPEN", msg: format!("parsed as {other:?}") }),
                 Err(e) => Err(WireError::Malformed { kind: "OPEN", msg: e.to_string() }),
@@ -221,25 +234,32 @@ pub fn parse(msg: &[u8]) -> Result<Incoming, WireError> {
 
 /// The AS in an OPEN's 4-octet AS capability.
 fn four_octet_as(msg: &[u8]) -> Option<u32> {
-    let params_len = *msg.get(28)? as usize;
-    let mut p = msg.get(29..29 + params_len)?;
+    let v = capabilities(msg, 65).into_iter().find(|v| v.len() == 4)?;
+    Some(u32::from_be_bytes(v.try_into().ok()?))
+}
+
+/// The values of every capability of `code` in an OPEN (malformed parameters end the walk).
+fn capabilities(msg: &[u8], code: u8) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let Some(&params_len) = msg.get(28) else { return out };
+    let Some(mut p) = msg.get(29..29 + params_len as usize) else { return out };
     while p.len() >= 2 {
         let (t, l) = (p[0], p[1] as usize);
-        let v = p.get(2..2 + l)?;
+        let Some(v) = p.get(2..2 + l) else { break };
         if t == 2 {
             let mut c = v;
             while c.len() >= 2 {
                 let (ct, cl) = (c[0], c[1] as usize);
-                let cv = c.get(2..2 + cl)?;
-                if ct == 65 && cl == 4 {
-                    return Some(u32::from_be_bytes(cv.try_into().ok()?));
+                let Some(cv) = c.get(2..2 + cl) else { break };
+                if ct == code {
+                    out.push(cv);
                 }
                 c = &c[2 + cl..];
             }
         }
         p = &p[2 + l..];
     }
-    None
+    out
 }
 
 #[cfg(test)]
@@ -255,9 +275,9 @@ mod tests {
         let hex: String = o.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, want);
         assert_eq!(frame_len(&o), Ok(Some(o.len())));
-        assert_eq!(parse(&o), Ok(Incoming::Open { asn: 65003, hold: 90 }));
+        assert_eq!(parse(&o), Ok(Incoming::Open { asn: 65003, hold: 90, flow4: true, flow6: true }));
         let big = open(4_200_000_000, 90, "127.0.0.4".parse().unwrap());
-        assert_eq!(parse(&big), Ok(Incoming::Open { asn: 4_200_000_000, hold: 90 }));
+        assert_eq!(parse(&big), Ok(Incoming::Open { asn: 4_200_000_000, hold: 90, flow4: true, flow6: true }));
         assert_eq!(parse(&keepalive()), Ok(Incoming::Keepalive));
         assert_eq!(parse(&notification(6, 2)), Ok(Incoming::Notification { code: 6, subcode: 2 }));
         assert!(frame_len(&[0u8; 19]).is_err());

@@ -75,8 +75,21 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         if b.dry_run {
             tracing::warn!("bgp.dry_run: computing the rules, announcing nothing");
         } else {
+            let mut passive = Vec::new();
             for (p, (_, state)) in b.peers.iter().zip(&shared.peers) {
-                tokio::spawn(session::run(b.clone(), p.clone(), rx.clone(), state.clone()));
+                let incoming = p.passive.then(|| {
+                    let (tx, rx) = tokio::sync::mpsc::channel(1);
+                    passive.push((p.address.ip(), tx));
+                    rx
+                });
+                tokio::spawn(session::run(b.clone(), p.clone(), rx.clone(), state.clone(), incoming));
+            }
+            if let Some(addr) = b.bgp_listen {
+                tokio::spawn(async move {
+                    if let Err(e) = session::listen(addr, passive).await {
+                        tracing::error!(%addr, error = %e, "cannot accept BGP connections");
+                    }
+                });
             }
         }
         let sh = shared.clone();

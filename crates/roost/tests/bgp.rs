@@ -261,3 +261,74 @@ fn rules_reach_bird_with_their_match_and_action() {
         !birdc(&ctl, &["show", "route", "table", "flowtab4"]).contains("src 203.0.113.22/32")
     });
 }
+
+#[test]
+fn a_router_that_connects_to_roost_gets_the_rules_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (roost_port, api_port, listen) = (free_port(), free_port(), free_port());
+    let topic = unique("verdicts-passive");
+    let kafka = roost_kafka::KafkaConfig {
+        brokers: kafka(),
+        topics: roost_kafka::Topics { verdicts: topic.clone(), ..Default::default() },
+        ..Default::default()
+    };
+    let conf = dir.path().join("gobgpd.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"[global.config]
+  as = 65000
+  router-id = "127.0.0.1"
+  port = -1
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "127.0.0.4"
+    peer-as = 65003
+  [neighbors.transport.config]
+    local-address = "127.0.0.1"
+    remote-port = {roost_port}
+  [neighbors.ebgp-multihop.config]
+    enabled = true
+    multihop-ttl = 2
+  [neighbors.timers.config]
+    connect-retry = 1
+    hold-time = 9
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv4-flowspec"
+"#
+        ),
+    )
+    .unwrap();
+    let cfg = dir.path().join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nverdicts = \"{topic}\"\n[bgp]\nhold_time = 9\nlisten = \"127.0.0.1:{listen}\"\n\
+             bgp_listen = \"127.0.0.4:{roost_port}\"\n\
+             peers = [{{ address = \"127.0.0.1:179\", passive = true, peer_as = 65000 }}]\n",
+            kafka.brokers
+        ),
+    )
+    .unwrap();
+    let _bgp = Proc::roost("bgp", &cfg, "bgp");
+    // (not probed by connecting: a connection from 127.0.0.1 is the router's to roost)
+    wait_for(Duration::from_secs(20), "roost bgp to start", || metric(listen, "roost_bgp_session_up") == Some(0.0));
+    let mut c = Command::new("/usr/bin/gobgpd");
+    c.arg("-f").arg(&conf).args([
+        "--api-hosts",
+        &format!("127.0.0.1:{api_port}"),
+        "--pprof-disable",
+        "-p",
+        "-l",
+        "warn",
+    ]);
+    let _router = Proc::spawn("gobgpd", c);
+    wait_for(Duration::from_secs(40), "the session the router opened", || {
+        metric(listen, "roost_bgp_session_up") == Some(1.0)
+    });
+    send_verdicts(&kafka, &[("203.0.113.31", "bad", -0.9, 3_600_000)]);
+    wait_for(Duration::from_secs(15), "the rule in gobgpd", || {
+        rib(api_port, "ipv4-flowspec").contains("[source: 203.0.113.31/32]")
+    });
+}
