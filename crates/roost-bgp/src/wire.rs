@@ -100,59 +100,44 @@ pub fn announce(asn: u32, rules: &[&FlowRule]) -> Vec<Vec<u8>> {
     // MP_REACH header: AFI, SAFI, next hop (length 0), reserved
     let head = [0, if v6 { 2 } else { 1 }, SAFI_FLOWSPEC, 0, 0];
     let budget = MAX_MESSAGE - HEADER - 4 - fixed.len() - ext.len() - 4 - head.len();
-    let mut out = Vec::new();
-    let mut nlri = Vec::new();
-    let flush = |nlri: &mut Vec<u8>, out: &mut Vec<Vec<u8>>| {
-        if nlri.is_empty() {
-            return;
-        }
+    pack(rules, budget, |nlri| {
         let mut reach = head.to_vec();
         reach.extend_from_slice(nlri);
         let mut attrs = fixed.clone();
         attr(&mut attrs, 0x80, 14, &reach);
         attrs.extend_from_slice(&ext);
-        out.push(update(&attrs));
-        nlri.clear();
-    };
-    for r in rules {
-        debug_assert_eq!(r.is_ipv6(), v6);
-        let Ok(n) = r.nlri() else { continue };
-        if nlri.len() + n.len() > budget {
-            flush(&mut nlri, &mut out);
-        }
-        nlri.extend_from_slice(&n);
-    }
-    flush(&mut nlri, &mut out);
-    out
+        update(&attrs)
+    })
 }
 
 /// UPDATEs withdrawing these rules (all of one family).
 pub fn withdraw(rules: &[&FlowRule]) -> Vec<Vec<u8>> {
     let Some(first) = rules.first() else { return Vec::new() };
-    let v6 = first.is_ipv6();
-    let head = [0, if v6 { 2 } else { 1 }, SAFI_FLOWSPEC];
-    let budget = MAX_MESSAGE - HEADER - 4 - 4 - head.len();
-    let mut out = Vec::new();
-    let mut nlri = Vec::new();
-    let flush = |nlri: &mut Vec<u8>, out: &mut Vec<Vec<u8>>| {
-        if nlri.is_empty() {
-            return;
-        }
+    let head = [0, if first.is_ipv6() { 2 } else { 1 }, SAFI_FLOWSPEC];
+    pack(rules, MAX_MESSAGE - HEADER - 4 - 4 - head.len(), |nlri| {
         let mut un = head.to_vec();
         un.extend_from_slice(nlri);
         let mut attrs = Vec::new();
         attr(&mut attrs, 0x80, 15, &un);
-        out.push(update(&attrs));
-        nlri.clear();
-    };
+        update(&attrs)
+    })
+}
+
+/// The rules' NLRI in runs of at most `budget` bytes, each made into one message by `message`.
+fn pack(rules: &[&FlowRule], budget: usize, message: impl Fn(&[u8]) -> Vec<u8>) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut nlri = Vec::new();
     for r in rules {
         let Ok(n) = r.nlri() else { continue };
-        if nlri.len() + n.len() > budget {
-            flush(&mut nlri, &mut out);
+        if !nlri.is_empty() && nlri.len() + n.len() > budget {
+            out.push(message(&nlri));
+            nlri.clear();
         }
         nlri.extend_from_slice(&n);
     }
-    flush(&mut nlri, &mut out);
+    if !nlri.is_empty() {
+        out.push(message(&nlri));
+    }
     out
 }
 

@@ -35,15 +35,8 @@ impl ChallengePage {
             ""
         };
         format!(
-            r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex, nofollow">
-<title>One moment, please</title>
+            r#"{head}
 <noscript><meta http-equiv="refresh" content="{wait};url={wait_url}"></noscript>
-<style>body{{font-family:system-ui,sans-serif;max-width:38em;margin:4em auto;padding:0 1em;line-height:1.5;color:#222}}</style>
 </head>
 <body>
 <h1>One moment, please</h1>
@@ -124,6 +117,7 @@ time.</p></noscript>
 </body>
 </html>
 "#,
+            head = head("One moment, please"),
             wait = self.wait_secs,
             wait_url = attr(&wait_url),
             token = attr(&self.token),
@@ -142,6 +136,20 @@ time.</p></noscript>
     }
 }
 
+/// The start of both pages, up to the open `<head>`'s end (the caller closes it).
+fn head(title: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex, nofollow">
+<title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:38em;margin:4em auto;padding:0 1em;line-height:1.5;color:#222}}</style>"#
+    )
+}
+
 /// The error page: a plain refusal with a reference the operators can look up.
 pub fn error_page(status: u16, reference: &str) -> String {
     let (title, text) = match status {
@@ -155,14 +163,7 @@ pub fn error_page(status: u16, reference: &str) -> String {
         ),
     };
     format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex, nofollow">
-<title>{title}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:38em;margin:4em auto;padding:0 1em;line-height:1.5;color:#222}}</style>
+        r#"{head}
 </head>
 <body>
 <h1>{title}</h1>
@@ -172,6 +173,7 @@ pub fn error_page(status: u16, reference: &str) -> String {
 </body>
 </html>
 "#,
+        head = head(title),
         reference = html_escape::encode_text(reference),
     )
 }

@@ -66,6 +66,18 @@ fn rib(api_port: u16, family: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A verdicts topic of this test's own on the shared broker.
+fn verdicts_topic(name: &str) -> (roost_kafka::KafkaConfig, String) {
+    let topic = unique(name);
+    let kafka = roost_kafka::KafkaConfig {
+        brokers: kafka(),
+        topics: roost_kafka::Topics { verdicts: topic.clone(), ..Default::default() },
+        ..Default::default()
+    };
+    roost_kafka::ensure_topic(&kafka, &topic, 1, true).unwrap();
+    (kafka, topic)
+}
+
 fn send_verdicts(kafka: &roost_kafka::KafkaConfig, records: &[(&str, &str, f32, i64)]) {
     let p = roost_kafka::Producer::new(kafka, "bgp-test").unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -87,13 +99,7 @@ fn send_verdicts(kafka: &roost_kafka::KafkaConfig, records: &[(&str, &str, f32, 
 fn rules_reach_gobgp_expire_come_back_after_a_restart_and_never_cover_the_allowlist() {
     let dir = tempfile::tempdir().unwrap();
     let (bgp_port, api_port, listen) = (free_port(), free_port(), free_port());
-    let topic = unique("verdicts");
-    let kafka = roost_kafka::KafkaConfig {
-        brokers: kafka(),
-        topics: roost_kafka::Topics { verdicts: topic.clone(), ..Default::default() },
-        ..Default::default()
-    };
-    roost_kafka::ensure_topic(&kafka, &topic, 1, true).unwrap();
+    let (kafka, topic) = verdicts_topic("verdicts");
     let cfg = dir.path().join("roost.toml");
     std::fs::write(
         &cfg,
@@ -213,13 +219,7 @@ fn birdc(ctl: &Path, args: &[&str]) -> String {
 fn rules_reach_bird_with_their_match_and_action() {
     let dir = tempfile::tempdir().unwrap();
     let (bgp_port, listen) = (free_port(), free_port());
-    let topic = unique("verdicts-bird");
-    let kafka = roost_kafka::KafkaConfig {
-        brokers: kafka(),
-        topics: roost_kafka::Topics { verdicts: topic.clone(), ..Default::default() },
-        ..Default::default()
-    };
-    roost_kafka::ensure_topic(&kafka, &topic, 1, true).unwrap();
+    let (kafka, topic) = verdicts_topic("verdicts-bird");
     let cfg = dir.path().join("roost.toml");
     std::fs::write(
         &cfg,
@@ -266,12 +266,7 @@ fn rules_reach_bird_with_their_match_and_action() {
 fn a_router_that_connects_to_roost_gets_the_rules_too() {
     let dir = tempfile::tempdir().unwrap();
     let (roost_port, api_port, listen) = (free_port(), free_port(), free_port());
-    let topic = unique("verdicts-passive");
-    let kafka = roost_kafka::KafkaConfig {
-        brokers: kafka(),
-        topics: roost_kafka::Topics { verdicts: topic.clone(), ..Default::default() },
-        ..Default::default()
-    };
+    let (kafka, topic) = verdicts_topic("verdicts-passive");
     let conf = dir.path().join("gobgpd.toml");
     std::fs::write(
         &conf,
