@@ -71,9 +71,8 @@ pub fn plan<'a>(cfg: &BgpConfig, verdicts: impl IntoIterator<Item = &'a Verdict>
             (cfg.aggregate_v6, cfg.min_prefix_v6)
         };
         let len = v.subject.prefix().min(agg);
-        let Ok(source) =
-            IpNetwork::new(v.subject.ip(), len).map(|n| IpNetwork::new(n.network(), len).expect("same length"))
-        else {
+        // the subject's network at `len` bits (host bits cleared)
+        let Ok(source) = IpNetwork::new(v.subject.ip(), len).and_then(|n| IpNetwork::new(n.network(), len)) else {
             continue;
         };
         let name = roost_engine::subject_name(v.subject);

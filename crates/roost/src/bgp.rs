@@ -4,8 +4,8 @@
 //! /rules (what `roost bgp show` prints) on `bgp.listen`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -35,7 +35,8 @@ struct Reason {
 }
 
 struct Shared {
-    plan: Mutex<Arc<Plan>>,
+    /// The current plan: sessions subscribe to it, /rules and /metrics read it.
+    plan: tokio::sync::watch::Sender<Arc<Plan>>,
     peers: Vec<(String, Arc<PeerState>)>,
     source_up: AtomicBool,
     bad_records: std::sync::atomic::AtomicU64,
@@ -49,11 +50,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     if let Err(e) = roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.verdicts, 1, true) {
         tracing::warn!(error = %e, "cannot make sure the verdicts topic exists; waiting for it");
     }
-    let (tx, rx) = tokio::sync::watch::channel(Arc::new(Plan::default()));
     let peers: Vec<(String, Arc<PeerState>)> =
         b.peers.iter().map(|p| (p.address.to_string(), Arc::new(PeerState::default()))).collect();
     let shared = Arc::new(Shared {
-        plan: Mutex::new(Arc::new(Plan::default())),
+        plan: tokio::sync::watch::Sender::new(Arc::new(Plan::default())),
         peers,
         source_up: AtomicBool::new(false),
         bad_records: Default::default(),
@@ -68,7 +68,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let (kafka, b, shared, stop) = (kafka, b.clone(), shared.clone(), stop.clone());
         std::thread::Builder::new()
             .name("roost-bgp-verdicts".into())
-            .spawn(move || follow(&kafka, &b, &shared, &tx, &stop))?
+            .spawn(move || follow(&kafka, &b, &shared, &stop))?
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     rt.block_on(async {
@@ -82,7 +82,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     passive.push((p.address.ip(), tx));
                     rx
                 });
-                tokio::spawn(session::run(b.clone(), p.clone(), rx.clone(), state.clone(), incoming));
+                tokio::spawn(session::run(b.clone(), p.clone(), shared.plan.subscribe(), state.clone(), incoming));
             }
             if let Some(addr) = b.bgp_listen {
                 tokio::spawn(async move {
@@ -110,13 +110,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn follow(
-    kafka: &roost_kafka::KafkaConfig,
-    b: &roost_bgp::BgpConfig,
-    shared: &Shared,
-    tx: &tokio::sync::watch::Sender<Arc<Plan>>,
-    stop: &AtomicBool,
-) {
+fn follow(kafka: &roost_kafka::KafkaConfig, b: &roost_bgp::BgpConfig, shared: &Shared, stop: &AtomicBool) {
     let mut verdicts: HashMap<IpNetwork, Verdict> = HashMap::new();
     let mut follower = None;
     let mut last_plan = Instant::now() - Duration::from_secs(10);
@@ -175,12 +169,14 @@ fn follow(
         // a plan once what is there was read, then on change or once a second (verdicts expire)
         if dirty || last_plan.elapsed() >= Duration::from_secs(1) {
             let p = Arc::new(policy::plan(b, verdicts.values(), roost_proxy::now_ms()));
-            let changed = **tx.borrow() != *p;
-            *shared.plan.lock().unwrap_or_else(|e| e.into_inner()) = p.clone();
-            if changed {
+            shared.plan.send_if_modified(|cur| {
+                if **cur == *p {
+                    return false;
+                }
                 tracing::info!(rules = p.rules.len(), refused = p.refused.len(), capped = p.capped, "flowspec plan");
-                let _ = tx.send(p);
-            }
+                *cur = p;
+                true
+            });
             last_plan = Instant::now();
             dirty = false;
         }
@@ -189,7 +185,7 @@ fn follow(
 
 fn rules_json(sh: &Shared) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let plan = sh.plan.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let plan = sh.plan.borrow().clone();
     let peers: Vec<serde_json::Value> = sh
         .peers
         .iter()
@@ -209,7 +205,7 @@ fn rules_json(sh: &Shared) -> axum::response::Response {
 
 fn metrics_text(sh: &Shared) -> String {
     use std::fmt::Write;
-    let plan = sh.plan.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let plan = sh.plan.borrow().clone();
     let mut out = String::new();
     let _ = writeln!(out, "# TYPE roost_bgp_session_up gauge");
     for (p, s) in &sh.peers {
