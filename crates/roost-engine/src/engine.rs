@@ -51,6 +51,10 @@ pub struct Stats {
     pub clients_evicted: u64,
     /// New clients not scored because every tracked client holds a verdict.
     pub clients_refused: u64,
+    /// Pieces of evidence applied, by source (`rule:R-1003`, `feed:spamhaus_drop`): as many
+    /// sources as rules, feeds and policies are configured.
+    #[serde(skip)]
+    pub evidence_by_source: std::collections::HashMap<Source, u64>,
 }
 
 /// The reputation of the tracked population at one moment.
@@ -63,6 +67,9 @@ pub struct Aggregates {
     pub mean_by_ip: f64,
     /// Mean reputation weighted by each client's recent (decayed) request weight.
     pub mean_by_request: f64,
+    /// The recent (decayed) request weight behind `mean_by_request`: how many requests, give or
+    /// take, the mean stands on.
+    pub request_weight: f64,
     /// Clients per reputation bucket: `[-1.0,-0.9)`, …, `[0.9,1.0]`.
     pub histogram: [u64; 20],
     pub dossiers: u64,
@@ -72,6 +79,28 @@ impl Aggregates {
     /// The lower edge of histogram bucket `i`.
     pub fn bucket_low(i: usize) -> f32 {
         -1.0 + i as f32 * 0.1
+    }
+
+    /// Adds another engine's population to this one (the scorer has one engine per partition).
+    pub fn merge(&mut self, o: &Aggregates) {
+        let total = self.ips + o.ips;
+        if total > 0 {
+            self.mean_by_ip = (self.mean_by_ip * self.ips as f64 + o.mean_by_ip * o.ips as f64) / total as f64;
+        }
+        let w = self.request_weight + o.request_weight;
+        if w > 0.0 {
+            self.mean_by_request =
+                (self.mean_by_request * self.request_weight + o.mean_by_request * o.request_weight) / w;
+        }
+        self.ips = total;
+        self.request_weight = w;
+        for (a, b) in self.per_class.iter_mut().zip(o.per_class) {
+            *a += b;
+        }
+        for (a, b) in self.histogram.iter_mut().zip(o.histogram) {
+            *a += b;
+        }
+        self.dossiers += o.dossiers;
     }
 }
 
@@ -456,6 +485,14 @@ impl Engine {
             return;
         }
         self.stats.evidence += evidence.len() as u64;
+        for e in evidence.iter() {
+            match self.stats.evidence_by_source.get_mut(&e.source) {
+                Some(n) => *n += 1,
+                None => {
+                    self.stats.evidence_by_source.insert(e.source.clone(), 1);
+                }
+            }
+        }
         let st = self.states.get_mut(key).expect("folded");
         for e in evidence.iter() {
             st.s -= e.penalty;
@@ -878,6 +915,7 @@ impl Engine {
         if wtot > 0.0 {
             a.mean_by_request = wsum / wtot;
         }
+        a.request_weight = wtot;
         a
     }
 

@@ -12,6 +12,7 @@
 //! Output: [`VerdictChange`]s, plus [`Engine::explain`] and [`Engine::aggregates`] on demand.
 //! Known-bad rules plug in as [`Inspector`]s, threat feeds and GeoIP as [`Annotator`]s.
 
+pub mod alarm;
 mod config;
 mod dossier;
 mod engine;

@@ -13,6 +13,7 @@
 //! - [`wire`] (from `roost-event`): the requests-topic and dead-letter message schemas.
 
 pub mod overrides;
+pub mod population;
 pub mod run;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use std::collections::BTreeMap;
 use ipnetwork::IpNetwork;
 use roost_engine::{Engine, Explanation, Override, Timestamp, VerdictChange};
 
+pub use population::PopulationMetrics;
 pub use roost_event::wire;
 pub use run::{Metrics, Settings, run};
 

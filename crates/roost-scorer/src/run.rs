@@ -1,7 +1,7 @@
 //! The I/O loop of `roost score`: Kafka in, Redis and the verdicts topic out, offsets last.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use roost_engine::{Class, Override, VerdictChange, subject_name};
+use roost_engine::{Override, VerdictChange, subject_name};
 use roost_kafka::{GroupConsumer, GroupEvent, KafkaConfig, Producer};
 use roost_verdicts::{RedisConfig, Store, VerdictRecord, Write};
 use serde::{Deserialize, Serialize};
@@ -61,19 +61,6 @@ struct SinkLabel {
 struct PartitionLabel {
     partition: String,
 }
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VerdictLabel {
-    verdict: String,
-}
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ByLabel {
-    by: String,
-}
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ChangeLabel {
-    to: String,
-    cause: String,
-}
 
 /// `roost score`'s metrics.
 #[derive(Default)]
@@ -89,11 +76,8 @@ pub struct Metrics {
     poll_errors: Counter,
     lag: Family<PartitionLabel, Gauge>,
     partitions: Gauge,
-    clients: Family<VerdictLabel, Gauge>,
     tracked: Gauge,
-    dossiers: Gauge,
-    reputation_mean: Family<ByLabel, Gauge<f64, AtomicU64>>,
-    changes: Family<ChangeLabel, Counter>,
+    population: crate::PopulationMetrics,
 }
 
 impl Metrics {
@@ -129,15 +113,8 @@ impl Metrics {
             self.lag.clone(),
         );
         r.register("roost_score_partitions", "Partitions this instance owns", self.partitions.clone());
-        r.register("roost_clients", "Tracked clients, by verdict", self.clients.clone());
         r.register("roost_score_state_clients", "Clients with state in this instance's engines", self.tracked.clone());
-        r.register("roost_dossiers", "Clients with a dossier (samples and evidence)", self.dossiers.clone());
-        r.register(
-            "roost_reputation_mean",
-            "Mean reputation (-1..1) of tracked clients, by client or weighted by recent requests",
-            self.reputation_mean.clone(),
-        );
-        r.register("roost_verdict_changes", "Verdict changes, by new verdict and cause", self.changes.clone());
+        self.population.register(r);
     }
 
     fn sink(&self, f: &Family<SinkLabel, Counter>, sink: &str) -> Counter {
@@ -321,13 +298,7 @@ fn write(
                 if let Output::Change { change: c, .. } = o {
                     let reason = c.reasons.first().map(|r| r.text.as_str()).unwrap_or("");
                     tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reason, "verdict");
-                    metrics
-                        .changes
-                        .get_or_create(&ChangeLabel {
-                            to: c.to.as_str().into(),
-                            cause: format!("{:?}", c.cause).to_lowercase(),
-                        })
-                        .inc();
+                    metrics.population.count_change(c);
                 }
             }
             outputs.clear();
@@ -376,27 +347,13 @@ fn stats(consumer: &GroupConsumer, scorer: &Scorer, metrics: &Metrics) {
     for (p, lag) in consumer.lag() {
         metrics.lag.get_or_create(&PartitionLabel { partition: p.to_string() }).set(lag);
     }
-    let (mut per_class, mut ips, mut tracked, mut dossiers) = ([0u64; 3], 0u64, 0u64, 0u64);
-    let (mut sum_ip, mut sum_req, mut req_n) = (0.0f64, 0.0f64, 0.0f64);
+    let mut all = roost_engine::Aggregates::default();
+    let mut tracked = 0u64;
     for e in scorer.engines() {
-        let a = e.aggregates(e.now());
-        for (i, n) in a.per_class.iter().enumerate() {
-            per_class[i] += n;
-        }
-        ips += a.ips;
-        sum_ip += a.mean_by_ip * a.ips as f64;
-        sum_req += a.mean_by_request * a.ips as f64;
-        req_n += a.ips as f64;
+        all.merge(&e.aggregates(e.now()));
         tracked += e.tracked() as u64;
-        dossiers += a.dossiers;
     }
-    for c in Class::ALL {
-        metrics.clients.get_or_create(&VerdictLabel { verdict: c.as_str().into() }).set(per_class[c as usize] as i64);
-    }
-    if ips > 0 {
-        metrics.reputation_mean.get_or_create(&ByLabel { by: "client".into() }).set(sum_ip / ips as f64);
-        metrics.reputation_mean.get_or_create(&ByLabel { by: "request".into() }).set(sum_req / req_n);
-    }
+    metrics.population.set_population(&all);
+    metrics.population.set_evidence_totals(scorer.engines().map(|e| &e.stats().evidence_by_source));
     metrics.tracked.set(tracked as i64);
-    metrics.dossiers.set(dossiers as i64);
 }

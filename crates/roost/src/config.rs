@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// The top-level sections, as environment variables spell them (`ROOST_ENGINE__…`).
 const SECTIONS: &[&str] =
-    &["engine", "logs", "rules", "up", "feeds", "geo", "kafka", "redis", "tail", "score", "proxy", "bgp"];
+    &["engine", "logs", "rules", "up", "feeds", "geo", "kafka", "redis", "tail", "score", "proxy", "bgp", "alert"];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -39,6 +39,8 @@ pub struct Config {
     pub proxy: roost_proxy::ProxyConfig,
     /// `roost bgp`: the flowspec controller.
     pub bgp: roost_bgp::BgpConfig,
+    /// `roost up`'s own average-reputation drop alert.
+    pub alert: crate::alert::AlertConfig,
 }
 
 /// Known-bad behaviour rules.

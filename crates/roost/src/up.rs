@@ -24,11 +24,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use roost_engine::alarm::{DropDetector, Sample};
 use roost_engine::{Class, Engine, RequestEvent, Timestamp, VerdictChange};
 use roost_ingest::tail::{Start, Tail};
 use roost_logformat::{FormatKind, Parser};
 use serde::Deserialize;
 
+use crate::alert::AlertConfig;
 use crate::config::{Config, LogSource, LogStart};
 
 /// Verdict changes kept for `/api/v1/changes`.
@@ -41,19 +43,6 @@ struct KindLabel {
     kind: String,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VerdictLabel {
-    verdict: String,
-}
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ChangeLabel {
-    to: String,
-    cause: String,
-}
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ByLabel {
-    by: String,
-}
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: String,
 }
@@ -64,12 +53,13 @@ struct Metrics {
     parse_errors: Family<KindLabel, Counter>,
     events: Counter,
     rotations: Counter,
-    changes: Family<ChangeLabel, Counter>,
-    clients: Family<VerdictLabel, Gauge>,
-    reputation_mean: Family<ByLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    dossiers: Gauge,
     rules: Gauge,
     rule_reloads: Family<OutcomeLabel, Counter>,
+    population: roost_scorer::PopulationMetrics,
+    drop_state: Gauge,
+    drop_short: Gauge<f64, std::sync::atomic::AtomicU64>,
+    drop_baseline: Gauge<f64, std::sync::atomic::AtomicU64>,
+    drop_spread: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -78,16 +68,29 @@ impl Metrics {
         r.register("roost_log_parse_errors", "Access-log lines that did not parse, by kind", self.parse_errors.clone());
         r.register("roost_log_rotations", "Log rotations and truncations followed", self.rotations.clone());
         r.register("roost_events", "Requests scored", self.events.clone());
-        r.register("roost_verdict_changes", "Verdict changes, by new verdict and cause", self.changes.clone());
-        r.register("roost_clients", "Tracked clients, by verdict", self.clients.clone());
-        r.register(
-            "roost_reputation_mean",
-            "Mean reputation (-1..1) of tracked clients, by client or weighted by recent requests",
-            self.reputation_mean.clone(),
-        );
-        r.register("roost_dossiers", "Clients with a dossier (samples and evidence)", self.dossiers.clone());
         r.register("roost_rules", "Known-bad rules in force", self.rules.clone());
         r.register("roost_rule_reloads", "Rule-file reloads, by outcome (ok, refused)", self.rule_reloads.clone());
+        self.population.register(r);
+        r.register(
+            "roost_reputation_drop_state",
+            "The in-process RoostAverageReputationDrop alert: 0 inactive, 1 pending, 2 firing",
+            self.drop_state.clone(),
+        );
+        r.register(
+            "roost_reputation_drop_short_mean",
+            "The drop signal's recent (short-window) mean of the request-weighted reputation",
+            self.drop_short.clone(),
+        );
+        r.register(
+            "roost_reputation_drop_baseline",
+            "The drop signal's baseline: the median over the long window",
+            self.drop_baseline.clone(),
+        );
+        r.register(
+            "roost_reputation_drop_spread",
+            "The drop signal's baseline interquartile range",
+            self.drop_spread.clone(),
+        );
     }
 }
 
@@ -101,6 +104,11 @@ struct Shared {
     stop: AtomicBool,
     /// Set by SIGHUP: reload the rule files now.
     reload_rules: AtomicBool,
+    /// The average-reputation drop signal.
+    drop: Mutex<DropDetector>,
+    alert: AlertConfig,
+    /// The admin UI's base URL, for links in alerts.
+    admin_url: String,
 }
 
 pub(crate) fn wall_now() -> Timestamp {
@@ -138,6 +146,13 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         demo_running: AtomicBool::new(args.demo),
         stop: AtomicBool::new(false),
         reload_rules: AtomicBool::new(false),
+        drop: Mutex::new(DropDetector::new(cfg.alert.drop.clone())),
+        alert: cfg.alert.clone(),
+        admin_url: if cfg.alert.admin_url.is_empty() {
+            format!("http://{}", args.listen.unwrap_or(cfg.up.listen))
+        } else {
+            cfg.alert.admin_url.trim_end_matches('/').to_owned()
+        },
     });
     let (tx, rx) = sync_channel::<Vec<RequestEvent<'static>>>(64);
     let mut threads = Vec::new();
@@ -214,6 +229,7 @@ async fn serve(listen: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
         .route("/api/v1/clients", get(clients))
         .route("/api/v1/clients/{ip}", get(client))
         .route("/api/v1/changes", get(changes))
+        .route("/api/v1/alerts", get(alerts))
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     tracing::info!("roost up: API and /metrics on http://{}", listener.local_addr()?);
@@ -227,6 +243,9 @@ async fn serve(listen: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
                 sh.reload_rules.store(true, Ordering::Relaxed);
             }
         });
+    }
+    if app_state.alert.enabled {
+        tokio::spawn(sample_drop_signal(app_state.clone()));
     }
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("roost up: stopping");
@@ -365,16 +384,8 @@ fn scorer_loop(rx: Receiver<Vec<RequestEvent<'static>>>, sh: Arc<Shared>) {
                     tracing::debug!(forgotten, tracked = engine.tracked(), "swept idle clients");
                 }
                 if ticks.is_multiple_of(5) || ticks == 1 {
-                    let a = engine.aggregates(now);
-                    for c in Class::ALL {
-                        sh.metrics
-                            .clients
-                            .get_or_create(&VerdictLabel { verdict: c.as_str().into() })
-                            .set(a.per_class[c as usize] as i64);
-                    }
-                    sh.metrics.reputation_mean.get_or_create(&ByLabel { by: "client".into() }).set(a.mean_by_ip);
-                    sh.metrics.reputation_mean.get_or_create(&ByLabel { by: "request".into() }).set(a.mean_by_request);
-                    sh.metrics.dossiers.set(a.dossiers as i64);
+                    sh.metrics.population.set_population(&engine.aggregates(now));
+                    sh.metrics.population.set_evidence_totals([&engine.stats().evidence_by_source]);
                 }
                 changes
             };
@@ -391,10 +402,7 @@ fn record(sh: &Shared, changes: Vec<VerdictChange>) {
     for c in changes {
         let reason = c.reasons.first().map(|r| r.text.as_str()).unwrap_or("");
         tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reputation = format!("{:.2}", c.reputation), reason, "verdict");
-        sh.metrics
-            .changes
-            .get_or_create(&ChangeLabel { to: c.to.as_str().into(), cause: format!("{:?}", c.cause).to_lowercase() })
-            .inc();
+        sh.metrics.population.count_change(&c);
         if recent.len() >= RECENT {
             recent.pop_back();
         }
@@ -455,6 +463,35 @@ fn demo_event(r: &roost_loggen::Request, shift_s: i64) -> RequestEvent<'static> 
     }
 }
 
+/// Samples the population into the drop signal every `alert.sample_interval` and notifies.
+async fn sample_drop_signal(sh: Arc<Shared>) {
+    let mut notifier = crate::alert::Notifier::new(sh.alert.clone(), sh.admin_url.clone());
+    let mut tick = tokio::time::interval(sh.alert.sample_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if sh.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let (now, a) = {
+            let engine = sh.engine.lock().expect("engine lock");
+            let now = clock(&sh, &engine);
+            (now, engine.aggregates(now))
+        };
+        let (transition, status) = {
+            let mut d = sh.drop.lock().expect("drop signal lock");
+            let t = d.push(Sample { at: now, mean: a.mean_by_request, weight: a.request_weight });
+            (t, d.status().clone())
+        };
+        let m = &sh.metrics;
+        m.drop_state.set(status.state as i64);
+        m.drop_short.set(status.short_mean.unwrap_or(f64::NAN));
+        m.drop_baseline.set(status.baseline.unwrap_or(f64::NAN));
+        m.drop_spread.set(status.spread.unwrap_or(f64::NAN));
+        notifier.handle(transition, &status, now).await;
+    }
+}
+
 // ---- HTTP handlers -------------------------------------------------------------------------
 
 /// The time verdicts expire by: the wall clock (a log line dated in the future must not move
@@ -464,7 +501,7 @@ fn clock(sh: &Shared, engine: &Engine) -> Timestamp {
 }
 
 async fn index() -> &'static str {
-    "roost up\n\nGET /api/v1/summary          population and pipeline counters\nGET /api/v1/clients?verdict=bad|dubious&limit=N   flagged clients with their reasons\nGET /api/v1/clients/{ip}     everything known about one client\nGET /api/v1/changes?limit=N  recent verdict changes, newest first\nGET /metrics                 Prometheus metrics\n"
+    "roost up\n\nGET /api/v1/summary          population and pipeline counters\nGET /api/v1/clients?verdict=bad|dubious&limit=N   flagged clients with their reasons\nGET /api/v1/clients/{ip}     everything known about one client\nGET /api/v1/changes?limit=N  recent verdict changes, newest first\nGET /api/v1/alerts           the average-reputation drop alert and the numbers behind it\nGET /metrics                 Prometheus metrics\n"
 }
 
 async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
@@ -489,6 +526,7 @@ async fn summary(State(sh): State<Arc<Shared>>) -> Response {
         "stats": engine.stats(),
         "inspectors": engine.inspector_versions().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         "demo_running": sh.demo_running.load(Ordering::Relaxed),
+        "drop_alert": sh.drop.lock().expect("drop signal lock").status().state,
     }))
     .into_response()
 }
@@ -530,6 +568,19 @@ async fn client(State(sh): State<Arc<Shared>>, Path(ip): Path<String>) -> Respon
                 .into_response()
         }
     }
+}
+
+/// The in-process alerts: the drop signal's state and the numbers behind it.
+async fn alerts(State(sh): State<Arc<Shared>>) -> Response {
+    let status = sh.drop.lock().expect("drop signal lock").status().clone();
+    Json(serde_json::json!([{
+        "alertname": crate::alert::ALERT_NAME,
+        "enabled": sh.alert.enabled,
+        "status": status,
+        "config": sh.alert.drop,
+        "runbook_url": crate::alert::RUNBOOK,
+    }]))
+    .into_response()
 }
 
 #[derive(Deserialize)]

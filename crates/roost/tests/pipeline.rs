@@ -474,6 +474,15 @@ fn a_scorer_killed_and_restarted_mid_stream_ends_with_replays_verdicts() {
     assert!(scorer.running());
     let rebuilt = metric(score_port, "roost_score_rebuilt_events_total").unwrap_or(0.0);
     assert!(rebuilt > 0.0, "the restarted scorer rebuilt its state from the committed offsets");
+    // the population metrics the alerting rules read
+    wait_for(Duration::from_secs(20), "population metrics", || {
+        metric(score_port, "roost_reputation_weight").unwrap_or(0.0) > 0.0
+            && metric(score_port, "roost_evidence_total").unwrap_or(0.0) > 0.0
+            && metric(score_port, "roost_reputation_clients").unwrap_or(0.0) > 0.0
+    });
+    let body = common::http_get(score_port, "/metrics").unwrap();
+    assert!(body.contains("roost_reputation_sum{by=\"request\"}"), "{body}");
+    assert!(body.contains("roost_evidence_total{kind=\"rule\",source=\"R-"), "{body}");
     // the verdicts topic has a record for every verdict in Redis (compacted: last one wins)
     let mut topic: HashMap<String, String> = HashMap::new();
     roost_kafka::read_to_end(&s.kafka_cfg(), &s.verdicts, Duration::from_secs(60), |r| {

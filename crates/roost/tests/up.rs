@@ -169,7 +169,7 @@ fn follows_logs_flags_attackers_and_explains_them() {
     });
     assert!(metrics.contains("roost_events_total 30"), "{metrics}");
     assert!(metrics.contains("roost_log_rotations_total 1"), "{metrics}");
-    assert!(metrics.contains("roost_verdict_changes_total{to=\"bad\",cause=\"evidence\"}"), "{metrics}");
+    assert!(metrics.contains("roost_verdict_changes_total{to=\"bad\",cause=\"evidence\",reason="), "{metrics}");
 
     // SIGTERM: a clean, prompt exit
     let mut up = up;
