@@ -28,6 +28,8 @@ pub struct PeerState {
     pub withdraws: AtomicU64,
     pub resets: AtomicU64,
     pub updates_received: AtomicU64,
+    /// ROUTE-REFRESH requests answered (every rule sent again).
+    pub route_refreshes: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +222,8 @@ async fn session(
                         Msg::Keepalive => {}
                         Msg::Update => { state.updates_received.fetch_add(1, Ordering::Relaxed); }
                         Msg::RouteRefresh => {
+                            state.route_refreshes.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(peer = %peer.address, rules = announced.len(), "ROUTE-REFRESH: sending every rule again");
                             let all: Vec<&FlowRule> = announced.values().collect();
                             send(&mut s, cfg, &all, &[]).await?;
                         }

@@ -34,12 +34,156 @@ struct Reason {
     text: String,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     /// The current plan: sessions subscribe to it, /rules and /metrics read it.
     plan: tokio::sync::watch::Sender<Arc<Plan>>,
     peers: Vec<(String, Arc<PeerState>)>,
     source_up: AtomicBool,
     bad_records: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    fn new(b: &roost_bgp::BgpConfig) -> Arc<Shared> {
+        let peers = b.peers.iter().map(|p| (p.address.to_string(), Arc::new(PeerState::default()))).collect();
+        Arc::new(Shared {
+            plan: tokio::sync::watch::Sender::new(Arc::new(Plan::default())),
+            peers,
+            source_up: AtomicBool::new(false),
+            bad_records: Default::default(),
+        })
+    }
+}
+
+/// The live verdicts and when they were last planned: the one place both verdict sources (the
+/// topic, `roost up`'s engine) feed.
+struct Planner {
+    verdicts: HashMap<IpNetwork, Verdict>,
+    last_plan: Instant,
+    dirty: bool,
+}
+
+impl Planner {
+    fn new() -> Planner {
+        Planner { verdicts: HashMap::new(), last_plan: Instant::now() - Duration::from_secs(10), dirty: true }
+    }
+
+    fn apply(&mut self, v: Verdict) {
+        if v.class == Class::Good {
+            self.verdicts.remove(&v.subject);
+        } else {
+            self.verdicts.insert(v.subject, v);
+        }
+        self.dirty = true;
+    }
+
+    /// A plan once what is there was read, then on change or once a second (verdicts expire).
+    fn maybe_plan(&mut self, b: &roost_bgp::BgpConfig, shared: &Shared) {
+        if !(self.dirty || self.last_plan.elapsed() >= Duration::from_secs(1)) {
+            return;
+        }
+        let p = Arc::new(policy::plan(b, self.verdicts.values(), roost_proxy::now_ms()));
+        shared.plan.send_if_modified(|cur| {
+            if **cur == *p {
+                return false;
+            }
+            tracing::info!(rules = p.rules.len(), refused = p.refused.len(), capped = p.capped, "flowspec plan");
+            *cur = p;
+            true
+        });
+        self.last_plan = Instant::now();
+        self.dirty = false;
+    }
+}
+
+/// The controller inside `roost up`: verdicts come from the engine over a channel (see
+/// [`verdict_of`]); sessions and the /rules, /metrics listener run on `rt`. Returns the sender
+/// the engine's changes go to.
+pub(crate) fn start_in_process(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(std::sync::mpsc::Sender<Verdict>, std::thread::JoinHandle<()>)> {
+    let b = Arc::new(cfg.bgp.clone());
+    b.validate()?;
+    let shared = Shared::new(&b);
+    shared.source_up.store(true, Ordering::Relaxed);
+    let (tx, rx) = std::sync::mpsc::channel::<Verdict>();
+    let planner = {
+        let (b, shared) = (b.clone(), shared.clone());
+        std::thread::Builder::new().name("roost-bgp-plan".into()).spawn(move || {
+            let mut planner = Planner::new();
+            while !stop.load(Ordering::Relaxed) {
+                match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(v) => {
+                        planner.apply(v);
+                        while let Ok(v) = rx.try_recv() {
+                            planner.apply(v);
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                planner.maybe_plan(&b, &shared);
+            }
+        })?
+    };
+    let l = rt.block_on(bind(&b))?;
+    let _guard = rt.enter();
+    start_sessions(&b, &shared);
+    rt.spawn(serve_http(l, shared.clone()));
+    tracing::info!(peers = b.peers.len(), listen = %b.listen, "flowspec controller running in process");
+    Ok((tx, planner))
+}
+
+/// A verdict change from the engine as the controller's verdict.
+pub(crate) fn verdict_of(c: &roost_engine::VerdictChange) -> Verdict {
+    Verdict {
+        subject: c.subject,
+        class: c.to,
+        reputation: c.reputation,
+        expires: c.expires.map(|t| t.millis()),
+        reasons: c.reasons.iter().map(|r| r.text.clone()).collect(),
+    }
+}
+
+/// One session task per router (and the listener for passive ones); must run inside a runtime.
+fn start_sessions(b: &Arc<roost_bgp::BgpConfig>, shared: &Arc<Shared>) {
+    if b.dry_run {
+        tracing::warn!("bgp.dry_run: computing the rules, announcing nothing");
+        return;
+    }
+    let mut passive = Vec::new();
+    for (p, (_, state)) in b.peers.iter().zip(&shared.peers) {
+        let incoming = p.passive.then(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            passive.push((p.address.ip(), tx));
+            rx
+        });
+        tokio::spawn(session::run(b.clone(), p.clone(), shared.plan.subscribe(), state.clone(), incoming));
+    }
+    if let Some(addr) = b.bgp_listen {
+        tokio::spawn(async move {
+            if let Err(e) = session::listen(addr, passive).await {
+                tracing::error!(%addr, error = %e, "cannot accept BGP connections");
+            }
+        });
+    }
+}
+
+async fn bind(b: &roost_bgp::BgpConfig) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(b.listen).await.with_context(|| format!("listening on {}", b.listen))
+}
+
+/// /healthz, /rules (what `roost bgp show` prints) and /metrics.
+async fn serve_http(l: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let sh = shared.clone();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/rules", axum::routing::get(move || std::future::ready(rules_json(&sh))))
+        .route("/metrics", axum::routing::get(move || std::future::ready(metrics_text(&shared))));
+    if let Err(e) = axum::serve(l, app).await {
+        tracing::error!(error = %e, "roost bgp: serving /rules and /metrics stopped");
+    }
 }
 
 pub fn run(cfg: Config) -> anyhow::Result<()> {
@@ -50,14 +194,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     if let Err(e) = roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.verdicts, 1, true) {
         tracing::warn!(error = %e, "cannot make sure the verdicts topic exists; waiting for it");
     }
-    let peers: Vec<(String, Arc<PeerState>)> =
-        b.peers.iter().map(|p| (p.address.to_string(), Arc::new(PeerState::default()))).collect();
-    let shared = Arc::new(Shared {
-        plan: tokio::sync::watch::Sender::new(Arc::new(Plan::default())),
-        peers,
-        source_up: AtomicBool::new(false),
-        bad_records: Default::default(),
-    });
+    let shared = Shared::new(&b);
     let stop = Arc::new(AtomicBool::new(false));
     // the verdict source: a thread following the topic
     // a verdict should reach the routers in well under a second: the broker answers fetches at
@@ -72,35 +209,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     rt.block_on(async {
-        if b.dry_run {
-            tracing::warn!("bgp.dry_run: computing the rules, announcing nothing");
-        } else {
-            let mut passive = Vec::new();
-            for (p, (_, state)) in b.peers.iter().zip(&shared.peers) {
-                let incoming = p.passive.then(|| {
-                    let (tx, rx) = tokio::sync::mpsc::channel(1);
-                    passive.push((p.address.ip(), tx));
-                    rx
-                });
-                tokio::spawn(session::run(b.clone(), p.clone(), shared.plan.subscribe(), state.clone(), incoming));
-            }
-            if let Some(addr) = b.bgp_listen {
-                tokio::spawn(async move {
-                    if let Err(e) = session::listen(addr, passive).await {
-                        tracing::error!(%addr, error = %e, "cannot accept BGP connections");
-                    }
-                });
-            }
-        }
-        let sh = shared.clone();
-        let sh2 = shared.clone();
-        let app = axum::Router::new()
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-            .route("/rules", axum::routing::get(move || std::future::ready(rules_json(&sh))))
-            .route("/metrics", axum::routing::get(move || std::future::ready(metrics_text(&sh2))));
-        let l = tokio::net::TcpListener::bind(b.listen).await.with_context(|| format!("listening on {}", b.listen))?;
+        let l = bind(&b).await?;
+        start_sessions(&b, &shared);
         tracing::info!(peers = b.peers.len(), listen = %b.listen, "roost bgp: running");
-        let server = tokio::spawn(async move { axum::serve(l, app).await });
+        let server = tokio::spawn(serve_http(l, shared.clone()));
         crate::up::shutdown_signal().await;
         server.abort();
         anyhow::Ok(())
@@ -111,10 +223,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 fn follow(kafka: &roost_kafka::KafkaConfig, b: &roost_bgp::BgpConfig, shared: &Shared, stop: &AtomicBool) {
-    let mut verdicts: HashMap<IpNetwork, Verdict> = HashMap::new();
+    let mut planner = Planner::new();
     let mut follower = None;
-    let mut last_plan = Instant::now() - Duration::from_secs(10);
-    let mut dirty = true;
     while !stop.load(Ordering::Relaxed) {
         if follower.is_none() {
             match roost_kafka::Follower::new(kafka, &kafka.topics.verdicts, "roost-bgp") {
@@ -129,27 +239,19 @@ fn follow(kafka: &roost_kafka::KafkaConfig, b: &roost_bgp::BgpConfig, shared: &S
         }
         let f = follower.as_ref().expect("set above");
         // while records come in, drain them quickly, then plan; idle, wait longer
-        let wait = if dirty { Duration::from_millis(5) } else { Duration::from_millis(200) };
+        let wait = if planner.dirty { Duration::from_millis(5) } else { Duration::from_millis(200) };
         match f.poll(wait) {
             Ok(Some(r)) => {
                 shared.source_up.store(true, Ordering::Relaxed);
                 let Some(v) = r.value.as_deref() else { continue };
                 match serde_json::from_slice::<Change>(v) {
-                    Ok(c) => {
-                        let v = Verdict {
-                            subject: c.subject,
-                            class: c.to,
-                            reputation: c.reputation,
-                            expires: c.expires,
-                            reasons: c.reasons.into_iter().map(|r| r.text).collect(),
-                        };
-                        if v.class == Class::Good {
-                            verdicts.remove(&v.subject);
-                        } else {
-                            verdicts.insert(v.subject, v);
-                        }
-                        dirty = true;
-                    }
+                    Ok(c) => planner.apply(Verdict {
+                        subject: c.subject,
+                        class: c.to,
+                        reputation: c.reputation,
+                        expires: c.expires,
+                        reasons: c.reasons.into_iter().map(|r| r.text).collect(),
+                    }),
                     Err(e) => {
                         shared.bad_records.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, offset = r.offset, "a verdicts-topic record is not a verdict change; ignored");
@@ -166,20 +268,7 @@ fn follow(kafka: &roost_kafka::KafkaConfig, b: &roost_bgp::BgpConfig, shared: &S
                 continue;
             }
         }
-        // a plan once what is there was read, then on change or once a second (verdicts expire)
-        if dirty || last_plan.elapsed() >= Duration::from_secs(1) {
-            let p = Arc::new(policy::plan(b, verdicts.values(), roost_proxy::now_ms()));
-            shared.plan.send_if_modified(|cur| {
-                if **cur == *p {
-                    return false;
-                }
-                tracing::info!(rules = p.rules.len(), refused = p.refused.len(), capped = p.capped, "flowspec plan");
-                *cur = p;
-                true
-            });
-            last_plan = Instant::now();
-            dirty = false;
-        }
+        planner.maybe_plan(b, shared);
     }
 }
 
@@ -217,11 +306,12 @@ fn metrics_text(sh: &Shared) -> String {
         let _ = writeln!(out, "roost_bgp_rules_announced{{peer=\"{p}\"}} {}", s.announced.load(Ordering::Relaxed));
     }
     type Read = fn(&PeerState) -> u64;
-    let counters: [(&str, Read); 4] = [
+    let counters: [(&str, Read); 5] = [
         ("announces", |s: &PeerState| s.announces.load(Ordering::Relaxed)),
         ("withdraws", |s: &PeerState| s.withdraws.load(Ordering::Relaxed)),
         ("session_resets", |s: &PeerState| s.resets.load(Ordering::Relaxed)),
         ("updates_received", |s: &PeerState| s.updates_received.load(Ordering::Relaxed)),
+        ("route_refreshes", |s: &PeerState| s.route_refreshes.load(Ordering::Relaxed)),
     ];
     for (name, f) in counters {
         let _ = writeln!(out, "# TYPE roost_bgp_{name} counter");

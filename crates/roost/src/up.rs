@@ -109,6 +109,8 @@ struct Shared {
     alert: AlertConfig,
     /// The admin UI's base URL, for links in alerts.
     admin_url: String,
+    /// The in-process flowspec controller's verdict input, when `bgp.peers` is set.
+    bgp: std::sync::OnceLock<std::sync::mpsc::Sender<roost_bgp::policy::Verdict>>,
 }
 
 pub(crate) fn wall_now() -> Timestamp {
@@ -153,6 +155,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         } else {
             cfg.alert.admin_url.trim_end_matches('/').to_owned()
         },
+        bgp: std::sync::OnceLock::new(),
     });
     let (tx, rx) = sync_channel::<Vec<RequestEvent<'static>>>(64);
     let mut threads = Vec::new();
@@ -208,10 +211,18 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
     let scorer = std::thread::Builder::new().name("roost-scorer".into()).spawn(move || scorer_loop(rx, sh))?;
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let bgp_stop = Arc::new(AtomicBool::new(false));
+    if !cfg.bgp.peers.is_empty() {
+        // the flowspec controller in process: the engine's verdict changes are its source
+        let (tx, planner) = crate::bgp::start_in_process(&cfg, &rt, bgp_stop.clone())?;
+        let _ = shared.bgp.set(tx);
+        threads.push(planner);
+    }
     let listen = args.listen.unwrap_or(cfg.up.listen);
     let result = rt.block_on(serve(listen, shared.clone()));
     shared.stop.store(true, Ordering::Relaxed);
     feeds_stop.store(true, Ordering::Relaxed);
+    bgp_stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
     }
@@ -403,6 +414,9 @@ fn record(sh: &Shared, changes: Vec<VerdictChange>) {
         let reason = c.reasons.first().map(|r| r.text.as_str()).unwrap_or("");
         tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reputation = format!("{:.2}", c.reputation), reason, "verdict");
         sh.metrics.population.count_change(&c);
+        if let Some(bgp) = sh.bgp.get() {
+            let _ = bgp.send(crate::bgp::verdict_of(&c));
+        }
         if recent.len() >= RECENT {
             recent.pop_back();
         }

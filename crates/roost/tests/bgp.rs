@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
@@ -260,6 +261,20 @@ fn rules_reach_bird_with_their_match_and_action() {
     wait_for(Duration::from_secs(15), "the expired rule to leave BIRD", || {
         !birdc(&ctl, &["show", "route", "table", "flowtab4"]).contains("src 203.0.113.22/32")
     });
+
+    // `reload in` makes BIRD (keeping no copy of what it received) ask with ROUTE-REFRESH:
+    // roost answers with every rule, on the same session
+    let resets = metric(listen, "roost_bgp_session_resets_total");
+    let out = birdc(&ctl, &["reload", "in", "roost"]);
+    assert!(out.contains("reload"), "{out}");
+    wait_for(Duration::from_secs(10), "the refresh to be answered", || {
+        metric(listen, "roost_bgp_route_refreshes_total").unwrap_or(0.0) >= 1.0
+    });
+    wait_for(Duration::from_secs(10), "the rules after the refresh", || {
+        birdc(&ctl, &["show", "route", "table", "flowtab4"]).contains("src 203.0.113.21/32")
+            && birdc(&ctl, &["show", "route", "table", "flowtab6"]).contains("src 2001:db8:5:6::/64")
+    });
+    assert_eq!(metric(listen, "roost_bgp_session_resets_total"), resets, "a refresh is not a reset");
 }
 
 #[test]
@@ -326,4 +341,109 @@ fn a_router_that_connects_to_roost_gets_the_rules_too() {
     wait_for(Duration::from_secs(15), "the rule in gobgpd", || {
         rib(api_port, "ipv4-flowspec").contains("[source: 203.0.113.31/32]")
     });
+}
+
+/// A router that falls silent (SIGSTOP) is dropped when the hold timer runs out, and when it
+/// wakes the session comes back with the rules.
+#[test]
+fn a_silent_router_is_dropped_by_the_hold_timer_and_gets_the_rules_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bgp_port, api_port, listen) = (free_port(), free_port(), free_port());
+    let (kafka, topic) = verdicts_topic("verdicts-rr");
+    let cfg = dir.path().join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[kafka]
+brokers = "{}"
+[kafka.topics]
+verdicts = "{topic}"
+[bgp]
+asn = 65003
+router_id = "127.0.0.4"
+hold_time = 9
+listen = "127.0.0.1:{listen}"
+protect = ["192.0.2.0/24"]
+peers = [{{ address = "127.0.0.1:{bgp_port}", local_address = "127.0.0.4", peer_as = 65000 }}]
+"#,
+            kafka.brokers
+        ),
+    )
+    .unwrap();
+    let router = gobgpd(dir.path(), bgp_port, api_port);
+    let _bgp = Proc::roost("bgp", &cfg, "bgp");
+    wait_for(Duration::from_secs(30), "the session", || metric(listen, "roost_bgp_session_up") == Some(1.0));
+    send_verdicts(&kafka, &[("203.0.113.44", "bad", -0.9, 3_600_000)]);
+    wait_for(Duration::from_secs(15), "the rule in gobgpd", || {
+        rib(api_port, "ipv4-flowspec").contains("203.0.113.44/32")
+    });
+
+    let resets = metric(listen, "roost_bgp_session_resets_total");
+
+    // the router stops answering: after the 9 s hold time roost closes the session
+    let pid = router.pid().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    wait_for(Duration::from_secs(30), "the hold timer to expire", || {
+        metric(listen, "roost_bgp_session_up") == Some(0.0)
+    });
+    assert!(metric(listen, "roost_bgp_session_resets_total") > resets);
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    wait_for(Duration::from_secs(60), "the session and the rule to come back", || {
+        metric(listen, "roost_bgp_session_up") == Some(1.0)
+            && rib(api_port, "ipv4-flowspec").contains("203.0.113.44/32")
+    });
+    drop(router);
+}
+
+/// Under `roost up` the controller runs in process, its verdicts straight from the engine: a
+/// scanner in the access log becomes a flowspec rule in gobgpd without Kafka or Redis.
+#[test]
+fn roost_up_diverts_a_scanner_from_its_own_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bgp_port, api_port, listen, up_port) = (free_port(), free_port(), free_port(), free_port());
+    let log = dir.path().join("access.log");
+    std::fs::write(&log, "").unwrap();
+    let cfg = dir.path().join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[[logs]]
+path = "{}"
+format = "combined"
+[up]
+listen = "127.0.0.1:{up_port}"
+poll_interval = "100ms"
+[bgp]
+asn = 65003
+router_id = "127.0.0.4"
+hold_time = 9
+listen = "127.0.0.1:{listen}"
+protect = ["192.0.2.0/24"]
+peers = [{{ address = "127.0.0.1:{bgp_port}", local_address = "127.0.0.4", peer_as = 65000 }}]
+"#,
+            log.display()
+        ),
+    )
+    .unwrap();
+    let router = gobgpd(dir.path(), bgp_port, api_port);
+    let _up = Proc::roost("roost up", &cfg, "up");
+    wait_for(Duration::from_secs(30), "the session", || metric(listen, "roost_bgp_session_up") == Some(1.0));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let stamp = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(now));
+    // "Wed, 02 Dec 2026 09:00:00 GMT" → "02/Dec/2026:09:00:00 +0000"
+    let p: Vec<&str> = stamp.split(' ').collect();
+    let clf_time = format!("{}/{}/{}:{} +0000", p[1], p[2], p[3], p[4]);
+    let mut lines = String::new();
+    for path in
+        ["/.env", "/.git/config", "/phpmyadmin/", "/backup.sql", "/admin.php", "/server-status", "/wp-config.php.bak"]
+    {
+        lines.push_str(&format!("203.0.113.77 - - [{clf_time}] \"GET {path} HTTP/1.1\" 404 153 \"-\" \"scanner\"\n"));
+    }
+    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(lines.as_bytes()).unwrap();
+    wait_for(Duration::from_secs(20), "the scanner's rule in gobgpd", || {
+        rib(api_port, "ipv4-flowspec").contains("[source: 203.0.113.77/32]")
+    });
+    let show = http_get(listen, "/rules").unwrap();
+    assert!(show.contains("203.0.113.77/32") && show.contains("404"), "{show}");
+    drop(router);
 }
