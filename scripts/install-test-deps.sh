@@ -10,8 +10,10 @@ SUDO=""
 # nginx: serves feed snapshots to `roost feeds` in the tests, and is the peer and upstream of the
 # proxy tests; libssl-dev: pingora's TLS (openssl); wrk: proxy load; chromium: solves the challenge;
 # gobgpd, bird2: the routers `roost bgp` peers with; prometheus (+ promtool), prometheus-alertmanager
-# (+ amtool): the alerting rules' tests and the end-to-end alert test (system services left stopped).
-APT_PACKAGES=(build-essential pkg-config procps curl ca-certificates redis-server cmake libcurl4-openssl-dev nginx libssl-dev wrk chromium gobgpd bird2 prometheus prometheus-alertmanager)
+# (+ amtool): the alerting rules' tests and the end-to-end alert test; softflowd (a real NetFlow
+# exporter, reading pcaps) and nfdump (nfcapd, the reference collector) for `roost flows` (system services
+# left stopped).
+APT_PACKAGES=(build-essential pkg-config procps curl ca-certificates redis-server cmake libcurl4-openssl-dev nginx libssl-dev wrk chromium gobgpd bird2 prometheus prometheus-alertmanager softflowd nfdump)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,7 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
   # the tests run their own routers on loopback ports; the packaged services are not wanted
-  $SUDO systemctl disable --now bird gobgpd prometheus prometheus-alertmanager prometheus-node-exporter >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now bird gobgpd prometheus prometheus-alertmanager prometheus-node-exporter softflowd nfdump >/dev/null 2>&1 || true
 fi
 
 # Shared real-world test data (../shared/data, next to the checkout): the tests read it.

@@ -43,6 +43,8 @@ pub struct Topics {
     pub overrides: String,
     /// Threat-feed entries, compacted (`roost feeds` writes, every scorer reads it whole).
     pub feeds: String,
+    /// Flow records from NetFlow/IPFIX exporters, keyed by source address (`roost flows` writes).
+    pub flows: String,
 }
 
 impl Default for Topics {
@@ -53,6 +55,7 @@ impl Default for Topics {
             verdicts: "roost.verdicts".into(),
             overrides: "roost.overrides".into(),
             feeds: "roost.feeds".into(),
+            flows: "roost.flows".into(),
         }
     }
 }

@@ -12,8 +12,10 @@ use roost_logformat::LogFormatConfig;
 use serde::{Deserialize, Serialize};
 
 /// The top-level sections, as environment variables spell them (`ROOST_ENGINE__…`).
-const SECTIONS: &[&str] =
-    &["engine", "logs", "rules", "up", "feeds", "geo", "kafka", "redis", "tail", "score", "proxy", "bgp", "alert"];
+const SECTIONS: &[&str] = &[
+    "engine", "logs", "rules", "up", "feeds", "geo", "kafka", "redis", "tail", "score", "proxy", "bgp", "alert",
+    "flows",
+];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -41,6 +43,8 @@ pub struct Config {
     pub bgp: roost_bgp::BgpConfig,
     /// `roost up`'s own average-reputation drop alert.
     pub alert: crate::alert::AlertConfig,
+    /// `roost flows`: the NetFlow/IPFIX collector.
+    pub flows: crate::flows::FlowsConfig,
 }
 
 /// Known-bad behaviour rules.

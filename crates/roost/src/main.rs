@@ -10,6 +10,7 @@ mod alert;
 mod bgp;
 mod config;
 mod feeds;
+mod flows;
 mod generate;
 mod replay;
 mod rules;
@@ -114,6 +115,8 @@ enum Command {
     /// Score the requests topic as one member of the scorer group; verdicts to Redis and the
     /// verdicts topic, offsets committed after.
     Score,
+    /// Collect NetFlow v5/v9 and IPFIX from routers and publish the flow records to Kafka.
+    Flows,
     /// Waffles: the reverse proxy that sends each request to the app, a challenge or an error
     /// page by its client's verdict (pingora; verdicts followed from Redis).
     /// The flowspec controller: announce BGP flowspec rules that divert flagged clients to the
@@ -278,6 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up { demo, listen } => up::run(cfg, up::UpArgs { demo, listen })?,
         Command::Tail => tail::run(cfg)?,
         Command::Score => score::run(cfg)?,
+        Command::Flows => flows::run(cfg)?,
         Command::Bgp { cmd: None } => bgp::run(cfg)?,
         Command::Bgp { cmd: Some(BgpCmd::Show) } => print!("{}", bgp::show(&cfg)?),
         Command::Proxy { upgrade, daemon } => {

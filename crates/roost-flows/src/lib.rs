@@ -1,0 +1,553 @@
+//! NetFlow v5, v9 and IPFIX, decoded into [`FlowRecord`]s: what `roost flows` publishes to the
+//! flows topic and the scorer reads.
+//!
+//! [`Decoder`] is sans-IO: a datagram, the exporter's address and the time it arrived go in;
+//! records and counted errors come out. Decoding is netflow_parser's, with templates kept per
+//! exporter address and observation domain (v9 source ID, IPFIX observation domain ID, as RFC
+//! 3954 and RFC 7011 scope them) and expired when not refreshed. Sampling rates come from the v5
+//! header or from v9/IPFIX options data (`samplingInterval`, `samplerRandomInterval`,
+//! `samplingPacketInterval`); packets and bytes are scaled by them.
+//!
+//! **Bad input never crashes and never vanishes:** a datagram that does not decode is counted
+//! with its exporter and a [`DecodeError`] reason, and data sets that reference a template not
+//! yet seen from that exporter and domain are counted as template misses (as nfcapd, the
+//! collector does not guess: exporters resend templates periodically).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use netflow_parser::variable_versions::field_value::{DataNumber, DurationValue, FieldValue};
+use netflow_parser::variable_versions::ipfix::FlowSetBody as IpfixBody;
+use netflow_parser::variable_versions::ipfix::lookup::IPFixField;
+use netflow_parser::variable_versions::v9::FlowSetBody as V9Body;
+use netflow_parser::{AutoScopedParser, NetflowPacket, NetflowParser, TtlConfig};
+use roost_event::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// One flow as the flows topic carries it (JSON, `"v": 1`, keyed by the source address).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// The exporter (router) that sent it: address and port.
+    pub exporter: SocketAddr,
+    /// 5, 9 or 10 (IPFIX).
+    pub version: u16,
+    /// v9 source ID / IPFIX observation domain ID (0 for v5).
+    pub domain: u32,
+    /// When the collector received the datagram (Unix ms).
+    pub received: i64,
+    /// The flow's first and last packet (Unix ms), when the export says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<i64>,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    #[serde(default)]
+    pub src_port: u16,
+    #[serde(default)]
+    pub dst_port: u16,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP…).
+    pub proto: u8,
+    /// TCP flags seen over the flow (OR of every packet's).
+    #[serde(default)]
+    pub tcp_flags: u16,
+    /// Packets and bytes, already multiplied by `sampling`.
+    pub packets: u64,
+    pub bytes: u64,
+    /// 1 in `sampling` packets was sampled (1: every packet).
+    pub sampling: u32,
+}
+
+impl FlowRecord {
+    /// The flows-topic value: `{"v":1, …}`.
+    pub fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("a flow record serializes");
+        let mut out = b"{\"v\":1,".to_vec();
+        out.extend_from_slice(&json[1..]);
+        out
+    }
+
+    /// Reads a flows-topic value.
+    pub fn decode(value: &[u8]) -> Result<FlowRecord, serde_json::Error> {
+        serde_json::from_slice(value)
+    }
+
+    /// TCP with SYN and without ACK over the whole flow: a handshake that never completed.
+    pub fn syn_only(&self) -> bool {
+        self.proto == 6 && self.tcp_flags & 0x02 != 0 && self.tcp_flags & 0x10 == 0
+    }
+}
+
+/// Why a datagram (or part of one) did not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum DecodeError {
+    #[error("too short for a NetFlow/IPFIX header")]
+    Truncated,
+    #[error("not NetFlow v5, v9 or IPFIX")]
+    UnsupportedVersion,
+    #[error("malformed")]
+    Malformed,
+    #[error("a record without source or destination address")]
+    MissingFields,
+}
+
+impl DecodeError {
+    /// A short label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            DecodeError::Truncated => "truncated",
+            DecodeError::UnsupportedVersion => "unsupported_version",
+            DecodeError::Malformed => "malformed",
+            DecodeError::MissingFields => "missing_fields",
+        }
+    }
+}
+
+/// What one datagram gave.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub records: Vec<FlowRecord>,
+    /// Errors, each with how many times it happened in this datagram.
+    pub errors: Vec<(DecodeError, u32)>,
+    /// Data sets whose template the collector has not seen (yet) from this exporter.
+    pub template_misses: u32,
+    /// Templates (and options templates) learned from this datagram.
+    pub templates: u32,
+    pub version: u16,
+}
+
+/// Limits of the decoder (`[flows]` in the config).
+#[derive(Clone, Debug)]
+pub struct DecoderConfig {
+    /// Templates not refreshed within this time are forgotten.
+    pub template_ttl: Duration,
+    /// Exporters (and observation domains) tracked at most; the least recently heard is dropped.
+    pub max_exporters: usize,
+}
+
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        DecoderConfig { template_ttl: Duration::from_secs(30 * 60), max_exporters: 1024 }
+    }
+}
+
+/// Decodes datagrams from many exporters at once.
+pub struct Decoder {
+    parsers: AutoScopedParser,
+    /// Sampling interval per exporter and domain, from options data (v9, IPFIX).
+    sampling: HashMap<(SocketAddr, u32), u32>,
+}
+
+impl Decoder {
+    pub fn new(cfg: &DecoderConfig) -> Decoder {
+        let builder =
+            NetflowParser::builder().with_allowed_versions(&[5, 9, 10]).with_ttl(TtlConfig::new(cfg.template_ttl));
+        let parsers = AutoScopedParser::try_with_builder(builder)
+            .and_then(|p| p.with_max_sources(cfg.max_exporters.max(1)))
+            .expect("a valid parser configuration");
+        Decoder { parsers, sampling: HashMap::new() }
+    }
+
+    /// Decodes one datagram from `exporter`, received at `received`.
+    pub fn decode(&mut self, exporter: SocketAddr, datagram: &[u8], received: Timestamp) -> Decoded {
+        let mut out = Decoded::default();
+        if datagram.len() < 4 {
+            out.errors.push((DecodeError::Truncated, 1));
+            return out;
+        }
+        let version = u16::from_be_bytes([datagram[0], datagram[1]]);
+        out.version = version;
+        if !matches!(version, 5 | 9 | 10) {
+            out.errors.push((DecodeError::UnsupportedVersion, 1));
+            return out;
+        }
+        let result = self.parsers.parse_from_source(exporter, datagram);
+        if result.error.is_some() {
+            out.errors.push((DecodeError::Malformed, 1));
+        }
+        let mut missing = 0u32;
+        for p in result.packets {
+            match p {
+                NetflowPacket::V5(v5) => {
+                    // the top two bits are the sampling mode, the rest the interval
+                    let rate = u32::from(v5.header.sampling_interval & 0x3fff).max(1);
+                    let boot = i64::from(v5.header.unix_secs) * 1000 + i64::from(v5.header.unix_nsecs / 1_000_000)
+                        - i64::from(v5.header.sys_up_time);
+                    for f in &v5.flowsets {
+                        out.records.push(FlowRecord {
+                            exporter,
+                            version: 5,
+                            domain: 0,
+                            received: received.millis(),
+                            start: Some(boot + i64::from(f.first)),
+                            end: Some(boot + i64::from(f.last)),
+                            src: IpAddr::V4(f.src_addr),
+                            dst: IpAddr::V4(f.dst_addr),
+                            src_port: f.src_port,
+                            dst_port: f.dst_port,
+                            proto: f.protocol_number,
+                            tcp_flags: u16::from(f.tcp_flags),
+                            packets: u64::from(f.d_pkts) * u64::from(rate),
+                            bytes: u64::from(f.d_octets) * u64::from(rate),
+                            sampling: rate,
+                        });
+                    }
+                }
+                NetflowPacket::V9(v9) => {
+                    let domain = v9.header.source_id;
+                    let boot = i64::from(v9.header.unix_secs) * 1000 - i64::from(v9.header.sys_up_time);
+                    let key = (exporter, domain);
+                    for fs in &v9.flowsets {
+                        match &fs.body {
+                            V9Body::Template(t) => out.templates += t.templates.len() as u32,
+                            V9Body::OptionsTemplate(t) => out.templates += t.templates.len() as u32,
+                            V9Body::OptionsData(d) => {
+                                for rec in &d.fields {
+                                    let fields = rec.options_fields.iter().map(|(f, v)| (u16::from(*f), v));
+                                    if let Some(rate) = sampling_of(fields) {
+                                        self.sampling.insert(key, rate);
+                                    }
+                                }
+                            }
+                            V9Body::Data(d) => {
+                                let rate = self.sampling.get(&key).copied().unwrap_or(1);
+                                for rec in &d.fields {
+                                    let fields = rec.iter().map(|(f, v)| (u16::from(*f), v));
+                                    match record(fields, exporter, 9, domain, received, Some(boot), rate) {
+                                        Some(r) => out.records.push(r),
+                                        None => missing += 1,
+                                    }
+                                }
+                            }
+                            V9Body::NoTemplate(_) => out.template_misses += 1,
+                            V9Body::Empty => {}
+                        }
+                    }
+                }
+                NetflowPacket::IPFix(ipfix) => {
+                    let domain = ipfix.header.observation_domain_id;
+                    let key = (exporter, domain);
+                    for fs in &ipfix.flowsets {
+                        match &fs.body {
+                            IpfixBody::Template(_)
+                            | IpfixBody::OptionsTemplate(_)
+                            | IpfixBody::V9Template(_)
+                            | IpfixBody::V9OptionsTemplate(_) => out.templates += 1,
+                            IpfixBody::Templates(t) => out.templates += t.len() as u32,
+                            IpfixBody::OptionsTemplates(t) => out.templates += t.len() as u32,
+                            IpfixBody::V9Templates(t) => out.templates += t.len() as u32,
+                            IpfixBody::V9OptionsTemplates(t) => out.templates += t.len() as u32,
+                            IpfixBody::OptionsData(d) => {
+                                for rec in &d.fields {
+                                    if let Some(rate) = sampling_of(rec.iter().map(|(f, v)| (ipfix_id(f), v))) {
+                                        self.sampling.insert(key, rate);
+                                    }
+                                }
+                            }
+                            IpfixBody::Data(d) => {
+                                let rate = self.sampling.get(&key).copied().unwrap_or(1);
+                                for rec in &d.fields {
+                                    let fields = rec.iter().map(|(f, v)| (ipfix_id(f), v));
+                                    match record(fields, exporter, 10, domain, received, None, rate) {
+                                        Some(r) => out.records.push(r),
+                                        None => missing += 1,
+                                    }
+                                }
+                            }
+                            IpfixBody::NoTemplate(_) => out.template_misses += 1,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => out.errors.push((DecodeError::UnsupportedVersion, 1)),
+            }
+        }
+        if missing > 0 {
+            out.errors.push((DecodeError::MissingFields, missing));
+        }
+        out
+    }
+
+    /// Exporters (and domains) with templates held.
+    pub fn exporters(&self) -> usize {
+        self.parsers.source_count()
+    }
+
+    /// Forgets exporters not heard from for `idle`.
+    pub fn prune(&mut self, idle: Duration) -> usize {
+        let n = self.parsers.prune_idle_sources(idle);
+        if n > 0 {
+            let live: std::collections::HashSet<SocketAddr> = self.sampling.keys().map(|(a, _)| *a).collect();
+            self.sampling.retain(|(a, _), _| live.contains(a));
+        }
+        n
+    }
+}
+
+/// An IPFIX field's information element id, for the elements read here (0 for the others and
+/// for enterprise fields).
+fn ipfix_id(f: &IPFixField) -> u16 {
+    use netflow_parser::variable_versions::ipfix::lookup::IANAIPFixField as F;
+    let IPFixField::IANA(x) = f else { return 0 };
+    match x {
+        F::OctetDeltaCount | F::OctetTotalCount => 1,
+        F::PacketDeltaCount | F::PacketTotalCount => 2,
+        F::ProtocolIdentifier => 4,
+        F::TcpControlBits => 6,
+        F::SourceTransportPort => 7,
+        F::SourceIpv4address => 8,
+        F::DestinationTransportPort => 11,
+        F::DestinationIpv4address => 12,
+        F::FlowEndSysUpTime => 21,
+        F::FlowStartSysUpTime => 22,
+        F::SourceIpv6address => 27,
+        F::DestinationIpv6address => 28,
+        F::SamplingInterval => 34,
+        F::SamplerRandomInterval => 50,
+        F::FlowStartSeconds => 150,
+        F::FlowEndSeconds => 151,
+        F::FlowStartMilliseconds => 152,
+        F::FlowEndMilliseconds => 153,
+        F::SystemInitTimeMilliseconds => 160,
+        F::SamplingPacketInterval => 305,
+        _ => 0,
+    }
+}
+
+/// A field value as an unsigned number (counters, ports, times, flags, protocol).
+fn num(v: &FieldValue) -> Option<u64> {
+    Some(match v {
+        FieldValue::DataNumber(d) => match d {
+            DataNumber::U8(x) => u64::from(*x),
+            DataNumber::U16(x) => u64::from(*x),
+            DataNumber::U24(x) | DataNumber::U32(x) => u64::from(*x),
+            DataNumber::U64(x) => *x,
+            DataNumber::U128(x) => u64::try_from(*x).unwrap_or(u64::MAX),
+            DataNumber::I8(x) => u64::try_from(*x).ok()?,
+            DataNumber::I16(x) => u64::try_from(*x).ok()?,
+            DataNumber::I24(x) | DataNumber::I32(x) => u64::try_from(*x).ok()?,
+            DataNumber::I64(x) => u64::try_from(*x).ok()?,
+            DataNumber::I128(x) => u64::try_from(*x).ok()?,
+            DataNumber::Vec(b) if b.len() <= 8 => b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)),
+            DataNumber::Vec(_) => return None,
+        },
+        FieldValue::Duration(d) => match d {
+            DurationValue::Seconds { value, .. } => value.saturating_mul(1000),
+            DurationValue::Millis { value, .. } => *value,
+            DurationValue::MicrosNtp { seconds, fraction } | DurationValue::NanosNtp { seconds, fraction } => {
+                // NTP era 0: seconds since 1900
+                (u64::from(*seconds).saturating_sub(2_208_988_800)) * 1000 + ((u64::from(*fraction) * 1000) >> 32)
+            }
+        },
+        FieldValue::ProtocolType(p) => u64::from(u8::from(*p)),
+        FieldValue::TcpControlBits(b, _) => u64::from(u16::from(*b)),
+        FieldValue::Vec(b) if b.len() <= 8 => b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)),
+        _ => return None,
+    })
+}
+
+fn addr(v: &FieldValue) -> Option<IpAddr> {
+    match v {
+        FieldValue::Ip4Addr(a) => Some(IpAddr::V4(*a)),
+        FieldValue::Ip6Addr(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    }
+}
+
+/// The sampling interval in an options record, if it carries one.
+fn sampling_of<'a>(fields: impl Iterator<Item = (u16, &'a FieldValue)>) -> Option<u32> {
+    let mut rate = None;
+    for (id, v) in fields {
+        // 34 samplingInterval, 50 samplerRandomInterval (v9: FLOW_SAMPLER_RANDOM_INTERVAL),
+        // 305 samplingPacketInterval
+        if matches!(id, 34 | 50 | 305)
+            && let Some(n) = num(v)
+            && n > 0
+        {
+            rate = Some(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+    rate
+}
+
+/// A v9/IPFIX data record by information element ids (the same numbers in both for what is read
+/// here). `boot` is the exporter's boot time (v9: export time minus uptime) for uptime-relative
+/// times.
+fn record<'a>(
+    fields: impl Iterator<Item = (u16, &'a FieldValue)>,
+    exporter: SocketAddr,
+    version: u16,
+    domain: u32,
+    received: Timestamp,
+    boot: Option<i64>,
+    rate: u32,
+) -> Option<FlowRecord> {
+    let (mut src, mut dst) = (None, None);
+    let (mut sport, mut dport, mut proto, mut flags, mut packets, mut bytes) = (0u16, 0u16, 0u8, 0u16, 0u64, 0u64);
+    let (mut start, mut end, mut start_up, mut end_up, mut init) = (None, None, None, None, None);
+    for (id, v) in fields {
+        match id {
+            8 | 27 => src = addr(v).or(src),
+            12 | 28 => dst = addr(v).or(dst),
+            7 => sport = num(v).unwrap_or(0) as u16,
+            11 => dport = num(v).unwrap_or(0) as u16,
+            4 => proto = num(v).unwrap_or(0) as u8,
+            6 => flags = num(v).unwrap_or(0) as u16,
+            1 => bytes = num(v).unwrap_or(0),
+            2 => packets = num(v).unwrap_or(0),
+            // flowStart/EndSeconds, -Milliseconds (absolute)
+            150 | 152 => start = num(v).map(|x| x as i64),
+            151 | 153 => end = num(v).map(|x| x as i64),
+            // flowStart/EndSysUpTime (v9 FIRST/LAST_SWITCHED): ms since the exporter booted
+            22 => start_up = num(v).map(|x| x as i64),
+            21 => end_up = num(v).map(|x| x as i64),
+            160 => init = num(v).map(|x| x as i64),
+            _ => {}
+        }
+    }
+    let base = init.or(boot);
+    let start = start.or_else(|| Some(base? + start_up?));
+    let end = end.or_else(|| Some(base? + end_up?));
+    Some(FlowRecord {
+        exporter,
+        version,
+        domain,
+        received: received.millis(),
+        start,
+        end,
+        src: src?,
+        dst: dst?,
+        src_port: sport,
+        dst_port: dport,
+        proto,
+        tcp_flags: flags,
+        packets: packets.saturating_mul(u64::from(rate)),
+        bytes: bytes.saturating_mul(u64::from(rate)),
+        sampling: rate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exporter() -> SocketAddr {
+        "192.0.2.1:40000".parse().unwrap()
+    }
+
+    /// A v5 datagram with one TCP flow 203.0.113.5:4000 → 192.0.2.10:443.
+    fn v5(sampling: u16) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend_from_slice(&5u16.to_be_bytes());
+        p.extend_from_slice(&1u16.to_be_bytes());
+        p.extend_from_slice(&10_000u32.to_be_bytes()); // uptime 10 s
+        p.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+        p.extend_from_slice(&0u32.to_be_bytes());
+        p.extend_from_slice(&7u32.to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(&sampling.to_be_bytes());
+        p.extend_from_slice(&[203, 0, 113, 5, 192, 0, 2, 10, 0, 0, 0, 0]);
+        p.extend_from_slice(&[0, 1, 0, 2]);
+        p.extend_from_slice(&3u32.to_be_bytes());
+        p.extend_from_slice(&180u32.to_be_bytes());
+        p.extend_from_slice(&9_000u32.to_be_bytes());
+        p.extend_from_slice(&9_500u32.to_be_bytes());
+        p.extend_from_slice(&4000u16.to_be_bytes());
+        p.extend_from_slice(&443u16.to_be_bytes());
+        p.extend_from_slice(&[0, 0x02, 6, 0, 0, 0, 0, 0, 24, 24, 0, 0]);
+        p
+    }
+
+    #[test]
+    fn v5_records_carry_times_flags_and_scaled_counts() {
+        let mut d = Decoder::new(&DecoderConfig::default());
+        let out = d.decode(exporter(), &v5(0x4000 | 10), Timestamp(1));
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let r = &out.records[0];
+        assert_eq!(
+            (r.src.to_string(), r.dst.to_string(), r.src_port, r.dst_port),
+            ("203.0.113.5".into(), "192.0.2.10".into(), 4000, 443)
+        );
+        assert_eq!((r.packets, r.bytes, r.sampling), (30, 1800, 10));
+        assert_eq!(r.start, Some(1_700_000_000_000 - 10_000 + 9_000));
+        assert!(r.syn_only());
+        let back = FlowRecord::decode(&r.encode()).unwrap();
+        assert_eq!(&back, r);
+    }
+
+    /// A v9 datagram: a template (id 256: src, dst, sport, dport, proto, flags, bytes, packets),
+    /// then its data.
+    fn v9(with_template: bool, source_id: u32) -> Vec<u8> {
+        let mut p = Vec::new();
+        let fields: [(u16, u16); 8] = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (6, 1), (1, 4), (2, 4)];
+        let mut sets = Vec::new();
+        if with_template {
+            let mut t = vec![];
+            t.extend_from_slice(&256u16.to_be_bytes());
+            t.extend_from_slice(&(fields.len() as u16).to_be_bytes());
+            for (id, len) in fields {
+                t.extend_from_slice(&id.to_be_bytes());
+                t.extend_from_slice(&len.to_be_bytes());
+            }
+            sets.extend_from_slice(&0u16.to_be_bytes());
+            sets.extend_from_slice(&((t.len() + 4) as u16).to_be_bytes());
+            sets.extend_from_slice(&t);
+        }
+        let mut data = vec![198, 51, 100, 7, 192, 0, 2, 10];
+        data.extend_from_slice(&5555u16.to_be_bytes());
+        data.extend_from_slice(&22u16.to_be_bytes());
+        data.extend_from_slice(&[6, 0x12]);
+        data.extend_from_slice(&1000u32.to_be_bytes());
+        data.extend_from_slice(&10u32.to_be_bytes());
+        data.extend_from_slice(&[0, 0]); // padding to 4 bytes
+        sets.extend_from_slice(&256u16.to_be_bytes());
+        sets.extend_from_slice(&((data.len() + 4) as u16).to_be_bytes());
+        sets.extend_from_slice(&data);
+        p.extend_from_slice(&9u16.to_be_bytes());
+        p.extend_from_slice(&(if with_template { 2u16 } else { 1 }).to_be_bytes());
+        p.extend_from_slice(&5_000u32.to_be_bytes());
+        p.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+        p.extend_from_slice(&1u32.to_be_bytes());
+        p.extend_from_slice(&source_id.to_be_bytes());
+        p.extend_from_slice(&sets);
+        p
+    }
+
+    #[test]
+    fn v9_templates_are_kept_per_exporter_and_domain() {
+        let mut d = Decoder::new(&DecoderConfig::default());
+        // data before its template: a miss, nothing invented
+        let out = d.decode(exporter(), &v9(false, 1), Timestamp(1));
+        assert!(out.records.is_empty());
+        assert_eq!(out.template_misses, 1);
+        let out = d.decode(exporter(), &v9(true, 1), Timestamp(2));
+        assert_eq!(out.templates, 1);
+        let flows: Vec<_> = out.records.iter().filter(|r| r.src_port == 5555).collect();
+        assert_eq!(flows.len(), 1, "{out:?}");
+        let r = flows[0];
+        assert_eq!((r.proto, r.tcp_flags, r.bytes, r.packets, r.domain), (6, 0x12, 1000, 10, 1));
+        assert!(!r.syn_only());
+        // the same template id means nothing from another domain of the same exporter
+        let out = d.decode(exporter(), &v9(false, 2), Timestamp(3));
+        assert!(out.records.is_empty());
+        assert_eq!(out.template_misses, 1);
+    }
+
+    #[test]
+    fn garbage_is_counted_not_fatal() {
+        let mut d = Decoder::new(&DecoderConfig::default());
+        assert_eq!(d.decode(exporter(), &[0, 5], Timestamp(0)).errors, vec![(DecodeError::Truncated, 1)]);
+        assert_eq!(
+            d.decode(exporter(), &[0, 7, 0, 0, 1, 2], Timestamp(0)).errors,
+            vec![(DecodeError::UnsupportedVersion, 1)]
+        );
+        let mut bad = v5(0);
+        bad.truncate(40);
+        assert_eq!(d.decode(exporter(), &bad, Timestamp(0)).errors, vec![(DecodeError::Malformed, 1)]);
+        let mut bad = v9(true, 1);
+        bad.truncate(30);
+        let out = d.decode(exporter(), &bad, Timestamp(0));
+        assert!(out.records.is_empty());
+    }
+}

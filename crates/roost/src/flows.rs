@@ -1,0 +1,339 @@
+//! `roost flows`: the NetFlow v5/v9 and IPFIX collector. Datagrams from any number of exporters
+//! arrive on `flows.listen` (one UDP socket per address, all versions on each); a receiving
+//! thread decodes them (`roost_flows::Decoder`) and hands the records to a publishing thread,
+//! which sends them to the flows topic keyed by source address (`FlowRecord::encode`).
+//!
+//! The receiver never waits on Kafka: the kernel would drop datagrams meanwhile. Records wait in
+//! a bounded queue (`flows.queue`); when it is full (Kafka away or slow) further records are
+//! dropped and counted in `roost_flows_dropped_total`, as a router drops flows when its export
+//! buffer is full. Undecodable datagrams are counted by exporter and reason, logged (at most
+//! once a second per exporter), and their first bytes kept in the log line.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use roost_flows::{Decoder, DecoderConfig, FlowRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+/// The `[flows]` config section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowsConfig {
+    /// UDP addresses to receive exports on (each takes v5, v9 and IPFIX).
+    pub listen: Vec<SocketAddr>,
+    /// The sockets' receive buffer (the kernel caps it at net.core.rmem_max).
+    pub receive_buffer_bytes: usize,
+    /// Templates not refreshed within this time are forgotten.
+    #[serde(with = "humantime_serde")]
+    pub template_ttl: Duration,
+    /// Exporters (address and observation domain) tracked at most.
+    pub max_exporters: usize,
+    /// Records waiting for Kafka at most; beyond, records are dropped and counted.
+    pub queue: usize,
+    /// Partitions of the flows topic when roost creates it.
+    pub partitions: i32,
+    /// Where /metrics listens.
+    pub metrics_listen: SocketAddr,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        FlowsConfig {
+            listen: vec!["127.0.0.1:2055".parse().expect("valid")],
+            receive_buffer_bytes: 32 << 20,
+            template_ttl: Duration::from_secs(30 * 60),
+            max_exporters: 1024,
+            queue: 1_000_000,
+            partitions: 8,
+            metrics_listen: "127.0.0.1:9756".parse().expect("valid"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExporterLabel {
+    exporter: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RecordLabel {
+    exporter: String,
+    version: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabel {
+    exporter: String,
+    reason: String,
+}
+
+/// Exporters are routers: few. Past this many distinct ones, the rest share one label.
+const MAX_EXPORTER_LABELS: usize = 256;
+
+#[derive(Default)]
+struct Metrics {
+    datagrams: Family<ExporterLabel, Counter>,
+    records: Family<RecordLabel, Counter>,
+    errors: Family<ErrorLabel, Counter>,
+    template_misses: Family<ExporterLabel, Counter>,
+    templates: Family<ExporterLabel, Counter>,
+    published: Counter,
+    publish_errors: Counter,
+    dropped: Counter,
+    queued: Gauge,
+    exporters: Gauge,
+}
+
+impl Metrics {
+    fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("roost_flows");
+        r.register("datagrams", "Export datagrams received, by exporter", self.datagrams.clone());
+        r.register("records", "Flow records decoded, by exporter and version (5, 9, 10 = IPFIX)", self.records.clone());
+        r.register(
+            "decode_errors",
+            "Datagrams or records that did not decode, by exporter and reason",
+            self.errors.clone(),
+        );
+        r.register(
+            "template_misses",
+            "Data sets whose template the exporter has not sent (yet), by exporter",
+            self.template_misses.clone(),
+        );
+        r.register("templates", "Templates and options templates received, by exporter", self.templates.clone());
+        r.register("published", "Flow records acknowledged by Kafka", self.published.clone());
+        r.register("publish_errors", "Failed sends to Kafka (retried)", self.publish_errors.clone());
+        r.register("dropped", "Flow records dropped because the queue to Kafka was full", self.dropped.clone());
+        r.register("queued_records", "Flow records waiting for Kafka", self.queued.clone());
+        r.register("exporters", "Exporters (and observation domains) with templates held", self.exporters.clone());
+    }
+}
+
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    anyhow::ensure!(cfg.kafka.enabled(), "roost flows publishes to Kafka: set kafka.brokers");
+    let f = cfg.flows.clone();
+    anyhow::ensure!(!f.listen.is_empty(), "flows.listen is empty");
+    roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.flows, f.partitions, false)?;
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = sync_channel::<Vec<FlowRecord>>(f.queue.div_ceil(256).max(4));
+    let queued = Arc::new(std::sync::atomic::AtomicI64::new(0));
+
+    let mut threads = Vec::new();
+    for addr in &f.listen {
+        let sock = bind(*addr, f.receive_buffer_bytes)?;
+        tracing::info!(listen = %addr, "roost flows: receiving NetFlow v5/v9 and IPFIX");
+        let (tx, metrics, stop, queued, f) = (tx.clone(), metrics.clone(), stop.clone(), queued.clone(), f.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("roost-flows-recv".into())
+                .spawn(move || receive(sock, &f, tx, &metrics, &stop, &queued))?,
+        );
+    }
+    drop(tx);
+    {
+        let (kafka, metrics, stop, queued) = (cfg.kafka.clone(), metrics.clone(), stop.clone(), queued.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("roost-flows-publish".into())
+                .spawn(move || publish(&kafka, rx, &metrics, &stop, &queued))?,
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let registry = Arc::new(registry);
+    let listen = f.metrics_listen;
+    rt.block_on(async {
+        let app = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route("/metrics", axum::routing::get(move || std::future::ready(crate::up::encode_metrics(&registry))));
+        let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+        tracing::info!("roost flows: /metrics on http://{listen}");
+        let server = tokio::spawn(async move { axum::serve(l, app).await });
+        crate::up::shutdown_signal().await;
+        server.abort();
+        anyhow::Ok(())
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn bind(addr: SocketAddr, rcvbuf: usize) -> anyhow::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = s.set_recv_buffer_size(rcvbuf) {
+        tracing::warn!(error = %e, rcvbuf, "cannot set the receive buffer");
+    }
+    s.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
+    let got = s.recv_buffer_size().unwrap_or(0);
+    if got < rcvbuf {
+        tracing::warn!(wanted = rcvbuf, got, "receive buffer smaller than asked (raise net.core.rmem_max)");
+    }
+    let s: UdpSocket = s.into();
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok(s)
+}
+
+/// Exporter labels, bounded.
+struct Labels {
+    known: HashMap<IpAddr, String>,
+}
+
+impl Labels {
+    fn of(&mut self, a: IpAddr) -> String {
+        if let Some(l) = self.known.get(&a) {
+            return l.clone();
+        }
+        let l = if self.known.len() < MAX_EXPORTER_LABELS { a.to_string() } else { "other".to_owned() };
+        self.known.insert(a, l.clone());
+        l
+    }
+}
+
+fn receive(
+    sock: UdpSocket,
+    f: &FlowsConfig,
+    tx: SyncSender<Vec<FlowRecord>>,
+    m: &Metrics,
+    stop: &AtomicBool,
+    queued: &std::sync::atomic::AtomicI64,
+) {
+    let mut decoder = Decoder::new(&DecoderConfig { template_ttl: f.template_ttl, max_exporters: f.max_exporters });
+    let mut labels = Labels { known: HashMap::new() };
+    let mut last_error_log: HashMap<IpAddr, Instant> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    let mut batch: Vec<FlowRecord> = Vec::with_capacity(256);
+    let mut last_send = Instant::now();
+    let mut last_prune = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let got = sock.recv_from(&mut buf);
+        let now = crate::up::wall_now();
+        if let Ok((n, from)) = got {
+            let ex = labels.of(from.ip());
+            m.datagrams.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc();
+            let out = decoder.decode(from, &buf[..n], now);
+            if !out.records.is_empty() {
+                m.records
+                    .get_or_create(&RecordLabel { exporter: ex.clone(), version: out.version.to_string() })
+                    .inc_by(out.records.len() as u64);
+            }
+            if out.template_misses > 0 {
+                m.template_misses
+                    .get_or_create(&ExporterLabel { exporter: ex.clone() })
+                    .inc_by(out.template_misses.into());
+            }
+            if out.templates > 0 {
+                m.templates.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc_by(out.templates.into());
+            }
+            for (e, k) in &out.errors {
+                m.errors
+                    .get_or_create(&ErrorLabel { exporter: ex.clone(), reason: e.label().into() })
+                    .inc_by((*k).into());
+                let last = last_error_log.entry(from.ip()).or_insert_with(|| Instant::now() - Duration::from_secs(2));
+                if last.elapsed() >= Duration::from_secs(1) {
+                    *last = Instant::now();
+                    let head: String = buf[..n.min(16)].iter().map(|b| format!("{b:02x}")).collect();
+                    tracing::warn!(exporter = %from, reason = %e, bytes = n, head, "undecodable NetFlow/IPFIX datagram");
+                }
+            }
+            batch.extend(out.records);
+        }
+        if !batch.is_empty() && (batch.len() >= 256 || last_send.elapsed() >= Duration::from_millis(20)) {
+            let n = batch.len() as i64;
+            match tx.try_send(std::mem::replace(&mut batch, Vec::with_capacity(256))) {
+                Ok(()) => {
+                    queued.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(TrySendError::Full(_)) => {
+                    m.dropped.inc_by(n as u64);
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+            last_send = Instant::now();
+        }
+        if last_prune.elapsed() >= Duration::from_secs(60) {
+            last_prune = Instant::now();
+            decoder.prune(f.template_ttl);
+            m.exporters.set(decoder.exporters() as i64);
+        }
+    }
+}
+
+fn publish(
+    kafka: &roost_kafka::KafkaConfig,
+    rx: Receiver<Vec<FlowRecord>>,
+    m: &Metrics,
+    stop: &AtomicBool,
+    queued: &std::sync::atomic::AtomicI64,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let producer = loop {
+        match roost_kafka::Producer::with(kafka, "roost-flows", &[("linger.ms", "5"), ("compression.type", "lz4")]) {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create the Kafka producer; retrying");
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
+    let topic = kafka.topics.flows.clone();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let first = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(b) => b,
+            Err(RecvTimeoutError::Timeout) => {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut records = first;
+        while records.len() < 20_000 {
+            match rx.try_recv() {
+                Ok(mut more) => records.append(&mut more),
+                Err(_) => break,
+            }
+        }
+        let n = records.len();
+        let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            records.iter().map(|r| (r.src.to_string().into_bytes(), Some(r.encode()))).collect();
+        loop {
+            match rt.block_on(producer.send_all(&topic, encoded.iter().cloned())) {
+                Ok(_) => {
+                    m.published.inc_by(n as u64);
+                    backoff = Duration::from_millis(100);
+                    break;
+                }
+                Err(e) => {
+                    m.publish_errors.inc();
+                    tracing::warn!(error = %e, retry_in = ?backoff, records = n, "cannot publish flows; retrying");
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let left = queued.fetch_sub(n as i64, Ordering::Relaxed) - n as i64;
+        m.queued.set(left.max(0));
+    }
+}

@@ -1,0 +1,289 @@
+//! `roost flows` against a real exporter and the reference collector: softflowd (Debian) reads a
+//! pcap made here and exports it as NetFlow v5, v9 and IPFIX, once to `roost flows` and once to
+//! nfcapd (nfdump, Debian); the records roost publishes to the flows topic must be the records
+//! nfdump decodes from the same export. Garbage datagrams are counted, not fatal.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A flow as both sides report it: src, dst, ports, protocol, packets, bytes.
+type Key = (String, String, u16, u16, u8, u64, u64);
+
+/// Writes a pcap of one-directional conversations (so each yields one flow record): TCP
+/// sessions to a web server, UDP to a DNS server, a SYN scan of 40 ports, IPv6 TCP sessions.
+/// Returns the number of IPv4 and IPv6 flows.
+fn make_pcap(path: &Path) -> (usize, usize) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    // pcap global header: magic, v2.4, tz 0, sigfigs 0, snaplen 65535, Ethernet
+    f.write_all(&0xa1b2_c3d4u32.to_le_bytes()).unwrap();
+    f.write_all(&[2, 0, 4, 0]).unwrap();
+    f.write_all(&[0; 8]).unwrap();
+    f.write_all(&65535u32.to_le_bytes()).unwrap();
+    f.write_all(&1u32.to_le_bytes()).unwrap();
+    let mut t_us: u64 = 1_764_000_000_000_000;
+    let packet = |f: &mut std::io::BufWriter<std::fs::File>, frame: &[u8], t: &mut u64| {
+        *t += 1000;
+        f.write_all(&((*t / 1_000_000) as u32).to_le_bytes()).unwrap();
+        f.write_all(&((*t % 1_000_000) as u32).to_le_bytes()).unwrap();
+        f.write_all(&(frame.len() as u32).to_le_bytes()).unwrap();
+        f.write_all(&(frame.len() as u32).to_le_bytes()).unwrap();
+        f.write_all(frame).unwrap();
+    };
+    let eth = |v6: bool| {
+        let mut e = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+        e.extend_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+        e
+    };
+    let l4 = |proto: u8, sport: u16, dport: u16, flags: u8, payload: usize| {
+        let mut h = Vec::new();
+        h.extend_from_slice(&sport.to_be_bytes());
+        h.extend_from_slice(&dport.to_be_bytes());
+        if proto == 6 {
+            h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        } else {
+            h.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+            h.extend_from_slice(&[0, 0]);
+        }
+        h.extend(std::iter::repeat_n(0x61u8, payload));
+        h
+    };
+    let v4 = |src: [u8; 4], dst: [u8; 4], proto: u8, seg: &[u8]| {
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&((20 + seg.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+        ip.extend_from_slice(&src);
+        ip.extend_from_slice(&dst);
+        let mut sum: u32 = ip.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let ck = !(sum as u16);
+        ip[10..12].copy_from_slice(&ck.to_be_bytes());
+        let mut frame = eth(false);
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(seg);
+        frame
+    };
+    let v6 = |src: [u8; 16], dst: [u8; 16], proto: u8, seg: &[u8]| {
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+        ip.extend_from_slice(&[proto, 64]);
+        ip.extend_from_slice(&src);
+        ip.extend_from_slice(&dst);
+        let mut frame = eth(true);
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(seg);
+        frame
+    };
+    let (mut n4, mut n6) = (0, 0);
+    // 60 web clients: SYN, then 2–6 ACK/PSH segments, then FIN
+    for c in 0..60u8 {
+        let src = [198, 51, 100, c + 1];
+        let sport = 40_000 + u16::from(c);
+        packet(&mut f, &v4(src, [192, 0, 2, 10], 6, &l4(6, sport, 443, 0x02, 0)), &mut t_us);
+        for k in 0..(2 + c % 5) {
+            packet(
+                &mut f,
+                &v4(src, [192, 0, 2, 10], 6, &l4(6, sport, 443, 0x18, 100 + usize::from(k) * 10)),
+                &mut t_us,
+            );
+        }
+        packet(&mut f, &v4(src, [192, 0, 2, 10], 6, &l4(6, sport, 443, 0x11, 0)), &mut t_us);
+        n4 += 1;
+    }
+    // 30 DNS clients
+    for c in 0..30u8 {
+        packet(
+            &mut f,
+            &v4([203, 0, 113, c + 1], [192, 0, 2, 53], 17, &l4(17, 5000 + u16::from(c), 53, 0, 40)),
+            &mut t_us,
+        );
+        n4 += 1;
+    }
+    // a SYN scan: 40 ports of one host, one SYN each
+    for p in 0..40u16 {
+        packet(&mut f, &v4([203, 0, 113, 200], [192, 0, 2, 20], 6, &l4(6, 61_000, 1 + p * 7, 0x02, 0)), &mut t_us);
+        n4 += 1;
+    }
+    // 20 IPv6 web clients
+    for c in 0..20u8 {
+        let src = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, c + 1];
+        let dst = [0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        packet(&mut f, &v6(src, dst, 6, &l4(6, 50_000, 80, 0x02, 0)), &mut t_us);
+        packet(&mut f, &v6(src, dst, 6, &l4(6, 50_000, 80, 0x18, 300)), &mut t_us);
+        n6 += 1;
+    }
+    f.flush().unwrap();
+    (n4, n6)
+}
+
+/// Runs softflowd over the pcap, exporting version `v` to `port`, until it exits (bounded).
+/// softflowd 1.1.0 reading a file sometimes blocks in accept() on its control socket; a
+/// connection to it (softflowctl) lets it go on (../shared/peers/flows-setup.sh does the same).
+fn export(dir: &Path, pcap: &Path, v: u8, port: u16) {
+    let ctl = dir.join(format!("sfd-{v}-{port}.ctl"));
+    let mut sfd = Command::new("/usr/sbin/softflowd");
+    sfd.arg("-D")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-n", &format!("127.0.0.1:{port}"), "-v", &v.to_string(), "-m", "1000000"])
+        .arg("-c")
+        .arg(&ctl)
+        .arg("-p")
+        .arg(dir.join(format!("sfd-{v}-{port}.pid")));
+    let mut p = Proc::spawn(&format!("softflowd -v {v}"), sfd);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p.running() {
+        assert!(Instant::now() < deadline, "softflowd -v {v} did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+        let wchan = std::fs::read_to_string(format!("/proc/{}/wchan", p.pid())).unwrap_or_default();
+        if wchan.contains("__skb_wait_for_more_packets") {
+            let _ = Command::new("/usr/sbin/softflowctl").arg("-c").arg(&ctl).arg("statistics").output();
+        }
+    }
+}
+
+/// What nfdump decodes from nfcapd's files.
+fn nfdump(dir: &Path) -> BTreeMap<Key, usize> {
+    let out = Command::new("/usr/bin/nfdump")
+        .arg("-R")
+        .arg(dir)
+        // -6: IPv6 addresses in full, not shortened with ".."
+        .args(["-q", "-N", "-6", "-o", "fmt:%sa|%da|%sp|%dp|%pr|%pkt|%byt"])
+        .output()
+        .expect("nfdump");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut m = BTreeMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = l.split('|').map(str::trim).collect();
+        if f.len() < 7 {
+            continue;
+        }
+        let proto = match f[4] {
+            "TCP" => 6,
+            "UDP" => 17,
+            "ICMP" => 1,
+            p => p.parse().unwrap_or(0),
+        };
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap_or_else(|_| panic!("nfdump printed {s:?}")).to_string();
+        let key = (
+            ip(f[0]),
+            ip(f[1]),
+            f[2].parse().unwrap(),
+            f[3].parse().unwrap(),
+            proto,
+            f[5].parse().unwrap(),
+            f[6].parse().unwrap(),
+        );
+        *m.entry(key).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pcap = d.join("traffic.pcap");
+    let (n4, n6) = make_pcap(&pcap);
+    let topic = unique("flows");
+    let (flow_port, metrics_port) = (free_port(), free_port());
+    let cfg = d.join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nflows = \"{topic}\"\n[flows]\nlisten = [\"127.0.0.1:{flow_port}\"]\n\
+             partitions = 2\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n",
+            kafka()
+        ),
+    )
+    .unwrap();
+    let mut roost = Proc::roost("roost flows", &cfg, "flows");
+    wait_for(Duration::from_secs(30), "roost flows", || http_get(metrics_port, "/healthz").is_some());
+
+    let mut want: BTreeMap<u8, BTreeMap<Key, usize>> = BTreeMap::new();
+    for v in [5u8, 9, 10] {
+        let nf_port = free_port();
+        let nf_dir = d.join(format!("nfcapd-{v}"));
+        std::fs::create_dir_all(&nf_dir).unwrap();
+        let mut c = Command::new("/usr/bin/nfcapd");
+        c.arg("-w").arg(&nf_dir).args(["-p", &nf_port.to_string(), "-b", "127.0.0.1"]);
+        let nf = Proc::spawn(&format!("nfcapd v{v}"), c);
+        std::thread::sleep(Duration::from_millis(500));
+        export(d, &pcap, v, nf_port);
+        export(d, &pcap, v, flow_port);
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = nf.pid().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        wait_for(Duration::from_secs(10), "nfcapd to write its file", || {
+            std::fs::read_dir(&nf_dir).unwrap().flatten().any(|e| !e.file_name().to_string_lossy().contains("current"))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let got = nfdump(&nf_dir);
+        let total: usize = got.values().sum();
+        let expected = if v == 5 { n4 } else { n4 + n6 };
+        assert_eq!(
+            total, expected,
+            "nfdump decoded {total} records from softflowd -v {v}, the pcap has {expected} flows"
+        );
+        want.insert(v, got);
+        drop(nf);
+    }
+
+    // what roost published, by version
+    let all: usize = want.values().map(|m| m.values().sum::<usize>()).sum();
+    let kcfg = roost_kafka::KafkaConfig {
+        brokers: kafka(),
+        topics: roost_kafka::Topics { flows: topic.clone(), ..Default::default() },
+        ..Default::default()
+    };
+    let mut got: BTreeMap<u8, BTreeMap<Key, usize>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        got.clear();
+        let mut syn_only = 0;
+        roost_kafka::read_to_end(&kcfg, &topic, Duration::from_secs(30), |r| {
+            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            assert_eq!(v["v"], 1);
+            let f = roost_flows::FlowRecord::decode(r.value.as_deref().unwrap()).unwrap();
+            assert_eq!(r.key, f.src.to_string().into_bytes(), "keyed by source address");
+            syn_only += usize::from(f.syn_only());
+            let key = (f.src.to_string(), f.dst.to_string(), f.src_port, f.dst_port, f.proto, f.packets, f.bytes);
+            *got.entry(f.version as u8).or_default().entry(key).or_insert(0) += 1;
+        })
+        .unwrap();
+        let n: usize = got.values().map(|m| m.values().sum::<usize>()).sum();
+        if n >= all || Instant::now() > deadline {
+            assert_eq!(syn_only, 3 * 40, "the scan's flows are SYN-only in every version");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for v in [5u8, 9, 10] {
+        assert_eq!(got.get(&v), want.get(&v), "NetFlow v{v}: roost and nfdump disagree");
+    }
+    assert_eq!(metric(metrics_port, "roost_flows_records_total"), Some(all as f64));
+    assert!(metric(metrics_port, "roost_flows_templates_total").unwrap_or(0.0) >= 2.0);
+
+    // garbage: counted with the exporter and the reason; the collector goes on
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for bad in [&b"\x00\x09"[..], b"hello, collector", &[0, 10, 0, 200, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]]
+    {
+        s.send_to(bad, ("127.0.0.1", flow_port)).unwrap();
+    }
+    wait_for(Duration::from_secs(10), "the garbage to be counted", || {
+        metric(metrics_port, "roost_flows_decode_errors_total").unwrap_or(0.0) >= 3.0
+    });
+    let body = http_get(metrics_port, "/metrics").unwrap();
+    assert!(body.contains("roost_flows_decode_errors_total{exporter=\"127.0.0.1\",reason=\"truncated\"} 1"), "{body}");
+    assert!(body.contains("reason=\"unsupported_version\""), "{body}");
+    assert!(roost.running());
+}
