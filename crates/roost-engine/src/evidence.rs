@@ -51,6 +51,38 @@ impl SourceKind {
     }
 }
 
+impl std::str::FromStr for SourceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SourceKind, String> {
+        Ok(match s {
+            "behaviour" => SourceKind::Behaviour,
+            "rule" => SourceKind::Rule,
+            "feed" => SourceKind::Feed,
+            "geo" => SourceKind::Geo,
+            "flow" => SourceKind::Flow,
+            "proxy" => SourceKind::Proxy,
+            "manual" => SourceKind::Manual,
+            _ => return Err(format!("unknown evidence source kind {s:?}")),
+        })
+    }
+}
+
+impl Evidence {
+    /// Evidence from its wire form (`roost_event::wire::EvidenceEvent`, the requests topic).
+    pub fn from_event(e: &roost_event::wire::EvidenceEvent) -> Result<Evidence, String> {
+        let (kind, id) = e.source.split_once(':').ok_or_else(|| format!("source {:?} is not kind:id", e.source))?;
+        let verdict = match (&e.verdict, e.ttl_ms) {
+            (Some(c), Some(ttl)) => Some((c.parse::<Class>()?, Duration::from_millis(ttl))),
+            (Some(_), None) => return Err("a verdict without ttl_ms".into()),
+            _ => None,
+        };
+        if !e.penalty.is_finite() {
+            return Err("penalty is not a number".into());
+        }
+        Ok(Evidence { source: Source::new(kind.parse()?, id), penalty: e.penalty, verdict, detail: e.detail.clone() })
+    }
+}
+
 /// Where a piece of evidence came from: a kind and an id within it (`rule:R-1003`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Source {

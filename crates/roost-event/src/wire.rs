@@ -4,6 +4,12 @@
 //!   IPv6 prefix clients are aggregated by, so one client always lands in one partition);
 //!   value = the [`RequestEvent`] as JSON with `"v":1` first:
 //!   `{"v":1,"time":1764064800000,"client":"203.0.113.7","method":"GET","path":"/","status":200,…}`.
+//! - The requests topic also carries evidence that did not come with a request (network-level
+//!   evidence from `roost flows`), keyed the same way so it lands in the client's partition and
+//!   is scored in offset order with its requests: `{"v":1,"kind":"evidence","time":…,
+//!   "client":"203.0.113.7","source":"flow:portscan","penalty":10.0,"verdict":"dubious",
+//!   "ttl_ms":1800000,"detail":"touched 312 ports on 192.0.2.0/24 in 60 s (NetFlow)"}`
+//!   ([`EvidenceEvent`]); [`decode_record`] tells the two apart.
 //! - `roost.deadletter`: key = the source file; value = [`DeadLetter`] as JSON.
 //!
 //! A reader refuses any other version rather than guess.
@@ -24,6 +30,8 @@ pub enum Error {
     Version(String),
     #[error("not a request event: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("not usable evidence: {0}")]
+    Evidence(String),
 }
 
 /// The Kafka key for a client: its subject, as the engine names it (`roost_engine::subject_name`).
@@ -109,6 +117,55 @@ pub fn decode_request(value: &[u8]) -> Result<RequestEvent<'_>, Error> {
     Ok(serde_json::from_slice(value)?)
 }
 
+const V1_EVIDENCE: &[u8] = b"{\"v\":1,\"kind\":\"evidence\",";
+
+/// Evidence about a client that did not come with a request (see the module docs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceEvent {
+    pub time: crate::Timestamp,
+    pub client: IpAddr,
+    /// `kind:id`, e.g. `flow:portscan`.
+    pub source: String,
+    /// Pseudo-requests of negative evidence (as `roost_engine::Evidence::penalty`).
+    pub penalty: f32,
+    /// An immediate verdict (`dubious`, `bad`) for `ttl_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// The reason in words and numbers.
+    pub detail: String,
+}
+
+/// An evidence event as a requests-topic value.
+pub fn encode_evidence(e: &EvidenceEvent) -> Vec<u8> {
+    let json = serde_json::to_vec(e).expect("evidence serializes");
+    let mut out = Vec::with_capacity(json.len() + V1_EVIDENCE.len());
+    out.extend_from_slice(V1_EVIDENCE);
+    out.extend_from_slice(&json[1..]);
+    out
+}
+
+/// What a requests-topic record holds.
+#[derive(Debug)]
+pub enum Record<'a> {
+    Request(RequestEvent<'a>),
+    Evidence(EvidenceEvent),
+}
+
+/// A requests-topic value: a request event or an evidence event.
+pub fn decode_record(value: &[u8]) -> Result<Record<'_>, Error> {
+    if value.starts_with(V1_EVIDENCE) {
+        #[derive(Deserialize)]
+        struct Tagged {
+            #[serde(flatten)]
+            e: EvidenceEvent,
+        }
+        return Ok(Record::Evidence(serde_json::from_slice::<Tagged>(value)?.e));
+    }
+    decode_request(value).map(Record::Request)
+}
+
 /// A line that did not parse, kept with where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -124,6 +181,32 @@ pub struct DeadLetter {
     /// Where the line was (see [`Origin`]), as text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+}
+
+#[cfg(test)]
+mod evidence_tests {
+    use super::*;
+
+    #[test]
+    fn evidence_round_trips_and_is_told_from_requests() {
+        let e = EvidenceEvent {
+            time: crate::Timestamp(1_764_000_000_000),
+            client: "203.0.113.7".parse().unwrap(),
+            source: "flow:portscan".into(),
+            penalty: 10.0,
+            verdict: Some("dubious".into()),
+            ttl_ms: Some(1_800_000),
+            detail: "touched 312 ports on 192.0.2.0/24 in 60 s (NetFlow)".into(),
+        };
+        let v = encode_evidence(&e);
+        assert!(v.starts_with(b"{\"v\":1,\"kind\":\"evidence\","));
+        match decode_record(&v).unwrap() {
+            Record::Evidence(back) => assert_eq!(back, e),
+            r => panic!("{r:?}"),
+        }
+        // a request event is not mistaken for evidence, and evidence is not a request event
+        assert!(decode_request(&v).is_err());
+    }
 }
 
 #[cfg(test)]

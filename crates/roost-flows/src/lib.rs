@@ -13,6 +13,8 @@
 //! yet seen from that exporter and domain are counted as template misses (as nfcapd, the
 //! collector does not guess: exporters resend templates periodically).
 
+pub mod features;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -126,32 +126,48 @@ impl Scorer {
             return Ok(());
         }
         part.next = offset + 1;
-        let result = match value.map(wire::decode_request) {
+        let result = match value.map(wire::decode_record) {
             None => Err(wire::Error::Empty),
             Some(Err(e)) => Err(e),
-            Some(Ok(ev)) => {
+            Some(Ok(rec)) => {
                 let live = part.live;
+                let time = match &rec {
+                    wire::Record::Request(ev) => ev.time,
+                    wire::Record::Evidence(e) => e.time,
+                };
                 // as `roost replay` does: verdicts lapse as event time passes each second
-                let t = ev.time.secs();
+                let t = time.secs();
                 if t > part.last_expire {
-                    for c in part.engine.expire(ev.time) {
+                    for c in part.engine.expire(time) {
                         if live {
                             self.outputs.push(Output::Change { partition: p, now: part.engine.now(), change: c });
                         }
                     }
                     part.last_expire = t;
                 }
-                if let Some(c) = part.engine.observe(&ev)
-                    && live
-                {
-                    self.outputs.push(Output::Change { partition: p, now: part.engine.now(), change: c });
+                let change = match &rec {
+                    wire::Record::Request(ev) => Ok(part.engine.observe(ev)),
+                    wire::Record::Evidence(e) => match roost_engine::Evidence::from_event(e) {
+                        Ok(ev) => Ok(part.engine.apply(e.client, e.time, &[ev])),
+                        Err(why) => Err(wire::Error::Evidence(why)),
+                    },
+                };
+                match change {
+                    Ok(c) => {
+                        if let Some(c) = c
+                            && live
+                        {
+                            self.outputs.push(Output::Change { partition: p, now: part.engine.now(), change: c });
+                        }
+                        if live {
+                            self.counts.events += 1;
+                        } else {
+                            self.counts.rebuilt += 1;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
                 }
-                if live {
-                    self.counts.events += 1;
-                } else {
-                    self.counts.rebuilt += 1;
-                }
-                Ok(())
             }
         };
         if result.is_err() {

@@ -3,6 +3,13 @@
 //! thread decodes them (`roost_flows::Decoder`) and hands the records to a publishing thread,
 //! which sends them to the flows topic keyed by source address (`FlowRecord::encode`).
 //!
+//! With `flows.features.enabled` (the default) the receiver also keeps per-source windows
+//! (`roost_flows::features`): port scans, host sweeps, SYN floods and handshakes that never
+//! complete become evidence events on the requests topic, keyed like the source's requests, so
+//! the scorer that owns the source's partition weighs them in offset order with its requests.
+//! The windows see what this collector receives: send the exports of every router that sees a
+//! source to one collector (or accept that each counts its own share).
+//!
 //! The receiver never waits on Kafka: the kernel would drop datagrams meanwhile. Records wait in
 //! a bounded queue (`flows.queue`); when it is full (Kafka away or slow) further records are
 //! dropped and counted in `roost_flows_dropped_total`, as a router drops flows when its export
@@ -46,6 +53,8 @@ pub struct FlowsConfig {
     pub partitions: i32,
     /// Where /metrics listens.
     pub metrics_listen: SocketAddr,
+    /// Network-level evidence from the flows.
+    pub features: roost_flows::features::FeaturesConfig,
 }
 
 impl Default for FlowsConfig {
@@ -58,6 +67,7 @@ impl Default for FlowsConfig {
             queue: 1_000_000,
             partitions: 8,
             metrics_listen: "127.0.0.1:9756".parse().expect("valid"),
+            features: roost_flows::features::FeaturesConfig::default(),
         }
     }
 }
@@ -72,9 +82,19 @@ struct RecordLabel {
     version: String,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabel {
     exporter: String,
     reason: String,
+}
+
+/// What the receiver hands to the publisher.
+enum Out {
+    Flow(FlowRecord),
+    Evidence(roost_event::wire::EvidenceEvent),
 }
 
 /// Exporters are routers: few. Past this many distinct ones, the rest share one label.
@@ -84,10 +104,13 @@ const MAX_EXPORTER_LABELS: usize = 256;
 struct Metrics {
     datagrams: Family<ExporterLabel, Counter>,
     records: Family<RecordLabel, Counter>,
+    packets: Family<ExporterLabel, Counter>,
+    bytes: Family<ExporterLabel, Counter>,
     errors: Family<ErrorLabel, Counter>,
     template_misses: Family<ExporterLabel, Counter>,
     templates: Family<ExporterLabel, Counter>,
     published: Counter,
+    evidence: Family<KindLabel, Counter>,
     publish_errors: Counter,
     dropped: Counter,
     queued: Gauge,
@@ -100,6 +123,12 @@ impl Metrics {
         r.register("datagrams", "Export datagrams received, by exporter", self.datagrams.clone());
         r.register("records", "Flow records decoded, by exporter and version (5, 9, 10 = IPFIX)", self.records.clone());
         r.register(
+            "packets",
+            "Packets the decoded flows carried (scaled by sampling), by exporter",
+            self.packets.clone(),
+        );
+        r.register("bytes", "Bytes the decoded flows carried (scaled by sampling), by exporter", self.bytes.clone());
+        r.register(
             "decode_errors",
             "Datagrams or records that did not decode, by exporter and reason",
             self.errors.clone(),
@@ -111,6 +140,11 @@ impl Metrics {
         );
         r.register("templates", "Templates and options templates received, by exporter", self.templates.clone());
         r.register("published", "Flow records acknowledged by Kafka", self.published.clone());
+        r.register(
+            "evidence",
+            "Evidence events sent to the requests topic, by kind (portscan, hostscan, synflood, incomplete)",
+            self.evidence.clone(),
+        );
         r.register("publish_errors", "Failed sends to Kafka (retried)", self.publish_errors.clone());
         r.register("dropped", "Flow records dropped because the queue to Kafka was full", self.dropped.clone());
         r.register("queued_records", "Flow records waiting for Kafka", self.queued.clone());
@@ -123,11 +157,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let f = cfg.flows.clone();
     anyhow::ensure!(!f.listen.is_empty(), "flows.listen is empty");
     roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.flows, f.partitions, false)?;
+    if f.features.enabled {
+        // as `roost tail` makes it: the scorers' partitions
+        roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.requests, cfg.score.partitions, false)?;
+    }
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = sync_channel::<Vec<FlowRecord>>(f.queue.div_ceil(256).max(4));
+    let (tx, rx) = sync_channel::<Vec<Out>>(f.queue.div_ceil(256).max(4));
     let queued = Arc::new(std::sync::atomic::AtomicI64::new(0));
 
     let mut threads = Vec::new();
@@ -144,10 +182,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     drop(tx);
     {
         let (kafka, metrics, stop, queued) = (cfg.kafka.clone(), metrics.clone(), stop.clone(), queued.clone());
+        let ipv6_prefix = cfg.engine.ipv6_prefix;
         threads.push(
             std::thread::Builder::new()
                 .name("roost-flows-publish".into())
-                .spawn(move || publish(&kafka, rx, &metrics, &stop, &queued))?,
+                .spawn(move || publish(&kafka, ipv6_prefix, rx, &metrics, &stop, &queued))?,
         );
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -206,7 +245,7 @@ impl Labels {
 fn receive(
     sock: UdpSocket,
     f: &FlowsConfig,
-    tx: SyncSender<Vec<FlowRecord>>,
+    tx: SyncSender<Vec<Out>>,
     m: &Metrics,
     stop: &AtomicBool,
     queued: &std::sync::atomic::AtomicI64,
@@ -215,7 +254,9 @@ fn receive(
     let mut labels = Labels { known: HashMap::new() };
     let mut last_error_log: HashMap<IpAddr, Instant> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
-    let mut batch: Vec<FlowRecord> = Vec::with_capacity(256);
+    let mut batch: Vec<Out> = Vec::with_capacity(256);
+    let mut features = f.features.enabled.then(|| roost_flows::features::FlowFeatures::new(f.features.clone()));
+    let mut found = Vec::new();
     let mut last_send = Instant::now();
     let mut last_prune = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -229,6 +270,9 @@ fn receive(
                 m.records
                     .get_or_create(&RecordLabel { exporter: ex.clone(), version: out.version.to_string() })
                     .inc_by(out.records.len() as u64);
+                let (p, b) = out.records.iter().fold((0u64, 0u64), |(p, b), r| (p + r.packets, b + r.bytes));
+                m.packets.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc_by(p);
+                m.bytes.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc_by(b);
             }
             if out.template_misses > 0 {
                 m.template_misses
@@ -249,7 +293,18 @@ fn receive(
                     tracing::warn!(exporter = %from, reason = %e, bytes = n, head, "undecodable NetFlow/IPFIX datagram");
                 }
             }
-            batch.extend(out.records);
+            if let Some(feat) = features.as_mut() {
+                for r in &out.records {
+                    feat.observe(r, &mut found);
+                }
+                for e in found.drain(..) {
+                    let kind = e.source.strip_prefix("flow:").unwrap_or(&e.source).to_owned();
+                    m.evidence.get_or_create(&KindLabel { kind }).inc();
+                    tracing::info!(client = %e.client, source = %e.source, detail = %e.detail, "flow evidence");
+                    batch.push(Out::Evidence(e));
+                }
+            }
+            batch.extend(out.records.into_iter().map(Out::Flow));
         }
         if !batch.is_empty() && (batch.len() >= 256 || last_send.elapsed() >= Duration::from_millis(20)) {
             let n = batch.len() as i64;
@@ -268,13 +323,17 @@ fn receive(
             last_prune = Instant::now();
             decoder.prune(f.template_ttl);
             m.exporters.set(decoder.exporters() as i64);
+            if let Some(feat) = features.as_mut() {
+                feat.expire(now);
+            }
         }
     }
 }
 
 fn publish(
     kafka: &roost_kafka::KafkaConfig,
-    rx: Receiver<Vec<FlowRecord>>,
+    ipv6_prefix: u8,
+    rx: Receiver<Vec<Out>>,
     m: &Metrics,
     stop: &AtomicBool,
     queued: &std::sync::atomic::AtomicI64,
@@ -292,7 +351,7 @@ fn publish(
             }
         }
     };
-    let topic = kafka.topics.flows.clone();
+    let (topic, requests) = (kafka.topics.flows.clone(), kafka.topics.requests.clone());
     let mut backoff = Duration::from_millis(100);
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(200)) {
@@ -313,12 +372,26 @@ fn publish(
             }
         }
         let n = records.len();
-        let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-            records.iter().map(|r| (r.src.to_string().into_bytes(), Some(r.encode()))).collect();
+        let (mut flows, mut evidence) = (Vec::with_capacity(n), Vec::new());
+        for r in &records {
+            match r {
+                Out::Flow(f) => flows.push((f.src.to_string().into_bytes(), Some(f.encode()))),
+                Out::Evidence(e) => evidence.push((
+                    roost_scorer::wire::subject_key(e.client, ipv6_prefix).into_bytes(),
+                    Some(roost_scorer::wire::encode_evidence(e)),
+                )),
+            }
+        }
         loop {
-            match rt.block_on(producer.send_all(&topic, encoded.iter().cloned())) {
+            let sent = rt.block_on(async {
+                if !evidence.is_empty() {
+                    producer.send_all(&requests, evidence.iter().cloned()).await?;
+                }
+                producer.send_all(&topic, flows.iter().cloned()).await
+            });
+            match sent {
                 Ok(_) => {
-                    m.published.inc_by(n as u64);
+                    m.published.inc_by(flows.len() as u64);
                     backoff = Duration::from_millis(100);
                     break;
                 }

@@ -1,7 +1,9 @@
 //! `roost flows` against a real exporter and the reference collector: softflowd (Debian) reads a
 //! pcap made here and exports it as NetFlow v5, v9 and IPFIX, once to `roost flows` and once to
 //! nfcapd (nfdump, Debian); the records roost publishes to the flows topic must be the records
-//! nfdump decodes from the same export. Garbage datagrams are counted, not fatal.
+//! nfdump decodes from the same export. The port scan in the traffic becomes evidence on the
+//! requests topic, and `roost score` turns it into a verdict in Redis with its reason. Garbage
+//! datagrams are counted, not fatal.
 
 mod common;
 
@@ -195,14 +197,21 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
     let pcap = d.join("traffic.pcap");
     let (n4, n6) = make_pcap(&pcap);
     let topic = unique("flows");
-    let (flow_port, metrics_port) = (free_port(), free_port());
+    let requests = unique("requests");
+    let (flow_port, metrics_port, score_port) = (free_port(), free_port(), free_port());
+    let prefix = format!("{}:", unique("rf"));
     let cfg = d.join("roost.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nflows = \"{topic}\"\n[flows]\nlisten = [\"127.0.0.1:{flow_port}\"]\n\
-             partitions = 2\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n",
-            kafka()
+            "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nflows = \"{topic}\"\nrequests = \"{requests}\"\n\
+             verdicts = \"{requests}-verdicts\"\noverrides = \"{requests}-overrides\"\nfeeds = \"{requests}-feeds\"\n\
+             [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
+             [score]\ngroup = \"{requests}-group\"\npartitions = 2\nlisten = \"127.0.0.1:{score_port}\"\n\
+             [flows]\nlisten = [\"127.0.0.1:{flow_port}\"]\npartitions = 2\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+             [flows.features]\nportscan_ports = 30\n",
+            kafka(),
+            redis()
         ),
     )
     .unwrap();
@@ -271,7 +280,31 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
         assert_eq!(got.get(&v), want.get(&v), "NetFlow v{v}: roost and nfdump disagree");
     }
     assert_eq!(metric(metrics_port, "roost_flows_records_total"), Some(all as f64));
+    let packets: u64 = want.values().flat_map(|m| m.iter().map(|(k, n)| k.5 * *n as u64)).sum();
+    assert_eq!(metric(metrics_port, "roost_flows_packets_total"), Some(packets as f64));
     assert!(metric(metrics_port, "roost_flows_templates_total").unwrap_or(0.0) >= 2.0);
+
+    // the scan: evidence on the requests topic, a verdict from the scorer. The three exports
+    // carry the same flows (the same pcap times): one window, so each kind is reported once,
+    // when its threshold is crossed
+    assert_eq!(metric(metrics_port, "roost_flows_evidence_total"), Some(2.0), "portscan and incomplete handshakes");
+    let _score = Proc::roost("roost score", &cfg, "score");
+    let mut store = roost_verdicts::Store::new(&roost_verdicts::RedisConfig {
+        url: redis(),
+        prefix: prefix.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut verdict = None;
+    wait_for(Duration::from_secs(60), "the scanner's verdict in Redis", || {
+        verdict = store.load_all().ok().and_then(|all| all.get("203.0.113.200").cloned());
+        verdict.is_some()
+    });
+    let v = verdict.unwrap();
+    assert_eq!(v.verdict.as_str(), "dubious", "{v:?}");
+    assert!(v.reasons.iter().any(|r| r.contains("touched 30 ports on 192.0.2.20 in 60 s (NetFlow)")), "{v:?}");
+    let all = store.load_all().unwrap();
+    assert_eq!(all.len(), 1, "only the scanner is flagged: {all:?}");
 
     // garbage: counted with the exporter and the reason; the collector goes on
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
