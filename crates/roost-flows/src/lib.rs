@@ -536,6 +536,50 @@ mod tests {
         assert_eq!(out.template_misses, 1);
     }
 
+    /// A v9 options template (id 257: scope System, option SAMPLING_INTERVAL) and its data
+    /// saying 1 in 100, in one datagram.
+    fn v9_sampling_options(source_id: u32, rate: u32) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&257u16.to_be_bytes());
+        t.extend_from_slice(&4u16.to_be_bytes()); // scope length: one field
+        t.extend_from_slice(&4u16.to_be_bytes()); // options length: one field
+        t.extend_from_slice(&[0, 1, 0, 4]); // scope: System, 4 bytes
+        t.extend_from_slice(&[0, 34, 0, 4]); // SAMPLING_INTERVAL, 4 bytes
+        let mut sets = Vec::new();
+        sets.extend_from_slice(&1u16.to_be_bytes());
+        sets.extend_from_slice(&((t.len() + 4 + 2) as u16).to_be_bytes());
+        sets.extend_from_slice(&t);
+        sets.extend_from_slice(&[0, 0]);
+        let mut d = vec![192, 0, 2, 1];
+        d.extend_from_slice(&rate.to_be_bytes());
+        sets.extend_from_slice(&257u16.to_be_bytes());
+        sets.extend_from_slice(&((d.len() + 4) as u16).to_be_bytes());
+        sets.extend_from_slice(&d);
+        let mut p = Vec::new();
+        p.extend_from_slice(&9u16.to_be_bytes());
+        p.extend_from_slice(&2u16.to_be_bytes());
+        p.extend_from_slice(&5_000u32.to_be_bytes());
+        p.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+        p.extend_from_slice(&2u32.to_be_bytes());
+        p.extend_from_slice(&source_id.to_be_bytes());
+        p.extend_from_slice(&sets);
+        p
+    }
+
+    #[test]
+    fn v9_sampling_options_scale_the_counts_of_that_exporter_and_domain_only() {
+        let mut d = Decoder::new(&DecoderConfig::default());
+        let out = d.decode(exporter(), &v9_sampling_options(1, 100), Timestamp(1));
+        assert!(out.errors.is_empty(), "{out:?}");
+        assert_eq!(out.templates, 1);
+        let out = d.decode(exporter(), &v9(true, 1), Timestamp(2));
+        let r = &out.records[0];
+        assert_eq!((r.sampling, r.packets, r.bytes), (100, 1000, 100_000), "{r:?}");
+        // another domain of the same exporter is not sampled
+        let out = d.decode(exporter(), &v9(true, 2), Timestamp(3));
+        assert_eq!((out.records[0].sampling, out.records[0].packets), (1, 10));
+    }
+
     #[test]
     fn garbage_is_counted_not_fatal() {
         let mut d = Decoder::new(&DecoderConfig::default());

@@ -14,7 +14,8 @@
 //! a bounded queue (`flows.queue`); when it is full (Kafka away or slow) further records are
 //! dropped and counted in `roost_flows_dropped_total`, as a router drops flows when its export
 //! buffer is full. Undecodable datagrams are counted by exporter and reason, logged (at most
-//! once a second per exporter), and their first bytes kept in the log line.
+//! once a second per exporter), and kept on the dead-letter topic (hex, up to 100 a second;
+//! beyond that only counted), so a new exporter's dialect can be looked at after the fact.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -95,7 +96,11 @@ struct ErrorLabel {
 enum Out {
     Flow(FlowRecord),
     Evidence(roost_event::wire::EvidenceEvent),
+    DeadLetter { exporter: SocketAddr, letter: roost_scorer::wire::DeadLetter },
 }
+
+/// Undecodable datagrams kept on the dead-letter topic per second, at most.
+const DEAD_LETTERS_PER_SECOND: u32 = 100;
 
 /// Exporters are routers: few. Past this many distinct ones, the rest share one label.
 const MAX_EXPORTER_LABELS: usize = 256;
@@ -157,6 +162,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let f = cfg.flows.clone();
     anyhow::ensure!(!f.listen.is_empty(), "flows.listen is empty");
     roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.flows, f.partitions, false)?;
+    roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.deadletter, 1, false)?;
     if f.features.enabled {
         // as `roost tail` makes it: the scorers' partitions
         roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.requests, cfg.score.partitions, false)?;
@@ -257,6 +263,8 @@ fn receive(
     let mut batch: Vec<Out> = Vec::with_capacity(256);
     let mut features = f.features.enabled.then(|| roost_flows::features::FlowFeatures::new(f.features.clone()));
     let mut found = Vec::new();
+    let host = crate::tail::hostname();
+    let (mut letters, mut letters_since) = (0u32, Instant::now());
     let mut last_send = Instant::now();
     let mut last_prune = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -281,6 +289,27 @@ fn receive(
             }
             if out.templates > 0 {
                 m.templates.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc_by(out.templates.into());
+            }
+            if !out.errors.is_empty() && out.records.is_empty() {
+                if letters_since.elapsed() >= Duration::from_secs(1) {
+                    (letters, letters_since) = (0, Instant::now());
+                }
+                if letters < DEAD_LETTERS_PER_SECOND {
+                    letters += 1;
+                    let (e, _) = out.errors[0];
+                    batch.push(Out::DeadLetter {
+                        exporter: from,
+                        letter: roost_scorer::wire::DeadLetter {
+                            v: 1,
+                            host: host.clone(),
+                            file: format!("udp://{from}"),
+                            kind: format!("flow_{}", e.label()),
+                            error: e.to_string(),
+                            line: buf[..n].iter().map(|b| format!("{b:02x}")).collect(),
+                            origin: None,
+                        },
+                    });
+                }
             }
             for (e, k) in &out.errors {
                 m.errors
@@ -351,7 +380,8 @@ fn publish(
             }
         }
     };
-    let (topic, requests) = (kafka.topics.flows.clone(), kafka.topics.requests.clone());
+    let (topic, requests, deadletter) =
+        (kafka.topics.flows.clone(), kafka.topics.requests.clone(), kafka.topics.deadletter.clone());
     let mut backoff = Duration::from_millis(100);
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(200)) {
@@ -372,7 +402,7 @@ fn publish(
             }
         }
         let n = records.len();
-        let (mut flows, mut evidence) = (Vec::with_capacity(n), Vec::new());
+        let (mut flows, mut evidence, mut letters) = (Vec::with_capacity(n), Vec::new(), Vec::new());
         for r in &records {
             match r {
                 Out::Flow(f) => flows.push((f.src.to_string().into_bytes(), Some(f.encode()))),
@@ -380,12 +410,19 @@ fn publish(
                     roost_scorer::wire::subject_key(e.client, ipv6_prefix).into_bytes(),
                     Some(roost_scorer::wire::encode_evidence(e)),
                 )),
+                Out::DeadLetter { exporter, letter } => letters.push((
+                    exporter.to_string().into_bytes(),
+                    Some(serde_json::to_vec(letter).expect("a dead letter serializes")),
+                )),
             }
         }
         loop {
             let sent = rt.block_on(async {
                 if !evidence.is_empty() {
                     producer.send_all(&requests, evidence.iter().cloned()).await?;
+                }
+                if !letters.is_empty() {
+                    producer.send_all(&deadletter, letters.iter().cloned()).await?;
                 }
                 producer.send_all(&topic, flows.iter().cloned()).await
             });

@@ -205,7 +205,7 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
         &cfg,
         format!(
             "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nflows = \"{topic}\"\nrequests = \"{requests}\"\n\
-             verdicts = \"{requests}-verdicts\"\noverrides = \"{requests}-overrides\"\nfeeds = \"{requests}-feeds\"\n\
+             deadletter = \"{requests}-dead\"\nverdicts = \"{requests}-verdicts\"\noverrides = \"{requests}-overrides\"\nfeeds = \"{requests}-feeds\"\n\
              [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
              [score]\ngroup = \"{requests}-group\"\npartitions = 2\nlisten = \"127.0.0.1:{score_port}\"\n\
              [flows]\nlisten = [\"127.0.0.1:{flow_port}\"]\npartitions = 2\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
@@ -319,4 +319,16 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
     assert!(body.contains("roost_flows_decode_errors_total{exporter=\"127.0.0.1\",reason=\"truncated\"} 1"), "{body}");
     assert!(body.contains("reason=\"unsupported_version\""), "{body}");
     assert!(roost.running());
+    // and kept on the dead-letter topic, raw (hex) with the reason
+    let mut letters = Vec::new();
+    wait_for(Duration::from_secs(20), "the dead letters", || {
+        letters.clear();
+        roost_kafka::read_to_end(&kcfg, &format!("{requests}-dead"), Duration::from_secs(10), |r| {
+            letters.push(serde_json::from_slice::<serde_json::Value>(r.value.as_deref().unwrap()).unwrap());
+        })
+        .unwrap();
+        letters.len() >= 3
+    });
+    assert!(letters.iter().any(|l| l["kind"] == "flow_truncated" && l["line"] == "0009"), "{letters:?}");
+    assert!(letters.iter().any(|l| l["file"].as_str().unwrap().starts_with("udp://127.0.0.1:")), "{letters:?}");
 }
