@@ -797,6 +797,19 @@ impl Engine {
     /// tracked clients.
     pub fn set_override(&mut self, net: IpNetwork, ov: Override, now: Timestamp) -> Vec<VerdictChange> {
         self.overrides.insert(net, ov);
+        // An override of one client holds even if it has sent nothing yet: it gets a state, so
+        // the verdict is published at once (proxies and routers act on published verdicts).
+        // Wider prefixes apply to the clients under them as they are seen.
+        let single = match net {
+            IpNetwork::V4(n) => n.prefix() == 32,
+            IpNetwork::V6(n) => n.prefix() >= self.cfg.ipv6_prefix,
+        };
+        if single {
+            let key = Key::of(net.network(), self.cfg.ipv6_prefix);
+            if self.room_for(key) {
+                self.fold(key, secs(now));
+            }
+        }
         self.reevaluate(net, now)
     }
 

@@ -622,3 +622,17 @@ proptest! {
         }
     }
 }
+
+/// An operator's block of one client that has not sent anything yet is published at once (the
+/// proxies and routers act on published verdicts); a wider prefix waits for its clients.
+#[test]
+fn an_override_of_an_unseen_client_is_published_at_once() {
+    let mut e = Engine::new(EngineConfig::default()).unwrap();
+    let now = Timestamp::from_secs(1_764_000_000);
+    let block = Override { class: Class::Bad, until: None, by: "ana".into(), comment: "stuffing".into() };
+    let changes = e.set_override("203.0.113.99/32".parse().unwrap(), block.clone(), now);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!((changes[0].to, changes[0].cause), (Class::Bad, Cause::Override));
+    assert!(changes[0].reasons.iter().any(|r| r.text.contains("stuffing")), "{changes:?}");
+    assert!(e.set_override("198.51.100.0/24".parse().unwrap(), block, now).is_empty());
+}

@@ -45,6 +45,8 @@ pub struct Topics {
     pub feeds: String,
     /// Flow records from NetFlow/IPFIX exporters, keyed by source address (`roost flows` writes).
     pub flows: String,
+    /// What operators did in the admin UI (who, when, what, why), keyed by the prefix.
+    pub audit: String,
 }
 
 impl Default for Topics {
@@ -56,6 +58,7 @@ impl Default for Topics {
             overrides: "roost.overrides".into(),
             feeds: "roost.feeds".into(),
             flows: "roost.flows".into(),
+            audit: "roost.audit".into(),
         }
     }
 }

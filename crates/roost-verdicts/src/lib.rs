@@ -274,6 +274,28 @@ pub struct Change {
     pub subject: String,
 }
 
+/// The admin UI's audit log: a stream of JSON entries (`{prefix}audit`), never trimmed by roost.
+impl Store {
+    pub fn audit_key(&self) -> String {
+        format!("{}audit", self.cfg.prefix)
+    }
+
+    /// Appends an entry (JSON) to the audit log; returns its stream ID.
+    pub fn append_audit(&mut self, entry: &str) -> Result<String, Error> {
+        let key = self.audit_key();
+        self.with("writing the audit log", |c| redis::cmd("XADD").arg(&key).arg("*").arg("entry").arg(entry).query(c))
+    }
+
+    /// The newest `count` audit entries, newest first: (stream ID, JSON).
+    pub fn recent_audit(&mut self, count: usize) -> Result<Vec<(String, String)>, Error> {
+        let key = self.audit_key();
+        let r: redis::streams::StreamRangeReply = self.with("reading the audit log", |c| {
+            redis::cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(count).query(c)
+        })?;
+        Ok(r.ids.into_iter().map(|e| (e.id.clone(), e.get::<String>("entry").unwrap_or_default())).collect())
+    }
+}
+
 /// Reading the change stream, as proxies do.
 impl Store {
     /// The last entry's position (`0-0` when the stream is empty or missing): load everything

@@ -45,6 +45,8 @@ pub struct Config {
     pub alert: crate::alert::AlertConfig,
     /// `roost flows`: the NetFlow/IPFIX collector.
     pub flows: crate::flows::FlowsConfig,
+    /// `roost admin`: the admin UI.
+    pub admin: roost_admin::AdminConfig,
 }
 
 /// Known-bad behaviour rules.

@@ -125,6 +125,11 @@ enum Command {
         #[command(subcommand)]
         cmd: Option<BgpCmd>,
     },
+    /// The admin UI and JSON API: every verdict and why, overrides, the audit log.
+    Admin {
+        #[command(subcommand)]
+        cmd: Option<AdminCmd>,
+    },
     Proxy {
         /// Take the listeners over from the running proxy (graceful restart: start the new one
         /// with --upgrade, then send the old one SIGQUIT).
@@ -161,6 +166,12 @@ enum FeedsCmd {
         #[arg(long = "feed", value_name = "NAME=PATH", value_parser = feeds::parse_feed_arg)]
         feed: Vec<(String, PathBuf)>,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Read a password on standard input and print its argon2 hash for the users file.
+    HashPassword,
 }
 
 #[derive(Subcommand)]
@@ -282,6 +293,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail => tail::run(cfg)?,
         Command::Score => score::run(cfg)?,
         Command::Flows => flows::run(cfg)?,
+        Command::Admin { cmd: Some(AdminCmd::HashPassword) } => {
+            let mut pw = String::new();
+            std::io::stdin().read_line(&mut pw)?;
+            let pw = pw.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!pw.is_empty(), "no password on standard input");
+            println!("{}", roost_admin::auth::hash_password(pw));
+        }
+        Command::Admin { cmd: None } => {
+            let st = roost_admin::state(
+                cfg.admin.clone(),
+                roost_admin::Backend { redis: cfg.redis.clone(), kafka: cfg.kafka.clone() },
+            )?;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(roost_admin::serve(st, up::shutdown_signal()))?;
+        }
         Command::Bgp { cmd: None } => bgp::run(cfg)?,
         Command::Bgp { cmd: Some(BgpCmd::Show) } => print!("{}", bgp::show(&cfg)?),
         Command::Proxy { upgrade, daemon } => {

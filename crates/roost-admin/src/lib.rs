@@ -1,0 +1,758 @@
+//! `roost admin`: the operators' web UI and JSON API.
+//!
+//! Reads the verdicts from Redis (what the proxies enforce), writes operators' overrides to the
+//! overrides topic (every scorer applies them; the resulting verdicts reach Redis, the proxies
+//! and the flowspec controller within a second) and every action to the audit log (a Redis
+//! stream and the audit topic: who, when, what, why).
+//!
+//! Security, all of it on every route: sign-in with argon2-hashed passwords or API tokens
+//! (`Authorization: Bearer`), roles (viewer, operator), server-side sessions behind an
+//! HttpOnly SameSite=Strict cookie, a CSRF token on every state change (cookie sessions), a
+//! cross-origin `Origin` refused, login attempts rate-limited per address and per user, every
+//! string rendered through maud (escaped: paths, user agents, reasons are attacker-controlled),
+//! and a Content-Security-Policy without inline scripts or styles.
+
+pub mod auth;
+mod pages;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Json, Redirect, Response};
+use axum::routing::{get, post};
+use ipnetwork::IpNetwork;
+use roost_engine::{Class, Override, Timestamp};
+use roost_verdicts::{RedisConfig, Store, VerdictRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Auth, LoginError, Principal, Role};
+
+/// The `[admin]` config section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the UI and API listen (put TLS in front, or keep it on loopback).
+    pub listen: SocketAddr,
+    /// The users file (`[[user]] name, role, password_hash`).
+    pub users_file: PathBuf,
+    /// API tokens: name, role and the hex SHA-256 of the token.
+    pub tokens: Vec<auth::Token>,
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Mark the session cookie `Secure` (off only for plain HTTP on loopback).
+    pub cookie_secure: bool,
+    /// Overrides may not cover more than this (shortest prefix lengths).
+    pub min_prefix_v4: u8,
+    pub min_prefix_v6: u8,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9757".parse().expect("valid"),
+            users_file: PathBuf::from("/etc/roost/admin-users.toml"),
+            tokens: Vec::new(),
+            session_ttl: Duration::from_secs(8 * 3600),
+            cookie_secure: true,
+            min_prefix_v4: 16,
+            min_prefix_v6: 32,
+        }
+    }
+}
+
+/// What the admin needs from the outside: the verdict store, the overrides and audit topics.
+pub struct Backend {
+    pub redis: RedisConfig,
+    pub kafka: roost_kafka::KafkaConfig,
+}
+
+pub struct AppState {
+    cfg: AdminConfig,
+    auth: Auth,
+    store: Mutex<Store>,
+    producer: Option<roost_kafka::Producer>,
+    kafka: roost_kafka::KafkaConfig,
+    cache: Mutex<Option<(Instant, Arc<Vec<VerdictRecord>>)>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Auth(#[from] auth::Error),
+    #[error(transparent)]
+    Redis(#[from] roost_verdicts::Error),
+    #[error(transparent)]
+    Kafka(#[from] roost_kafka::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+const COOKIE: &str = "roost_admin";
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+pub fn state(cfg: AdminConfig, backend: Backend) -> Result<Arc<AppState>, Error> {
+    let users = auth::load_users(&cfg.users_file)?;
+    if users.is_empty() && cfg.tokens.is_empty() {
+        tracing::warn!(file = %cfg.users_file.display(), "no users and no tokens: nobody can sign in");
+    }
+    let auth = Auth::new(users, cfg.tokens.clone(), cfg.session_ttl);
+    let producer =
+        if backend.kafka.enabled() { Some(roost_kafka::Producer::new(&backend.kafka, "roost-admin")?) } else { None };
+    if backend.kafka.enabled() {
+        roost_kafka::ensure_topic(&backend.kafka, &backend.kafka.topics.overrides, 1, true)?;
+        roost_kafka::ensure_topic(&backend.kafka, &backend.kafka.topics.audit, 1, false)?;
+    }
+    Ok(Arc::new(AppState {
+        cfg,
+        auth,
+        store: Mutex::new(Store::new(&backend.redis)?),
+        producer,
+        kafka: backend.kafka,
+        cache: Mutex::new(None),
+    }))
+}
+
+pub fn router(st: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/", get(overview))
+        .route("/clients", get(clients_page))
+        .route("/clients/{subject}", get(client_page))
+        .route("/overrides", post(override_form))
+        .route("/audit", get(audit_page))
+        .route("/static/admin.css", get(css))
+        .route("/api/v1/clients", get(api_clients))
+        .route("/api/v1/clients/{subject}", get(api_client))
+        .route("/api/v1/overrides", post(api_override))
+        .route("/api/v1/audit", get(api_audit))
+        .route("/api/v1/me", get(api_me))
+        .route("/api/openapi.json", get(openapi))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(st)
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    st: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let listen = st.cfg.listen;
+    let l = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!("roost admin: on http://{}", l.local_addr()?);
+    axum::serve(l, router(st).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn css() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("../assets/admin.css")).into_response()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn cookie_of(h: &HeaderMap) -> Option<String> {
+    h.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == COOKIE).then(|| v.to_owned())
+    })
+}
+
+/// The principal of a request: a bearer token, else the session cookie.
+fn principal(st: &AppState, h: &HeaderMap) -> Option<Principal> {
+    if let Some(b) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return st.auth.token(b.trim());
+    }
+    st.auth.session(&cookie_of(h)?)
+}
+
+/// Refusals, as JSON for the API and as a page (or the login page) for the UI.
+#[derive(Debug)]
+enum Refusal {
+    Unauthenticated,
+    Forbidden(&'static str),
+    Bad(String),
+    Unavailable(String),
+}
+
+impl Refusal {
+    fn api(self) -> Response {
+        let (code, msg) = match self {
+            Refusal::Unauthenticated => {
+                (StatusCode::UNAUTHORIZED, "sign in, or send Authorization: Bearer <token>".to_owned())
+            }
+            Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, m.to_owned()),
+            Refusal::Bad(m) => (StatusCode::BAD_REQUEST, m),
+            Refusal::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+        };
+        (code, Json(serde_json::json!({ "error": msg }))).into_response()
+    }
+
+    fn page(self, who: Option<&Principal>) -> Response {
+        match self {
+            Refusal::Unauthenticated => Redirect::to("/login").into_response(),
+            Refusal::Forbidden(m) => {
+                (StatusCode::FORBIDDEN, Html(pages::message(who, "Not allowed", m))).into_response()
+            }
+            Refusal::Bad(m) => {
+                (StatusCode::BAD_REQUEST, Html(pages::message(who, "Cannot do that", &m))).into_response()
+            }
+            Refusal::Unavailable(m) => {
+                (StatusCode::SERVICE_UNAVAILABLE, Html(pages::message(who, "Unavailable", &m))).into_response()
+            }
+        }
+    }
+}
+
+/// A state change from a cookie session must carry its CSRF token and come from this origin.
+fn check_csrf(p: &Principal, h: &HeaderMap, form_token: Option<&str>) -> Result<(), Refusal> {
+    if let (Some(origin), Some(host)) = (h.get(header::ORIGIN), h.get(header::HOST)) {
+        let origin = origin.to_str().unwrap_or("");
+        let host = host.to_str().unwrap_or("");
+        let same = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host);
+        if !same {
+            return Err(Refusal::Forbidden("cross-origin request refused"));
+        }
+    }
+    let Some(want) = &p.csrf else { return Ok(()) }; // API token: nothing ambient to forge
+    let got = form_token.or_else(|| h.get("x-csrf-token").and_then(|v| v.to_str().ok())).unwrap_or("");
+    if auth::constant_time_eq(want, got) { Ok(()) } else { Err(Refusal::Forbidden("missing or wrong CSRF token")) }
+}
+
+// ---- sign-in ---------------------------------------------------------------------------------
+
+async fn login_page(State(st): State<Arc<AppState>>, h: HeaderMap) -> Response {
+    if principal(&st, &h).is_some() {
+        return Redirect::to("/").into_response();
+    }
+    Html(pages::login(None)).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    name: String,
+    password: String,
+}
+
+async fn login(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let st2 = st.clone();
+    let (name, password) = (f.name.chars().take(100).collect::<String>(), f.password);
+    // argon2 is deliberately slow: off the async threads
+    let r = tokio::task::spawn_blocking(move || st2.auth.login(&name, &password, peer.ip())).await;
+    match r {
+        Ok(Ok((cookie, p))) => {
+            tracing::info!(user = %p.name, from = %peer.ip(), "signed in");
+            let secure = if st.cfg.cookie_secure { "; Secure" } else { "" };
+            let set = format!(
+                "{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+                st.cfg.session_ttl.as_secs()
+            );
+            ([(header::SET_COOKIE, set)], Redirect::to("/")).into_response()
+        }
+        Ok(Err(LoginError::Limited(wait))) => {
+            tracing::warn!(from = %peer.ip(), "sign-in refused: too many failures");
+            let secs = wait.as_secs().max(1).to_string();
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, secs)],
+                Html(pages::login(Some("Too many failed attempts. Try again later."))),
+            )
+                .into_response()
+        }
+        Ok(Err(LoginError::Invalid)) => {
+            tracing::warn!(from = %peer.ip(), "sign-in failed");
+            (StatusCode::UNAUTHORIZED, Html(pages::login(Some("Wrong name or password.")))).into_response()
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(State(st): State<Arc<AppState>>, h: HeaderMap, Form(f): Form<CsrfOnly>) -> Response {
+    let Some(p) = principal(&st, &h) else { return Redirect::to("/login").into_response() };
+    if let Err(r) = check_csrf(&p, &h, Some(&f.csrf)) {
+        return r.page(Some(&p));
+    }
+    if let Some(c) = cookie_of(&h) {
+        st.auth.logout(&c);
+    }
+    let expire = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    ([(header::SET_COOKIE, expire)], Redirect::to("/login")).into_response()
+}
+
+async fn api_me(State(st): State<Arc<AppState>>, h: HeaderMap) -> Response {
+    match principal(&st, &h) {
+        Some(p) => Json(serde_json::json!({ "name": p.name, "role": p.role, "csrf": p.csrf })).into_response(),
+        None => Refusal::Unauthenticated.api(),
+    }
+}
+
+// ---- verdicts ---------------------------------------------------------------------------------
+
+/// Every stored verdict, read from Redis at most every two seconds.
+fn verdicts(st: &AppState) -> Result<Arc<Vec<VerdictRecord>>, Refusal> {
+    let mut c = st.cache.lock().expect("cache lock");
+    if let Some((at, v)) = c.as_ref()
+        && at.elapsed() < Duration::from_secs(2)
+    {
+        return Ok(v.clone());
+    }
+    let all = st
+        .store
+        .lock()
+        .expect("store lock")
+        .load_all()
+        .map_err(|e| Refusal::Unavailable(format!("the verdict store is unreachable: {e}")))?;
+    let now = now_ms();
+    // an expired verdict is good, whatever is still stored
+    let v: Vec<VerdictRecord> = all.into_values().filter(|r| r.expires.is_none_or(|e| e.0 > now)).collect();
+    let v = Arc::new(v);
+    *c = Some((Instant::now(), v.clone()));
+    Ok(v)
+}
+
+/// List filters, shared by the page and the API.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct ListQuery {
+    /// `bad`, `dubious` or empty (both).
+    #[serde(default)]
+    pub verdict: String,
+    /// Part of the address or prefix.
+    #[serde(default)]
+    pub q: String,
+    /// Part of a reason (a rule id, a feed name, words).
+    #[serde(default)]
+    pub reason: String,
+    /// `reputation` (worst first, the default), `recent`, `expires`, `requests`.
+    #[serde(default)]
+    pub sort: String,
+    #[serde(default)]
+    pub page: usize,
+    #[serde(default)]
+    pub per_page: usize,
+}
+
+pub struct Listing {
+    pub total: usize,
+    pub page: usize,
+    pub per_page: usize,
+    pub items: Vec<VerdictRecord>,
+    pub counts: BTreeMap<&'static str, usize>,
+}
+
+fn list(all: &[VerdictRecord], q: &ListQuery) -> Result<Listing, Refusal> {
+    let want = match q.verdict.as_str() {
+        "" | "flagged" => None,
+        v => Some(v.parse::<Class>().map_err(Refusal::Bad)?),
+    };
+    let needle = q.q.trim().to_ascii_lowercase();
+    let reason = q.reason.trim().to_lowercase();
+    let mut counts = BTreeMap::new();
+    let mut hits: Vec<&VerdictRecord> = all
+        .iter()
+        .filter(|r| {
+            *counts.entry(r.verdict.as_str()).or_insert(0) += 1;
+            want.is_none_or(|w| r.verdict == w)
+                && (needle.is_empty() || r.subject.to_ascii_lowercase().contains(&needle))
+                && (reason.is_empty() || r.reasons.iter().any(|x| x.to_lowercase().contains(&reason)))
+        })
+        .collect();
+    match q.sort.as_str() {
+        "recent" => hits.sort_by(|a, b| b.at.cmp(&a.at).then(a.subject.cmp(&b.subject))),
+        "expires" => hits.sort_by(|a, b| b.expires.cmp(&a.expires).then(a.subject.cmp(&b.subject))),
+        "requests" => hits.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.subject.cmp(&b.subject))),
+        "" | "reputation" => hits.sort_by(|a, b| a.reputation.total_cmp(&b.reputation).then(a.subject.cmp(&b.subject))),
+        s => return Err(Refusal::Bad(format!("unknown sort {s:?} (reputation, recent, expires, requests)"))),
+    }
+    let per_page = if q.per_page == 0 { 50 } else { q.per_page.min(500) };
+    let total = hits.len();
+    let items = hits.into_iter().skip(q.page * per_page).take(per_page).cloned().collect();
+    Ok(Listing { total, page: q.page, per_page, items, counts })
+}
+
+async fn api_clients(State(st): State<Arc<AppState>>, h: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+    if principal(&st, &h).is_none() {
+        return Refusal::Unauthenticated.api();
+    }
+    let st2 = st.clone();
+    let r = tokio::task::spawn_blocking(move || verdicts(&st2).and_then(|all| list(&all, &q))).await;
+    match r {
+        Ok(Ok(l)) => Json(serde_json::json!({
+            "total": l.total, "page": l.page, "per_page": l.per_page, "counts": l.counts, "items": l.items,
+        }))
+        .into_response(),
+        Ok(Err(e)) => e.api(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn clients_page(State(st): State<Arc<AppState>>, h: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+    let Some(p) = principal(&st, &h) else { return Refusal::Unauthenticated.page(None) };
+    let st2 = st.clone();
+    let q2 = q.clone();
+    let r = tokio::task::spawn_blocking(move || verdicts(&st2).and_then(|all| list(&all, &q2))).await;
+    match r {
+        Ok(Ok(l)) => Html(pages::clients(&p, &q, &l)).into_response(),
+        Ok(Err(e)) => e.page(Some(&p)),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// A subject from the path: an address (IPv6 by its /64, as the engine keys it) or a prefix.
+fn subject_of(s: &str) -> Result<String, Refusal> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(roost_scorer::wire::subject_key(ip, 64));
+    }
+    s.parse::<IpNetwork>().map(|n| n.to_string()).map_err(|_| Refusal::Bad(format!("{s:?} is not an address")))
+}
+
+async fn api_client(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Path<String>) -> Response {
+    if principal(&st, &h).is_none() {
+        return Refusal::Unauthenticated.api();
+    }
+    let subject = match subject_of(&s) {
+        Ok(x) => x,
+        Err(e) => return e.api(),
+    };
+    let st2 = st.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let v = verdicts(&st2)?;
+        let rec = v.iter().find(|r| r.subject == subject).cloned();
+        let audit = audit_for(&st2, &subject);
+        Ok::<_, Refusal>((subject, rec, audit))
+    })
+    .await;
+    match r {
+        Ok(Ok((subject, rec, audit))) => Json(serde_json::json!({
+            "subject": subject,
+            "verdict": rec.as_ref().map_or("good", |r| r.verdict.as_str()),
+            "record": rec,
+            "audit": audit,
+        }))
+        .into_response(),
+        Ok(Err(e)) => e.api(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn client_page(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Path<String>) -> Response {
+    let Some(p) = principal(&st, &h) else { return Refusal::Unauthenticated.page(None) };
+    let subject = match subject_of(&s) {
+        Ok(x) => x,
+        Err(e) => return e.page(Some(&p)),
+    };
+    let st2 = st.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let v = verdicts(&st2)?;
+        let rec = v.iter().find(|r| r.subject == subject).cloned();
+        let audit = audit_for(&st2, &subject);
+        Ok::<_, Refusal>((subject, rec, audit))
+    })
+    .await;
+    match r {
+        Ok(Ok((subject, rec, audit))) => Html(pages::client(&p, &subject, rec.as_ref(), &audit)).into_response(),
+        Ok(Err(e)) => e.page(Some(&p)),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn overview(State(st): State<Arc<AppState>>, h: HeaderMap) -> Response {
+    let Some(p) = principal(&st, &h) else { return Refusal::Unauthenticated.page(None) };
+    let st2 = st.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let all = verdicts(&st2)?;
+        let recent = list(&all, &ListQuery { sort: "recent".into(), per_page: 15, ..ListQuery::default() })?;
+        let worst = list(&all, &ListQuery { per_page: 15, ..ListQuery::default() })?;
+        let audit = recent_audit(&st2, 10);
+        Ok::<_, Refusal>((recent, worst, audit, top_reasons(&all)))
+    })
+    .await;
+    match r {
+        Ok(Ok((recent, worst, audit, top))) => Html(pages::overview(&p, &recent, &worst, &audit, &top)).into_response(),
+        Ok(Err(e)) => e.page(Some(&p)),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// The most frequent leading reasons' rule ids or sources, for the overview.
+fn top_reasons(all: &[VerdictRecord]) -> Vec<(String, usize)> {
+    let mut n: BTreeMap<String, usize> = BTreeMap::new();
+    for r in all {
+        if let Some(first) = r.reasons.first() {
+            let key: String = first.split_whitespace().next().unwrap_or("").chars().take(40).collect();
+            *n.entry(key).or_default() += 1;
+        }
+    }
+    let mut v: Vec<(String, usize)> = n.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(10);
+    v
+}
+
+// ---- overrides and the audit log --------------------------------------------------------------
+
+/// One audit-log entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: i64,
+    pub by: String,
+    pub from: String,
+    /// `override` or `remove_override`.
+    pub action: String,
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<Class>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
+    pub comment: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OverrideRequest {
+    /// An address or prefix.
+    pub prefix: String,
+    /// `allow`, `challenge`, `block` or `remove`.
+    pub action: String,
+    /// How long (`1h`, `30m`, `7d`); empty: until removed (not for `remove`).
+    #[serde(default)]
+    pub expires_in: String,
+    /// Why (required).
+    #[serde(default)]
+    pub comment: String,
+    #[serde(default)]
+    pub csrf: String,
+}
+
+fn apply_override(st: &AppState, p: &Principal, from: IpAddr, req: &OverrideRequest) -> Result<AuditEntry, Refusal> {
+    if p.role < Role::Operator {
+        return Err(Refusal::Forbidden("overrides need the operator role"));
+    }
+    let net: IpNetwork = match req.prefix.trim().parse::<IpAddr>() {
+        Ok(ip) => IpNetwork::from(ip),
+        Err(_) => req
+            .prefix
+            .trim()
+            .parse()
+            .map_err(|_| Refusal::Bad(format!("{:?} is not an address or prefix", req.prefix)))?,
+    };
+    let net = IpNetwork::new(net.network(), net.prefix()).expect("valid prefix");
+    let min = if net.is_ipv4() { st.cfg.min_prefix_v4 } else { st.cfg.min_prefix_v6 };
+    if net.prefix() < min {
+        return Err(Refusal::Bad(format!("{net} is broader than /{min}, the widest an override may be")));
+    }
+    let comment = req.comment.trim();
+    if comment.is_empty() {
+        return Err(Refusal::Bad("a comment is required: say why".into()));
+    }
+    if comment.chars().count() > 500 {
+        return Err(Refusal::Bad("the comment is longer than 500 characters".into()));
+    }
+    let class = match req.action.as_str() {
+        "allow" => Some(Class::Good),
+        "challenge" => Some(Class::Dubious),
+        "block" => Some(Class::Bad),
+        "remove" => None,
+        a => return Err(Refusal::Bad(format!("unknown action {a:?} (allow, challenge, block, remove)"))),
+    };
+    let now = now_ms();
+    let until = match req.expires_in.trim() {
+        "" => None,
+        d => {
+            let d = humantime::parse_duration(d).map_err(|e| Refusal::Bad(format!("expires_in: {e}")))?;
+            Some(now + d.as_millis() as i64)
+        }
+    };
+    let ov = class.map(|c| Override {
+        class: c,
+        until: until.map(Timestamp),
+        by: p.name.clone(),
+        comment: comment.to_owned(),
+    });
+    let producer = st.producer.as_ref().ok_or_else(|| Refusal::Unavailable("Kafka is not configured".into()))?;
+    let (key, value) = roost_scorer::overrides::encode(net, ov.as_ref());
+    let entry = AuditEntry {
+        at: now,
+        by: p.name.clone(),
+        from: from.to_string(),
+        action: if class.is_some() { "override" } else { "remove_override" }.into(),
+        prefix: net.to_string(),
+        class,
+        until,
+        comment: comment.to_owned(),
+    };
+    let json = serde_json::to_string(&entry).expect("an entry serializes");
+    // the audit entry first: nothing takes effect that is not on record
+    st.store
+        .lock()
+        .expect("store lock")
+        .append_audit(&json)
+        .map_err(|e| Refusal::Unavailable(format!("cannot write the audit log: {e}")))?;
+    let rt = tokio::runtime::Handle::current();
+    rt.block_on(async {
+        producer.send(&st.kafka.topics.audit, net.to_string().as_bytes(), Some(json.as_bytes())).await?;
+        producer.send(&st.kafka.topics.overrides, &key, value.as_deref()).await
+    })
+    .map_err(|e| Refusal::Unavailable(format!("cannot publish the override: {e}")))?;
+    tracing::info!(by = %p.name, prefix = %net, action = %req.action, comment, "override");
+    Ok(entry)
+}
+
+async fn api_override(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Json(req): Json<OverrideRequest>,
+) -> Response {
+    let Some(p) = principal(&st, &h) else { return Refusal::Unauthenticated.api() };
+    if let Err(e) = check_csrf(&p, &h, None) {
+        return e.api();
+    }
+    let st2 = st.clone();
+    match tokio::task::spawn_blocking(move || apply_override(&st2, &p, peer.ip(), &req)).await {
+        Ok(Ok(entry)) => (StatusCode::CREATED, Json(entry)).into_response(),
+        Ok(Err(e)) => e.api(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn override_form(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Form(req): Form<OverrideRequest>,
+) -> Response {
+    let Some(p) = principal(&st, &h) else { return Refusal::Unauthenticated.page(None) };
+    if let Err(e) = check_csrf(&p, &h, Some(&req.csrf)) {
+        return e.page(Some(&p));
+    }
+    let st2 = st.clone();
+    let p2 = p.clone();
+    match tokio::task::spawn_blocking(move || apply_override(&st2, &p2, peer.ip(), &req)).await {
+        Ok(Ok(entry)) => Html(pages::override_done(&p, &entry)).into_response(),
+        Ok(Err(e)) => e.page(Some(&p)),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn recent_audit(st: &AppState, n: usize) -> Vec<AuditEntry> {
+    match st.store.lock().expect("store lock").recent_audit(n) {
+        Ok(v) => v.into_iter().filter_map(|(_, j)| serde_json::from_str(&j).ok()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the audit log");
+            Vec::new()
+        }
+    }
+}
+
+/// Audit entries whose prefix covers `subject` (among the last 10,000).
+fn audit_for(st: &AppState, subject: &str) -> Vec<AuditEntry> {
+    let Ok(net) = subject.parse::<IpNetwork>() else { return Vec::new() };
+    recent_audit(st, 10_000)
+        .into_iter()
+        .filter(|e| {
+            e.prefix.parse::<IpNetwork>().is_ok_and(|p| p.contains(net.network()) && p.prefix() <= net.prefix())
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    limit: usize,
+}
+
+async fn api_audit(State(st): State<Arc<AppState>>, h: HeaderMap, Query(q): Query<AuditQuery>) -> Response {
+    if principal(&st, &h).is_none() {
+        return Refusal::Unauthenticated.api();
+    }
+    let n = if q.limit == 0 { 100 } else { q.limit.min(10_000) };
+    let st2 = st.clone();
+    match tokio::task::spawn_blocking(move || recent_audit(&st2, n)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn audit_page(State(st): State<Arc<AppState>>, h: HeaderMap) -> Response {
+    let Some(p) = principal(&st, &h) else { return Refusal::Unauthenticated.page(None) };
+    let st2 = st.clone();
+    match tokio::task::spawn_blocking(move || recent_audit(&st2, 500)).await {
+        Ok(v) => Html(pages::audit(&p, &v)).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("../assets/openapi.json")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(subject: &str, class: Class, rep: f32, reason: &str) -> VerdictRecord {
+        VerdictRecord {
+            v: 1,
+            subject: subject.into(),
+            verdict: class,
+            reputation: rep,
+            at: Timestamp(1),
+            expires: None,
+            requests: 10,
+            reasons: vec![reason.into()],
+        }
+    }
+
+    #[test]
+    fn lists_filter_sort_and_page() {
+        let all: Vec<VerdictRecord> = (0..120)
+            .map(|i| {
+                rec(
+                    &format!("203.0.113.{i}"),
+                    if i % 3 == 0 { Class::Bad } else { Class::Dubious },
+                    -(i as f32) / 200.0,
+                    if i % 2 == 0 { "R-1001 probe for .env" } else { "feed:tor_exits listed" },
+                )
+            })
+            .collect();
+        let l = list(&all, &ListQuery { verdict: "bad".into(), ..ListQuery::default() }).unwrap();
+        assert_eq!(l.total, 40);
+        assert_eq!(l.items[0].subject, "203.0.113.117", "worst first");
+        let l =
+            list(&all, &ListQuery { reason: "r-1001".into(), per_page: 10, page: 2, ..ListQuery::default() }).unwrap();
+        assert_eq!((l.total, l.items.len()), (60, 10));
+        assert!(list(&all, &ListQuery { sort: "nope".into(), ..ListQuery::default() }).is_err());
+        assert!(list(&all, &ListQuery { verdict: "purple".into(), ..ListQuery::default() }).is_err());
+    }
+}

@@ -1,0 +1,277 @@
+//! The HTML pages, rendered with maud: every interpolated value is escaped, so the paths, user
+//! agents and reasons that attackers control render as text. No inline script or style (the CSP
+//! forbids both); charts are inline SVG built here.
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use roost_verdicts::VerdictRecord;
+
+use crate::auth::{Principal, Role};
+use crate::{AuditEntry, ListQuery, Listing};
+
+fn time(ms: i64) -> String {
+    roost_engine::Timestamp(ms).to_string()
+}
+
+fn layout(who: Option<&Principal>, title: &str, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · roost admin" }
+                link rel="stylesheet" href="/static/admin.css";
+            }
+            body {
+                header {
+                    strong { "roost" }
+                    @if let Some(p) = who {
+                        a href="/" { "Overview" }
+                        a href="/clients?verdict=bad" { "Blocked" }
+                        a href="/clients?verdict=dubious" { "Challenged" }
+                        a href="/audit" { "Audit log" }
+                        span.who { (p.name) " (" (p.role.as_str()) ")" }
+                        form method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(p.csrf.clone().unwrap_or_default());
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+    .into_string()
+}
+
+pub fn message(who: Option<&Principal>, title: &str, text: &str) -> String {
+    layout(who, title, html! { h1 { (title) } p.error { (text) } p { a href="/" { "Back" } } })
+}
+
+pub fn login(error: Option<&str>) -> String {
+    layout(
+        None,
+        "Sign in",
+        html! {
+            div.card.login {
+                h1 { "Sign in to roost" }
+                @if let Some(e) = error { p.error { (e) } }
+                form method="post" action="/login" {
+                    label { "Name" input name="name" autocomplete="username" required; }
+                    label { "Password" input name="password" type="password" autocomplete="current-password" required; }
+                    p { button type="submit" { "Sign in" } }
+                }
+            }
+        },
+    )
+}
+
+fn class_cell(c: &str) -> Markup {
+    html! { span class=(c) { (c) } }
+}
+
+fn table(items: &[VerdictRecord]) -> Markup {
+    html! {
+        table {
+            thead { tr { th { "Client" } th { "Verdict" } th { "Reputation" } th { "Requests" } th { "Since" } th { "Until" } th { "Why" } } }
+            tbody {
+                @for r in items {
+                    tr {
+                        td.mono { a href={ "/clients/" (r.subject.replace('/', "%2F")) } { (r.subject) } }
+                        td { (class_cell(r.verdict.as_str())) }
+                        td { (format!("{:.2}", r.reputation)) }
+                        td { (r.requests) }
+                        td.mono { (time(r.at.0)) }
+                        td.mono { (r.expires.map(|e| time(e.0)).unwrap_or_else(|| "–".into())) }
+                        td { (r.reasons.first().map(String::as_str).unwrap_or("")) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A horizontal bar chart of counts, as inline SVG (no script).
+fn bars(rows: &[(String, usize)]) -> Markup {
+    let max = rows.iter().map(|r| r.1).max().unwrap_or(1).max(1) as f64;
+    let h = 22 * rows.len().max(1);
+    html! {
+        svg width="100%" height=(h) viewBox={ "0 0 600 " (h) } role="img" aria-label="counts" {
+            @for (i, (label, n)) in rows.iter().enumerate() {
+                @let y = i * 22;
+                rect x="200" y=(y + 3) width=(format!("{:.1}", 380.0 * *n as f64 / max)) height="16" fill="#2b59c3" {}
+                text x="195" y=(y + 16) text-anchor="end" font-size="12" { (label) }
+                text x=(format!("{:.1}", 205.0 + 380.0 * *n as f64 / max)) y=(y + 16) font-size="12" { (n) }
+            }
+        }
+    }
+}
+
+pub fn overview(
+    p: &Principal,
+    recent: &Listing,
+    worst: &Listing,
+    audit: &[AuditEntry],
+    top: &[(String, usize)],
+) -> String {
+    let n = |k: &str| recent.counts.get(k).copied().unwrap_or(0);
+    layout(
+        Some(p),
+        "Overview",
+        html! {
+            h1 { "Overview" }
+            div.grid {
+                div.card.stat { div.n.bad { (n("bad")) } div.l { "blocked clients" } }
+                div.card.stat { div.n.dubious { (n("dubious")) } div.l { "challenged clients" } }
+                div.card.stat { div.n { (audit.len()) } div.l { "recent operator actions" } }
+            }
+            div.card {
+                h2 { "Find a client" }
+                form.inline method="get" action="/clients" {
+                    label { "Address or prefix" input name="q" placeholder="203.0.113.7"; }
+                    label { "Reason contains" input name="reason" placeholder="R-1001, tor_exits, 404"; }
+                    button type="submit" { "Search" }
+                }
+            }
+            div.card { h2 { "Leading reasons of current verdicts" } (bars(top)) }
+            h2 { "Most recent verdicts" }
+            (table(&recent.items))
+            h2 { "Worst reputations" }
+            (table(&worst.items))
+        },
+    )
+}
+
+pub fn clients(p: &Principal, q: &ListQuery, l: &Listing) -> String {
+    let pages = l.total.div_ceil(l.per_page).max(1);
+    let link = |page: usize| {
+        format!(
+            "/clients?verdict={}&q={}&reason={}&sort={}&page={page}",
+            enc(&q.verdict),
+            enc(&q.q),
+            enc(&q.reason),
+            enc(&q.sort)
+        )
+    };
+    layout(
+        Some(p),
+        "Clients",
+        html! {
+            h1 { "Clients" }
+            form.inline method="get" action="/clients" {
+                label { "Verdict" select name="verdict" {
+                    option value="" selected[q.verdict.is_empty()] { "bad and dubious" }
+                    option value="bad" selected[q.verdict == "bad"] { "bad" }
+                    option value="dubious" selected[q.verdict == "dubious"] { "dubious" }
+                } }
+                label { "Address or prefix" input name="q" value=(q.q); }
+                label { "Reason contains" input name="reason" value=(q.reason); }
+                label { "Sort" select name="sort" {
+                    option value="reputation" selected[q.sort.is_empty() || q.sort == "reputation"] { "worst first" }
+                    option value="recent" selected[q.sort == "recent"] { "most recent" }
+                    option value="expires" selected[q.sort == "expires"] { "expiring last" }
+                    option value="requests" selected[q.sort == "requests"] { "most requests" }
+                } }
+                button type="submit" { "Filter" }
+            }
+            p { (l.total) " clients · page " (l.page + 1) " of " (pages) }
+            (table(&l.items))
+            div.pager {
+                @if l.page > 0 { a href=(link(l.page - 1)) { "← previous" } }
+                @if l.page + 1 < pages { a href=(link(l.page + 1)) { "next →" } }
+            }
+        },
+    )
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+pub fn client(p: &Principal, subject: &str, rec: Option<&VerdictRecord>, audit: &[AuditEntry]) -> String {
+    layout(
+        Some(p),
+        subject,
+        html! {
+            h1.mono { (subject) }
+            div.card {
+                @match rec {
+                    Some(r) => {
+                        p { "Verdict: " (class_cell(r.verdict.as_str())) " · reputation " (format!("{:.2}", r.reputation))
+                            " (−1 worst … 1 best) · " (r.requests) " requests in this episode" }
+                        p { "Since " span.mono { (time(r.at.0)) } @if let Some(e) = r.expires { " · until " span.mono { (time(e.0)) } } }
+                        h2 { "Why" }
+                        ul.reasons { @for x in &r.reasons { li { (x) } } }
+                    }
+                    None => { p { span.good { "good" } ": no verdict is held against this client (it passes)." } }
+                }
+            }
+            @if p.role >= Role::Operator {
+                div.card {
+                    h2 { "Override" }
+                    form.inline method="post" action="/overrides" {
+                        input type="hidden" name="csrf" value=(p.csrf.clone().unwrap_or_default());
+                        label { "Address or prefix" input name="prefix" value=(subject) required; }
+                        label { "Action" select name="action" {
+                            option value="block" { "block" }
+                            option value="challenge" { "challenge" }
+                            option value="allow" { "allow" }
+                            option value="remove" { "remove override" }
+                        } }
+                        label { "For" input name="expires_in" value="1h" placeholder="1h, 7d; empty: until removed"; }
+                        label { "Why (required)" input name="comment" required maxlength="500" size="40"; }
+                        button type="submit" { "Apply" }
+                    }
+                }
+            }
+            h2 { "Operator actions" }
+            (audit_table(audit))
+        },
+    )
+}
+
+fn audit_table(v: &[AuditEntry]) -> Markup {
+    html! {
+        table {
+            thead { tr { th { "When" } th { "Who" } th { "From" } th { "What" } th { "Prefix" } th { "Until" } th { "Why" } } }
+            tbody {
+                @for e in v {
+                    tr {
+                        td.mono { (time(e.at)) }
+                        td { (e.by) }
+                        td.mono { (e.from) }
+                        td { (e.action) @if let Some(c) = e.class { " → " (class_cell(c.as_str())) } }
+                        td.mono { (e.prefix) }
+                        td.mono { (e.until.map(time).unwrap_or_else(|| "–".into())) }
+                        td { (e.comment) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn audit(p: &Principal, v: &[AuditEntry]) -> String {
+    layout(Some(p), "Audit log", html! { h1 { "Audit log" } (audit_table(v)) })
+}
+
+pub fn override_done(p: &Principal, e: &AuditEntry) -> String {
+    layout(
+        Some(p),
+        "Override applied",
+        html! {
+            h1 { "Override applied" }
+            p.ok { (e.action) " " span.mono { (e.prefix) } @if let Some(c) = e.class { " → " (c.as_str()) } ": proxies and routers follow within a second." }
+            p { a href={ "/clients/" (e.prefix.replace('/', "%2F")) } { "Back to " (e.prefix) } " · " a href="/audit" { "Audit log" } }
+            (PreEscaped(""))
+        },
+    )
+}

@@ -1,0 +1,280 @@
+//! `roost admin` as a real process over real Redis and Kafka, with `roost score` applying the
+//! overrides it publishes: every endpoint, signed in and not, with and without CSRF tokens, as
+//! viewer and operator; overrides reach Redis (where proxies read them) and the audit log;
+//! attacker-controlled text renders escaped.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Resp {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    Resp { status: head[9..12].parse().unwrap(), headers: head.to_ascii_lowercase(), body: body.to_owned() }
+}
+
+fn hash(password: &str) -> String {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_roost"))
+        .args(["admin", "hash-password"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn login(port: u16, name: &str, password: &str) -> Resp {
+    request(
+        port,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &format!("name={name}&password={}", password.replace(' ', "+")),
+    )
+}
+
+fn session_cookie(r: &Resp) -> String {
+    let line = r.headers.lines().find(|l| l.starts_with("set-cookie: roost_admin=")).expect("a session cookie");
+    assert!(line.contains("httponly") && line.contains("samesite=strict"), "{line}");
+    line["set-cookie: ".len()..].split(';').next().unwrap().to_owned()
+}
+
+fn write_config(dir: &Path, admin_port: u16, score_port: u16, prefix: &str, topics: &str) -> std::path::PathBuf {
+    let users = dir.join("users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[[user]]\nname = \"ana\"\nrole = \"operator\"\npassword_hash = \"{}\"\n\n[[user]]\nname = \"vic\"\nrole = \"viewer\"\npassword_hash = \"{}\"\n",
+            hash("correct horse battery"),
+            hash("viewer pass")
+        ),
+    )
+    .unwrap();
+    let token_hash = roost_admin::auth::sha256_hex("ci-viewer-token");
+    let cfg = dir.join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nrequests = \"{topics}-requests\"\nverdicts = \"{topics}-verdicts\"\n\
+             overrides = \"{topics}-overrides\"\naudit = \"{topics}-audit\"\nfeeds = \"{topics}-feeds\"\n\
+             [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
+             [score]\ngroup = \"{topics}-group\"\npartitions = 1\nlisten = \"127.0.0.1:{score_port}\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\nusers_file = \"{}\"\ncookie_secure = false\n\
+             tokens = [{{ name = \"ci\", role = \"viewer\", sha256 = \"{token_hash}\" }}]\n",
+            kafka(),
+            redis(),
+            users.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn auth_csrf_roles_overrides_audit_and_escaping() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, score_port) = (free_port(), free_port());
+    let prefix = format!("{}:", unique("adm"));
+    let topics = unique("adm");
+    let cfg = write_config(dir.path(), port, score_port, &prefix, &topics);
+    let _score = Proc::roost("roost score", &cfg, "score");
+    let _admin = Proc::roost("roost admin", &cfg, "admin");
+    wait_for(Duration::from_secs(30), "roost admin", || http_get(port, "/healthz").is_some());
+
+    // an attacker-controlled reason in a stored verdict (what the scorer writes from a log line)
+    let mut store = roost_verdicts::Store::new(&roost_verdicts::RedisConfig {
+        url: redis(),
+        prefix: prefix.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let rec = roost_verdicts::VerdictRecord {
+        v: 1,
+        subject: "198.51.100.66".into(),
+        verdict: roost_engine::Class::Bad,
+        reputation: -0.8,
+        at: roost_engine::Timestamp(roost_proxy::now_ms()),
+        expires: Some(roost_engine::Timestamp(roost_proxy::now_ms() + 3_600_000)),
+        requests: 12,
+        reasons: vec!["R-1001 probe: GET /<script>alert(1)</script> UA \"<img src=x onerror=alert(2)>\"".into()],
+    };
+    store
+        .write(&[roost_verdicts::Write {
+            record: rec,
+            now: roost_engine::Timestamp(roost_proxy::now_ms()),
+            announce: true,
+        }])
+        .unwrap();
+
+    // nothing without signing in
+    assert_eq!(request(port, "GET", "/api/v1/clients", &[], "").status, 401);
+    let r = request(port, "GET", "/", &[], "");
+    assert_eq!(r.status, 303);
+    assert!(r.headers.contains("location: /login"));
+    assert_eq!(request(port, "GET", "/api/v1/clients", &[("Authorization", "Bearer guessed")], "").status, 401);
+    let r = request(port, "GET", "/login", &[], "");
+    assert_eq!(r.status, 200);
+    assert!(r.headers.contains("content-security-policy: default-src 'none'"), "{}", r.headers);
+    assert!(r.headers.contains("x-frame-options: deny"));
+
+    // wrong passwords, then the limit
+    assert_eq!(login(port, "ana", "wrong").status, 401);
+    let mut last = 0;
+    for _ in 0..6 {
+        last = login(port, "mallory", "guess").status;
+    }
+    assert_eq!(last, 429, "repeated failures are rate limited");
+
+    // the operator signs in
+    let r = login(port, "ana", "correct horse battery");
+    assert_eq!(r.status, 303, "{}", r.body);
+    let cookie = session_cookie(&r);
+    let me = request(port, "GET", "/api/v1/me", &[("Cookie", &cookie)], "");
+    let me: serde_json::Value = serde_json::from_str(&me.body).unwrap();
+    assert_eq!(me["role"], "operator");
+    let csrf = me["csrf"].as_str().unwrap().to_owned();
+
+    // the list and the page: the attacker's text is escaped
+    let list = request(port, "GET", "/api/v1/clients?verdict=bad", &[("Cookie", &cookie)], "");
+    assert_eq!(list.status, 200);
+    assert!(list.body.contains("198.51.100.66"), "{}", list.body);
+    let page = request(port, "GET", "/clients?verdict=bad", &[("Cookie", &cookie)], "");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{}", page.body);
+    assert!(!page.body.contains("<script>") && !page.body.contains("<img src=x"), "{}", page.body);
+    let detail = request(port, "GET", "/clients/198.51.100.66", &[("Cookie", &cookie)], "");
+    assert!(detail.body.contains("&lt;img src=x onerror=alert(2)&gt;"), "{}", detail.body);
+    assert_eq!(request(port, "GET", "/api/openapi.json", &[], "").status, 200);
+    assert_eq!(request(port, "GET", "/api/v1/clients?sort=sideways", &[("Cookie", &cookie)], "").status, 400);
+
+    // state changes need the CSRF token and the same origin
+    let body = r#"{"prefix":"203.0.113.99","action":"block","expires_in":"1h","comment":"credential stuffing seen in the app log"}"#;
+    let json = ("Content-Type", "application/json");
+    assert_eq!(request(port, "POST", "/api/v1/overrides", &[("Cookie", &cookie), json], body).status, 403);
+    assert_eq!(
+        request(port, "POST", "/api/v1/overrides", &[("Cookie", &cookie), json, ("X-CSRF-Token", "0000")], body).status,
+        403
+    );
+    assert_eq!(
+        request(
+            port,
+            "POST",
+            "/api/v1/overrides",
+            &[("Cookie", &cookie), json, ("X-CSRF-Token", &csrf), ("Origin", "https://evil.example")],
+            body
+        )
+        .status,
+        403
+    );
+    let form = "prefix=203.0.113.99&action=block&expires_in=1h&comment=x&csrf=wrong";
+    let r = request(
+        port,
+        "POST",
+        "/overrides",
+        &[("Cookie", &cookie), ("Content-Type", "application/x-www-form-urlencoded")],
+        form,
+    );
+    assert_eq!(r.status, 403);
+    // a comment is mandatory, over-broad prefixes are refused
+    let no_comment = r#"{"prefix":"203.0.113.99","action":"block","comment":"  "}"#;
+    assert_eq!(
+        request(port, "POST", "/api/v1/overrides", &[("Cookie", &cookie), json, ("X-CSRF-Token", &csrf)], no_comment)
+            .status,
+        400
+    );
+    let broad = r#"{"prefix":"10.0.0.0/8","action":"block","comment":"no"}"#;
+    assert_eq!(
+        request(port, "POST", "/api/v1/overrides", &[("Cookie", &cookie), json, ("X-CSRF-Token", &csrf)], broad).status,
+        400
+    );
+    // now right
+    let r = request(port, "POST", "/api/v1/overrides", &[("Cookie", &cookie), json, ("X-CSRF-Token", &csrf)], body);
+    assert_eq!(r.status, 201, "{}", r.body);
+    // through the HTML form too
+    let form = format!("prefix=203.0.113.100&action=challenge&expires_in=30m&comment=looks+like+a+scraper&csrf={csrf}");
+    let r = request(
+        port,
+        "POST",
+        "/overrides",
+        &[("Cookie", &cookie), ("Content-Type", "application/x-www-form-urlencoded")],
+        &form,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("Override applied"));
+
+    // the scorer applies them: the verdicts are in Redis, where proxies read them
+    wait_for(Duration::from_secs(30), "the overrides to reach Redis", || {
+        store.load_all().is_ok_and(|all| {
+            all.get("203.0.113.99").is_some_and(|v| v.verdict.as_str() == "bad")
+                && all.get("203.0.113.100").is_some_and(|v| v.verdict.as_str() == "dubious")
+        })
+    });
+    // and the audit log says who, when, what, why
+    let audit = request(port, "GET", "/api/v1/audit", &[("Cookie", &cookie)], "");
+    let audit: serde_json::Value = serde_json::from_str(&audit.body).unwrap();
+    let e = &audit[1];
+    assert_eq!(e["by"], "ana");
+    assert_eq!(e["prefix"], "203.0.113.99/32");
+    assert_eq!(e["class"], "bad");
+    assert_eq!(e["comment"], "credential stuffing seen in the app log");
+    assert!(e["until"].as_i64().unwrap() > roost_proxy::now_ms());
+    let page = request(port, "GET", "/audit", &[("Cookie", &cookie)], "");
+    assert!(page.body.contains("looks like a scraper"));
+    let one = request(port, "GET", "/api/v1/clients/203.0.113.99", &[("Cookie", &cookie)], "");
+    assert!(one.body.contains("credential stuffing"), "{}", one.body);
+    // and it is in the audit topic too (durable beyond Redis)
+    let mut n = 0;
+    let kcfg = roost_kafka::KafkaConfig { brokers: kafka(), ..Default::default() };
+    roost_kafka::read_to_end(&kcfg, &format!("{topics}-audit"), Duration::from_secs(20), |_| n += 1).unwrap();
+    assert_eq!(n, 2);
+
+    // a viewer (session or token) sees but cannot change
+    let v = login(port, "vic", "viewer pass");
+    let vcookie = session_cookie(&v);
+    let vme: serde_json::Value =
+        serde_json::from_str(&request(port, "GET", "/api/v1/me", &[("Cookie", &vcookie)], "").body).unwrap();
+    let vcsrf = vme["csrf"].as_str().unwrap().to_owned();
+    assert_eq!(
+        request(port, "POST", "/api/v1/overrides", &[("Cookie", &vcookie), json, ("X-CSRF-Token", &vcsrf)], body)
+            .status,
+        403
+    );
+    let bearer = ("Authorization", "Bearer ci-viewer-token");
+    assert_eq!(request(port, "GET", "/api/v1/clients", &[bearer], "").status, 200);
+    assert_eq!(request(port, "POST", "/api/v1/overrides", &[bearer, json], body).status, 403);
+
+    // signing out ends the session
+    let r = request(
+        port,
+        "POST",
+        "/logout",
+        &[("Cookie", &cookie), ("Content-Type", "application/x-www-form-urlencoded")],
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(r.status, 303);
+    assert_eq!(request(port, "GET", "/api/v1/me", &[("Cookie", &cookie)], "").status, 401);
+}
