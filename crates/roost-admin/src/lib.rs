@@ -450,15 +450,17 @@ async fn api_client(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Path
         let v = verdicts(&st2)?;
         let rec = v.iter().find(|r| r.subject == subject).cloned();
         let audit = audit_for(&st2, &subject);
-        Ok::<_, Refusal>((subject, rec, audit))
+        let history = st2.store.lock().expect("store lock").history(&subject).unwrap_or_default();
+        Ok::<_, Refusal>((subject, rec, audit, history))
     })
     .await;
     match r {
-        Ok(Ok((subject, rec, audit))) => Json(serde_json::json!({
+        Ok(Ok((subject, rec, audit, history))) => Json(serde_json::json!({
             "subject": subject,
             "verdict": rec.as_ref().map_or("good", |r| r.verdict.as_str()),
             "record": rec,
             "audit": audit,
+            "history": history,
         }))
         .into_response(),
         Ok(Err(e)) => e.api(),
@@ -477,11 +479,14 @@ async fn client_page(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Pat
         let v = verdicts(&st2)?;
         let rec = v.iter().find(|r| r.subject == subject).cloned();
         let audit = audit_for(&st2, &subject);
-        Ok::<_, Refusal>((subject, rec, audit))
+        let history = st2.store.lock().expect("store lock").history(&subject).unwrap_or_default();
+        Ok::<_, Refusal>((subject, rec, audit, history))
     })
     .await;
     match r {
-        Ok(Ok((subject, rec, audit))) => Html(pages::client(&p, &subject, rec.as_ref(), &audit)).into_response(),
+        Ok(Ok((subject, rec, audit, history))) => {
+            Html(pages::client(&p, &subject, rec.as_ref(), &audit, &history)).into_response()
+        }
         Ok(Err(e)) => e.page(Some(&p)),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }

@@ -3,7 +3,7 @@
 //! forbids both); charts are inline SVG built here.
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use roost_verdicts::VerdictRecord;
+use roost_verdicts::{HistoryEntry, VerdictRecord};
 
 use crate::auth::{Principal, Role};
 use crate::{AuditEntry, ListQuery, Listing};
@@ -196,7 +196,42 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-pub fn client(p: &Principal, subject: &str, rec: Option<&VerdictRecord>, audit: &[AuditEntry]) -> String {
+/// The reputation at each recorded verdict change, oldest left, as an inline SVG line.
+fn timeline(history: &[HistoryEntry]) -> Markup {
+    let pts: Vec<&HistoryEntry> = history.iter().rev().collect();
+    if pts.is_empty() {
+        return html! { p { "No recorded changes." } };
+    }
+    let (t0, t1) = (pts[0].record.at.0, pts[pts.len() - 1].record.at.0.max(pts[0].record.at.0 + 1));
+    let x = |t: i64| 40.0 + 540.0 * (t - t0) as f64 / (t1 - t0) as f64;
+    let y = |r: f32| 10.0 + 100.0 * (1.0 - (f64::from(r) + 1.0) / 2.0);
+    let line: String = pts.iter().map(|e| format!("{:.1},{:.1} ", x(e.record.at.0), y(e.record.reputation))).collect();
+    html! {
+        svg width="100%" height="130" viewBox="0 0 600 130" role="img" aria-label="reputation over time" {
+            line x1="40" y1=(y(0.0)) x2="580" y2=(y(0.0)) stroke="#dde1e8" {}
+            text x="2" y="14" font-size="11" { "+1" }
+            text x="2" y=(y(0.0) + 4.0) font-size="11" { "0" }
+            text x="2" y="112" font-size="11" { "−1" }
+            polyline points=(line) fill="none" stroke="#2b59c3" stroke-width="2" {}
+            @for e in &pts {
+                circle cx=(format!("{:.1}", x(e.record.at.0))) cy=(format!("{:.1}", y(e.record.reputation))) r="4"
+                    class=(e.record.verdict.as_str()) fill=(match e.record.verdict.as_str() { "bad" => "#b3261e", "dubious" => "#a15c00", _ => "#1e7a3c" }) {
+                    title { (time(e.record.at.0)) ": " (e.record.verdict.as_str()) ", " (format!("{:.2}", e.record.reputation)) }
+                }
+            }
+        }
+        p.mono { (time(t0)) " … " (time(pts[pts.len() - 1].record.at.0)) }
+    }
+}
+
+pub fn client(
+    p: &Principal,
+    subject: &str,
+    rec: Option<&VerdictRecord>,
+    audit: &[AuditEntry],
+    history: &[HistoryEntry],
+) -> String {
+    let samples: Vec<&roost_engine::Sample> = history.iter().flat_map(|h| &h.samples).take(20).collect();
     layout(
         Some(p),
         subject,
@@ -229,6 +264,35 @@ pub fn client(p: &Principal, subject: &str, rec: Option<&VerdictRecord>, audit: 
                         label { "For" input name="expires_in" value="1h" placeholder="1h, 7d; empty: until removed"; }
                         label { "Why (required)" input name="comment" required maxlength="500" size="40"; }
                         button type="submit" { "Apply" }
+                    }
+                }
+            }
+            div.card { h2 { "Reputation over time" } (timeline(history)) }
+            h2 { "Sample requests" }
+            table {
+                thead { tr { th { "When" } th { "Request" } th { "Status" } th { "User agent" } } }
+                tbody {
+                    @for s in &samples {
+                        tr {
+                            td.mono { (time(s.at.0)) }
+                            td.mono { (s.method) " " (s.target) }
+                            td { (s.status) }
+                            td.mono { (s.user_agent.as_deref().unwrap_or("–")) }
+                        }
+                    }
+                }
+            }
+            h2 { "History of verdicts" }
+            table {
+                thead { tr { th { "When" } th { "Verdict" } th { "Reputation" } th { "Why" } } }
+                tbody {
+                    @for h in history {
+                        tr {
+                            td.mono { (time(h.record.at.0)) }
+                            td { (class_cell(h.record.verdict.as_str())) }
+                            td { (format!("{:.2}", h.record.reputation)) }
+                            td { (h.record.reasons.first().map(String::as_str).unwrap_or("")) }
+                        }
                     }
                 }
             }

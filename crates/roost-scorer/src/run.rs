@@ -327,13 +327,17 @@ fn to_writes(outputs: &[Output]) -> Vec<Write> {
     let mut w = Vec::new();
     for o in outputs {
         match o {
-            Output::Change { change, now, .. } => {
-                w.push(Write { record: VerdictRecord::from_change(change), now: *now, announce: true })
-            }
+            Output::Change { change, now, .. } => w.push(Write {
+                record: VerdictRecord::from_change(change),
+                now: *now,
+                announce: true,
+                samples: change.samples.clone(),
+            }),
             Output::Resync { verdicts, now, .. } => w.extend(verdicts.iter().map(|x| Write {
                 record: VerdictRecord::from_explanation(x),
                 now: *now,
                 announce: false,
+                samples: Vec::new(),
             })),
         }
     }

@@ -99,9 +99,26 @@ impl VerdictRecord {
 pub struct Write {
     pub record: VerdictRecord,
     pub now: Timestamp,
-    /// Also append to the change stream (a resync rewrites keys without announcing them again).
+    /// Also append to the change stream and the subject's history (a resync rewrites keys
+    /// without announcing them again).
     pub announce: bool,
+    /// Requests kept as examples, for the history (the admin UI shows them).
+    pub samples: Vec<roost_engine::Sample>,
 }
+
+/// One entry of a subject's history (`{prefix}h:{subject}`, newest first): the verdict as it
+/// was written, with sample requests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    #[serde(flatten)]
+    pub record: VerdictRecord,
+    #[serde(default)]
+    pub samples: Vec<roost_engine::Sample>,
+}
+
+/// History entries kept per subject, and for how long after the last one.
+pub const HISTORY_LEN: isize = 100;
+pub const HISTORY_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -181,6 +198,19 @@ impl Store {
         format!("{}changes", self.cfg.prefix)
     }
 
+    /// The key of a subject's history list.
+    pub fn history_key(&self, subject: &str) -> String {
+        format!("{}h:{subject}", self.cfg.prefix)
+    }
+
+    /// A subject's history, newest first (entries that do not read are skipped).
+    pub fn history(&mut self, subject: &str) -> Result<Vec<HistoryEntry>, Error> {
+        let key = self.history_key(subject);
+        let raw: Vec<String> =
+            self.with("reading a history", |c| redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query(c))?;
+        Ok(raw.iter().filter_map(|j| serde_json::from_str(j).ok()).collect())
+    }
+
     /// Writes verdicts in one pipeline: good ones deleted, others set with their TTL.
     pub fn write(&mut self, writes: &[Write]) -> Result<(), Error> {
         if writes.is_empty() {
@@ -199,6 +229,11 @@ impl Store {
                 pipe.pset_ex(&key, json, ttl.max(1)).ignore();
             }
             if w.announce {
+                let hkey = self.history_key(&w.record.subject);
+                let entry = HistoryEntry { record: w.record.clone(), samples: w.samples.clone() };
+                pipe.lpush(&hkey, serde_json::to_string(&entry).expect("an entry serializes")).ignore();
+                pipe.ltrim(&hkey, 0, HISTORY_LEN - 1).ignore();
+                pipe.pexpire(&hkey, HISTORY_TTL_MS as i64).ignore();
                 let expires = w.record.expires.map(|e| e.0.to_string()).unwrap_or_default();
                 pipe.cmd("XADD")
                     .arg(&stream)

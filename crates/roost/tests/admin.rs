@@ -127,6 +127,13 @@ fn auth_csrf_roles_overrides_audit_and_escaping() {
             record: rec,
             now: roost_engine::Timestamp(roost_proxy::now_ms()),
             announce: true,
+            samples: vec![roost_engine::Sample {
+                at: roost_engine::Timestamp(roost_proxy::now_ms()),
+                method: "GET".into(),
+                target: "/.env?<b>x</b>".into(),
+                status: 404,
+                user_agent: Some("<script>alert(1)</script>".into()),
+            }],
         }])
         .unwrap();
 
@@ -168,6 +175,11 @@ fn auth_csrf_roles_overrides_audit_and_escaping() {
     assert!(!page.body.contains("<script>") && !page.body.contains("<img src=x"), "{}", page.body);
     let detail = request(port, "GET", "/clients/198.51.100.66", &[("Cookie", &cookie)], "");
     assert!(detail.body.contains("&lt;img src=x onerror=alert(2)&gt;"), "{}", detail.body);
+    // the sample's user agent and path, as text; the timeline is drawn
+    assert!(detail.body.contains("<td class=\"mono\">&lt;script&gt;alert(1)&lt;/script&gt;</td>"), "{}", detail.body);
+    assert!(detail.body.contains("/.env?&lt;b&gt;x&lt;/b&gt;"), "{}", detail.body);
+    assert!(detail.body.contains("<polyline"), "{}", detail.body);
+    assert!(!detail.body.contains("<script>"), "{}", detail.body);
     assert_eq!(request(port, "GET", "/api/openapi.json", &[], "").status, 200);
     assert_eq!(request(port, "GET", "/api/v1/clients?sort=sideways", &[("Cookie", &cookie)], "").status, 400);
 

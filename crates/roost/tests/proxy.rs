@@ -132,7 +132,7 @@ max_wait_secs = 2
             requests: 10,
             reasons: vec!["test".into()],
         };
-        self.store().write(&[VWrite { record, now: Timestamp(now), announce: true }]).unwrap();
+        self.store().write(&[VWrite { record, now: Timestamp(now), announce: true, samples: Vec::new() }]).unwrap();
     }
 
     fn get(&self, from: &str, path: &str, headers: &str) -> Response {
