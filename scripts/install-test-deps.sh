@@ -8,12 +8,13 @@ SUDO=""
 # Debian packages the tests run or build against.
 # redis-server: verdict store; cmake + libcurl4-openssl-dev: rdkafka's bundled librdkafka build;
 # nginx: serves feed snapshots to `roost feeds` in the tests, and is the peer and upstream of the
-# proxy tests; libssl-dev: pingora's TLS (openssl); wrk: proxy load; chromium: solves the challenge;
+# proxy tests; libssl-dev: pingora's TLS (openssl); wrk: proxy load; chromium: solves the challenge,
+# and with chromium-driver (WebDriver) drives the admin UI;
 # gobgpd, bird2: the routers `roost bgp` peers with; prometheus (+ promtool), prometheus-alertmanager
 # (+ amtool): the alerting rules' tests and the end-to-end alert test; softflowd (a real NetFlow
 # exporter, reading pcaps) and nfdump (nfcapd, the reference collector) for `roost flows` (system services
 # left stopped).
-APT_PACKAGES=(build-essential pkg-config procps curl ca-certificates redis-server cmake libcurl4-openssl-dev nginx libssl-dev wrk chromium gobgpd bird2 prometheus prometheus-alertmanager softflowd nfdump)
+APT_PACKAGES=(build-essential pkg-config procps curl ca-certificates redis-server cmake libcurl4-openssl-dev nginx libssl-dev wrk chromium chromium-driver gobgpd bird2 prometheus prometheus-alertmanager softflowd nfdump)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -96,7 +96,7 @@ fn bars(rows: &[(String, usize)]) -> Markup {
     let max = rows.iter().map(|r| r.1).max().unwrap_or(1).max(1) as f64;
     let h = 22 * rows.len().max(1);
     html! {
-        svg width="100%" height=(h) viewBox={ "0 0 600 " (h) } role="img" aria-label="counts" {
+        svg width="600" height=(h) viewBox={ "0 0 600 " (h) } role="img" aria-label="counts" {
             @for (i, (label, n)) in rows.iter().enumerate() {
                 @let y = i * 22;
                 rect x="200" y=(y + 3) width=(format!("{:.1}", 380.0 * *n as f64 / max)) height="16" fill="#2b59c3" {}
@@ -207,7 +207,7 @@ fn timeline(history: &[HistoryEntry]) -> Markup {
     let y = |r: f32| 10.0 + 100.0 * (1.0 - (f64::from(r) + 1.0) / 2.0);
     let line: String = pts.iter().map(|e| format!("{:.1},{:.1} ", x(e.record.at.0), y(e.record.reputation))).collect();
     html! {
-        svg width="100%" height="130" viewBox="0 0 600 130" role="img" aria-label="reputation over time" {
+        svg width="600" height="130" viewBox="0 0 600 130" role="img" aria-label="reputation over time" {
             line x1="40" y1=(y(0.0)) x2="580" y2=(y(0.0)) stroke="#dde1e8" {}
             text x="2" y="14" font-size="11" { "+1" }
             text x="2" y=(y(0.0) + 4.0) font-size="11" { "0" }
