@@ -66,10 +66,13 @@ impl Default for AdminConfig {
     }
 }
 
-/// What the admin needs from the outside: the verdict store, the overrides and audit topics.
+/// What the admin needs from the outside: the verdict store, the overrides and audit topics,
+/// and the proxies' secret (`proxy.challenge.secret_file`) to find the verdict behind an error
+/// page's reference.
 pub struct Backend {
     pub redis: RedisConfig,
     pub kafka: roost_kafka::KafkaConfig,
+    pub proxy_secret_file: String,
 }
 
 pub struct AppState {
@@ -79,6 +82,8 @@ pub struct AppState {
     producer: Option<roost_kafka::Producer>,
     kafka: roost_kafka::KafkaConfig,
     cache: Mutex<Option<(Instant, Arc<Vec<VerdictRecord>>)>>,
+    /// The proxies' signer: references are recomputed from it.
+    signer: Option<roost_proxy::challenge::Signer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +114,15 @@ pub fn state(cfg: AdminConfig, backend: Backend) -> Result<Arc<AppState>, Error>
         roost_kafka::ensure_topic(&backend.kafka, &backend.kafka.topics.overrides, 1, true)?;
         roost_kafka::ensure_topic(&backend.kafka, &backend.kafka.topics.audit, 1, false)?;
     }
+    let signer = if backend.proxy_secret_file.is_empty() {
+        tracing::warn!("proxy.challenge.secret_file is not set: error-page references cannot be looked up");
+        None
+    } else {
+        let s = std::fs::read(&backend.proxy_secret_file)?;
+        Some(roost_proxy::challenge::Signer::new(s.trim_ascii()))
+    };
     Ok(Arc::new(AppState {
+        signer,
         cfg,
         auth,
         store: Mutex::new(Store::new(&backend.redis)?),
@@ -128,6 +141,8 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/clients/{subject}", get(client_page))
         .route("/overrides", post(override_form))
         .route("/audit", get(audit_page))
+        .route("/references", get(reference_page))
+        .route("/api/v1/references/{reference}", get(api_reference))
         .route("/static/admin.css", get(css))
         .route("/api/v1/clients", get(api_clients))
         .route("/api/v1/clients/{subject}", get(api_client))
@@ -714,6 +729,56 @@ async fn audit_page(State(st): State<Arc<AppState>>, h: HeaderMap) -> Response {
     let st2 = st.clone();
     match tokio::task::spawn_blocking(move || recent_audit(&st2, 500)).await {
         Ok(v) => Html(pages::audit(&p, &v)).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// The verdict behind an error page's reference: the proxies sign (subject, verdict time), so
+/// every current verdict's reference is recomputed and compared.
+fn find_reference(st: &AppState, reference: &str) -> Result<Option<VerdictRecord>, Refusal> {
+    let signer =
+        st.signer.as_ref().ok_or_else(|| Refusal::Unavailable("the proxies' secret is not configured".into()))?;
+    let want = reference.trim().to_ascii_uppercase();
+    if want.len() != 10 || !want.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Refusal::Bad("a reference is 10 letters and digits".into()));
+    }
+    let all = verdicts(st)?;
+    Ok(all.iter().find(|r| signer.reference(&r.subject, r.at.0) == want).cloned())
+}
+
+async fn api_reference(State(st): State<Arc<AppState>>, h: HeaderMap, Path(reference): Path<String>) -> Response {
+    if principal(&st, &h).is_none() {
+        return Refusal::Unauthenticated.api();
+    }
+    let st2 = st.clone();
+    match tokio::task::spawn_blocking(move || find_reference(&st2, &reference)).await {
+        Ok(Ok(Some(r))) => Json(r).into_response(),
+        Ok(Ok(None)) => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "no current verdict has this reference (it may have expired)" })),
+        )
+            .into_response(),
+        Ok(Err(e)) => e.api(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct RefQuery {
+    #[serde(default, rename = "ref")]
+    reference: String,
+}
+
+async fn reference_page(State(st): State<Arc<AppState>>, h: HeaderMap, Query(q): Query<RefQuery>) -> Response {
+    let Some(p) = principal(&st, &h) else { return Refusal::Unauthenticated.page(None) };
+    if q.reference.is_empty() {
+        return Html(pages::reference(&p, "", None)).into_response();
+    }
+    let st2 = st.clone();
+    let r2 = q.reference.clone();
+    match tokio::task::spawn_blocking(move || find_reference(&st2, &r2)).await {
+        Ok(Ok(found)) => Html(pages::reference(&p, &q.reference, Some(found.as_ref()))).into_response(),
+        Ok(Err(e)) => e.page(Some(&p)),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }

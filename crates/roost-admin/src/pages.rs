@@ -30,6 +30,7 @@ fn layout(who: Option<&Principal>, title: &str, body: Markup) -> String {
                         a href="/clients?verdict=bad" { "Blocked" }
                         a href="/clients?verdict=dubious" { "Challenged" }
                         a href="/audit" { "Audit log" }
+                        a href="/references" { "Reference lookup" }
                         span.who { (p.name) " (" (p.role.as_str()) ")" }
                         form method="post" action="/logout" {
                             input type="hidden" name="csrf" value=(p.csrf.clone().unwrap_or_default());
@@ -321,6 +322,26 @@ fn audit_table(v: &[AuditEntry]) -> Markup {
             }
         }
     }
+}
+
+pub fn reference(p: &Principal, r: &str, found: Option<Option<&VerdictRecord>>) -> String {
+    layout(
+        Some(p),
+        "Reference lookup",
+        html! {
+            h1 { "Reference lookup" }
+            p { "A visitor who was refused sees a 10-character reference on the error page. Enter it to see the verdict behind it." }
+            form.inline method="get" action="/references" {
+                label { "Reference" input name="ref" value=(r) maxlength="10" required; }
+                button type="submit" { "Look up" }
+            }
+            @match found {
+                Some(Some(rec)) => { h2 { "Found" } (table(std::slice::from_ref(rec))) }
+                Some(None) => { p.error { "No current verdict has this reference (it may have expired)." } }
+                None => {}
+            }
+        },
+    )
 }
 
 pub fn audit(p: &Principal, v: &[AuditEntry]) -> String {

@@ -303,7 +303,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin { cmd: None } => {
             let st = roost_admin::state(
                 cfg.admin.clone(),
-                roost_admin::Backend { redis: cfg.redis.clone(), kafka: cfg.kafka.clone() },
+                roost_admin::Backend {
+                    redis: cfg.redis.clone(),
+                    kafka: cfg.kafka.clone(),
+                    proxy_secret_file: cfg.proxy.challenge.secret_file.clone(),
+                },
             )?;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(roost_admin::serve(st, up::shutdown_signal()))?;

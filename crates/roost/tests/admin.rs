@@ -75,6 +75,7 @@ fn write_config(dir: &Path, admin_port: u16, score_port: u16, prefix: &str, topi
     )
     .unwrap();
     let token_hash = roost_admin::auth::sha256_hex("ci-viewer-token");
+    std::fs::write(dir.join("secret"), "a proxy secret of at least sixteen bytes\n").unwrap();
     let cfg = dir.join("roost.toml");
     std::fs::write(
         &cfg,
@@ -83,11 +84,13 @@ fn write_config(dir: &Path, admin_port: u16, score_port: u16, prefix: &str, topi
              overrides = \"{topics}-overrides\"\naudit = \"{topics}-audit\"\nfeeds = \"{topics}-feeds\"\n\
              [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
              [score]\ngroup = \"{topics}-group\"\npartitions = 1\nlisten = \"127.0.0.1:{score_port}\"\n\
+             [proxy.challenge]\nsecret_file = \"{secret}\"\n\
              [admin]\nlisten = \"127.0.0.1:{admin_port}\"\nusers_file = \"{}\"\ncookie_secure = false\n\
              tokens = [{{ name = \"ci\", role = \"viewer\", sha256 = \"{token_hash}\" }}]\n",
             kafka(),
             redis(),
-            users.display()
+            users.display(),
+            secret = dir.join("secret").display(),
         ),
     )
     .unwrap();
@@ -143,6 +146,20 @@ fn auth_csrf_roles_overrides_audit_and_escaping() {
     assert_eq!(r.status, 303);
     assert!(r.headers.contains("location: /login"));
     assert_eq!(request(port, "GET", "/api/v1/clients", &[("Authorization", "Bearer guessed")], "").status, 401);
+    for path in ["/api/v1/me", "/api/v1/clients/198.51.100.66", "/api/v1/audit", "/api/v1/references/0000000000"] {
+        assert_eq!(request(port, "GET", path, &[], "").status, 401, "{path}");
+    }
+    for path in ["/clients", "/clients/198.51.100.66", "/audit", "/references"] {
+        assert_eq!(request(port, "GET", path, &[], "").status, 303, "{path}");
+    }
+    let anon = request(
+        port,
+        "POST",
+        "/api/v1/overrides",
+        &[("Content-Type", "application/json")],
+        r#"{"prefix":"203.0.113.1","action":"block","comment":"x"}"#,
+    );
+    assert_eq!(anon.status, 401);
     let r = request(port, "GET", "/login", &[], "");
     assert_eq!(r.status, 200);
     assert!(r.headers.contains("content-security-policy: default-src 'none'"), "{}", r.headers);
@@ -181,6 +198,17 @@ fn auth_csrf_roles_overrides_audit_and_escaping() {
     assert!(detail.body.contains("<polyline"), "{}", detail.body);
     assert!(!detail.body.contains("<script>"), "{}", detail.body);
     assert_eq!(request(port, "GET", "/api/openapi.json", &[], "").status, 200);
+    // the reference a proxy's error page showed for it leads back to the verdict
+    let signer = roost_proxy::challenge::Signer::new(b"a proxy secret of at least sixteen bytes");
+    let stored = store.load_all().unwrap()["198.51.100.66"].clone();
+    let reference = signer.reference("198.51.100.66", stored.at.0);
+    let found = request(port, "GET", &format!("/api/v1/references/{reference}"), &[("Cookie", &cookie)], "");
+    assert_eq!(found.status, 200, "{}", found.body);
+    assert!(found.body.contains("198.51.100.66"));
+    assert_eq!(request(port, "GET", "/api/v1/references/0000000000", &[("Cookie", &cookie)], "").status, 404);
+    assert_eq!(request(port, "GET", "/api/v1/references/x", &[("Cookie", &cookie)], "").status, 400);
+    let page = request(port, "GET", &format!("/references?ref={reference}"), &[("Cookie", &cookie)], "");
+    assert!(page.body.contains("198.51.100.66"), "{}", page.body);
     assert_eq!(request(port, "GET", "/api/v1/clients?sort=sideways", &[("Cookie", &cookie)], "").status, 400);
 
     // state changes need the CSRF token and the same origin
