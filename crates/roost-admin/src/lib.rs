@@ -50,6 +50,10 @@ pub struct AdminConfig {
     /// Overrides may not cover more than this (shortest prefix lengths).
     pub min_prefix_v4: u8,
     pub min_prefix_v6: u8,
+    /// A Prometheus that scrapes the roost daemons (`http://127.0.0.1:9090`): the overview
+    /// then shows the average reputation over time, the drop alert and the pipeline's health.
+    /// Empty: not shown.
+    pub prometheus_url: String,
 }
 
 impl Default for AdminConfig {
@@ -62,6 +66,7 @@ impl Default for AdminConfig {
             cookie_secure: true,
             min_prefix_v4: 16,
             min_prefix_v6: 32,
+            prometheus_url: String::new(),
         }
     }
 }
@@ -507,8 +512,99 @@ async fn client_page(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Pat
     }
 }
 
+/// What the overview shows from Prometheus.
+#[derive(Default)]
+pub struct Health {
+    pub configured: bool,
+    pub error: Option<String>,
+    /// (Unix s, mean reputation) over the last 6 hours.
+    pub series: Vec<(f64, f64)>,
+    /// `inactive`, `pending` or `firing`.
+    pub drop_alert: String,
+    /// (job, instance, up).
+    pub targets: Vec<(String, String, bool)>,
+}
+
+const MEAN: &str = "sum(roost_reputation_sum{by=\"request\"}) / sum(roost_reputation_weight{by=\"request\"})";
+
+async fn prom(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    params: &[(&str, String)],
+) -> Result<serde_json::Value, String> {
+    let r = client
+        .get(format!("{}{path}", base.trim_end_matches('/')))
+        .query(params)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+    if v["status"] != "success" {
+        return Err(v["error"].as_str().unwrap_or("query failed").to_owned());
+    }
+    Ok(v["data"]["result"].clone())
+}
+
+async fn health(st: &AppState) -> Health {
+    let base = &st.cfg.prometheus_url;
+    if base.is_empty() {
+        return Health::default();
+    }
+    let mut h = Health { configured: true, drop_alert: "inactive".into(), ..Health::default() };
+    let client = match reqwest::Client::builder().timeout(Duration::from_secs(3)).build() {
+        Ok(c) => c,
+        Err(e) => {
+            h.error = Some(e.to_string());
+            return h;
+        }
+    };
+    let end = now_ms() as f64 / 1000.0;
+    let params = [
+        ("query", MEAN.to_owned()),
+        ("start", format!("{:.0}", end - 6.0 * 3600.0)),
+        ("end", format!("{end:.0}")),
+        ("step", "10".to_owned()),
+    ];
+    match prom(&client, base, "/api/v1/query_range", &params).await {
+        Ok(r) => {
+            h.series = r[0]["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((p[0].as_f64()?, p[1].as_str()?.parse::<f64>().ok()?)))
+                .filter(|(_, v)| v.is_finite())
+                .collect()
+        }
+        Err(e) => h.error = Some(e),
+    }
+    let alerts = [("query", "ALERTS{alertname=\"RoostAverageReputationDrop\"}".to_owned())];
+    if let Ok(r) = prom(&client, base, "/api/v1/query", &alerts).await {
+        for a in r.as_array().into_iter().flatten() {
+            let s = a["metric"]["alertstate"].as_str().unwrap_or("");
+            if s == "firing" || (s == "pending" && h.drop_alert != "firing") {
+                h.drop_alert = s.to_owned();
+            }
+        }
+    }
+    let up = [("query", "up{job=~\"roost.*\"}".to_owned())];
+    if let Ok(r) = prom(&client, base, "/api/v1/query", &up).await {
+        for t in r.as_array().into_iter().flatten() {
+            let m = &t["metric"];
+            h.targets.push((
+                m["job"].as_str().unwrap_or("").to_owned(),
+                m["instance"].as_str().unwrap_or("").to_owned(),
+                t["value"][1].as_str() == Some("1"),
+            ));
+        }
+        h.targets.sort();
+    }
+    h
+}
+
 async fn overview(State(st): State<Arc<AppState>>, h: HeaderMap) -> Response {
     let Some(p) = principal(&st, &h) else { return Refusal::Unauthenticated.page(None) };
+    let health = health(&st).await;
     let st2 = st.clone();
     let r = tokio::task::spawn_blocking(move || {
         let all = verdicts(&st2)?;
@@ -519,7 +615,9 @@ async fn overview(State(st): State<Arc<AppState>>, h: HeaderMap) -> Response {
     })
     .await;
     match r {
-        Ok(Ok((recent, worst, audit, top))) => Html(pages::overview(&p, &recent, &worst, &audit, &top)).into_response(),
+        Ok(Ok((recent, worst, audit, top))) => {
+            Html(pages::overview(&p, &recent, &worst, &audit, &top, &health)).into_response()
+        }
         Ok(Err(e)) => e.page(Some(&p)),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }

@@ -6,7 +6,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use roost_verdicts::{HistoryEntry, VerdictRecord};
 
 use crate::auth::{Principal, Role};
-use crate::{AuditEntry, ListQuery, Listing};
+use crate::{AuditEntry, Health, ListQuery, Listing};
 
 fn time(ms: i64) -> String {
     roost_engine::Timestamp(ms).to_string()
@@ -108,12 +108,58 @@ fn bars(rows: &[(String, usize)]) -> Markup {
     }
 }
 
+/// The population's mean reputation over time (from Prometheus), as an inline SVG line.
+fn mean_chart(series: &[(f64, f64)]) -> Markup {
+    if series.len() < 2 {
+        return html! { p { "Not enough samples yet." } };
+    }
+    let (t0, t1) = (series[0].0, series[series.len() - 1].0.max(series[0].0 + 1.0));
+    let x = |t: f64| 40.0 + 540.0 * (t - t0) / (t1 - t0);
+    let y = |r: f64| 10.0 + 100.0 * (1.0 - (r.clamp(-1.0, 1.0) + 1.0) / 2.0);
+    let line: String = series.iter().map(|(t, v)| format!("{:.1},{:.1} ", x(*t), y(*v))).collect();
+    let last = series[series.len() - 1].1;
+    html! {
+        svg width="600" height="130" viewBox="0 0 600 130" role="img" aria-label="average reputation" {
+            line x1="40" y1=(y(0.0)) x2="580" y2=(y(0.0)) stroke="#dde1e8" {}
+            text x="2" y="14" font-size="11" { "+1" }
+            text x="2" y=(y(0.0) + 4.0) font-size="11" { "0" }
+            text x="2" y="112" font-size="11" { "−1" }
+            polyline class="mean" points=(line) fill="none" stroke="#2b59c3" stroke-width="2" {}
+        }
+        p { "now " strong { (format!("{last:.2}")) } " (request-weighted, −1 worst … 1 best), last 6 hours" }
+    }
+}
+
+fn health_cards(h: &Health) -> Markup {
+    html! {
+        @if !h.configured {
+            div.card { h2 { "Average reputation" } p { "Set admin.prometheus_url to see the average reputation over time, the drop alert and the pipeline's health." } }
+        } @else {
+            div.card {
+                h2 { "Average reputation" }
+                @if let Some(e) = &h.error { p.error { "Prometheus: " (e) } }
+                (mean_chart(&h.series))
+                p { "Drop alert (RoostAverageReputationDrop): "
+                    @match h.drop_alert.as_str() { "firing" => span.bad { "FIRING" }, "pending" => span.dubious { "pending" }, _ => span.good { "quiet" } } }
+            }
+            div.card {
+                h2 { "Pipeline" }
+                table {
+                    thead { tr { th { "Job" } th { "Instance" } th { "Scraped" } } }
+                    tbody { @for (job, inst, up) in &h.targets { tr { td { (job) } td.mono { (inst) } td { @if *up { span.good { "up" } } @else { span.bad { "DOWN" } } } } } }
+                }
+            }
+        }
+    }
+}
+
 pub fn overview(
     p: &Principal,
     recent: &Listing,
     worst: &Listing,
     audit: &[AuditEntry],
     top: &[(String, usize)],
+    health: &Health,
 ) -> String {
     let n = |k: &str| recent.counts.get(k).copied().unwrap_or(0);
     layout(
@@ -126,6 +172,7 @@ pub fn overview(
                 div.card.stat { div.n.dubious { (n("dubious")) } div.l { "challenged clients" } }
                 div.card.stat { div.n { (audit.len()) } div.l { "recent operator actions" } }
             }
+            (health_cards(health))
             div.card {
                 h2 { "Find a client" }
                 form.inline method="get" action="/clients" {

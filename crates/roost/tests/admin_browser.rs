@@ -52,8 +52,8 @@ fn via_proxy(port: u16, client: &str) -> u16 {
 async fn an_operator_investigates_and_blocks_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (admin_port, score_port, tail_port, proxy_port, proxy_metrics, driver_port) =
-        (free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
+    let (admin_port, score_port, tail_port, proxy_port, proxy_metrics, driver_port, prom_port) =
+        (free_port(), free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
     let prefix = format!("{}:", unique("ui"));
     let topics = unique("ui");
     let log = d.join("access.log");
@@ -75,7 +75,7 @@ async fn an_operator_investigates_and_blocks_in_a_real_browser() {
              [redis]\nurl = \"{redis}\"\nprefix = \"{prefix}\"\n\
              [tail]\ncheckpoint = \"{d}/tail.json\"\nstart = \"beginning\"\npoll_interval = \"50ms\"\nlisten = \"127.0.0.1:{tail_port}\"\n\
              [score]\ngroup = \"{topics}-group\"\npartitions = 1\nlisten = \"127.0.0.1:{score_port}\"\n\
-             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\nusers_file = \"{d}/users.toml\"\ncookie_secure = false\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\nusers_file = \"{d}/users.toml\"\ncookie_secure = false\nprometheus_url = \"http://127.0.0.1:{prom_port}\"\n\
              [proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\nupstreams = [\"127.0.0.1:{admin_port}\"]\n\
              metrics_listen = \"127.0.0.1:{proxy_metrics}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\naccess_log = \"{d}/proxy.log\"\n\
              threads = 1\npid_file = \"{d}/proxy.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
@@ -91,6 +91,20 @@ async fn an_operator_investigates_and_blocks_in_a_real_browser() {
     let _score = Proc::roost("roost score", &cfg, "score");
     let _admin = Proc::roost("roost admin", &cfg, "admin");
     let _proxy = Proc::roost("roost proxy", &cfg, "proxy");
+    // a real Prometheus scraping the scorer and the proxy, for the overview
+    std::fs::write(
+        d.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: roost-score\n    static_configs: [{{ targets: ['127.0.0.1:{score_port}'] }}]\n\
+             \x20 - job_name: roost-proxy\n    static_configs: [{{ targets: ['127.0.0.1:{proxy_metrics}'] }}]\n"
+        ),
+    )
+    .unwrap();
+    let mut prom = Command::new("prometheus");
+    prom.arg(format!("--config.file={}", d.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", d.join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"));
+    let _prom = Proc::spawn("prometheus", prom);
     let mut cd = Command::new("/usr/bin/chromedriver");
     cd.arg(format!("--port={driver_port}"));
     let _driver = Proc::spawn("chromedriver", cd);
@@ -119,7 +133,16 @@ async fn an_operator_investigates_and_blocks_in_a_real_browser() {
     wait_for(Duration::from_secs(60), "the scanner's verdict in Redis", || {
         store.load_all().is_ok_and(|all| all.get("203.0.113.7").is_some_and(|v| v.verdict.as_str() == "bad"))
     });
-    assert_eq!(via_proxy(proxy_port, "198.51.100.30"), 200, "an unknown client passes the proxy");
+    wait_for(Duration::from_secs(20), "an unknown client to pass the proxy", || {
+        via_proxy(proxy_port, "198.51.100.30") == 200
+    });
+    // a few samples of the population's mean in Prometheus
+    let q = "/api/v1/query?query=count_over_time((sum(roost_reputation_sum%7Bby%3D%22request%22%7D)%2Fsum(roost_reputation_weight%7Bby%3D%22request%22%7D))%5B1m%3A1s%5D)";
+    wait_for(Duration::from_secs(60), "the mean reputation in Prometheus", || {
+        http_get(prom_port, q).and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok()).is_some_and(|v| {
+            v["data"]["result"][0]["value"][1].as_str().and_then(|n| n.parse::<f64>().ok()).unwrap_or(0.0) >= 25.0
+        })
+    });
 
     let mut caps = serde_json::Map::new();
     caps.insert(
@@ -149,6 +172,10 @@ async fn an_operator_investigates_and_blocks_in_a_real_browser() {
     c.wait().for_element(Locator::Css("h1")).await.unwrap();
     let h1 = c.find(Locator::Css("h1")).await.unwrap().text().await.unwrap();
     assert_eq!(h1, "Overview");
+    assert!(c.find(Locator::Css("svg polyline.mean")).await.is_ok(), "the average reputation is charted");
+    let body = c.find(Locator::Css("body")).await.unwrap().text().await.unwrap();
+    assert!(body.contains("roost-score") && body.contains("roost-proxy"), "pipeline health: {body}");
+    assert!(body.contains("Drop alert"), "{body}");
     std::fs::write(shots.join("admin-overview.png"), c.screenshot().await.unwrap()).unwrap();
 
     // search the attacker and open it
