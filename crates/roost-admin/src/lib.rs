@@ -54,6 +54,9 @@ pub struct AdminConfig {
     /// then shows the average reputation over time, the drop alert and the pipeline's health.
     /// Empty: not shown.
     pub prometheus_url: String,
+    /// `roost bgp`'s address (`http://127.0.0.1:9755`): client pages then say whether the
+    /// client's traffic is diverted, by which rule. Empty: not shown.
+    pub bgp_url: String,
 }
 
 impl Default for AdminConfig {
@@ -67,6 +70,7 @@ impl Default for AdminConfig {
             min_prefix_v4: 16,
             min_prefix_v6: 32,
             prometheus_url: String::new(),
+            bgp_url: String::new(),
         }
     }
 }
@@ -488,8 +492,41 @@ async fn api_client(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Path
     }
 }
 
+/// Whether the flowspec controller diverts `subject`: `None` when not configured, else the
+/// controller's answer in words.
+async fn diversion(st: &AppState, subject: &str) -> Option<String> {
+    if st.cfg.bgp_url.is_empty() {
+        return None;
+    }
+    let url = format!("{}/rules", st.cfg.bgp_url.trim_end_matches('/'));
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let v: serde_json::Value = match client.get(&url).send().await {
+        Ok(r) => match r.json().await {
+            Ok(v) => v,
+            Err(e) => return Some(format!("the flowspec controller's answer did not read: {e}")),
+        },
+        Err(e) => return Some(format!("the flowspec controller is unreachable: {e}")),
+    };
+    let covers = |x: &serde_json::Value| x.as_array().into_iter().flatten().any(|s| s.as_str() == Some(subject));
+    if let Some(r) = v["rules"].as_array().into_iter().flatten().find(|r| covers(&r["subjects"])) {
+        let peers = v["peers"].as_array().map_or(0, |p| p.iter().filter(|p| p["established"] == true).count());
+        return Some(format!(
+            "diverted: flowspec rule for {} in the controller's plan ({peers} router session(s) up)",
+            r["rule"]["source"].as_str().unwrap_or(subject)
+        ));
+    }
+    if let Some(why) = v["refused"].as_array().into_iter().flatten().find(|r| r[0].as_str() == Some(subject)) {
+        return Some(format!("not diverted: {}", why[1].as_str().unwrap_or("refused")));
+    }
+    Some("not diverted (no flowspec rule for this client)".into())
+}
+
 async fn client_page(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Path<String>) -> Response {
     let Some(p) = principal(&st, &h) else { return Refusal::Unauthenticated.page(None) };
+    let bgp = match subject_of(&s) {
+        Ok(subject) => diversion(&st, &subject).await,
+        Err(_) => None,
+    };
     let subject = match subject_of(&s) {
         Ok(x) => x,
         Err(e) => return e.page(Some(&p)),
@@ -505,7 +542,7 @@ async fn client_page(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Pat
     .await;
     match r {
         Ok(Ok((subject, rec, audit, history))) => {
-            Html(pages::client(&p, &subject, rec.as_ref(), &audit, &history)).into_response()
+            Html(pages::client(&p, &subject, rec.as_ref(), &audit, &history, bgp.as_deref())).into_response()
         }
         Ok(Err(e)) => e.page(Some(&p)),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),

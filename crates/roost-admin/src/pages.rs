@@ -278,6 +278,7 @@ pub fn client(
     rec: Option<&VerdictRecord>,
     audit: &[AuditEntry],
     history: &[HistoryEntry],
+    bgp: Option<&str>,
 ) -> String {
     let samples: Vec<&roost_engine::Sample> = history.iter().flat_map(|h| &h.samples).take(20).collect();
     layout(
@@ -296,6 +297,7 @@ pub fn client(
                     }
                     None => { p { span.good { "good" } ": no verdict is held against this client (it passes)." } }
                 }
+                @if let Some(b) = bgp { p { "Routers: " (b) } }
             }
             @if p.role >= Role::Operator {
                 div.card {

@@ -252,8 +252,20 @@ fn auth_csrf_roles_overrides_audit_and_escaping() {
         400
     );
     // now right
+    let posted = std::time::Instant::now();
     let r = request(port, "POST", "/api/v1/overrides", &[("Cookie", &cookie), json, ("X-CSRF-Token", &csrf)], body);
     assert_eq!(r.status, 201, "{}", r.body);
+    // (a figure, not a pass/fail: how long an override takes to reach Redis, where proxies read it)
+    let mut probe = roost_verdicts::Store::new(&roost_verdicts::RedisConfig {
+        url: redis(),
+        prefix: prefix.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    wait_for(Duration::from_secs(30), "the block in Redis", || {
+        probe.load_all().is_ok_and(|all| all.contains_key("203.0.113.99"))
+    });
+    eprintln!("[test] override → Redis in {} ms", posted.elapsed().as_millis());
     // through the HTML form too
     let form = format!("prefix=203.0.113.100&action=challenge&expires_in=30m&comment=looks+like+a+scraper&csrf={csrf}");
     let r = request(

@@ -52,8 +52,8 @@ fn via_proxy(port: u16, client: &str) -> u16 {
 async fn an_operator_investigates_and_blocks_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (admin_port, score_port, tail_port, proxy_port, proxy_metrics, driver_port, prom_port) =
-        (free_port(), free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
+    let (admin_port, score_port, tail_port, proxy_port, proxy_metrics, driver_port, prom_port, bgp_port) =
+        (free_port(), free_port(), free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
     let prefix = format!("{}:", unique("ui"));
     let topics = unique("ui");
     let log = d.join("access.log");
@@ -75,7 +75,8 @@ async fn an_operator_investigates_and_blocks_in_a_real_browser() {
              [redis]\nurl = \"{redis}\"\nprefix = \"{prefix}\"\n\
              [tail]\ncheckpoint = \"{d}/tail.json\"\nstart = \"beginning\"\npoll_interval = \"50ms\"\nlisten = \"127.0.0.1:{tail_port}\"\n\
              [score]\ngroup = \"{topics}-group\"\npartitions = 1\nlisten = \"127.0.0.1:{score_port}\"\n\
-             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\nusers_file = \"{d}/users.toml\"\ncookie_secure = false\nprometheus_url = \"http://127.0.0.1:{prom_port}\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\nusers_file = \"{d}/users.toml\"\ncookie_secure = false\nprometheus_url = \"http://127.0.0.1:{prom_port}\"\nbgp_url = \"http://127.0.0.1:{bgp_port}\"\n\
+             [bgp]\ndry_run = true\nprotect = [\"192.0.2.0/24\"]\nlisten = \"127.0.0.1:{bgp_port}\"\n\
              [proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\nupstreams = [\"127.0.0.1:{admin_port}\"]\n\
              metrics_listen = \"127.0.0.1:{proxy_metrics}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\naccess_log = \"{d}/proxy.log\"\n\
              threads = 1\npid_file = \"{d}/proxy.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
@@ -91,6 +92,7 @@ async fn an_operator_investigates_and_blocks_in_a_real_browser() {
     let _score = Proc::roost("roost score", &cfg, "score");
     let _admin = Proc::roost("roost admin", &cfg, "admin");
     let _proxy = Proc::roost("roost proxy", &cfg, "proxy");
+    let _bgp = Proc::roost("roost bgp", &cfg, "bgp");
     // a real Prometheus scraping the scorer and the proxy, for the overview
     std::fs::write(
         d.join("prometheus.yml"),
@@ -191,6 +193,8 @@ async fn an_operator_investigates_and_blocks_in_a_real_browser() {
     let reasons = c.find(Locator::Css("ul.reasons")).await.unwrap().text().await.unwrap();
     assert!(reasons.contains("404"), "{reasons}");
     assert!(c.find(Locator::Css("svg polyline")).await.is_ok(), "the reputation chart is drawn");
+    let routers = c.find(Locator::XPath("//p[starts-with(., 'Routers:')]")).await.unwrap().text().await.unwrap();
+    assert!(routers.contains("diverted: flowspec rule for 203.0.113.7/32"), "{routers}");
     // the user agent is text on the page, not a script in it
     let body = c.find(Locator::Css("body")).await.unwrap().text().await.unwrap();
     assert!(body.contains(xss), "the user agent shows as text: {body}");
