@@ -461,6 +461,17 @@ fn subject_of(s: &str) -> Result<String, Refusal> {
     s.parse::<IpNetwork>().map(|n| n.to_string()).map_err(|_| Refusal::Bad(format!("{s:?} is not an address")))
 }
 
+/// What is known of one subject: its verdict, the operator actions covering it, its history.
+type Detail = (String, Option<VerdictRecord>, Vec<AuditEntry>, Vec<roost_verdicts::HistoryEntry>);
+
+fn client_detail(st: &AppState, subject: String) -> Result<Detail, Refusal> {
+    let v = verdicts(st)?;
+    let rec = v.iter().find(|r| r.subject == subject).cloned();
+    let audit = audit_for(st, &subject);
+    let history = st.store.lock().expect("store lock").history(&subject).unwrap_or_default();
+    Ok((subject, rec, audit, history))
+}
+
 async fn api_client(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Path<String>) -> Response {
     if principal(&st, &h).is_none() {
         return Refusal::Unauthenticated.api();
@@ -470,14 +481,7 @@ async fn api_client(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Path
         Err(e) => return e.api(),
     };
     let st2 = st.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        let v = verdicts(&st2)?;
-        let rec = v.iter().find(|r| r.subject == subject).cloned();
-        let audit = audit_for(&st2, &subject);
-        let history = st2.store.lock().expect("store lock").history(&subject).unwrap_or_default();
-        Ok::<_, Refusal>((subject, rec, audit, history))
-    })
-    .await;
+    let r = tokio::task::spawn_blocking(move || client_detail(&st2, subject)).await;
     match r {
         Ok(Ok((subject, rec, audit, history))) => Json(serde_json::json!({
             "subject": subject,
@@ -532,14 +536,7 @@ async fn client_page(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Pat
         Err(e) => return e.page(Some(&p)),
     };
     let st2 = st.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        let v = verdicts(&st2)?;
-        let rec = v.iter().find(|r| r.subject == subject).cloned();
-        let audit = audit_for(&st2, &subject);
-        let history = st2.store.lock().expect("store lock").history(&subject).unwrap_or_default();
-        Ok::<_, Refusal>((subject, rec, audit, history))
-    })
-    .await;
+    let r = tokio::task::spawn_blocking(move || client_detail(&st2, subject)).await;
     match r {
         Ok(Ok((subject, rec, audit, history))) => {
             Html(pages::client(&p, &subject, rec.as_ref(), &audit, &history, bgp.as_deref())).into_response()

@@ -8,7 +8,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -34,19 +33,6 @@ fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: 
     Resp { status: head[9..12].parse().unwrap(), headers: head.to_ascii_lowercase(), body: body.to_owned() }
 }
 
-fn hash(password: &str) -> String {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_roost"))
-        .args(["admin", "hash-password"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = c.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 fn login(port: u16, name: &str, password: &str) -> Resp {
     request(
         port,
@@ -69,8 +55,8 @@ fn write_config(dir: &Path, admin_port: u16, score_port: u16, prefix: &str, topi
         &users,
         format!(
             "[[user]]\nname = \"ana\"\nrole = \"operator\"\npassword_hash = \"{}\"\n\n[[user]]\nname = \"vic\"\nrole = \"viewer\"\npassword_hash = \"{}\"\n",
-            hash("correct horse battery"),
-            hash("viewer pass")
+            hash_password("correct horse battery"),
+            hash_password("viewer pass")
         ),
     )
     .unwrap();

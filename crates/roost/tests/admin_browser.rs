@@ -10,32 +10,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use fantoccini::{ClientBuilder, Locator};
-
-fn clf(ip: &str, method: &str, path: &str, status: u16, ua: &str) -> String {
-    let now = std::time::SystemTime::now();
-    let t = httpdate::fmt_http_date(now); // "Wed, 02 Dec 2026 09:00:00 GMT"
-    let p: Vec<&str> = t.split(' ').collect();
-    format!(
-        "{ip} - - [{}/{}/{}:{} +0000] \"{method} {path} HTTP/1.1\" {status} 153 \"-\" \"{ua}\"\n",
-        p[1], p[2], p[3], p[4]
-    )
-}
-
-fn hash(password: &str) -> String {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_roost"))
-        .args(["admin", "hash-password"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap().trim().to_owned()
-}
 
 /// A GET through the proxy as `client` (the proxy trusts 127.0.0.1's X-Forwarded-For).
 fn via_proxy(port: u16, client: &str) -> u16 {
@@ -62,7 +41,7 @@ async fn an_operator_investigates_and_blocks_in_a_real_browser() {
         d.join("users.toml"),
         format!(
             "[[user]]\nname = \"ana\"\nrole = \"operator\"\npassword_hash = \"{}\"\n",
-            hash("correct horse battery")
+            hash_password("correct horse battery")
         ),
     )
     .unwrap();
@@ -122,8 +101,8 @@ async fn an_operator_investigates_and_blocks_in_a_real_browser() {
     for p in
         ["/.env", "/.git/config", "/phpmyadmin/", "/backup.sql", "/admin.php", "/server-status", "/wp-config.php.bak"]
     {
-        lines.push_str(&clf("203.0.113.7", "GET", p, 404, xss));
-        lines.push_str(&clf("198.51.100.20", "GET", "/articles/1", 200, "Mozilla/5.0"));
+        lines.push_str(&clf_line("203.0.113.7", "GET", p, 404, xss, unix_now()));
+        lines.push_str(&clf_line("198.51.100.20", "GET", "/articles/1", 200, "Mozilla/5.0", unix_now()));
     }
     std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(lines.as_bytes()).unwrap();
     let mut store = roost_verdicts::Store::new(&roost_verdicts::RedisConfig {

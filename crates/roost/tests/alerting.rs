@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 use common::{Proc, free_port, http_get};
 
+fn clf(ip: &str, method: &str, path: &str, status: u16, now: u64) -> String {
+    common::clf_line(ip, method, path, status, "Mozilla/5.0 (X11; Linux x86_64)", now)
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
@@ -152,31 +156,6 @@ fn roost_state(port: u16) -> String {
         .unwrap_or_default()
 }
 
-fn clf(ip: &str, method: &str, path: &str, status: u16, now: i64) -> String {
-    let (y, m, d) = civil(now.div_euclid(86_400));
-    let sod = now.rem_euclid(86_400);
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    format!(
-        "{ip} - - [{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000] \"{method} {path} HTTP/1.1\" {status} 512 \"-\" \"Mozilla/5.0 (X11; Linux x86_64)\"\n",
-        MONTHS[m as usize - 1],
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
-}
-
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + (m <= 2) as i64, m, d)
-}
-
 const NORMAL: u8 = 1;
 const ATTACK: u8 = 2;
 const STOP: u8 = 3;
@@ -211,7 +190,7 @@ fn traffic(log: PathBuf, phase: Arc<AtomicU8>) -> std::thread::JoinHandle<u64> {
             if p == STOP {
                 break;
             }
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+            let now = common::unix_now();
             let mut batch = String::new();
             for _ in 0..15 {
                 let c = rnd(120);

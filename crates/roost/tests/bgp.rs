@@ -428,16 +428,11 @@ peers = [{{ address = "127.0.0.1:{bgp_port}", local_address = "127.0.0.4", peer_
     let router = gobgpd(dir.path(), bgp_port, api_port);
     let _up = Proc::roost("roost up", &cfg, "up");
     wait_for(Duration::from_secs(30), "the session", || metric(listen, "roost_bgp_session_up") == Some(1.0));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let stamp = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(now));
-    // "Wed, 02 Dec 2026 09:00:00 GMT" → "02/Dec/2026:09:00:00 +0000"
-    let p: Vec<&str> = stamp.split(' ').collect();
-    let clf_time = format!("{}/{}/{}:{} +0000", p[1], p[2], p[3], p[4]);
     let mut lines = String::new();
     for path in
         ["/.env", "/.git/config", "/phpmyadmin/", "/backup.sql", "/admin.php", "/server-status", "/wp-config.php.bak"]
     {
-        lines.push_str(&format!("203.0.113.77 - - [{clf_time}] \"GET {path} HTTP/1.1\" 404 153 \"-\" \"scanner\"\n"));
+        lines.push_str(&clf_line("203.0.113.77", "GET", path, 404, "scanner", unix_now()));
     }
     std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(lines.as_bytes()).unwrap();
     wait_for(Duration::from_secs(20), "the scanner's rule in gobgpd", || {

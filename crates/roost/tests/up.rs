@@ -1,6 +1,8 @@
 //! `roost up` as a real process: it follows a log through rotation, flags attackers within
 //! seconds, explains them over HTTP, exports metrics, and stops cleanly on SIGTERM.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -67,30 +69,7 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 fn clf_now(ip: &str, method: &str, path: &str, status: u16) -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let (y, m, d) = roost_event_days(t.div_euclid(86_400));
-    let sod = t.rem_euclid(86_400);
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    format!(
-        "{ip} - - [{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000] \"{method} {path} HTTP/1.1\" {status} 123 \"-\" \"Mozilla/5.0\"\n",
-        MONTHS[m as usize - 1],
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
-}
-
-fn roost_event_days(z: i64) -> (i64, u32, u32) {
-    // civil_from_days, as in roost-event (kept local: this test only links the binary)
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + (m <= 2) as i64, m, d)
+    common::clf_line(ip, method, path, status, "Mozilla/5.0", common::unix_now())
 }
 
 fn append(p: &Path, s: &str) {

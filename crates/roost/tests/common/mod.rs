@@ -118,3 +118,33 @@ pub fn metric(port: u16, name: &str) -> Option<f64> {
     }
     found
 }
+
+/// An access-log line in the combined format, dated `unix_secs` (UTC).
+pub fn clf_line(ip: &str, method: &str, path: &str, status: u16, user_agent: &str, unix_secs: u64) -> String {
+    // "Wed, 02 Dec 2026 09:00:00 GMT" → "02/Dec/2026:09:00:00 +0000"
+    let t = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(unix_secs));
+    let p: Vec<&str> = t.split(' ').collect();
+    format!(
+        "{ip} - - [{}/{}/{}:{} +0000] \"{method} {path} HTTP/1.1\" {status} 153 \"-\" \"{user_agent}\"\n",
+        p[1], p[2], p[3], p[4]
+    )
+}
+
+/// The current Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// An argon2 hash of `password`, from `roost admin hash-password`.
+pub fn hash_password(password: &str) -> String {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_roost"))
+        .args(["admin", "hash-password"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
