@@ -73,19 +73,14 @@ async fn an_operator_investigates_and_blocks_in_a_real_browser() {
     let _proxy = Proc::roost("roost proxy", &cfg, "proxy");
     let _bgp = Proc::roost("roost bgp", &cfg, "bgp");
     // a real Prometheus scraping the scorer and the proxy, for the overview
-    std::fs::write(
-        d.join("prometheus.yml"),
-        format!(
+    let _prom = common::prometheus(
+        d,
+        prom_port,
+        &format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: roost-score\n    static_configs: [{{ targets: ['127.0.0.1:{score_port}'] }}]\n\
              \x20 - job_name: roost-proxy\n    static_configs: [{{ targets: ['127.0.0.1:{proxy_metrics}'] }}]\n"
         ),
-    )
-    .unwrap();
-    let mut prom = Command::new("prometheus");
-    prom.arg(format!("--config.file={}", d.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", d.join("tsdb").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"));
-    let _prom = Proc::spawn("prometheus", prom);
+    );
     let mut cd = Command::new("/usr/bin/chromedriver");
     cd.arg(format!("--port={driver_port}"));
     let _driver = Proc::spawn("chromedriver", cd);

@@ -263,21 +263,16 @@ fn prometheus_pages_on_an_attack_and_not_on_normal_traffic() {
         .replace("[6h]", "[3m]")
         .replace("for: 5m", "for: 5s");
     std::fs::write(d.join("roost.rules.yml"), rules).unwrap();
-    std::fs::write(
-        d.join("prometheus.yml"),
-        format!(
+    let _prom = common::prometheus(
+        d,
+        prom_port,
+        &format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n  external_labels:\n    roost_admin_url: http://127.0.0.1:{up_port}\n\
              rule_files: [roost.rules.yml]\n\
              alerting:\n  alertmanagers:\n    - static_configs: [{{ targets: ['127.0.0.1:{am_port}'] }}]\n\
              scrape_configs:\n  - job_name: roost-up\n    static_configs: [{{ targets: ['127.0.0.1:{up_port}'] }}]\n"
         ),
-    )
-    .unwrap();
-    let mut prom = Command::new("prometheus");
-    prom.arg(format!("--config.file={}", d.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", d.join("tsdb").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"));
-    let _prom = Proc::spawn("prometheus", prom);
+    );
 
     common::wait_for(Duration::from_secs(30), "roost up, Prometheus and Alertmanager", || {
         http_get(up_port, "/healthz").is_some()

@@ -148,3 +148,18 @@ pub fn hash_password(password: &str) -> String {
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// A real Prometheus (Debian's) on 127.0.0.1:`port` with `config` (prometheus.yml) written to
+/// `dir`, its storage there too; ready when this returns.
+pub fn prometheus(dir: &Path, port: u16, config: &str) -> Proc {
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let mut c = Command::new("prometheus");
+    c.arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+    let p = Proc::spawn("prometheus", c);
+    wait_for(Duration::from_secs(30), "Prometheus to be ready", || {
+        http_get(port, "/-/ready").is_some_and(|b| b.contains("Ready"))
+    });
+    p
+}
