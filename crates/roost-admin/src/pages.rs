@@ -108,24 +108,15 @@ fn bars(rows: &[(String, usize)]) -> Markup {
     }
 }
 
-/// The population's mean reputation over time (from Prometheus), as an inline SVG line.
+/// The population's mean reputation over time (from Prometheus).
 fn mean_chart(series: &[(f64, f64)]) -> Markup {
     if series.len() < 2 {
         return html! { p { "Not enough samples yet." } };
     }
-    let (t0, t1) = (series[0].0, series[series.len() - 1].0.max(series[0].0 + 1.0));
-    let x = |t: f64| 40.0 + 540.0 * (t - t0) / (t1 - t0);
-    let y = |r: f64| 10.0 + 100.0 * (1.0 - (r.clamp(-1.0, 1.0) + 1.0) / 2.0);
-    let line: String = series.iter().map(|(t, v)| format!("{:.1},{:.1} ", x(*t), y(*v))).collect();
+    let pts: Vec<(i64, f64)> = series.iter().map(|(t, v)| ((t * 1000.0) as i64, *v)).collect();
     let last = series[series.len() - 1].1;
     html! {
-        svg width="600" height="130" viewBox="0 0 600 130" role="img" aria-label="average reputation" {
-            line x1="40" y1=(y(0.0)) x2="580" y2=(y(0.0)) stroke="#dde1e8" {}
-            text x="2" y="14" font-size="11" { "+1" }
-            text x="2" y=(y(0.0) + 4.0) font-size="11" { "0" }
-            text x="2" y="112" font-size="11" { "−1" }
-            polyline class="mean" points=(line) fill="none" stroke="#2b59c3" stroke-width="2" {}
-        }
+        (line_chart(&pts, &[], "average reputation"))
         p { "now " strong { (format!("{last:.2}")) } " (request-weighted, −1 worst … 1 best), last 6 hours" }
     }
 }
@@ -244,31 +235,47 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-/// The reputation at each recorded verdict change, oldest left, as an inline SVG line.
-fn timeline(history: &[HistoryEntry]) -> Markup {
-    let pts: Vec<&HistoryEntry> = history.iter().rev().collect();
-    if pts.is_empty() {
-        return html! { p { "No recorded changes." } };
-    }
-    let (t0, t1) = (pts[0].record.at.0, pts[pts.len() - 1].record.at.0.max(pts[0].record.at.0 + 1));
+/// Reputations over time (Unix ms, -1..1) as an inline SVG line on a -1..1 axis, with an
+/// optional dot per point (class, tooltip). No script: the CSP allows none.
+fn line_chart(points: &[(i64, f64)], dots: &[(&str, String)], label: &str) -> Markup {
+    let (t0, t1) = (points[0].0, points[points.len() - 1].0.max(points[0].0 + 1));
     let x = |t: i64| 40.0 + 540.0 * (t - t0) as f64 / (t1 - t0) as f64;
-    let y = |r: f32| 10.0 + 100.0 * (1.0 - (f64::from(r) + 1.0) / 2.0);
-    let line: String = pts.iter().map(|e| format!("{:.1},{:.1} ", x(e.record.at.0), y(e.record.reputation))).collect();
+    let y = |r: f64| 10.0 + 100.0 * (1.0 - (r.clamp(-1.0, 1.0) + 1.0) / 2.0);
+    let line: String = points.iter().map(|(t, v)| format!("{:.1},{:.1} ", x(*t), y(*v))).collect();
     html! {
-        svg width="600" height="130" viewBox="0 0 600 130" role="img" aria-label="reputation over time" {
+        svg width="600" height="130" viewBox="0 0 600 130" role="img" aria-label=(label) {
             line x1="40" y1=(y(0.0)) x2="580" y2=(y(0.0)) stroke="#dde1e8" {}
             text x="2" y="14" font-size="11" { "+1" }
             text x="2" y=(y(0.0) + 4.0) font-size="11" { "0" }
             text x="2" y="112" font-size="11" { "−1" }
-            polyline points=(line) fill="none" stroke="#2b59c3" stroke-width="2" {}
-            @for e in &pts {
-                circle cx=(format!("{:.1}", x(e.record.at.0))) cy=(format!("{:.1}", y(e.record.reputation))) r="4"
-                    class=(e.record.verdict.as_str()) fill=(match e.record.verdict.as_str() { "bad" => "#b3261e", "dubious" => "#a15c00", _ => "#1e7a3c" }) {
-                    title { (time(e.record.at.0)) ": " (e.record.verdict.as_str()) ", " (format!("{:.2}", e.record.reputation)) }
+            polyline class="mean" points=(line) fill="none" stroke="#2b59c3" stroke-width="2" {}
+            @for ((t, v), (class, tip)) in points.iter().zip(dots) {
+                circle cx=(format!("{:.1}", x(*t))) cy=(format!("{:.1}", y(*v))) r="4" class=(class)
+                    fill=(match *class { "bad" => "#b3261e", "dubious" => "#a15c00", _ => "#1e7a3c" }) {
+                    title { (tip) }
                 }
             }
         }
-        p.mono { (time(t0)) " … " (time(pts[pts.len() - 1].record.at.0)) }
+    }
+}
+
+/// The reputation at each recorded verdict change, oldest left.
+fn timeline(history: &[HistoryEntry]) -> Markup {
+    if history.is_empty() {
+        return html! { p { "No recorded changes." } };
+    }
+    let pts: Vec<(i64, f64)> = history.iter().rev().map(|e| (e.record.at.0, f64::from(e.record.reputation))).collect();
+    let dots: Vec<(&str, String)> = history
+        .iter()
+        .rev()
+        .map(|e| {
+            let tip = format!("{}: {}, {:.2}", time(e.record.at.0), e.record.verdict.as_str(), e.record.reputation);
+            (e.record.verdict.as_str(), tip)
+        })
+        .collect();
+    html! {
+        (line_chart(&pts, &dots, "reputation over time"))
+        p.mono { (time(pts[0].0)) " … " (time(pts[pts.len() - 1].0)) }
     }
 }
 

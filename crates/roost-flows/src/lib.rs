@@ -138,7 +138,9 @@ impl Default for DecoderConfig {
 pub struct Decoder {
     parsers: AutoScopedParser,
     /// Sampling interval per exporter and domain, from options data (v9, IPFIX).
-    sampling: HashMap<(SocketAddr, u32), u32>,
+    /// Sampling interval per exporter and domain, from options data (v9, IPFIX), and when the
+    /// exporter last sent one (Unix ms, arrival time).
+    sampling: HashMap<(SocketAddr, u32), (u32, i64)>,
 }
 
 impl Decoder {
@@ -208,12 +210,12 @@ impl Decoder {
                                 for rec in &d.fields {
                                     let fields = rec.options_fields.iter().map(|(f, v)| (u16::from(*f), v));
                                     if let Some(rate) = sampling_of(fields) {
-                                        self.sampling.insert(key, rate);
+                                        self.sampling.insert(key, (rate, received.millis()));
                                     }
                                 }
                             }
                             V9Body::Data(d) => {
-                                let rate = self.sampling.get(&key).copied().unwrap_or(1);
+                                let rate = self.sampling.get(&key).map_or(1, |(r, _)| *r);
                                 for rec in &d.fields {
                                     let fields = rec.iter().map(|(f, v)| (u16::from(*f), v));
                                     match record(fields, exporter, 9, domain, received, Some(boot), rate) {
@@ -243,12 +245,12 @@ impl Decoder {
                             IpfixBody::OptionsData(d) => {
                                 for rec in &d.fields {
                                     if let Some(rate) = sampling_of(rec.iter().map(|(f, v)| (ipfix_id(f), v))) {
-                                        self.sampling.insert(key, rate);
+                                        self.sampling.insert(key, (rate, received.millis()));
                                     }
                                 }
                             }
                             IpfixBody::Data(d) => {
-                                let rate = self.sampling.get(&key).copied().unwrap_or(1);
+                                let rate = self.sampling.get(&key).map_or(1, |(r, _)| *r);
                                 for rec in &d.fields {
                                     let fields = rec.iter().map(|(f, v)| (ipfix_id(f), v));
                                     match record(fields, exporter, 10, domain, received, None, rate) {
@@ -276,14 +278,11 @@ impl Decoder {
         self.parsers.source_count()
     }
 
-    /// Forgets exporters not heard from for `idle`.
-    pub fn prune(&mut self, idle: Duration) -> usize {
-        let n = self.parsers.prune_idle_sources(idle);
-        if n > 0 {
-            let live: std::collections::HashSet<SocketAddr> = self.sampling.keys().map(|(a, _)| *a).collect();
-            self.sampling.retain(|(a, _), _| live.contains(a));
-        }
-        n
+    /// Forgets exporters (their templates) and sampling rates not heard of for `idle`.
+    pub fn prune(&mut self, now: Timestamp, idle: Duration) -> usize {
+        let cut = now.millis() - idle.as_millis() as i64;
+        self.sampling.retain(|_, (_, last)| *last > cut);
+        self.parsers.prune_idle_sources(idle)
     }
 }
 
@@ -578,6 +577,10 @@ mod tests {
         // another domain of the same exporter is not sampled
         let out = d.decode(exporter(), &v9(true, 2), Timestamp(3));
         assert_eq!((out.records[0].sampling, out.records[0].packets), (1, 10));
+        // a rate not repeated within the idle time is forgotten
+        d.prune(Timestamp(3_600_000), Duration::from_secs(1800));
+        let out = d.decode(exporter(), &v9(true, 1), Timestamp(3_600_001));
+        assert_eq!(out.records[0].sampling, 1);
     }
 
     #[test]

@@ -350,7 +350,7 @@ fn receive(
         }
         if last_prune.elapsed() >= Duration::from_secs(60) {
             last_prune = Instant::now();
-            decoder.prune(f.template_ttl);
+            decoder.prune(now, f.template_ttl);
             m.exporters.set(decoder.exporters() as i64);
             if let Some(feat) = features.as_mut() {
                 feat.expire(now);

@@ -96,33 +96,45 @@ fn send_verdicts(kafka: &roost_kafka::KafkaConfig, records: &[(&str, &str, f32, 
     });
 }
 
+/// `roost bgp` (AS 65003, 127.0.0.4) following `topic`, peering with the gobgpd of `gobgpd()` on
+/// `bgp_port`; `extra` lines go into `[bgp]`.
+fn controller_config(
+    dir: &Path,
+    kafka: &roost_kafka::KafkaConfig,
+    topic: &str,
+    listen: u16,
+    bgp_port: u16,
+    extra: &str,
+) -> std::path::PathBuf {
+    let cfg = dir.join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nverdicts = \"{topic}\"\n[bgp]\nasn = 65003\nrouter_id = \"127.0.0.4\"\n\
+             hold_time = 9\nlisten = \"127.0.0.1:{listen}\"\n\
+             peers = [{{ address = \"127.0.0.1:{bgp_port}\", local_address = \"127.0.0.4\", peer_as = 65000 }}]\n{extra}\n",
+            kafka.brokers
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 #[test]
 fn rules_reach_gobgp_expire_come_back_after_a_restart_and_never_cover_the_allowlist() {
     let dir = tempfile::tempdir().unwrap();
     let (bgp_port, api_port, listen) = (free_port(), free_port(), free_port());
     let (kafka, topic) = verdicts_topic("verdicts");
-    let cfg = dir.path().join("roost.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[kafka]
-brokers = "{}"
-[kafka.topics]
-verdicts = "{topic}"
-[bgp]
-asn = 65003
-router_id = "127.0.0.4"
-hold_time = 9
-listen = "127.0.0.1:{listen}"
-protect = ["192.0.2.0/24", "2001:db8:ffff::/48"]
+    let cfg = controller_config(
+        dir.path(),
+        &kafka,
+        &topic,
+        listen,
+        bgp_port,
+        r#"protect = ["192.0.2.0/24", "2001:db8:ffff::/48"]
 allowlist = ["198.51.100.0/24"]
-peers = [{{ address = "127.0.0.1:{bgp_port}", local_address = "127.0.0.4", peer_as = 65000 }}]
-bad = {{ kind = "discard" }}
-"#,
-            kafka.brokers
-        ),
-    )
-    .unwrap();
+bad = { kind = "discard" }"#,
+    );
     let mut router = gobgpd(dir.path(), bgp_port, api_port);
     let _bgp = Proc::roost("bgp", &cfg, "bgp");
     wait_for(Duration::from_secs(30), "the session", || metric(listen, "roost_bgp_session_up") == Some(1.0));
@@ -350,26 +362,7 @@ fn a_silent_router_is_dropped_by_the_hold_timer_and_gets_the_rules_back() {
     let dir = tempfile::tempdir().unwrap();
     let (bgp_port, api_port, listen) = (free_port(), free_port(), free_port());
     let (kafka, topic) = verdicts_topic("verdicts-rr");
-    let cfg = dir.path().join("roost.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[kafka]
-brokers = "{}"
-[kafka.topics]
-verdicts = "{topic}"
-[bgp]
-asn = 65003
-router_id = "127.0.0.4"
-hold_time = 9
-listen = "127.0.0.1:{listen}"
-protect = ["192.0.2.0/24"]
-peers = [{{ address = "127.0.0.1:{bgp_port}", local_address = "127.0.0.4", peer_as = 65000 }}]
-"#,
-            kafka.brokers
-        ),
-    )
-    .unwrap();
+    let cfg = controller_config(dir.path(), &kafka, &topic, listen, bgp_port, r#"protect = ["192.0.2.0/24"]"#);
     let router = gobgpd(dir.path(), bgp_port, api_port);
     let _bgp = Proc::roost("bgp", &cfg, "bgp");
     wait_for(Duration::from_secs(30), "the session", || metric(listen, "roost_bgp_session_up") == Some(1.0));
