@@ -6,15 +6,17 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 # Debian packages the tests run or build against.
-# redis-server: verdict store; cmake + libcurl4-openssl-dev: rdkafka's bundled librdkafka build;
+# (what the build needs: scripts/install-build-deps.sh) redis-server: verdict store;
 # nginx: serves feed snapshots to `roost feeds` in the tests, and is the peer and upstream of the
-# proxy tests; libssl-dev: pingora's TLS (openssl); wrk: proxy load; chromium: solves the challenge,
+# proxy tests; wrk: proxy load; chromium: solves the challenge,
 # and with chromium-driver (WebDriver) drives the admin UI;
 # gobgpd, bird2: the routers `roost bgp` peers with; prometheus (+ promtool), prometheus-alertmanager
 # (+ amtool): the alerting rules' tests and the end-to-end alert test; softflowd (a real NetFlow
 # exporter, reading pcaps) and nfdump (nfcapd, the reference collector) for `roost flows` (system services
-# left stopped).
-APT_PACKAGES=(build-essential pkg-config procps curl ca-certificates redis-server cmake libcurl4-openssl-dev nginx libssl-dev wrk chromium chromium-driver gobgpd bird2 prometheus prometheus-alertmanager softflowd nfdump)
+# left stopped); haproxy: its log format snippet is run for real; systemd: systemd-analyze verify
+# checks the units in deploy/systemd.
+"$(dirname "$0")/install-build-deps.sh"
+APT_PACKAGES=(procps systemd redis-server nginx haproxy wrk chromium chromium-driver gobgpd bird2 prometheus prometheus-alertmanager softflowd nfdump)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,7 +26,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
   # the tests run their own routers on loopback ports; the packaged services are not wanted
-  $SUDO systemctl disable --now bird gobgpd prometheus prometheus-alertmanager prometheus-node-exporter softflowd nfdump >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now haproxy bird gobgpd prometheus prometheus-alertmanager prometheus-node-exporter softflowd nfdump >/dev/null 2>&1 || true
 fi
 
 # Shared real-world test data (../shared/data, next to the checkout): the tests read it.

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+pub use auth::User;
 use axum::Router;
 use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -75,21 +76,92 @@ impl Default for AdminConfig {
     }
 }
 
-/// What the admin needs from the outside: the verdict store, the overrides and audit topics,
-/// and the proxies' secret (`proxy.challenge.secret_file`) to find the verdict behind an error
-/// page's reference.
-pub struct Backend {
-    pub redis: RedisConfig,
-    pub kafka: roost_kafka::KafkaConfig,
-    pub proxy_secret_file: String,
+/// Where the admin reads verdicts and writes operators' actions. [`Distributed`] is the
+/// pipeline's (Redis and Kafka); `roost up` implements it over its own engine.
+pub trait Backend: Send + Sync + 'static {
+    /// Every stored verdict (the admin drops the expired ones).
+    fn verdicts(&self) -> Result<Vec<VerdictRecord>, String>;
+    /// A subject's history, newest first.
+    fn history(&self, subject: &str) -> Vec<roost_verdicts::HistoryEntry>;
+    /// Records an operator's action durably, before it takes effect.
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), String>;
+    /// The last `n` audit entries, newest first.
+    fn recent_audit(&self, n: usize) -> Result<Vec<AuditEntry>, String>;
+    /// Puts an override in force (`None`: removes the one on `prefix`).
+    fn apply_override(&self, prefix: IpNetwork, ov: Option<Override>) -> Result<(), String>;
+    /// The overview's average-reputation series and drop-alert state, when the backend has them
+    /// itself (used when `admin.prometheus_url` is empty).
+    fn health(&self) -> Option<Health> {
+        None
+    }
+}
+
+/// The distributed pipeline's backend: verdicts, histories and the audit stream in Redis
+/// (what the proxies enforce); overrides to the overrides topic (every scorer applies them; the
+/// resulting verdicts reach Redis, the proxies and the flowspec controller within a second) and
+/// the audit log also to the audit topic.
+pub struct Distributed {
+    store: Mutex<Store>,
+    producer: Option<roost_kafka::Producer>,
+    kafka: roost_kafka::KafkaConfig,
+    rt: tokio::runtime::Handle,
+}
+
+impl Distributed {
+    /// Connects (lazily) to Redis and creates the Kafka topics it writes. Call from within a
+    /// tokio runtime: Kafka sends are awaited on it.
+    pub fn connect(redis: &RedisConfig, kafka: roost_kafka::KafkaConfig) -> Result<Distributed, Error> {
+        let producer = if kafka.enabled() { Some(roost_kafka::Producer::new(&kafka, "roost-admin")?) } else { None };
+        if kafka.enabled() {
+            roost_kafka::ensure_topic(&kafka, &kafka.topics.overrides, 1, true)?;
+            roost_kafka::ensure_topic(&kafka, &kafka.topics.audit, 1, false)?;
+        }
+        Ok(Distributed {
+            store: Mutex::new(Store::new(redis)?),
+            producer,
+            kafka,
+            rt: tokio::runtime::Handle::current(),
+        })
+    }
+}
+
+impl Backend for Distributed {
+    fn verdicts(&self) -> Result<Vec<VerdictRecord>, String> {
+        let all = self.store.lock().expect("store lock").load_all().map_err(|e| e.to_string())?;
+        Ok(all.into_values().collect())
+    }
+
+    fn history(&self, subject: &str) -> Vec<roost_verdicts::HistoryEntry> {
+        self.store.lock().expect("store lock").history(subject).unwrap_or_default()
+    }
+
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), String> {
+        let json = serde_json::to_string(entry).expect("an entry serializes");
+        self.store.lock().expect("store lock").append_audit(&json).map_err(|e| e.to_string())?;
+        if let Some(p) = &self.producer {
+            self.rt
+                .block_on(p.send(&self.kafka.topics.audit, entry.prefix.as_bytes(), Some(json.as_bytes())))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn recent_audit(&self, n: usize) -> Result<Vec<AuditEntry>, String> {
+        let v = self.store.lock().expect("store lock").recent_audit(n).map_err(|e| e.to_string())?;
+        Ok(v.into_iter().filter_map(|(_, j)| serde_json::from_str(&j).ok()).collect())
+    }
+
+    fn apply_override(&self, prefix: IpNetwork, ov: Option<Override>) -> Result<(), String> {
+        let producer = self.producer.as_ref().ok_or("Kafka is not configured")?;
+        let (key, value) = roost_scorer::overrides::encode(prefix, ov.as_ref());
+        self.rt.block_on(producer.send(&self.kafka.topics.overrides, &key, value.as_deref())).map_err(|e| e.to_string())
+    }
 }
 
 pub struct AppState {
     cfg: AdminConfig,
     auth: Auth,
-    store: Mutex<Store>,
-    producer: Option<roost_kafka::Producer>,
-    kafka: roost_kafka::KafkaConfig,
+    backend: Arc<dyn Backend>,
     cache: Mutex<Option<(Instant, Arc<Vec<VerdictRecord>>)>>,
     /// The proxies' signer: references are recomputed from it.
     signer: Option<roost_proxy::challenge::Signer>,
@@ -111,34 +183,34 @@ const COOKIE: &str = "roost_admin";
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
                    frame-ancestors 'none'; base-uri 'none'";
 
-pub fn state(cfg: AdminConfig, backend: Backend) -> Result<Arc<AppState>, Error> {
-    let users = auth::load_users(&cfg.users_file)?;
+/// The admin's state. `proxy_secret`: the proxies' signing secret
+/// (`proxy.challenge.secret_file`), to find the verdict behind an error page's reference.
+pub fn state(
+    cfg: AdminConfig,
+    users: Vec<auth::User>,
+    backend: Arc<dyn Backend>,
+    proxy_secret: Option<Vec<u8>>,
+) -> Result<Arc<AppState>, Error> {
     if users.is_empty() && cfg.tokens.is_empty() {
         tracing::warn!(file = %cfg.users_file.display(), "no users and no tokens: nobody can sign in");
     }
     let auth = Auth::new(users, cfg.tokens.clone(), cfg.session_ttl);
-    let producer =
-        if backend.kafka.enabled() { Some(roost_kafka::Producer::new(&backend.kafka, "roost-admin")?) } else { None };
-    if backend.kafka.enabled() {
-        roost_kafka::ensure_topic(&backend.kafka, &backend.kafka.topics.overrides, 1, true)?;
-        roost_kafka::ensure_topic(&backend.kafka, &backend.kafka.topics.audit, 1, false)?;
-    }
-    let signer = if backend.proxy_secret_file.is_empty() {
-        tracing::warn!("proxy.challenge.secret_file is not set: error-page references cannot be looked up");
-        None
-    } else {
-        let s = std::fs::read(&backend.proxy_secret_file)?;
-        Some(roost_proxy::challenge::Signer::new(s.trim_ascii()))
+    let signer = match proxy_secret {
+        Some(s) => Some(roost_proxy::challenge::Signer::new(&s)),
+        None => {
+            tracing::warn!("proxy.challenge.secret_file is not set: error-page references cannot be looked up");
+            None
+        }
     };
-    Ok(Arc::new(AppState {
-        signer,
-        cfg,
-        auth,
-        store: Mutex::new(Store::new(&backend.redis)?),
-        producer,
-        kafka: backend.kafka,
-        cache: Mutex::new(None),
-    }))
+    Ok(Arc::new(AppState { signer, cfg, auth, backend, cache: Mutex::new(None) }))
+}
+
+/// Reads a proxy secret file (`proxy.challenge.secret_file`); empty path: none.
+pub fn read_secret(path: &str) -> Result<Option<Vec<u8>>, Error> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(std::fs::read(path)?.trim_ascii().to_vec()))
 }
 
 pub fn router(st: Arc<AppState>) -> Router {
@@ -352,15 +424,11 @@ fn verdicts(st: &AppState) -> Result<Arc<Vec<VerdictRecord>>, Refusal> {
     {
         return Ok(v.clone());
     }
-    let all = st
-        .store
-        .lock()
-        .expect("store lock")
-        .load_all()
-        .map_err(|e| Refusal::Unavailable(format!("the verdict store is unreachable: {e}")))?;
+    let all =
+        st.backend.verdicts().map_err(|e| Refusal::Unavailable(format!("the verdict store is unreachable: {e}")))?;
     let now = now_ms();
     // an expired verdict is good, whatever is still stored
-    let v: Vec<VerdictRecord> = all.into_values().filter(|r| r.expires.is_none_or(|e| e.0 > now)).collect();
+    let v: Vec<VerdictRecord> = all.into_iter().filter(|r| r.expires.is_none_or(|e| e.0 > now)).collect();
     let v = Arc::new(v);
     *c = Some((Instant::now(), v.clone()));
     Ok(v)
@@ -468,7 +536,7 @@ fn client_detail(st: &AppState, subject: String) -> Result<Detail, Refusal> {
     let v = verdicts(st)?;
     let rec = v.iter().find(|r| r.subject == subject).cloned();
     let audit = audit_for(st, &subject);
-    let history = st.store.lock().expect("store lock").history(&subject).unwrap_or_default();
+    let history = st.backend.history(&subject);
     Ok((subject, rec, audit, history))
 }
 
@@ -583,7 +651,7 @@ async fn prom(
 async fn health(st: &AppState) -> Health {
     let base = &st.cfg.prometheus_url;
     if base.is_empty() {
-        return Health::default();
+        return st.backend.health().unwrap_or_default();
     }
     let mut h = Health { configured: true, drop_alert: "inactive".into(), ..Health::default() };
     let client = match reqwest::Client::builder().timeout(Duration::from_secs(3)).build() {
@@ -751,8 +819,6 @@ fn apply_override(st: &AppState, p: &Principal, from: IpAddr, req: &OverrideRequ
         by: p.name.clone(),
         comment: comment.to_owned(),
     });
-    let producer = st.producer.as_ref().ok_or_else(|| Refusal::Unavailable("Kafka is not configured".into()))?;
-    let (key, value) = roost_scorer::overrides::encode(net, ov.as_ref());
     let entry = AuditEntry {
         at: now,
         by: p.name.clone(),
@@ -763,19 +829,13 @@ fn apply_override(st: &AppState, p: &Principal, from: IpAddr, req: &OverrideRequ
         until,
         comment: comment.to_owned(),
     };
-    let json = serde_json::to_string(&entry).expect("an entry serializes");
     // the audit entry first: nothing takes effect that is not on record
-    st.store
-        .lock()
-        .expect("store lock")
-        .append_audit(&json)
-        .map_err(|e| Refusal::Unavailable(format!("cannot write the audit log: {e}")))?;
-    let rt = tokio::runtime::Handle::current();
-    rt.block_on(async {
-        producer.send(&st.kafka.topics.audit, net.to_string().as_bytes(), Some(json.as_bytes())).await?;
-        producer.send(&st.kafka.topics.overrides, &key, value.as_deref()).await
-    })
-    .map_err(|e| Refusal::Unavailable(format!("cannot publish the override: {e}")))?;
+    st.backend.append_audit(&entry).map_err(|e| Refusal::Unavailable(format!("cannot write the audit log: {e}")))?;
+    st.backend
+        .apply_override(net, ov)
+        .map_err(|e| Refusal::Unavailable(format!("cannot put the override in force: {e}")))?;
+    // the next page shows it
+    *st.cache.lock().expect("cache lock") = None;
     tracing::info!(by = %p.name, prefix = %net, action = %req.action, comment, "override");
     Ok(entry)
 }
@@ -818,8 +878,8 @@ async fn override_form(
 }
 
 fn recent_audit(st: &AppState, n: usize) -> Vec<AuditEntry> {
-    match st.store.lock().expect("store lock").recent_audit(n) {
-        Ok(v) => v.into_iter().filter_map(|(_, j)| serde_json::from_str(&j).ok()).collect(),
+    match st.backend.recent_audit(n) {
+        Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the audit log");
             Vec::new()

@@ -60,21 +60,129 @@ pub struct RunOptions {
     pub daemon: bool,
 }
 
+/// Where the proxy's verdicts come from.
+pub enum Verdicts {
+    /// Follow a Redis verdict store (`roost proxy`); empty URL: none, every client is unknown.
+    Redis(RedisConfig),
+    /// The caller applies verdicts to [`Proxy::cache`] itself (`roost up`: straight from its
+    /// engine).
+    Fed,
+}
+
+/// Where the proxy's metrics are served.
+pub enum MetricsAt<'a> {
+    /// Its own `/metrics` listener on `proxy.metrics_listen`.
+    Listener,
+    /// Registered in the caller's registry (`roost up` serves one `/metrics`); call
+    /// [`Proxy::refresh_upstream_health`] before encoding it.
+    Registry(&'a mut Registry),
+}
+
+/// A proxy ready to run: the pingora server, and what the caller may feed or read.
+pub struct Proxy {
+    pub server: Server,
+    pub cache: Arc<VerdictCache>,
+    pub metrics: Arc<Metrics>,
+    upstreams: Arc<LoadBalancer<RoundRobin>>,
+}
+
+impl Proxy {
+    /// Updates `roost_proxy_upstream_healthy` from the health checks.
+    pub fn refresh_upstream_health(&self) {
+        refresh_upstream_health(&self.metrics, &self.upstreams);
+    }
+
+    /// Runs until `stop` turns true, in this thread (pingora starts runtimes of its own).
+    pub fn run_until(self, stop: tokio::sync::watch::Receiver<bool>) {
+        self.server.run(pingora::server::RunArgs { shutdown_signal: Box::new(StopWhen(stop)) });
+    }
+
+    /// A handle that outlives the server (the server is consumed by running it).
+    pub fn health(&self) -> UpstreamHealth {
+        UpstreamHealth { metrics: self.metrics.clone(), upstreams: self.upstreams.clone() }
+    }
+}
+
+/// Stops a proxy run inside another process (`roost up`) when the value turns true:
+/// `server.run(RunArgs { shutdown_signal: Box::new(StopWhen(rx)) })`.
+pub struct StopWhen(pub tokio::sync::watch::Receiver<bool>);
+
+#[async_trait]
+impl pingora::server::ShutdownSignalWatch for StopWhen {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+        pingora::server::ShutdownSignal::FastShutdown
+    }
+}
+
+/// Refreshes the upstream health metric from outside the proxy's own runtime.
+#[derive(Clone)]
+pub struct UpstreamHealth {
+    metrics: Arc<Metrics>,
+    upstreams: Arc<LoadBalancer<RoundRobin>>,
+}
+
+impl UpstreamHealth {
+    pub fn refresh(&self) {
+        refresh_upstream_health(&self.metrics, &self.upstreams);
+    }
+}
+
+fn refresh_upstream_health(metrics: &Metrics, upstreams: &LoadBalancer<RoundRobin>) {
+    let backends = upstreams.backends();
+    for b in backends.get_backend().iter() {
+        let up = i64::from(backends.ready(b));
+        metrics.upstream_healthy.get_or_create(&UpstreamLabels { upstream: b.addr.to_string() }).set(up);
+    }
+}
+
 /// Runs the proxy until it is told to stop. Never returns on success: pingora exits the process.
 pub fn run(cfg: ProxyConfig, redis: RedisConfig, ipv6_prefix: u8, opts: RunOptions) -> Result<(), Error> {
+    let s = secret(&cfg)?;
+    let p = build(cfg, Verdicts::Redis(redis), ipv6_prefix, &opts, s, MetricsAt::Listener)?;
+    p.server.run_forever();
+}
+
+/// Puts a proxy together: listeners, upstream pool and health checks, the verdict cache (and
+/// its Redis follower), the access log, metrics. `secret` signs challenges and cookies
+/// ([`secret`] reads it from the config).
+pub fn build(
+    cfg: ProxyConfig,
+    verdicts: Verdicts,
+    ipv6_prefix: u8,
+    opts: &RunOptions,
+    secret: Vec<u8>,
+    metrics_at: MetricsAt<'_>,
+) -> Result<Proxy, Error> {
     cfg.validate()?;
     let cfg = Arc::new(cfg);
-    let signer = Signer::new(&secret(&cfg)?);
+    let signer = Signer::new(&secret);
     let metrics = Arc::new(Metrics::default());
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
+    let mut own_registry = Registry::default();
+    let listener = match metrics_at {
+        MetricsAt::Listener => {
+            metrics.register(&mut own_registry);
+            true
+        }
+        MetricsAt::Registry(r) => {
+            metrics.register(r);
+            false
+        }
+    };
     let cache = Arc::new(VerdictCache::new(ipv6_prefix));
     let stop = Arc::new(AtomicBool::new(false));
-    if redis.url.is_empty() {
-        tracing::warn!("redis.url is empty: no verdicts; every client follows proxy.unknown");
-    } else {
-        crate::sync::spawn(redis, cache.clone(), metrics.clone(), stop.clone())
-            .map_err(|e| Error::Start(format!("the Redis follower thread: {e}")))?;
+    match verdicts {
+        Verdicts::Redis(redis) if redis.url.is_empty() => {
+            tracing::warn!("redis.url is empty: no verdicts; every client follows proxy.unknown");
+        }
+        Verdicts::Redis(redis) => {
+            let _follower = crate::sync::spawn(redis, cache.clone(), metrics.clone(), stop.clone())
+                .map_err(|e| Error::Start(format!("the Redis follower thread: {e}")))?;
+        }
+        Verdicts::Fed => {
+            metrics.redis_up.set(1);
+        }
     }
     let log = if cfg.access_log.is_empty() {
         AccessLog::off(metrics.clone())
@@ -85,7 +193,6 @@ pub fn run(cfg: ProxyConfig, redis: RedisConfig, ipv6_prefix: u8, opts: RunOptio
             source,
         })?
     };
-
     let mut conf = ServerConf {
         threads: if cfg.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -123,7 +230,7 @@ pub fn run(cfg: ProxyConfig, redis: RedisConfig, ipv6_prefix: u8, opts: RunOptio
 
     let waffles = Waffles {
         cfg: cfg.clone(),
-        cache,
+        cache: cache.clone(),
         signer,
         replay: ReplayGuard::new(cfg.challenge.max_redeemed),
         metrics: metrics.clone(),
@@ -149,26 +256,33 @@ pub fn run(cfg: ProxyConfig, redis: RedisConfig, ipv6_prefix: u8, opts: RunOptio
         svc.add_tls_with_settings(&t.listen, None, tls);
     }
 
-    let mut metrics_svc = Service::new(
-        "roost proxy metrics".into(),
-        pingora::apps::http_app::HttpServer::new_app(MetricsApp { registry, metrics, upstreams }),
-    );
-    metrics_svc.add_tcp(&cfg.metrics_listen.to_string());
+    if listener {
+        let mut metrics_svc = Service::new(
+            "roost proxy metrics".into(),
+            pingora::apps::http_app::HttpServer::new_app(MetricsApp {
+                registry: own_registry,
+                metrics: metrics.clone(),
+                upstreams: upstreams.clone(),
+            }),
+        );
+        metrics_svc.add_tcp(&cfg.metrics_listen.to_string());
+        server.add_service(metrics_svc);
+    }
 
     tracing::info!(
         listen = ?cfg.listen,
         tls = cfg.tls.len(),
         upstreams = ?cfg.upstreams,
-        metrics = %cfg.metrics_listen,
+        metrics = %if listener { cfg.metrics_listen.to_string() } else { "in process".into() },
         "roost proxy: serving"
     );
     server.add_service(health);
     server.add_service(svc);
-    server.add_service(metrics_svc);
-    server.run_forever();
+    Ok(Proxy { server, cache, metrics, upstreams })
 }
 
-fn secret(cfg: &ProxyConfig) -> Result<Vec<u8>, Error> {
+/// The signing secret: `proxy.challenge.secret_file`, or a random one for this process.
+pub fn secret(cfg: &ProxyConfig) -> Result<Vec<u8>, Error> {
     let f = &cfg.challenge.secret_file;
     if f.is_empty() {
         tracing::warn!(
@@ -314,14 +428,7 @@ impl ServeHttp for MetricsApp {
         session.set_keepalive(None);
         let (status, ctype, body) = match path.as_str() {
             "/metrics" => {
-                let backends = self.upstreams.backends();
-                for b in backends.get_backend().iter() {
-                    let up = i64::from(backends.ready(b));
-                    self.metrics
-                        .upstream_healthy
-                        .get_or_create(&UpstreamLabels { upstream: b.addr.to_string() })
-                        .set(up);
-                }
+                refresh_upstream_health(&self.metrics, &self.upstreams);
                 let mut out = String::new();
                 match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
                     Ok(()) => (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", out.into_bytes()),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// The top-level sections, as environment variables spell them (`ROOST_ENGINE__…`).
 const SECTIONS: &[&str] = &[
     "engine", "logs", "rules", "up", "feeds", "geo", "kafka", "redis", "tail", "score", "proxy", "bgp", "alert",
-    "flows",
+    "flows", "admin",
 ];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -75,13 +75,18 @@ impl Default for RulesConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct UpConfig {
     /// Where the HTTP API and /metrics listen. Loopback by default: the API shows client
-    /// addresses and requests, and has no authentication yet.
+    /// addresses and requests, and has no authentication (the admin UI is the signed-in way in).
     pub listen: std::net::SocketAddr,
     /// Read logs that already exist from their `end` (only new lines) or `beginning`.
     pub start: LogStart,
     /// How often logs are checked for new lines.
     #[serde(with = "humantime_serde")]
     pub poll_interval: std::time::Duration,
+    /// Serve the proxy (`[proxy]`: listeners, upstreams) in this process, its verdicts straight
+    /// from the engine.
+    pub proxy: bool,
+    /// Serve the admin UI (`[admin]`) in this process, over this engine's verdicts.
+    pub admin: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +102,8 @@ impl Default for UpConfig {
             listen: "127.0.0.1:9750".parse().expect("valid"),
             start: LogStart::End,
             poll_interval: std::time::Duration::from_millis(250),
+            proxy: true,
+            admin: true,
         }
     }
 }

@@ -9,6 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod alert;
 mod bgp;
 mod config;
+mod demo_app;
 mod feeds;
 mod flows;
 mod generate;
@@ -17,6 +18,7 @@ mod rules;
 mod score;
 mod tail;
 mod up;
+mod up_store;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -301,15 +303,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", roost_admin::auth::hash_password(pw));
         }
         Command::Admin { cmd: None } => {
-            let st = roost_admin::state(
-                cfg.admin.clone(),
-                roost_admin::Backend {
-                    redis: cfg.redis.clone(),
-                    kafka: cfg.kafka.clone(),
-                    proxy_secret_file: cfg.proxy.challenge.secret_file.clone(),
-                },
-            )?;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let backend = rt.block_on(async { roost_admin::Distributed::connect(&cfg.redis, cfg.kafka.clone()) })?;
+            let users = roost_admin::auth::load_users(&cfg.admin.users_file)?;
+            let secret = roost_admin::read_secret(&cfg.proxy.challenge.secret_file)?;
+            let st = roost_admin::state(cfg.admin.clone(), users, std::sync::Arc::new(backend), secret)?;
             rt.block_on(roost_admin::serve(st, up::shutdown_signal()))?;
         }
         Command::Bgp { cmd: None } => bgp::run(cfg)?,

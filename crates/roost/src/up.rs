@@ -35,6 +35,8 @@ use crate::config::{Config, LogSource, LogStart};
 
 /// Verdict changes kept for `/api/v1/changes`.
 const RECENT: usize = 1000;
+/// Samples of the average reputation kept for the admin overview's chart.
+const SERIES_KEPT: usize = 2160;
 /// Lines per batch handed from a tail to the scorer.
 const BATCH: usize = 1024;
 
@@ -54,6 +56,7 @@ struct Metrics {
     events: Counter,
     rotations: Counter,
     rules: Gauge,
+    redis_dropped: Counter,
     rule_reloads: Family<OutcomeLabel, Counter>,
     population: roost_scorer::PopulationMetrics,
     drop_state: Gauge,
@@ -69,6 +72,11 @@ impl Metrics {
         r.register("roost_log_rotations", "Log rotations and truncations followed", self.rotations.clone());
         r.register("roost_events", "Requests scored", self.events.clone());
         r.register("roost_rules", "Known-bad rules in force", self.rules.clone());
+        r.register(
+            "roost_up_redis_writes_dropped",
+            "Verdict writes dropped while Redis was unreachable too long (a full rewrite follows)",
+            self.redis_dropped.clone(),
+        );
         r.register("roost_rule_reloads", "Rule-file reloads, by outcome (ok, refused)", self.rule_reloads.clone());
         self.population.register(r);
         r.register(
@@ -94,8 +102,8 @@ impl Metrics {
     }
 }
 
-struct Shared {
-    engine: Mutex<Engine>,
+pub(crate) struct Shared {
+    pub(crate) engine: Mutex<Engine>,
     recent: Mutex<VecDeque<VerdictChange>>,
     metrics: Metrics,
     registry: Registry,
@@ -105,7 +113,17 @@ struct Shared {
     /// Set by SIGHUP: reload the rule files now.
     reload_rules: AtomicBool,
     /// The average-reputation drop signal.
-    drop: Mutex<DropDetector>,
+    pub(crate) drop: Mutex<DropDetector>,
+    /// (Unix s, request-weighted mean reputation), sampled with the drop signal: the admin
+    /// overview's chart.
+    pub(crate) series: Mutex<VecDeque<(f64, f64)>>,
+    /// Current verdicts, histories and the audit log (the admin UI reads them).
+    pub(crate) verdicts: Mutex<crate::up_store::Verdicts>,
+    /// Redis, when `redis.url` is set.
+    pub(crate) redis: std::sync::OnceLock<crate::up_store::RedisMirror>,
+    /// The in-process proxy's verdict cache.
+    cache: std::sync::OnceLock<Arc<roost_proxy::cache::VerdictCache>>,
+    proxy_health: std::sync::OnceLock<roost_proxy::UpstreamHealth>,
     alert: AlertConfig,
     /// The admin UI's base URL, for links in alerts.
     admin_url: String,
@@ -139,6 +157,24 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
     metrics.register(&mut registry);
     let feed_metrics = crate::feeds::FeedMetrics::default();
     feed_metrics.register(&mut registry);
+    // the proxy and the admin UI share the signing secret: error-page references resolve
+    let secret = roost_proxy::secret(&cfg.proxy)?;
+    let proxy = if cfg.up.proxy {
+        let pcfg = if args.demo { demo_proxy_config(&cfg.proxy) } else { cfg.proxy.clone() };
+        if args.demo {
+            crate::demo_app::start_if_free(&pcfg.upstreams)?;
+        }
+        Some(roost_proxy::build(
+            pcfg,
+            roost_proxy::Verdicts::Fed,
+            cfg.engine.ipv6_prefix,
+            &roost_proxy::RunOptions::default(),
+            secret.clone(),
+            roost_proxy::MetricsAt::Registry(&mut registry),
+        )?)
+    } else {
+        None
+    };
     let feeds_stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
         engine: Mutex::new(engine),
@@ -156,9 +192,25 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
             cfg.alert.admin_url.trim_end_matches('/').to_owned()
         },
         bgp: std::sync::OnceLock::new(),
+        series: Mutex::new(VecDeque::new()),
+        verdicts: Mutex::new(crate::up_store::Verdicts::default()),
+        redis: std::sync::OnceLock::new(),
+        cache: std::sync::OnceLock::new(),
+        proxy_health: std::sync::OnceLock::new(),
     });
-    let (tx, rx) = sync_channel::<Vec<RequestEvent<'static>>>(64);
+    if !cfg.redis.url.is_empty() {
+        let m = crate::up_store::RedisMirror::start(&cfg.redis, shared.metrics.redis_dropped.clone(), shared.clone())?;
+        let _ = shared.redis.set(m);
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
+    if let Some(p) = proxy {
+        let _ = shared.cache.set(p.cache.clone());
+        let _ = shared.proxy_health.set(p.health());
+        let rx = stop_rx.clone();
+        threads.push(std::thread::Builder::new().name("roost-proxy".into()).spawn(move || p.run_until(rx))?);
+    }
+    let (tx, rx) = sync_channel::<Vec<RequestEvent<'static>>>(64);
     for src in &cfg.logs {
         let (src, tx, sh) = (src.clone(), tx.clone(), shared.clone());
         let start = match cfg.up.start {
@@ -218,8 +270,32 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         let _ = shared.bgp.set(tx);
         threads.push(planner);
     }
+    let admin = if cfg.up.admin {
+        let mut acfg = cfg.admin.clone();
+        if acfg.listen.ip().is_loopback() && acfg.cookie_secure {
+            // a browser keeps a Secure cookie only over HTTPS (or from loopback, not everywhere)
+            acfg.cookie_secure = false;
+        }
+        let users = admin_users(&acfg)?;
+        let backend = Arc::new(crate::up_store::UpBackend { shared: shared.clone() });
+        let st = roost_admin::state(acfg, users, backend, Some(secret))?;
+        let mut rx = stop_rx.clone();
+        Some(rt.spawn(roost_admin::serve(st, async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        })))
+    } else {
+        None
+    };
     let listen = args.listen.unwrap_or(cfg.up.listen);
     let result = rt.block_on(serve(listen, shared.clone()));
+    let _ = stop_tx.send(true);
+    if let Some(a) = admin {
+        match rt.block_on(a) {
+            Ok(Err(e)) => tracing::error!(error = %e, "the admin UI stopped"),
+            Err(e) => tracing::error!(error = %e, "the admin UI panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     shared.stop.store(true, Ordering::Relaxed);
     feeds_stop.store(true, Ordering::Relaxed);
     bgp_stop.store(true, Ordering::Relaxed);
@@ -228,6 +304,39 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
     }
     let _ = scorer.join();
     result
+}
+
+/// The admin UI's users: the users file, or, when it does not exist, one operator `admin` with a
+/// password made up for this run and printed once (as a first start needs).
+fn admin_users(cfg: &roost_admin::AdminConfig) -> anyhow::Result<Vec<roost_admin::User>> {
+    if cfg.users_file.exists() {
+        return Ok(roost_admin::auth::load_users(&cfg.users_file)?);
+    }
+    let password: String = roost_admin::auth::random_token().chars().take(20).collect();
+    eprintln!(
+        "roost up: admin UI on http://{}/ — sign in as \"admin\" with password {password}\n  \
+         (made up for this run: {} does not exist; `roost admin hash-password` makes its entries)",
+        cfg.listen,
+        cfg.users_file.display()
+    );
+    Ok(vec![roost_admin::User {
+        name: "admin".into(),
+        role: roost_admin::auth::Role::Operator,
+        password_hash: roost_admin::auth::hash_password(&password),
+    }])
+}
+
+/// The demo's proxy: clients on this machine may name the client they stand for in
+/// `X-Forwarded-For`, so `curl -H 'X-Forwarded-For: 198.18.0.56' …` shows what that client gets.
+fn demo_proxy_config(base: &roost_proxy::ProxyConfig) -> roost_proxy::ProxyConfig {
+    let mut p = base.clone();
+    for net in ["127.0.0.0/8", "::1/128"] {
+        let net: ipnetwork::IpNetwork = net.parse().expect("a valid prefix");
+        if !p.trusted_proxies.contains(&net) {
+            p.trusted_proxies.push(net);
+        }
+    }
+    p
 }
 
 async fn serve(listen: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
@@ -394,6 +503,12 @@ fn scorer_loop(rx: Receiver<Vec<RequestEvent<'static>>>, sh: Arc<Shared>) {
                     let forgotten = engine.sweep(now);
                     tracing::debug!(forgotten, tracked = engine.tracked(), "swept idle clients");
                 }
+                if ticks.is_multiple_of(2) {
+                    sh.verdicts.lock().expect("verdicts lock").sweep(now);
+                    if let Some(c) = sh.cache.get() {
+                        c.sweep(now.0);
+                    }
+                }
                 if ticks.is_multiple_of(5) || ticks == 1 {
                     sh.metrics.population.set_population(&engine.aggregates(now));
                     sh.metrics.population.set_evidence_totals([&engine.stats().evidence_by_source]);
@@ -405,9 +520,18 @@ fn scorer_loop(rx: Receiver<Vec<RequestEvent<'static>>>, sh: Arc<Shared>) {
     }
 }
 
-fn record(sh: &Shared, changes: Vec<VerdictChange>) {
+pub(crate) fn record(sh: &Shared, changes: Vec<VerdictChange>) {
     if changes.is_empty() {
         return;
+    }
+    let writes = sh.verdicts.lock().expect("verdicts lock").record(&changes);
+    if let Some(cache) = sh.cache.get() {
+        for w in &writes {
+            cache.apply(&w.record);
+        }
+    }
+    if let Some(r) = sh.redis.get() {
+        r.send(writes);
     }
     let mut recent = sh.recent.lock().expect("recent lock");
     for c in changes {
@@ -424,11 +548,13 @@ fn record(sh: &Shared, changes: Vec<VerdictChange>) {
     }
 }
 
-/// Replays the golden scenario thirty times faster than it happened, its clock ending now.
+/// Replays the golden scenario thirty times faster than it happened, its clock ending when the
+/// replay does: event time catches up with the wall clock, so what the proxy and the admin UI
+/// show (by the wall clock) is what the scenario's verdicts are by its end.
 fn demo_loop(tx: SyncSender<Vec<RequestEvent<'static>>>, sh: Arc<Shared>) {
     const SPEEDUP: i64 = 30;
     let scenario = roost_loggen::Scenario::golden(1);
-    let shift = wall_now().secs() - scenario.start - scenario.duration_s;
+    let shift = wall_now().secs() + scenario.duration_s / SPEEDUP - scenario.start - scenario.duration_s;
     let started = Instant::now();
     let mut batch = Vec::new();
     tracing::info!("demo: replaying a 30-minute attack scenario in about a minute");
@@ -442,7 +568,7 @@ fn demo_loop(tx: SyncSender<Vec<RequestEvent<'static>>>, sh: Arc<Shared>) {
             if !batch.is_empty() {
                 tx.send(std::mem::take(&mut batch)).map_err(|_| std::io::Error::other("scorer gone"))?;
             }
-            std::thread::sleep(due - started.elapsed());
+            std::thread::sleep(due.saturating_sub(started.elapsed()));
         }
         batch.push(demo_event(r, shift));
         Ok(())
@@ -497,6 +623,13 @@ async fn sample_drop_signal(sh: Arc<Shared>) {
             let t = d.push(Sample { at: now, mean: a.mean_by_request, weight: a.request_weight });
             (t, d.status().clone())
         };
+        if a.request_weight > 0.0 && a.mean_by_request.is_finite() {
+            let mut series = sh.series.lock().expect("series lock");
+            if series.len() >= SERIES_KEPT {
+                series.pop_front();
+            }
+            series.push_back((now.0 as f64 / 1000.0, a.mean_by_request));
+        }
         let m = &sh.metrics;
         m.drop_state.set(status.state as i64);
         m.drop_short.set(status.short_mean.unwrap_or(f64::NAN));
@@ -510,7 +643,7 @@ async fn sample_drop_signal(sh: Arc<Shared>) {
 
 /// The time verdicts expire by: the wall clock (a log line dated in the future must not move
 /// time for every client), or the demo's own event time while it replays.
-fn clock(sh: &Shared, engine: &Engine) -> Timestamp {
+pub(crate) fn clock(sh: &Shared, engine: &Engine) -> Timestamp {
     if sh.demo_running.load(Ordering::Relaxed) { engine.now() } else { wall_now() }
 }
 
@@ -519,6 +652,9 @@ async fn index() -> &'static str {
 }
 
 async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
+    if let Some(h) = sh.proxy_health.get() {
+        h.refresh();
+    }
     encode_metrics(&sh.registry)
 }
 

@@ -5,49 +5,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-
-struct Resp {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    Resp { status: head[9..12].parse().unwrap(), headers: head.to_ascii_lowercase(), body: body.to_owned() }
-}
-
-fn login(port: u16, name: &str, password: &str) -> Resp {
-    request(
-        port,
-        "POST",
-        "/login",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        &format!("name={name}&password={}", password.replace(' ', "+")),
-    )
-}
-
-fn session_cookie(r: &Resp) -> String {
-    let line = r.headers.lines().find(|l| l.starts_with("set-cookie: roost_admin=")).expect("a session cookie");
-    assert!(line.contains("httponly") && line.contains("samesite=strict"), "{line}");
-    line["set-cookie: ".len()..].split(';').next().unwrap().to_owned()
-}
 
 fn write_config(dir: &Path, admin_port: u16, score_port: u16, prefix: &str, topics: &str) -> std::path::PathBuf {
     let users = dir.join("users.toml");

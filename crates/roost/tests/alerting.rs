@@ -245,7 +245,7 @@ fn prometheus_pages_on_an_attack_and_not_on_normal_traffic() {
     std::fs::write(
         d.join("roost.toml"),
         format!(
-            "[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n[up]\nlisten = \"127.0.0.1:{up_port}\"\npoll_interval = \"100ms\"\n\n\
+            "[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n[up]\nlisten = \"127.0.0.1:{up_port}\"\nproxy = false\nadmin = false\npoll_interval = \"100ms\"\n\n\
              [alert]\nsample_interval = \"1s\"\nresend = \"2s\"\n[alert.drop]\nshort = \"10s\"\nlong = \"3m\"\nfor = \"5s\"\n\n\
              [[alert.receivers]]\nurl = \"http://127.0.0.1:{am_port}\"\n\n\
              [[alert.receivers]]\nurl = \"http://127.0.0.1:{}/roost\"\nformat = \"webhook\"\n",

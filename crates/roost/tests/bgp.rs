@@ -14,59 +14,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn gobgpd(dir: &Path, bgp_port: u16, api_port: u16) -> Proc {
-    let conf = dir.join("gobgpd.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"[global.config]
-  as = 65000
-  router-id = "127.0.0.1"
-  port = {bgp_port}
-  local-address-list = ["127.0.0.1"]
-[[neighbors]]
-  [neighbors.config]
-    neighbor-address = "127.0.0.4"
-    peer-as = 65003
-  [neighbors.transport.config]
-    passive-mode = true
-  [neighbors.ebgp-multihop.config]
-    enabled = true
-    multihop-ttl = 2
-  [neighbors.timers.config]
-    hold-time = 9
-  [[neighbors.afi-safis]]
-    [neighbors.afi-safis.config]
-      afi-safi-name = "ipv4-flowspec"
-  [[neighbors.afi-safis]]
-    [neighbors.afi-safis.config]
-      afi-safi-name = "ipv6-flowspec"
-"#
-        ),
-    )
-    .unwrap();
-    let mut c = Command::new("/usr/bin/gobgpd");
-    c.arg("-f").arg(&conf).args([
-        "--api-hosts",
-        &format!("127.0.0.1:{api_port}"),
-        "--pprof-disable",
-        "-p",
-        "-l",
-        "warn",
-    ]);
-    let p = Proc::spawn("gobgpd", c);
-    wait_for(Duration::from_secs(20), "gobgpd to listen", || TcpStream::connect(("127.0.0.1", bgp_port)).is_ok());
-    p
-}
-
-fn rib(api_port: u16, family: &str) -> String {
-    let out = Command::new("/usr/bin/gobgp")
-        .args(["-p", &api_port.to_string(), "global", "rib", "-a", family])
-        .output()
-        .expect("gobgp (Debian package gobgpd)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A verdicts topic of this test's own on the shared broker.
 fn verdicts_topic(name: &str) -> (roost_kafka::KafkaConfig, String) {
     let topic = unique(name);
@@ -406,6 +353,8 @@ format = "combined"
 [up]
 listen = "127.0.0.1:{up_port}"
 poll_interval = "100ms"
+proxy = false
+admin = false
 [bgp]
 asn = 65003
 router_id = "127.0.0.4"

@@ -160,7 +160,7 @@ fn feeds_fetch_validate_publish_and_flag() {
     std::fs::write(
         &config,
         format!(
-            "[[logs]]\npath = \"{log}\"\nformat = \"combined\"\n\n[up]\nlisten = \"127.0.0.1:{api}\"\nstart = \"beginning\"\npoll_interval = \"100ms\"\n\n\
+            "[[logs]]\npath = \"{log}\"\nformat = \"combined\"\n\n[up]\nlisten = \"127.0.0.1:{api}\"\nproxy = false\nadmin = false\nstart = \"beginning\"\npoll_interval = \"100ms\"\n\n\
              [feeds]\ndir = \"{defs}\"\n\n[feeds.fetch]\ntimeout = \"5s\"\nretries = 1\nbackoff = \"100ms\"\n\n\
              [kafka]\nbrokers = \"{kafka}\"\n\n[kafka.topics]\nfeeds = \"{topic}\"\n",
             log = log.display(),

@@ -36,8 +36,8 @@ fn start(config: &Path) -> Up {
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("[roost up] {line}");
-            if let Some(i) = line.find("on http://") {
-                let _ = tx.send(line[i + 10..].trim().to_owned());
+            if let Some(i) = line.find("API and /metrics on http://") {
+                let _ = tx.send(line[i + 27..].trim().to_owned());
             }
         }
     });
@@ -85,7 +85,7 @@ fn follows_logs_flags_attackers_and_explains_them() {
     std::fs::write(
         &cfg,
         format!(
-            "[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n[up]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"50ms\"\n",
+            "[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n[up]\nlisten = \"127.0.0.1:0\"\nproxy = false\nadmin = false\npoll_interval = \"50ms\"\n",
             log.display()
         ),
     )
@@ -212,7 +212,7 @@ fn rules_reload_without_losing_state() {
     std::fs::write(
         &cfg,
         format!(
-            "[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n[rules]\ndir = \"{}\"\n\n[up]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"50ms\"\n",
+            "[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n[rules]\ndir = \"{}\"\n\n[up]\nlisten = \"127.0.0.1:0\"\nproxy = false\nadmin = false\npoll_interval = \"50ms\"\n",
             log.display(),
             rules.display()
         ),
@@ -301,4 +301,128 @@ fn rules_cli_lints_and_tests() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("a.toml:9: T-1: must match but does not: GET /probe-b 404"), "{err}");
+}
+
+/// `roost up --demo` is the whole appliance: the bundled scenario's attackers get verdicts the
+/// in-process proxy enforces (error page with a reference the admin UI resolves), ordinary
+/// clients reach the app, and an operator's block through the admin UI (signed in with the
+/// password made up at start) takes effect in the proxy within a second and is in the audit log.
+#[test]
+fn demo_appliance_serves_the_proxy_and_the_admin_ui() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    std::fs::write(&log, "").unwrap();
+    let (proxy_port, app_port, admin_port) = (common::free_port(), common::free_port(), common::free_port());
+    let config = dir.path().join("roost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n[up]\nlisten = \"127.0.0.1:0\"\n\n\
+             [proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\nupstreams = [\"127.0.0.1:{app_port}\"]\n\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\nusers_file = \"{}/no-such-users.toml\"\n",
+            log.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roost"))
+        .args(["--config", config.to_str().unwrap(), "up", "--demo"])
+        .env("ROOST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starts roost up");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let _reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[roost up] {line}");
+            if let Some(i) = line.find("with password ") {
+                let _ = tx.send(line[i + 14..].trim().to_owned());
+            }
+        }
+    });
+    let mut up = Up { child, addr: "127.0.0.1:1".parse().unwrap(), _stderr: std::thread::spawn(|| {}) };
+    let password = rx.recv_timeout(Duration::from_secs(30)).expect("roost up prints the admin password");
+    common::wait_for(Duration::from_secs(20), "the admin UI", || common::http_get(admin_port, "/healthz").is_some());
+
+    // a wrong password is refused; the printed one signs in
+    assert_eq!(common::login(admin_port, "admin", "not-it").status, 401);
+    let r = common::login(admin_port, "admin", &password);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let cookie = common::session_cookie(&r);
+    let api = |path: &str| {
+        let r = common::request(admin_port, "GET", path, &[("Cookie", cookie.as_str())], "");
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        serde_json::from_str::<serde_json::Value>(&r.body).unwrap()
+    };
+
+    // the demo's attackers show up within a minute, with their reasons
+    let start = Instant::now();
+    let bad = loop {
+        let v = api("/api/v1/clients?verdict=bad&per_page=5");
+        if let Some(first) = v["items"].as_array().and_then(|a| a.first()) {
+            break first.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no bad verdict from the demo within a minute");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("[test] first bad verdict after {:?}: {bad}", start.elapsed());
+    let subject = bad["subject"].as_str().unwrap().to_owned();
+    assert!(!bad["reasons"].as_array().unwrap().is_empty());
+
+    // the proxy refuses it (clients on this machine stand for others in the demo), with a
+    // reference the admin UI resolves to this verdict
+    let through = |client: &str| common::request(proxy_port, "GET", "/", &[("X-Forwarded-For", client)], "");
+    let r = through(&subject);
+    assert_eq!(r.status, 403, "{}", r.body);
+    let reference = r.body.split("<code>").nth(1).and_then(|s| s.split("</code>").next()).unwrap().to_owned();
+    let found = api(&format!("/api/v1/references/{reference}"));
+    assert_eq!(found["subject"], subject.as_str());
+
+    // an ordinary client reaches the demo app
+    let r = through("192.0.2.200");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("reached the app"), "{}", r.body);
+
+    // an operator blocks another client, with a comment: the proxy refuses it within a second
+    let me = api("/api/v1/me");
+    let csrf = me["csrf"].as_str().unwrap().to_owned();
+    let body =
+        r#"{"prefix":"192.0.2.201","action":"block","expires_in":"1h","comment":"demo: seen abusing the search"}"#;
+    let r = common::request(
+        admin_port,
+        "POST",
+        "/api/v1/overrides",
+        &[("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("Content-Type", "application/json")],
+        body,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let blocked_at = Instant::now();
+    common::wait_for(Duration::from_secs(5), "the proxy to refuse the blocked client", || {
+        through("192.0.2.201").status == 403
+    });
+    eprintln!("[test] override → proxy refusal in {:?}", blocked_at.elapsed());
+    assert!(blocked_at.elapsed() < Duration::from_secs(1), "{:?}", blocked_at.elapsed());
+    let audit = api("/api/v1/audit");
+    assert_eq!(audit[0]["prefix"], "192.0.2.201/32");
+    assert_eq!(audit[0]["by"], "admin");
+    assert_eq!(audit[0]["comment"], "demo: seen abusing the search");
+    let detail = api("/api/v1/clients/192.0.2.201");
+    assert_eq!(detail["verdict"], "bad");
+    // the same override without its CSRF token is refused
+    let r = common::request(
+        admin_port,
+        "POST",
+        "/api/v1/overrides",
+        &[("Cookie", cookie.as_str()), ("Content-Type", "application/json")],
+        body,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // SIGTERM stops all of it
+    let pid = up.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let code = eventually("roost up to exit", || up.child.try_wait().unwrap());
+    assert!(code.success(), "{code:?}");
 }

@@ -163,3 +163,100 @@ pub fn prometheus(dir: &Path, port: u16, config: &str) -> Proc {
     });
     p
 }
+
+/// An HTTP response, its header names lower-cased.
+pub struct Resp {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`.
+pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    Resp { status: head[9..12].parse().unwrap(), headers: head.to_ascii_lowercase(), body: body.to_owned() }
+}
+
+/// Signs in to the admin UI.
+pub fn login(port: u16, name: &str, password: &str) -> Resp {
+    request(
+        port,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &format!("name={name}&password={}", password.replace(' ', "+")),
+    )
+}
+
+/// The admin session cookie a sign-in set (`roost_admin=…`).
+pub fn session_cookie(r: &Resp) -> String {
+    let line = r.headers.lines().find(|l| l.starts_with("set-cookie: roost_admin=")).expect("a session cookie");
+    assert!(line.contains("httponly") && line.contains("samesite=strict"), "{line}");
+    line["set-cookie: ".len()..].split(';').next().unwrap().to_owned()
+}
+
+/// GoBGP (Debian's gobgpd) as the router: AS 65000 on 127.0.0.1:`bgp_port`, peering passively
+/// with roost at 127.0.0.4 (AS 65003) for IPv4 and IPv6 flowspec; its API on `api_port`.
+pub fn gobgpd(dir: &Path, bgp_port: u16, api_port: u16) -> Proc {
+    let conf = dir.join("gobgpd.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"[global.config]
+  as = 65000
+  router-id = "127.0.0.1"
+  port = {bgp_port}
+  local-address-list = ["127.0.0.1"]
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "127.0.0.4"
+    peer-as = 65003
+  [neighbors.transport.config]
+    passive-mode = true
+  [neighbors.ebgp-multihop.config]
+    enabled = true
+    multihop-ttl = 2
+  [neighbors.timers.config]
+    hold-time = 9
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv4-flowspec"
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv6-flowspec"
+"#
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new("/usr/bin/gobgpd");
+    c.arg("-f").arg(&conf).args([
+        "--api-hosts",
+        &format!("127.0.0.1:{api_port}"),
+        "--pprof-disable",
+        "-p",
+        "-l",
+        "warn",
+    ]);
+    let p = Proc::spawn("gobgpd", c);
+    wait_for(Duration::from_secs(20), "gobgpd to listen", || TcpStream::connect(("127.0.0.1", bgp_port)).is_ok());
+    p
+}
+
+/// gobgpd's table for `family` (`ipv4-flowspec`), as `gobgp global rib` prints it.
+pub fn rib(api_port: u16, family: &str) -> String {
+    let out = Command::new("/usr/bin/gobgp")
+        .args(["-p", &api_port.to_string(), "global", "rib", "-a", family])
+        .output()
+        .expect("gobgp (Debian package gobgpd)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,221 @@
+//! What `roost up` keeps of its verdicts, for the admin UI and the proxy in the same process:
+//! the current verdict of every flagged client (the records `roost score` would write to
+//! Redis), each client's history with sample requests, and the audit log. With `redis.url`
+//! set, every verdict and audit entry is also written to Redis (in the key schema `roost score`
+//! uses), so `roost proxy` instances elsewhere follow this appliance.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnetwork::IpNetwork;
+use prometheus_client::metrics::counter::Counter;
+use roost_admin::{AuditEntry, Backend, Health};
+use roost_engine::{Override, Timestamp, VerdictChange};
+use roost_verdicts::{HistoryEntry, RedisConfig, VerdictRecord, Write};
+
+use super::up::Shared;
+
+/// Audit entries kept in memory (Redis keeps its own stream when configured).
+const AUDIT_KEPT: usize = 10_000;
+/// Subjects with a history, at most; the least recently changed go first.
+const HISTORIES_KEPT: usize = 200_000;
+/// Writes waiting for Redis while it is unreachable, at most (then the oldest are dropped and
+/// counted; a full resync follows when it is back).
+const PENDING_MAX: usize = 100_000;
+
+#[derive(Default)]
+pub struct Verdicts {
+    current: HashMap<String, VerdictRecord>,
+    histories: HashMap<String, (i64, VecDeque<HistoryEntry>)>,
+    audit: VecDeque<AuditEntry>,
+}
+
+impl Verdicts {
+    /// Records verdict changes: the current record, the history.
+    pub fn record(&mut self, changes: &[VerdictChange]) -> Vec<Write> {
+        let mut writes = Vec::with_capacity(changes.len());
+        for c in changes {
+            let rec = VerdictRecord::from_change(c);
+            let (_, h) = self.histories.entry(rec.subject.clone()).or_default();
+            h.push_front(HistoryEntry { record: rec.clone(), samples: c.samples.clone() });
+            h.truncate(roost_verdicts::HISTORY_LEN as usize);
+            if let Some(e) = self.histories.get_mut(&rec.subject) {
+                e.0 = c.at.0;
+            }
+            if rec.verdict == roost_engine::Class::Good {
+                self.current.remove(&rec.subject);
+            } else {
+                self.current.insert(rec.subject.clone(), rec.clone());
+            }
+            writes.push(Write { record: rec, now: c.at, announce: true, samples: c.samples.clone() });
+        }
+        writes
+    }
+
+    /// Drops expired verdicts and old histories.
+    pub fn sweep(&mut self, now: Timestamp) {
+        self.current.retain(|_, r| r.expires.is_none_or(|e| e > now));
+        let oldest = now.0 - roost_verdicts::HISTORY_TTL_MS as i64;
+        self.histories.retain(|_, (at, _)| *at > oldest);
+        if self.histories.len() > HISTORIES_KEPT {
+            let mut ages: Vec<i64> = self.histories.values().map(|(at, _)| *at).collect();
+            let cut = ages.len() - HISTORIES_KEPT;
+            let (_, nth, _) = ages.select_nth_unstable(cut);
+            let nth = *nth;
+            self.histories.retain(|_, (at, _)| *at >= nth);
+        }
+    }
+
+    pub fn current(&self) -> Vec<VerdictRecord> {
+        self.current.values().cloned().collect()
+    }
+}
+
+/// Mirrors verdicts and audit entries to Redis, off the scorer's thread.
+pub struct RedisMirror {
+    tx: SyncSender<Vec<Write>>,
+    store: Mutex<roost_verdicts::Store>,
+}
+
+impl RedisMirror {
+    pub fn start(cfg: &RedisConfig, dropped: Counter, shared: Arc<Shared>) -> anyhow::Result<RedisMirror> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+        let store = roost_verdicts::Store::new(cfg)?;
+        let writer = roost_verdicts::Store::new(cfg)?;
+        std::thread::Builder::new()
+            .name("roost-redis".into())
+            .spawn(move || write_loop(writer, rx, dropped, shared))?;
+        tracing::info!(url = %roost_verdicts::redact(&cfg.url), "verdicts also written to Redis");
+        Ok(RedisMirror { tx, store: Mutex::new(store) })
+    }
+
+    pub fn send(&self, writes: Vec<Write>) {
+        match self.tx.try_send(writes) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(w)) => {
+                // a slow Redis slows the scorer rather than losing verdicts
+                let _ = self.tx.send(w);
+            }
+        }
+    }
+}
+
+fn write_loop(mut store: roost_verdicts::Store, rx: Receiver<Vec<Write>>, dropped: Counter, shared: Arc<Shared>) {
+    let mut pending: VecDeque<Write> = VecDeque::new();
+    let mut resync = false;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(w) => pending.extend(w),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) if pending.is_empty() => return,
+            Err(RecvTimeoutError::Disconnected) => {}
+        }
+        while let Ok(w) = rx.try_recv() {
+            pending.extend(w);
+        }
+        if pending.len() > PENDING_MAX {
+            let n = pending.len() - PENDING_MAX;
+            pending.drain(..n);
+            dropped.inc_by(n as u64);
+            resync = true;
+        }
+        if resync && failing_since.is_none() {
+            // the store missed writes: every current verdict again (no announcements)
+            let now = super::up::wall_now();
+            let all = shared.verdicts.lock().expect("verdicts lock").current();
+            pending.extend(all.into_iter().map(|record| Write { record, now, announce: false, samples: Vec::new() }));
+            resync = false;
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let batch: Vec<Write> = pending.iter().take(500).cloned().collect();
+        match store.write(&batch) {
+            Ok(()) => {
+                pending.drain(..batch.len());
+                if failing_since.take().is_some() {
+                    tracing::info!("Redis reachable again; verdict writes resumed");
+                }
+            }
+            Err(e) => {
+                if failing_since.is_none() {
+                    tracing::warn!(error = %e, pending = pending.len(), "cannot write verdicts to Redis; keeping them and retrying");
+                    failing_since = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+/// The admin UI's backend in `roost up`: this process's engine and records.
+pub struct UpBackend {
+    pub shared: Arc<Shared>,
+}
+
+impl Backend for UpBackend {
+    fn verdicts(&self) -> Result<Vec<VerdictRecord>, String> {
+        Ok(self.shared.verdicts.lock().expect("verdicts lock").current())
+    }
+
+    fn history(&self, subject: &str) -> Vec<HistoryEntry> {
+        let v = self.shared.verdicts.lock().expect("verdicts lock");
+        v.histories.get(subject).map(|(_, h)| h.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), String> {
+        if let Some(r) = self.shared.redis.get() {
+            let json = serde_json::to_string(entry).expect("an entry serializes");
+            r.store.lock().expect("store lock").append_audit(&json).map_err(|e| e.to_string())?;
+        }
+        tracing::info!(target: "roost::audit", by = %entry.by, from = %entry.from, action = %entry.action,
+            prefix = %entry.prefix, class = ?entry.class, until = ?entry.until, comment = %entry.comment, "audit");
+        let mut v = self.shared.verdicts.lock().expect("verdicts lock");
+        if v.audit.len() >= AUDIT_KEPT {
+            v.audit.pop_back();
+        }
+        v.audit.push_front(entry.clone());
+        Ok(())
+    }
+
+    fn recent_audit(&self, n: usize) -> Result<Vec<AuditEntry>, String> {
+        if let Some(r) = self.shared.redis.get() {
+            let v = r.store.lock().expect("store lock").recent_audit(n).map_err(|e| e.to_string())?;
+            return Ok(v.into_iter().filter_map(|(_, j)| serde_json::from_str(&j).ok()).collect());
+        }
+        Ok(self.shared.verdicts.lock().expect("verdicts lock").audit.iter().take(n).cloned().collect())
+    }
+
+    fn apply_override(&self, prefix: IpNetwork, ov: Option<Override>) -> Result<(), String> {
+        let changes = {
+            let mut engine = self.shared.engine.lock().expect("engine lock");
+            let now = super::up::clock(&self.shared, &engine);
+            match ov {
+                Some(o) => engine.set_override(prefix, o, now),
+                None => engine.remove_override(prefix, now),
+            }
+        };
+        super::up::record(&self.shared, changes);
+        Ok(())
+    }
+
+    fn health(&self) -> Option<Health> {
+        let series = self.shared.series.lock().expect("series lock").iter().copied().collect();
+        let state = self.shared.drop.lock().expect("drop signal lock").status().state;
+        Some(Health {
+            configured: true,
+            error: None,
+            series,
+            drop_alert: match state as i64 {
+                2 => "firing",
+                1 => "pending",
+                _ => "inactive",
+            }
+            .into(),
+            targets: vec![("roost-up".into(), "this process".into(), true)],
+        })
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building roost needs on a fresh Debian machine (idempotent; quick when all is
+# there): a C toolchain, pkg-config, cmake and libcurl (rdkafka builds its bundled librdkafka),
+# OpenSSL (pingora's TLS). Rust itself comes from rustup (https://rustup.rs).
+set -euo pipefail
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+PACKAGES=(build-essential pkg-config cmake libcurl4-openssl-dev libssl-dev ca-certificates curl)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-build-deps: installing ${missing[*]}"
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
+fi
+command -v cargo >/dev/null || {
+  echo "install-build-deps: cargo is missing: install Rust with rustup (https://rustup.rs), then run this again" >&2
+  exit 1
+}
