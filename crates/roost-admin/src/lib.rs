@@ -108,20 +108,19 @@ pub struct Distributed {
 }
 
 impl Distributed {
-    /// Connects (lazily) to Redis and creates the Kafka topics it writes. Call from within a
-    /// tokio runtime: Kafka sends are awaited on it.
-    pub fn connect(redis: &RedisConfig, kafka: roost_kafka::KafkaConfig) -> Result<Distributed, Error> {
+    /// Connects (lazily) to Redis and creates the Kafka topics it writes; Kafka sends are awaited
+    /// on `rt` (the admin's blocking handlers wait for them).
+    pub fn connect(
+        redis: &RedisConfig,
+        kafka: roost_kafka::KafkaConfig,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Distributed, Error> {
         let producer = if kafka.enabled() { Some(roost_kafka::Producer::new(&kafka, "roost-admin")?) } else { None };
         if kafka.enabled() {
             roost_kafka::ensure_topic(&kafka, &kafka.topics.overrides, 1, true)?;
             roost_kafka::ensure_topic(&kafka, &kafka.topics.audit, 1, false)?;
         }
-        Ok(Distributed {
-            store: Mutex::new(Store::new(redis)?),
-            producer,
-            kafka,
-            rt: tokio::runtime::Handle::current(),
-        })
+        Ok(Distributed { store: Mutex::new(Store::new(redis)?), producer, kafka, rt })
     }
 }
 
@@ -162,7 +161,9 @@ pub struct AppState {
     cfg: AdminConfig,
     auth: Auth,
     backend: Arc<dyn Backend>,
-    cache: Mutex<Option<(Instant, Arc<Vec<VerdictRecord>>)>>,
+    cache: Mutex<Option<(Instant, Arc<Vec<Item>>)>>,
+    /// The GeoIP databases (`[geo]`): where each client is.
+    geo: Option<roost_geo::GeoHandle>,
     /// The proxies' signer: references are recomputed from it.
     signer: Option<roost_proxy::challenge::Signer>,
 }
@@ -190,6 +191,7 @@ pub fn state(
     users: Vec<auth::User>,
     backend: Arc<dyn Backend>,
     proxy_secret: Option<Vec<u8>>,
+    geo: Option<roost_geo::GeoHandle>,
 ) -> Result<Arc<AppState>, Error> {
     if users.is_empty() && cfg.tokens.is_empty() {
         tracing::warn!(file = %cfg.users_file.display(), "no users and no tokens: nobody can sign in");
@@ -202,7 +204,7 @@ pub fn state(
             None
         }
     };
-    Ok(Arc::new(AppState { signer, cfg, auth, backend, cache: Mutex::new(None) }))
+    Ok(Arc::new(AppState { signer, cfg, auth, backend, cache: Mutex::new(None), geo }))
 }
 
 /// Reads a proxy secret file (`proxy.challenge.secret_file`); empty path: none.
@@ -416,8 +418,63 @@ async fn api_me(State(st): State<Arc<AppState>>, h: HeaderMap) -> Response {
 
 // ---- verdicts ---------------------------------------------------------------------------------
 
-/// Every stored verdict, read from Redis at most every two seconds.
-fn verdicts(st: &AppState) -> Result<Arc<Vec<VerdictRecord>>, Refusal> {
+/// A current verdict, with what it is made of in fields: where the client is (with GeoIP
+/// databases configured), the rules and feeds its reasons cite.
+#[derive(Clone, Debug, Serialize)]
+pub struct Item {
+    #[serde(flatten)]
+    pub record: VerdictRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_org: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<String>,
+}
+
+/// The rule ids a verdict's reasons cite: their first word, when it is an id (`R-1003`).
+fn rules_cited(reasons: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = reasons
+        .iter()
+        .filter_map(|r| r.split_whitespace().next())
+        .filter(|w| {
+            w.contains('-')
+                && w.starts_with(|c: char| c.is_ascii_uppercase())
+                && w.chars().any(|c| c.is_ascii_digit())
+                && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        .map(str::to_owned)
+        .collect();
+    v.dedup();
+    v
+}
+
+/// The feeds a verdict's reasons cite (`… listed in NAME since …`).
+fn feeds_cited(reasons: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = reasons
+        .iter()
+        .filter_map(|r| r.split_once("listed in ").and_then(|(_, rest)| rest.split_once(" since")).map(|(n, _)| n))
+        .filter(|n| !n.is_empty() && !n.contains(' '))
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn geo_of(db: Option<&roost_geo::GeoDb>, subject: &str) -> roost_geo::GeoInfo {
+    match (db, subject.parse::<IpNetwork>()) {
+        (Some(db), Ok(net)) => db.lookup(net.network()),
+        _ => roost_geo::GeoInfo::default(),
+    }
+}
+
+/// Every stored verdict, read at most every two seconds, with its fields.
+fn verdicts(st: &AppState) -> Result<Arc<Vec<Item>>, Refusal> {
     let mut c = st.cache.lock().expect("cache lock");
     if let Some((at, v)) = c.as_ref()
         && at.elapsed() < Duration::from_secs(2)
@@ -427,8 +484,33 @@ fn verdicts(st: &AppState) -> Result<Arc<Vec<VerdictRecord>>, Refusal> {
     let all =
         st.backend.verdicts().map_err(|e| Refusal::Unavailable(format!("the verdict store is unreachable: {e}")))?;
     let now = now_ms();
-    // an expired verdict is good, whatever is still stored
-    let v: Vec<VerdictRecord> = all.into_iter().filter(|r| r.expires.is_none_or(|e| e.0 > now)).collect();
+    let db = st.geo.as_ref().map(|g| g.load());
+    let v = {
+        // where a client is does not change between two loads: looked up once per subject
+        let before: std::collections::HashMap<&str, &Item> =
+            c.as_ref().map(|(_, v)| v.iter().map(|i| (i.record.subject.as_str(), i)).collect()).unwrap_or_default();
+        // an expired verdict is good, whatever is still stored
+        all.into_iter()
+            .filter(|r| r.expires.is_none_or(|e| e.0 > now))
+            .map(|record| {
+                let (country, asn, as_org) = match before.get(record.subject.as_str()) {
+                    Some(i) => (i.country.clone(), i.asn, i.as_org.clone()),
+                    None => {
+                        let g = geo_of(db.as_deref().map(|d| &**d), &record.subject);
+                        (g.country, g.asn, g.as_org)
+                    }
+                };
+                Item {
+                    rules: rules_cited(&record.reasons),
+                    feeds: feeds_cited(&record.reasons),
+                    record,
+                    country,
+                    asn,
+                    as_org,
+                }
+            })
+            .collect::<Vec<Item>>()
+    };
     let v = Arc::new(v);
     *c = Some((Instant::now(), v.clone()));
     Ok(v)
@@ -446,6 +528,18 @@ pub struct ListQuery {
     /// Part of a reason (a rule id, a feed name, words).
     #[serde(default)]
     pub reason: String,
+    /// A rule id its reasons cite (`R-1003`).
+    #[serde(default)]
+    pub rule: String,
+    /// A feed its reasons cite (`tor_exits`).
+    #[serde(default)]
+    pub feed: String,
+    /// The client's country (ISO code, `NL`), from the GeoIP databases.
+    #[serde(default)]
+    pub country: String,
+    /// The client's AS number (`14061` or `AS14061`).
+    #[serde(default)]
+    pub asn: String,
     /// `reputation` (worst first, the default), `recent`, `expires`, `requests`.
     #[serde(default)]
     pub sort: String,
@@ -459,32 +553,45 @@ pub struct Listing {
     pub total: usize,
     pub page: usize,
     pub per_page: usize,
-    pub items: Vec<VerdictRecord>,
+    pub items: Vec<Item>,
     pub counts: BTreeMap<&'static str, usize>,
 }
 
-fn list(all: &[VerdictRecord], q: &ListQuery) -> Result<Listing, Refusal> {
+fn list(all: &[Item], q: &ListQuery) -> Result<Listing, Refusal> {
     let want = match q.verdict.as_str() {
         "" | "flagged" => None,
         v => Some(v.parse::<Class>().map_err(Refusal::Bad)?),
     };
     let needle = q.q.trim().to_ascii_lowercase();
     let reason = q.reason.trim().to_lowercase();
+    let (rule, feed, country) = (q.rule.trim(), q.feed.trim(), q.country.trim());
+    let asn: Option<u32> = match q.asn.trim().trim_start_matches(['A', 'S', 'a', 's']) {
+        "" => None,
+        n => Some(n.parse().map_err(|_| Refusal::Bad(format!("asn {:?} is not an AS number", q.asn)))?),
+    };
     let mut counts = BTreeMap::new();
-    let mut hits: Vec<&VerdictRecord> = all
+    let mut hits: Vec<&Item> = all
         .iter()
-        .filter(|r| {
+        .filter(|i| {
+            let r = &i.record;
             *counts.entry(r.verdict.as_str()).or_insert(0) += 1;
             want.is_none_or(|w| r.verdict == w)
                 && (needle.is_empty() || r.subject.to_ascii_lowercase().contains(&needle))
                 && (reason.is_empty() || r.reasons.iter().any(|x| x.to_lowercase().contains(&reason)))
+                && (rule.is_empty() || i.rules.iter().any(|x| x.eq_ignore_ascii_case(rule)))
+                && (feed.is_empty() || i.feeds.iter().any(|x| x == feed))
+                && (country.is_empty() || i.country.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(country)))
+                && asn.is_none_or(|a| i.asn == Some(a))
         })
         .collect();
+    let by_subject = |a: &&Item, b: &&Item| a.record.subject.cmp(&b.record.subject);
     match q.sort.as_str() {
-        "recent" => hits.sort_by(|a, b| b.at.cmp(&a.at).then(a.subject.cmp(&b.subject))),
-        "expires" => hits.sort_by(|a, b| b.expires.cmp(&a.expires).then(a.subject.cmp(&b.subject))),
-        "requests" => hits.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.subject.cmp(&b.subject))),
-        "" | "reputation" => hits.sort_by(|a, b| a.reputation.total_cmp(&b.reputation).then(a.subject.cmp(&b.subject))),
+        "recent" => hits.sort_by(|a, b| b.record.at.cmp(&a.record.at).then(by_subject(a, b))),
+        "expires" => hits.sort_by(|a, b| b.record.expires.cmp(&a.record.expires).then(by_subject(a, b))),
+        "requests" => hits.sort_by(|a, b| b.record.requests.cmp(&a.record.requests).then(by_subject(a, b))),
+        "" | "reputation" => {
+            hits.sort_by(|a, b| a.record.reputation.total_cmp(&b.record.reputation).then(by_subject(a, b)))
+        }
         s => return Err(Refusal::Bad(format!("unknown sort {s:?} (reputation, recent, expires, requests)"))),
     }
     let per_page = if q.per_page == 0 { 50 } else { q.per_page.min(500) };
@@ -530,11 +637,11 @@ fn subject_of(s: &str) -> Result<String, Refusal> {
 }
 
 /// What is known of one subject: its verdict, the operator actions covering it, its history.
-type Detail = (String, Option<VerdictRecord>, Vec<AuditEntry>, Vec<roost_verdicts::HistoryEntry>);
+type Detail = (String, Option<Item>, Vec<AuditEntry>, Vec<roost_verdicts::HistoryEntry>);
 
 fn client_detail(st: &AppState, subject: String) -> Result<Detail, Refusal> {
     let v = verdicts(st)?;
-    let rec = v.iter().find(|r| r.subject == subject).cloned();
+    let rec = v.iter().find(|i| i.record.subject == subject).cloned();
     let audit = audit_for(st, &subject);
     let history = st.backend.history(&subject);
     Ok((subject, rec, audit, history))
@@ -553,7 +660,7 @@ async fn api_client(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Path
     match r {
         Ok(Ok((subject, rec, audit, history))) => Json(serde_json::json!({
             "subject": subject,
-            "verdict": rec.as_ref().map_or("good", |r| r.verdict.as_str()),
+            "verdict": rec.as_ref().map_or("good", |i| i.record.verdict.as_str()),
             "record": rec,
             "audit": audit,
             "history": history,
@@ -713,31 +820,56 @@ async fn overview(State(st): State<Arc<AppState>>, h: HeaderMap) -> Response {
         let recent = list(&all, &ListQuery { sort: "recent".into(), per_page: 15, ..ListQuery::default() })?;
         let worst = list(&all, &ListQuery { per_page: 15, ..ListQuery::default() })?;
         let audit = recent_audit(&st2, 10);
-        Ok::<_, Refusal>((recent, worst, audit, top_reasons(&all)))
+        Ok::<_, Refusal>((recent, worst, audit, tops(&all)))
     })
     .await;
     match r {
         Ok(Ok((recent, worst, audit, top))) => {
-            Html(pages::overview(&p, &recent, &worst, &audit, &top, &health)).into_response()
+            Html(pages::overview(&p, &recent, &worst, &audit, &top, &health, st.geo.is_some())).into_response()
         }
         Ok(Err(e)) => e.page(Some(&p)),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
-/// The most frequent leading reasons' rule ids or sources, for the overview.
-fn top_reasons(all: &[VerdictRecord]) -> Vec<(String, usize)> {
-    let mut n: BTreeMap<String, usize> = BTreeMap::new();
-    for r in all {
-        if let Some(first) = r.reasons.first() {
-            let key: String = first.split_whitespace().next().unwrap_or("").chars().take(40).collect();
-            *n.entry(key).or_default() += 1;
+/// What is behind the bad verdicts, for the overview: the most frequent rules, feeds,
+/// countries and networks.
+#[derive(Default)]
+pub struct Tops {
+    pub rules: Vec<(String, usize)>,
+    pub feeds: Vec<(String, usize)>,
+    pub countries: Vec<(String, usize)>,
+    pub asns: Vec<(String, usize)>,
+}
+
+fn tops(all: &[Item]) -> Tops {
+    fn top(n: BTreeMap<String, usize>) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = n.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(10);
+        v
+    }
+    let (mut rules, mut feeds, mut countries, mut asns) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for i in all.iter().filter(|i| i.record.verdict == Class::Bad) {
+        for r in &i.rules {
+            *rules.entry(r.clone()).or_insert(0) += 1;
+        }
+        for f in &i.feeds {
+            *feeds.entry(f.clone()).or_insert(0) += 1;
+        }
+        if let Some(c) = &i.country {
+            *countries.entry(c.clone()).or_insert(0) += 1;
+        }
+        if let Some(a) = i.asn {
+            let name = match &i.as_org {
+                Some(o) => format!("AS{a} {}", o.chars().take(30).collect::<String>()),
+                None => format!("AS{a}"),
+            };
+            *asns.entry(name).or_insert(0) += 1;
         }
     }
-    let mut v: Vec<(String, usize)> = n.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    v.truncate(10);
-    v
+    Tops { rules: top(rules), feeds: top(feeds), countries: top(countries), asns: top(asns) }
 }
 
 // ---- overrides and the audit log --------------------------------------------------------------
@@ -927,7 +1059,7 @@ async fn audit_page(State(st): State<Arc<AppState>>, h: HeaderMap) -> Response {
 
 /// The verdict behind an error page's reference: the proxies sign (subject, verdict time), so
 /// every current verdict's reference is recomputed and compared.
-fn find_reference(st: &AppState, reference: &str) -> Result<Option<VerdictRecord>, Refusal> {
+fn find_reference(st: &AppState, reference: &str) -> Result<Option<Item>, Refusal> {
     let signer =
         st.signer.as_ref().ok_or_else(|| Refusal::Unavailable("the proxies' secret is not configured".into()))?;
     let want = reference.trim().to_ascii_uppercase();
@@ -935,7 +1067,7 @@ fn find_reference(st: &AppState, reference: &str) -> Result<Option<VerdictRecord
         return Err(Refusal::Bad("a reference is 10 letters and digits".into()));
     }
     let all = verdicts(st)?;
-    Ok(all.iter().find(|r| signer.reference(&r.subject, r.at.0) == want).cloned())
+    Ok(all.iter().find(|i| signer.reference(&i.record.subject, i.record.at.0) == want).cloned())
 }
 
 async fn api_reference(State(st): State<Arc<AppState>>, h: HeaderMap, Path(reference): Path<String>) -> Response {
@@ -983,8 +1115,8 @@ async fn openapi() -> Response {
 mod tests {
     use super::*;
 
-    fn rec(subject: &str, class: Class, rep: f32, reason: &str) -> VerdictRecord {
-        VerdictRecord {
+    fn rec(subject: &str, class: Class, rep: f32, reason: &str) -> Item {
+        let record = VerdictRecord {
             v: 1,
             subject: subject.into(),
             verdict: class,
@@ -993,28 +1125,63 @@ mod tests {
             expires: None,
             requests: 10,
             reasons: vec![reason.into()],
+        };
+        Item {
+            rules: rules_cited(&record.reasons),
+            feeds: feeds_cited(&record.reasons),
+            country: Some(if subject.ends_with('7') { "NL" } else { "DE" }.into()),
+            asn: Some(64500),
+            as_org: None,
+            record,
         }
     }
 
     #[test]
     fn lists_filter_sort_and_page() {
-        let all: Vec<VerdictRecord> = (0..120)
+        let all: Vec<Item> = (0..120)
             .map(|i| {
                 rec(
                     &format!("203.0.113.{i}"),
                     if i % 3 == 0 { Class::Bad } else { Class::Dubious },
                     -(i as f32) / 200.0,
-                    if i % 2 == 0 { "R-1001 probe for .env" } else { "feed:tor_exits listed" },
+                    if i % 2 == 0 {
+                        "R-1001 probe for .env: GET /.env → 404"
+                    } else {
+                        "listed in tor_exits since 2026-11-30 (203.0.113.0/24)"
+                    },
                 )
             })
             .collect();
         let l = list(&all, &ListQuery { verdict: "bad".into(), ..ListQuery::default() }).unwrap();
         assert_eq!(l.total, 40);
-        assert_eq!(l.items[0].subject, "203.0.113.117", "worst first");
+        assert_eq!(l.items[0].record.subject, "203.0.113.117", "worst first");
         let l =
             list(&all, &ListQuery { reason: "r-1001".into(), per_page: 10, page: 2, ..ListQuery::default() }).unwrap();
         assert_eq!((l.total, l.items.len()), (60, 10));
+        assert_eq!(list(&all, &ListQuery { rule: "R-1001".into(), ..ListQuery::default() }).unwrap().total, 60);
+        assert_eq!(list(&all, &ListQuery { feed: "tor_exits".into(), ..ListQuery::default() }).unwrap().total, 60);
+        assert_eq!(list(&all, &ListQuery { country: "nl".into(), ..ListQuery::default() }).unwrap().total, 12);
+        assert_eq!(list(&all, &ListQuery { asn: "AS64500".into(), ..ListQuery::default() }).unwrap().total, 120);
+        assert_eq!(list(&all, &ListQuery { asn: "64501".into(), ..ListQuery::default() }).unwrap().total, 0);
+        assert!(list(&all, &ListQuery { asn: "ASX".into(), ..ListQuery::default() }).is_err());
         assert!(list(&all, &ListQuery { sort: "nope".into(), ..ListQuery::default() }).is_err());
         assert!(list(&all, &ListQuery { verdict: "purple".into(), ..ListQuery::default() }).is_err());
+        let t = tops(&all);
+        assert_eq!(t.rules, vec![("R-1001".to_owned(), 20)]);
+        assert_eq!(t.feeds, vec![("tor_exits".to_owned(), 20)]);
+        assert_eq!(t.countries[0], ("DE".to_owned(), 36));
+    }
+
+    #[test]
+    fn rules_and_feeds_are_read_from_reasons() {
+        let r = vec![
+            "R-1003 probe for database admin panels: GET /pma/ → 404".to_owned(),
+            "rules version b19ab1835779 (45 rules)".to_owned(),
+            "LOCAL-7 our own rule".to_owned(),
+            "feed: listed in spamhaus_drop since 2026-11-01 (45.95.168.0/24, SBL1)".to_owned(),
+            "5 of 5 requests answered 404/410".to_owned(),
+        ];
+        assert_eq!(rules_cited(&r), vec!["R-1003", "LOCAL-7"]);
+        assert_eq!(feeds_cited(&r), vec!["spamhaus_drop"]);
     }
 }

@@ -3,10 +3,10 @@
 //! forbids both); charts are inline SVG built here.
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use roost_verdicts::{HistoryEntry, VerdictRecord};
+use roost_verdicts::HistoryEntry;
 
 use crate::auth::{Principal, Role};
-use crate::{AuditEntry, Health, ListQuery, Listing};
+use crate::{AuditEntry, Health, Item, ListQuery, Listing, Tops};
 
 fn time(ms: i64) -> String {
     roost_engine::Timestamp(ms).to_string()
@@ -71,38 +71,39 @@ fn class_cell(c: &str) -> Markup {
     html! { span class=(c) { (c) } }
 }
 
-fn table(items: &[VerdictRecord]) -> Markup {
+/// "NL · AS64500 Example" for a listed client, "–" when the databases know nothing.
+fn where_of(i: &Item) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = &i.country {
+        parts.push(c.clone());
+    }
+    if let Some(a) = i.asn {
+        parts.push(match &i.as_org {
+            Some(o) => format!("AS{a} {}", o.chars().take(24).collect::<String>()),
+            None => format!("AS{a}"),
+        });
+    }
+    if parts.is_empty() { "–".into() } else { parts.join(" · ") }
+}
+
+fn table(items: &[Item]) -> Markup {
     html! {
         table {
-            thead { tr { th { "Client" } th { "Verdict" } th { "Reputation" } th { "Requests" } th { "Since" } th { "Until" } th { "Why" } } }
+            thead { tr { th { "Client" } th { "Verdict" } th { "Reputation" } th { "Requests" } th { "Where" } th { "Since" } th { "Until" } th { "Why" } } }
             tbody {
-                @for r in items {
+                @for i in items {
+                    @let r = &i.record;
                     tr {
                         td.mono { a href={ "/clients/" (r.subject.replace('/', "%2F")) } { (r.subject) } }
                         td { (class_cell(r.verdict.as_str())) }
                         td { (format!("{:.2}", r.reputation)) }
                         td { (r.requests) }
+                        td { (where_of(i)) }
                         td.mono { (time(r.at.0)) }
                         td.mono { (r.expires.map(|e| time(e.0)).unwrap_or_else(|| "–".into())) }
                         td { (r.reasons.first().map(String::as_str).unwrap_or("")) }
                     }
                 }
-            }
-        }
-    }
-}
-
-/// A horizontal bar chart of counts, as inline SVG (no script).
-fn bars(rows: &[(String, usize)]) -> Markup {
-    let max = rows.iter().map(|r| r.1).max().unwrap_or(1).max(1) as f64;
-    let h = 22 * rows.len().max(1);
-    html! {
-        svg width="600" height=(h) viewBox={ "0 0 600 " (h) } role="img" aria-label="counts" {
-            @for (i, (label, n)) in rows.iter().enumerate() {
-                @let y = i * 22;
-                rect x="200" y=(y + 3) width=(format!("{:.1}", 380.0 * *n as f64 / max)) height="16" fill="#2b59c3" {}
-                text x="195" y=(y + 16) text-anchor="end" font-size="12" { (label) }
-                text x=(format!("{:.1}", 205.0 + 380.0 * *n as f64 / max)) y=(y + 16) font-size="12" { (n) }
             }
         }
     }
@@ -149,8 +150,9 @@ pub fn overview(
     recent: &Listing,
     worst: &Listing,
     audit: &[AuditEntry],
-    top: &[(String, usize)],
+    top: &Tops,
     health: &Health,
+    geo: bool,
 ) -> String {
     let n = |k: &str| recent.counts.get(k).copied().unwrap_or(0);
     layout(
@@ -172,7 +174,14 @@ pub fn overview(
                     button type="submit" { "Search" }
                 }
             }
-            div.card { h2 { "Leading reasons of current verdicts" } (bars(top)) }
+            div.grid2 {
+                div.card { h2 { "Rules behind bad verdicts" } (top_links(&top.rules, "rule")) }
+                div.card { h2 { "Feeds behind bad verdicts" } (top_links(&top.feeds, "feed")) }
+                div.card { h2 { "Countries of bad clients" }
+                    @if geo { (top_links(&top.countries, "country")) } @else { p { "Set geo.country_db (or city_db) to see where they are." } } }
+                div.card { h2 { "Networks of bad clients" }
+                    @if geo { (top_links(&top.asns, "asn")) } @else { p { "Set geo.asn_db to see their networks." } } }
+            }
             h2 { "Most recent verdicts" }
             (table(&recent.items))
             h2 { "Worst reputations" }
@@ -181,14 +190,40 @@ pub fn overview(
     )
 }
 
+/// Counts as bars, each label a link to the bad clients it counts.
+fn top_links(rows: &[(String, usize)], field: &str) -> Markup {
+    if rows.is_empty() {
+        return html! { p { "None." } };
+    }
+    let max = rows.iter().map(|r| r.1).max().unwrap_or(1).max(1) as f64;
+    html! {
+        table.bars {
+            tbody {
+                @for (label, n) in rows {
+                    @let value = if field == "asn" { label.split_whitespace().next().unwrap_or("").to_owned() } else { label.clone() };
+                    tr {
+                        td { a href={ "/clients?verdict=bad&" (field) "=" (enc(&value)) } { (label) } }
+                        td.n { (n) }
+                        td.bar { meter min="0" max=(format!("{max}")) value=(n) {} }
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub fn clients(p: &Principal, q: &ListQuery, l: &Listing) -> String {
     let pages = l.total.div_ceil(l.per_page).max(1);
     let link = |page: usize| {
         format!(
-            "/clients?verdict={}&q={}&reason={}&sort={}&page={page}",
+            "/clients?verdict={}&q={}&reason={}&rule={}&feed={}&country={}&asn={}&sort={}&page={page}",
             enc(&q.verdict),
             enc(&q.q),
             enc(&q.reason),
+            enc(&q.rule),
+            enc(&q.feed),
+            enc(&q.country),
+            enc(&q.asn),
             enc(&q.sort)
         )
     };
@@ -205,6 +240,10 @@ pub fn clients(p: &Principal, q: &ListQuery, l: &Listing) -> String {
                 } }
                 label { "Address or prefix" input name="q" value=(q.q); }
                 label { "Reason contains" input name="reason" value=(q.reason); }
+                label { "Rule" input name="rule" value=(q.rule) size="8" placeholder="R-1001"; }
+                label { "Feed" input name="feed" value=(q.feed) size="12" placeholder="tor_exits"; }
+                label { "Country" input name="country" value=(q.country) size="3" placeholder="NL"; }
+                label { "ASN" input name="asn" value=(q.asn) size="8" placeholder="AS14061"; }
                 label { "Sort" select name="sort" {
                     option value="reputation" selected[q.sort.is_empty() || q.sort == "reputation"] { "worst first" }
                     option value="recent" selected[q.sort == "recent"] { "most recent" }
@@ -282,7 +321,7 @@ fn timeline(history: &[HistoryEntry]) -> Markup {
 pub fn client(
     p: &Principal,
     subject: &str,
-    rec: Option<&VerdictRecord>,
+    rec: Option<&Item>,
     audit: &[AuditEntry],
     history: &[HistoryEntry],
     bgp: Option<&str>,
@@ -294,13 +333,19 @@ pub fn client(
         html! {
             h1.mono { (subject) }
             div.card {
-                @match rec {
-                    Some(r) => {
+                @match rec.map(|i| (i, &i.record)) {
+                    Some((i, r)) => {
                         p { "Verdict: " (class_cell(r.verdict.as_str())) " · reputation " (format!("{:.2}", r.reputation))
                             " (−1 worst … 1 best) · " (r.requests) " requests in this episode" }
                         p { "Since " span.mono { (time(r.at.0)) } @if let Some(e) = r.expires { " · until " span.mono { (time(e.0)) } } }
+                        @if i.country.is_some() || i.asn.is_some() { p { "Where: " (where_of(i)) } }
                         h2 { "Why" }
                         ul.reasons { @for x in &r.reasons { li { (x) } } }
+                        @if !i.rules.is_empty() || !i.feeds.is_empty() {
+                            p { "Cited: "
+                                @for x in &i.rules { a.tag href={ "/clients?rule=" (enc(x)) } { (x) } " " }
+                                @for x in &i.feeds { a.tag href={ "/clients?feed=" (enc(x)) } { (x) } " " } }
+                        }
                     }
                     None => { p { span.good { "good" } ": no verdict is held against this client (it passes)." } }
                 }
@@ -380,7 +425,7 @@ fn audit_table(v: &[AuditEntry]) -> Markup {
     }
 }
 
-pub fn reference(p: &Principal, r: &str, found: Option<Option<&VerdictRecord>>) -> String {
+pub fn reference(p: &Principal, r: &str, found: Option<Option<&Item>>) -> String {
     layout(
         Some(p),
         "Reference lookup",

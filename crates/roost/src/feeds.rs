@@ -125,6 +125,15 @@ pub fn load_local(cfg: &Config, defs: &[FeedDef], extra: &[(String, PathBuf)]) -
     Ok(out)
 }
 
+/// The GeoIP databases, when any is configured.
+pub fn open_geo(g: &roost_geo::GeoConfig) -> anyhow::Result<Option<GeoHandle>> {
+    if g.country_db.is_some() || g.city_db.is_some() || g.asn_db.is_some() {
+        Ok(Some(GeoHandle::open(g.clone())?))
+    } else {
+        Ok(None)
+    }
+}
+
 /// What the engine gets from feeds and GeoIP.
 #[derive(Clone)]
 pub struct Enrichment {
@@ -135,8 +144,7 @@ pub struct Enrichment {
 impl Enrichment {
     pub fn new(cfg: &Config, index: FeedIndex) -> anyhow::Result<Enrichment> {
         let g = &cfg.geo;
-        let geo = if g.country_db.is_some() || g.city_db.is_some() || g.asn_db.is_some() {
-            let handle = GeoHandle::open(g.clone())?;
+        let geo = if let Some(handle) = open_geo(g)? {
             let policy = GeoPolicy::compile(&g.policy)?;
             Some((handle, policy))
         } else {

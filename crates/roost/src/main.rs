@@ -304,10 +304,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin { cmd: None } => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            let backend = rt.block_on(async { roost_admin::Distributed::connect(&cfg.redis, cfg.kafka.clone()) })?;
+            let backend = roost_admin::Distributed::connect(&cfg.redis, cfg.kafka.clone(), rt.handle().clone())?;
             let users = roost_admin::auth::load_users(&cfg.admin.users_file)?;
             let secret = roost_admin::read_secret(&cfg.proxy.challenge.secret_file)?;
-            let st = roost_admin::state(cfg.admin.clone(), users, std::sync::Arc::new(backend), secret)?;
+            let geo = feeds::open_geo(&cfg.geo)?;
+            let st = roost_admin::state(cfg.admin.clone(), users, std::sync::Arc::new(backend), secret, geo)?;
             rt.block_on(roost_admin::serve(st, up::shutdown_signal()))?;
         }
         Command::Bgp { cmd: None } => bgp::run(cfg)?,

@@ -278,7 +278,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         }
         let users = admin_users(&acfg)?;
         let backend = Arc::new(crate::up_store::UpBackend { shared: shared.clone() });
-        let st = roost_admin::state(acfg, users, backend, Some(secret))?;
+        let st = roost_admin::state(acfg, users, backend, Some(secret), enrich.geo.as_ref().map(|(h, _)| h.clone()))?;
         let mut rx = stop_rx.clone();
         Some(rt.spawn(roost_admin::serve(st, async move {
             let _ = rx.wait_for(|stop| *stop).await;

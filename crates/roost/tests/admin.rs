@@ -32,12 +32,14 @@ fn write_config(dir: &Path, admin_port: u16, score_port: u16, prefix: &str, topi
              [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
              [score]\ngroup = \"{topics}-group\"\npartitions = 1\nlisten = \"127.0.0.1:{score_port}\"\n\
              [proxy.challenge]\nsecret_file = \"{secret}\"\n\
+             [geo]\ncity_db = \"{mmdb}/GeoIP2-City-Test.mmdb\"\nasn_db = \"{mmdb}/GeoLite2-ASN-Test.mmdb\"\n\
              [admin]\nlisten = \"127.0.0.1:{admin_port}\"\nusers_file = \"{}\"\ncookie_secure = false\n\
              tokens = [{{ name = \"ci\", role = \"viewer\", sha256 = \"{token_hash}\" }}]\n",
             kafka(),
             redis(),
             users.display(),
             secret = dir.join("secret").display(),
+            mmdb = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mmdb").display(),
         ),
     )
     .unwrap();
@@ -128,6 +130,62 @@ fn auth_csrf_roles_overrides_audit_and_escaping() {
     let me: serde_json::Value = serde_json::from_str(&me.body).unwrap();
     assert_eq!(me["role"], "operator");
     let csrf = me["csrf"].as_str().unwrap().to_owned();
+
+    // two more verdicts, from addresses MaxMind's test databases place: London (GB) and
+    // Telstra's network (AS1221); lists filter by country, network, rule and feed as fields, and
+    // the overview counts what is behind the bad verdicts
+    let now = roost_engine::Timestamp(roost_proxy::now_ms());
+    let placed = |subject: &str, reason: &str| roost_verdicts::Write {
+        record: roost_verdicts::VerdictRecord {
+            v: 1,
+            subject: subject.into(),
+            verdict: roost_engine::Class::Bad,
+            reputation: -0.9,
+            at: now,
+            expires: Some(roost_engine::Timestamp(now.0 + 3_600_000)),
+            requests: 7,
+            reasons: vec![reason.into()],
+        },
+        now,
+        announce: true,
+        samples: Vec::new(),
+    };
+    store
+        .write(&[
+            placed("81.2.69.142", "R-1006 probe for site backups: GET /dump.sql → 404 (4 times within 1 min) → bad"),
+            placed("1.128.0.1", "feed spamhaus_drop: listed in spamhaus_drop since 2026-11-01 (1.128.0.0/11) → bad"),
+        ])
+        .unwrap();
+    let api = |q: &str| -> serde_json::Value {
+        let r = request(port, "GET", &format!("/api/v1/clients?{q}"), &[("Cookie", &cookie)], "");
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+        serde_json::from_str(&r.body).unwrap()
+    };
+    let subjects = |v: &serde_json::Value| -> Vec<String> {
+        v["items"].as_array().unwrap().iter().map(|i| i["subject"].as_str().unwrap().to_owned()).collect()
+    };
+    let gb = api("country=gb");
+    assert_eq!(subjects(&gb), ["81.2.69.142"]);
+    assert_eq!(gb["items"][0]["country"], "GB");
+    assert_eq!(gb["items"][0]["rules"][0], "R-1006");
+    let telstra = api("asn=AS1221");
+    assert_eq!(subjects(&telstra), ["1.128.0.1"]);
+    assert_eq!(telstra["items"][0]["as_org"], "Telstra Pty Ltd");
+    assert_eq!(subjects(&api("feed=spamhaus_drop")), ["1.128.0.1"]);
+    assert_eq!(subjects(&api("rule=R-1001")), ["198.51.100.66"]);
+    assert_eq!(request(port, "GET", "/api/v1/clients?asn=nope", &[("Cookie", &cookie)], "").status, 400);
+    let overview = request(port, "GET", "/", &[("Cookie", &cookie)], "");
+    assert_eq!(overview.status, 200);
+    for shown in [
+        "/clients?verdict=bad&amp;country=GB",
+        "AS1221 Telstra Pty Ltd",
+        "/clients?verdict=bad&amp;feed=spamhaus_drop",
+        "R-1006",
+    ] {
+        assert!(overview.body.contains(shown), "{shown} not on the overview: {}", overview.body);
+    }
+    let page = request(port, "GET", "/clients?country=GB", &[("Cookie", &cookie)], "");
+    assert!(page.body.contains("81.2.69.142") && !page.body.contains("1.128.0.1"), "{}", page.body);
 
     // the list and the page: the attacker's text is escaped
     let list = request(port, "GET", "/api/v1/clients?verdict=bad", &[("Cookie", &cookie)], "");

@@ -54,6 +54,7 @@ async fn an_operator_investigates_and_blocks_in_a_real_browser() {
              [redis]\nurl = \"{redis}\"\nprefix = \"{prefix}\"\n\
              [tail]\ncheckpoint = \"{d}/tail.json\"\nstart = \"beginning\"\npoll_interval = \"50ms\"\nlisten = \"127.0.0.1:{tail_port}\"\n\
              [score]\ngroup = \"{topics}-group\"\npartitions = 1\nlisten = \"127.0.0.1:{score_port}\"\n\
+             [geo]\ncity_db = \"{mmdb}/GeoIP2-City-Test.mmdb\"\nasn_db = \"{mmdb}/GeoLite2-ASN-Test.mmdb\"\n\
              [admin]\nlisten = \"127.0.0.1:{admin_port}\"\nusers_file = \"{d}/users.toml\"\ncookie_secure = false\nprometheus_url = \"http://127.0.0.1:{prom_port}\"\nbgp_url = \"http://127.0.0.1:{bgp_port}\"\n\
              [bgp]\ndry_run = true\nprotect = [\"192.0.2.0/24\"]\nlisten = \"127.0.0.1:{bgp_port}\"\n\
              [proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\nupstreams = [\"127.0.0.1:{admin_port}\"]\n\
@@ -64,6 +65,7 @@ async fn an_operator_investigates_and_blocks_in_a_real_browser() {
             kafka = kafka(),
             redis = redis(),
             d = d.display(),
+            mmdb = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mmdb").display(),
         ),
     )
     .unwrap();
@@ -98,6 +100,9 @@ async fn an_operator_investigates_and_blocks_in_a_real_browser() {
     {
         lines.push_str(&clf_line("203.0.113.7", "GET", p, 404, xss, unix_now()));
         lines.push_str(&clf_line("198.51.100.20", "GET", "/articles/1", 200, "Mozilla/5.0", unix_now()));
+        // two more scanners from places MaxMind's test databases know (London; Telstra's network)
+        lines.push_str(&clf_line("81.2.69.142", "GET", p, 404, "python-requests/2.31", unix_now()));
+        lines.push_str(&clf_line("1.128.0.1", "GET", p, 404, "Go-http-client/1.1", unix_now()));
     }
     std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(lines.as_bytes()).unwrap();
     let mut store = roost_verdicts::Store::new(&roost_verdicts::RedisConfig {
