@@ -94,6 +94,10 @@ pub trait Backend: Send + Sync + 'static {
     fn health(&self) -> Option<Health> {
         None
     }
+    /// What the proxies did with the subject's challenges.
+    fn proxy_outcomes(&self, _subject: &str) -> Option<roost_verdicts::ProxyOutcomes> {
+        None
+    }
 }
 
 /// The distributed pipeline's backend: verdicts, histories and the audit stream in Redis
@@ -148,6 +152,10 @@ impl Backend for Distributed {
     fn recent_audit(&self, n: usize) -> Result<Vec<AuditEntry>, String> {
         let v = self.store.lock().expect("store lock").recent_audit(n).map_err(|e| e.to_string())?;
         Ok(v.into_iter().filter_map(|(_, j)| serde_json::from_str(&j).ok()).collect())
+    }
+
+    fn proxy_outcomes(&self, subject: &str) -> Option<roost_verdicts::ProxyOutcomes> {
+        self.store.lock().expect("store lock").outcomes(subject).ok().flatten()
     }
 
     fn apply_override(&self, prefix: IpNetwork, ov: Option<Override>) -> Result<(), String> {
@@ -636,15 +644,23 @@ fn subject_of(s: &str) -> Result<String, Refusal> {
     s.parse::<IpNetwork>().map(|n| n.to_string()).map_err(|_| Refusal::Bad(format!("{s:?} is not an address")))
 }
 
-/// What is known of one subject: its verdict, the operator actions covering it, its history.
-type Detail = (String, Option<Item>, Vec<AuditEntry>, Vec<roost_verdicts::HistoryEntry>);
+/// What is known of one subject: its verdict, the operator actions covering it, its history,
+/// what the proxies did with its challenges.
+pub struct Detail {
+    pub subject: String,
+    pub item: Option<Item>,
+    pub audit: Vec<AuditEntry>,
+    pub history: Vec<roost_verdicts::HistoryEntry>,
+    pub proxy: Option<roost_verdicts::ProxyOutcomes>,
+}
 
 fn client_detail(st: &AppState, subject: String) -> Result<Detail, Refusal> {
     let v = verdicts(st)?;
-    let rec = v.iter().find(|i| i.record.subject == subject).cloned();
+    let item = v.iter().find(|i| i.record.subject == subject).cloned();
     let audit = audit_for(st, &subject);
     let history = st.backend.history(&subject);
-    Ok((subject, rec, audit, history))
+    let proxy = st.backend.proxy_outcomes(&subject);
+    Ok(Detail { subject, item, audit, history, proxy })
 }
 
 async fn api_client(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Path<String>) -> Response {
@@ -658,12 +674,13 @@ async fn api_client(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Path
     let st2 = st.clone();
     let r = tokio::task::spawn_blocking(move || client_detail(&st2, subject)).await;
     match r {
-        Ok(Ok((subject, rec, audit, history))) => Json(serde_json::json!({
-            "subject": subject,
-            "verdict": rec.as_ref().map_or("good", |i| i.record.verdict.as_str()),
-            "record": rec,
-            "audit": audit,
-            "history": history,
+        Ok(Ok(d)) => Json(serde_json::json!({
+            "subject": d.subject,
+            "verdict": d.item.as_ref().map_or("good", |i| i.record.verdict.as_str()),
+            "record": d.item,
+            "audit": d.audit,
+            "history": d.history,
+            "proxy": d.proxy,
         }))
         .into_response(),
         Ok(Err(e)) => e.api(),
@@ -713,9 +730,7 @@ async fn client_page(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Pat
     let st2 = st.clone();
     let r = tokio::task::spawn_blocking(move || client_detail(&st2, subject)).await;
     match r {
-        Ok(Ok((subject, rec, audit, history))) => {
-            Html(pages::client(&p, &subject, rec.as_ref(), &audit, &history, bgp.as_deref())).into_response()
-        }
+        Ok(Ok(d)) => Html(pages::client(&p, &d, bgp.as_deref())).into_response(),
         Ok(Err(e)) => e.page(Some(&p)),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }

@@ -6,7 +6,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use roost_verdicts::HistoryEntry;
 
 use crate::auth::{Principal, Role};
-use crate::{AuditEntry, Health, Item, ListQuery, Listing, Tops};
+use crate::{AuditEntry, Detail, Health, Item, ListQuery, Listing, Tops};
 
 fn time(ms: i64) -> String {
     roost_engine::Timestamp(ms).to_string()
@@ -318,14 +318,8 @@ fn timeline(history: &[HistoryEntry]) -> Markup {
     }
 }
 
-pub fn client(
-    p: &Principal,
-    subject: &str,
-    rec: Option<&Item>,
-    audit: &[AuditEntry],
-    history: &[HistoryEntry],
-    bgp: Option<&str>,
-) -> String {
+pub fn client(p: &Principal, d: &Detail, bgp: Option<&str>) -> String {
+    let (subject, rec, audit, history) = (d.subject.as_str(), d.item.as_ref(), &d.audit[..], &d.history[..]);
     let samples: Vec<&roost_engine::Sample> = history.iter().flat_map(|h| &h.samples).take(20).collect();
     layout(
         Some(p),
@@ -350,6 +344,12 @@ pub fn client(
                     None => { p { span.good { "good" } ": no verdict is held against this client (it passes)." } }
                 }
                 @if let Some(b) = bgp { p { "Routers: " (b) } }
+                @match &d.proxy {
+                    Some(o) => p { "At the proxies: " (o.issued) " challenge(s) shown, " (o.passed) " solved, " (o.failed)
+                        " answer(s) refused; " (o.cleared) " request(s) let through on a clearance cookie, " (o.refused)
+                        " cookie(s) refused (last " span.mono { (time(o.last)) } ")." },
+                    None => p { "At the proxies: no challenge shown to this client." },
+                }
             }
             @if p.role >= Role::Operator {
                 div.card {

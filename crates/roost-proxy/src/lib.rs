@@ -10,7 +10,8 @@
 //! - [`service`]: the pingora [`pingora::proxy::ProxyHttp`] that routes each request;
 //! - [`server`]: listeners, TLS with SNI, upstream pool and health checks, metrics, graceful
 //!   restart;
-//! - [`accesslog`]: what happened to each request, in a format `roost tail` reads back.
+//! - [`accesslog`]: what happened to each request, in a format `roost tail` reads back;
+//! - [`outcomes`]: each client's challenge outcomes, for the admin UI.
 
 pub mod accesslog;
 pub mod cache;
@@ -18,6 +19,7 @@ pub mod challenge;
 pub mod clientip;
 pub mod config;
 pub mod metrics;
+pub mod outcomes;
 pub mod pages;
 pub mod server;
 pub mod service;

@@ -82,6 +82,8 @@ pub enum MetricsAt<'a> {
 pub struct Proxy {
     pub server: Server,
     pub cache: Arc<VerdictCache>,
+    /// Each client's challenge outcomes, as this process counted them.
+    pub outcomes: Arc<crate::outcomes::Outcomes>,
     pub metrics: Arc<Metrics>,
     upstreams: Arc<LoadBalancer<RoundRobin>>,
 }
@@ -171,12 +173,15 @@ pub fn build(
         }
     };
     let cache = Arc::new(VerdictCache::new(ipv6_prefix));
+    let outcomes = Arc::new(crate::outcomes::Outcomes::default());
     let stop = Arc::new(AtomicBool::new(false));
     match verdicts {
         Verdicts::Redis(redis) if redis.url.is_empty() => {
             tracing::warn!("redis.url is empty: no verdicts; every client follows proxy.unknown");
         }
         Verdicts::Redis(redis) => {
+            let _outcomes = crate::outcomes::spawn_flush(redis.clone(), outcomes.clone(), stop.clone())
+                .map_err(|e| Error::Start(format!("the outcomes thread: {e}")))?;
             let _follower = crate::sync::spawn(redis, cache.clone(), metrics.clone(), stop.clone())
                 .map_err(|e| Error::Start(format!("the Redis follower thread: {e}")))?;
         }
@@ -236,6 +241,7 @@ pub fn build(
         metrics: metrics.clone(),
         log,
         upstreams: upstreams.clone(),
+        outcomes: outcomes.clone(),
     };
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, waffles);
     if cfg.h2c {
@@ -278,7 +284,7 @@ pub fn build(
     );
     server.add_service(health);
     server.add_service(svc);
-    Ok(Proxy { server, cache, metrics, upstreams })
+    Ok(Proxy { server, cache, outcomes, metrics, upstreams })
 }
 
 /// The signing secret: `proxy.challenge.secret_file`, or a random one for this process.

@@ -37,6 +37,7 @@ pub struct Waffles {
     pub metrics: Arc<Metrics>,
     pub log: AccessLog,
     pub upstreams: Arc<LoadBalancer<RoundRobin>>,
+    pub outcomes: Arc<crate::outcomes::Outcomes>,
 }
 
 /// What happened to one request, for the access log and metrics.
@@ -452,6 +453,9 @@ impl ProxyHttp for Waffles {
         };
         self.metrics.requests.get_or_create(&RouteLabels { route: ctx.route, verdict: ctx.verdict }).inc();
         let Some(client) = ctx.client else { return };
+        if ctx.challenge != "-" && !ctx.challenge.is_empty() {
+            self.outcomes.record(&self.cache.binding(client), &ctx.challenge, now_ms());
+        }
         if !self.log.enabled() {
             return;
         }

@@ -116,6 +116,63 @@ pub struct HistoryEntry {
     pub samples: Vec<roost_engine::Sample>,
 }
 
+/// What the proxies did with one client's challenges (`{prefix}px:{subject}`, a hash of counts
+/// and the last time, Unix ms; kept `OUTCOMES_TTL_MS` after the last).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyOutcomes {
+    /// Challenge pages served.
+    pub issued: u64,
+    /// Challenges solved (clearance cookie given).
+    pub passed: u64,
+    /// Answers refused: wrong, expired, replayed, for another address.
+    pub failed: u64,
+    /// Requests let through on a valid clearance cookie.
+    pub cleared: u64,
+    /// Clearance cookies refused (forged, expired, another address).
+    pub refused: u64,
+    pub last: i64,
+}
+
+impl ProxyOutcomes {
+    /// Counts one outcome as the proxy's access log names it (`issued`, `passed`,
+    /// `passed:wait`, `failed:REASON`, `cleared`, `cookie_refused:REASON`); false for others.
+    pub fn add(&mut self, outcome: &str, at: i64) -> bool {
+        let kind = outcome.split(':').next().unwrap_or("");
+        match kind {
+            "issued" => self.issued += 1,
+            "passed" => self.passed += 1,
+            "failed" => self.failed += 1,
+            "cleared" => self.cleared += 1,
+            "cookie_refused" => self.refused += 1,
+            _ => return false,
+        }
+        self.last = self.last.max(at);
+        true
+    }
+
+    /// Adds another's counts.
+    pub fn merge(&mut self, o: &ProxyOutcomes) {
+        self.issued += o.issued;
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.cleared += o.cleared;
+        self.refused += o.refused;
+        self.last = self.last.max(o.last);
+    }
+
+    fn counts(&self) -> [(&'static str, u64); 5] {
+        [
+            ("issued", self.issued),
+            ("passed", self.passed),
+            ("failed", self.failed),
+            ("cleared", self.cleared),
+            ("refused", self.refused),
+        ]
+    }
+}
+
+pub const OUTCOMES_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// History entries kept per subject, and for how long after the last one.
 pub const HISTORY_LEN: isize = 100;
 pub const HISTORY_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -201,6 +258,49 @@ impl Store {
     /// The key of a subject's history list.
     pub fn history_key(&self, subject: &str) -> String {
         format!("{}h:{subject}", self.cfg.prefix)
+    }
+
+    /// The key of a subject's challenge outcomes at the proxies (a hash).
+    pub fn outcomes_key(&self, subject: &str) -> String {
+        format!("{}px:{subject}", self.cfg.prefix)
+    }
+
+    /// Adds proxies' outcome counts (deltas) to their subjects' hashes, in one pipeline.
+    pub fn add_outcomes(&mut self, deltas: &[(String, ProxyOutcomes)]) -> Result<(), Error> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (subject, d) in deltas {
+            let key = self.outcomes_key(subject);
+            for (field, n) in d.counts() {
+                if n > 0 {
+                    pipe.hincr(&key, field, n).ignore();
+                }
+            }
+            pipe.cmd("HSET").arg(&key).arg("last").arg(d.last).ignore();
+            pipe.pexpire(&key, OUTCOMES_TTL_MS as i64).ignore();
+        }
+        self.with("writing challenge outcomes", |c| pipe.query::<()>(c))
+    }
+
+    /// A subject's challenge outcomes at the proxies, if any were recorded.
+    pub fn outcomes(&mut self, subject: &str) -> Result<Option<ProxyOutcomes>, Error> {
+        let key = self.outcomes_key(subject);
+        let h: BTreeMap<String, i64> =
+            self.with("reading challenge outcomes", |c| redis::cmd("HGETALL").arg(&key).query(c))?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let get = |k: &str| h.get(k).copied().unwrap_or(0).max(0) as u64;
+        Ok(Some(ProxyOutcomes {
+            issued: get("issued"),
+            passed: get("passed"),
+            failed: get("failed"),
+            cleared: get("cleared"),
+            refused: get("refused"),
+            last: h.get("last").copied().unwrap_or(0),
+        }))
     }
 
     /// A subject's history, newest first (entries that do not read are skipped).

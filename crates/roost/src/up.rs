@@ -1,6 +1,6 @@
 //! `roost up`: the appliance in one process. Follows the configured access logs, scores every
 //! request, keeps verdicts in memory, and serves a JSON API and Prometheus metrics on loopback.
-//! With `--demo`, a bundled attack scenario is replayed so verdicts show within a minute.
+//! With `--demo`, a bundled attack scenario is replayed so verdicts show within seconds.
 //!
 //! Threads: one per log source (tail + parse), one scorer that owns the engine, and the tokio
 //! runtime serving HTTP. Batches flow tail → scorer over a bounded channel, so a slow scorer
@@ -124,6 +124,8 @@ pub(crate) struct Shared {
     /// The in-process proxy's verdict cache.
     cache: std::sync::OnceLock<Arc<roost_proxy::cache::VerdictCache>>,
     proxy_health: std::sync::OnceLock<roost_proxy::UpstreamHealth>,
+    /// The in-process proxy's challenge outcomes per client.
+    pub(crate) outcomes: std::sync::OnceLock<Arc<roost_proxy::outcomes::Outcomes>>,
     alert: AlertConfig,
     /// The admin UI's base URL, for links in alerts.
     admin_url: String,
@@ -197,6 +199,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         redis: std::sync::OnceLock::new(),
         cache: std::sync::OnceLock::new(),
         proxy_health: std::sync::OnceLock::new(),
+        outcomes: std::sync::OnceLock::new(),
     });
     if !cfg.redis.url.is_empty() {
         let m = crate::up_store::RedisMirror::start(&cfg.redis, shared.metrics.redis_dropped.clone(), shared.clone())?;
@@ -207,6 +210,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
     if let Some(p) = proxy {
         let _ = shared.cache.set(p.cache.clone());
         let _ = shared.proxy_health.set(p.health());
+        let _ = shared.outcomes.set(p.outcomes.clone());
         let rx = stop_rx.clone();
         threads.push(std::thread::Builder::new().name("roost-proxy".into()).spawn(move || p.run_until(rx))?);
     }
@@ -548,29 +552,31 @@ pub(crate) fn record(sh: &Shared, changes: Vec<VerdictChange>) {
     }
 }
 
-/// Replays the golden scenario thirty times faster than it happened, its clock ending when the
-/// replay does: event time catches up with the wall clock, so what the proxy and the admin UI
-/// show (by the wall clock) is what the scenario's verdicts are by its end.
+/// Replays the golden 30-minute scenario so that it ends a minute from now: what happened
+/// before now at once (the scorer takes it in seconds), the last minute as it happens. Event
+/// time then never runs ahead of the wall clock nor far behind it, so the verdicts the proxy and
+/// the admin UI judge by the wall clock are the scenario's own.
 fn demo_loop(tx: SyncSender<Vec<RequestEvent<'static>>>, sh: Arc<Shared>) {
-    const SPEEDUP: i64 = 30;
+    const LIVE_S: i64 = 60;
     let scenario = roost_loggen::Scenario::golden(1);
-    let shift = wall_now().secs() + scenario.duration_s / SPEEDUP - scenario.start - scenario.duration_s;
-    let started = Instant::now();
+    let shift = wall_now().secs() + LIVE_S - scenario.start - scenario.duration_s;
     let mut batch = Vec::new();
-    tracing::info!("demo: replaying a 30-minute attack scenario in about a minute");
+    tracing::info!("demo: a 30-minute attack scenario, its last minute live");
     let result = roost_loggen::generate(&scenario, |r| {
         if sh.stop.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("stopping"));
         }
-        let offset_ms = r.time_ms - scenario.start * 1000;
-        let due = Duration::from_millis((offset_ms / SPEEDUP).max(0) as u64);
-        if due > started.elapsed() {
+        let ev = demo_event(r, shift);
+        let ahead = ev.time.0 - wall_now().0;
+        if ahead > 0 {
             if !batch.is_empty() {
                 tx.send(std::mem::take(&mut batch)).map_err(|_| std::io::Error::other("scorer gone"))?;
             }
-            std::thread::sleep(due.saturating_sub(started.elapsed()));
+            std::thread::sleep(Duration::from_millis(ahead as u64));
+        } else if batch.len() >= BATCH {
+            tx.send(std::mem::take(&mut batch)).map_err(|_| std::io::Error::other("scorer gone"))?;
         }
-        batch.push(demo_event(r, shift));
+        batch.push(ev);
         Ok(())
     });
     if !batch.is_empty() {

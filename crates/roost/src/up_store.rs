@@ -202,6 +202,10 @@ impl Backend for UpBackend {
         Ok(())
     }
 
+    fn proxy_outcomes(&self, subject: &str) -> Option<roost_verdicts::ProxyOutcomes> {
+        self.shared.outcomes.get()?.get(subject)
+    }
+
     fn health(&self) -> Option<Health> {
         let series = self.shared.series.lock().expect("series lock").iter().copied().collect();
         let state = self.shared.drop.lock().expect("drop signal lock").status().state;

@@ -356,6 +356,17 @@ fn a_client_solves_the_challenge_reaches_the_app_and_cookies_cannot_be_forged_mo
     assert!(log.contains("route=challenge challenge=passed "));
     assert!(log.contains("challenge=failed:replayed"));
     assert!(log.contains("route=app challenge=cleared"));
+
+    // and each client's outcomes reach Redis, where the admin UI shows them
+    let mut store = w.store();
+    wait_for(Duration::from_secs(5), "the outcomes in Redis", || {
+        store.outcomes("127.0.0.11").unwrap().is_some_and(|o| o.passed >= 1 && o.cleared >= 1)
+    });
+    let o = store.outcomes("127.0.0.11").unwrap().unwrap();
+    assert!(o.issued >= 1 && o.failed >= 1 && o.refused >= 1, "{o:?}");
+    wait_for(Duration::from_secs(5), "the waiting client's pass in Redis", || {
+        store.outcomes("127.0.0.12").unwrap().is_some_and(|o| o.passed >= 1)
+    });
 }
 
 #[test]

@@ -420,6 +420,27 @@ fn demo_appliance_serves_the_proxy_and_the_admin_ui() {
     );
     assert_eq!(r.status, 403, "{}", r.body);
 
+    // a challenged client is shown the challenge, and its page in the admin UI says so
+    let body = r#"{"prefix":"192.0.2.202","action":"challenge","expires_in":"1h","comment":"demo: odd traffic"}"#;
+    let r = common::request(
+        admin_port,
+        "POST",
+        "/api/v1/overrides",
+        &[("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("Content-Type", "application/json")],
+        body,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    common::wait_for(Duration::from_secs(5), "the challenge page", || {
+        let r = through("192.0.2.202");
+        eprintln!("[test] challenged client: {} {}", r.status, r.body.chars().take(300).collect::<String>());
+        r.body.contains("One moment, please")
+    });
+    common::wait_for(Duration::from_secs(5), "the outcome on the client's page", || {
+        api("/api/v1/clients/192.0.2.202")["proxy"]["issued"].as_u64().is_some_and(|n| n >= 1)
+    });
+    let page = common::request(admin_port, "GET", "/clients/192.0.2.202", &[("Cookie", cookie.as_str())], "");
+    assert!(page.body.contains("challenge(s) shown"), "{}", page.body);
+
     // SIGTERM stops all of it
     let pid = up.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
