@@ -335,3 +335,64 @@ fn auth_csrf_roles_overrides_audit_and_escaping() {
     assert_eq!(r.status, 303);
     assert_eq!(request(port, "GET", "/api/v1/me", &[("Cookie", &cookie)], "").status, 401);
 }
+
+/// 100,000 flagged clients: the list pages through them on the server (50 to a page, any page,
+/// any order, filtered), the browser never gets them all.
+#[test]
+fn lists_page_through_a_hundred_thousand_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, score_port) = (free_port(), free_port());
+    let prefix = format!("{}:", unique("adm100k"));
+    let cfg = write_config(dir.path(), port, score_port, &prefix, &unique("adm100k"));
+    let _admin = Proc::roost("roost admin", &cfg, "admin");
+    let mut store =
+        roost_verdicts::Store::new(&roost_verdicts::RedisConfig { url: redis(), prefix, ..Default::default() })
+            .unwrap();
+    let now = roost_engine::Timestamp(roost_proxy::now_ms());
+    let writes: Vec<roost_verdicts::Write> = (0..100_000u32)
+        .map(|i| roost_verdicts::Write {
+            record: roost_verdicts::VerdictRecord {
+                v: 1,
+                subject: format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                verdict: if i % 4 == 0 { roost_engine::Class::Bad } else { roost_engine::Class::Dubious },
+                reputation: -((i % 1000) as f32) / 1000.0,
+                at: roost_engine::Timestamp(now.0 - i64::from(i)),
+                expires: Some(roost_engine::Timestamp(now.0 + 3_600_000)),
+                requests: i % 500,
+                reasons: vec![format!("R-{} test rule → {}", 1000 + i % 7, if i % 4 == 0 { "bad" } else { "dubious" })],
+            },
+            now,
+            announce: false,
+            samples: Vec::new(),
+        })
+        .collect();
+    for chunk in writes.chunks(5000) {
+        store.write(chunk).unwrap();
+    }
+    wait_for(Duration::from_secs(30), "roost admin", || http_get(port, "/healthz").is_some());
+    let r = login(port, "ana", "correct horse battery");
+    let cookie = session_cookie(&r);
+    let get = |path: &str| {
+        let t = std::time::Instant::now();
+        let r = request(port, "GET", path, &[("Cookie", &cookie)], "");
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        (r, t.elapsed())
+    };
+    let (cold, cold_t) = get("/api/v1/clients?per_page=50&page=1000");
+    let v: serde_json::Value = serde_json::from_str(&cold.body).unwrap();
+    assert_eq!(v["total"], 100_000);
+    assert_eq!(v["items"].as_array().unwrap().len(), 50);
+    let (_, warm_t) = get("/api/v1/clients?per_page=50&page=1999&sort=recent");
+    let (filtered, filtered_t) = get("/api/v1/clients?verdict=bad&rule=R-1003&sort=requests");
+    let f: serde_json::Value = serde_json::from_str(&filtered.body).unwrap();
+    let want = (0..100_000u32).filter(|i| i % 4 == 0 && i % 7 == 3).count();
+    assert_eq!(f["total"].as_u64().unwrap() as usize, want);
+    let (page, page_t) = get("/clients?page=500");
+    assert!(page.body.len() < 100_000, "a page of 50 is {} bytes", page.body.len());
+    assert!(page.body.contains("page 501 of 2000"), "{}", &page.body[..2000.min(page.body.len())]);
+    eprintln!(
+        "[test] 100k verdicts: first list (load from Redis) {cold_t:?}, another page {warm_t:?}, \
+         filtered {filtered_t:?}, an HTML page {page_t:?} ({} bytes)",
+        page.body.len()
+    );
+}
