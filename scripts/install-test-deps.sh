@@ -15,19 +15,7 @@ SUDO=""
 # exporter, reading pcaps) and nfdump (nfcapd, the reference collector) for `roost flows` (system services
 # left stopped); haproxy: its log format snippet is run for real; systemd: systemd-analyze verify
 # checks the units in deploy/systemd.
-"$(dirname "$0")/install-build-deps.sh"
-APT_PACKAGES=(procps systemd redis-server nginx haproxy wrk chromium chromium-driver gobgpd bird2 prometheus prometheus-alertmanager softflowd nfdump)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "install-test-deps: installing ${missing[*]}"
-  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
-  # the tests run their own routers on loopback ports; the packaged services are not wanted
-  $SUDO systemctl disable --now haproxy bird gobgpd prometheus prometheus-alertmanager prometheus-node-exporter softflowd nfdump >/dev/null 2>&1 || true
-fi
+"$(dirname "$0")/install-build-deps.sh" procps systemd redis-server nginx haproxy wrk chromium chromium-driver gobgpd bird2 prometheus prometheus-alertmanager softflowd nfdump
 
 # Shared real-world test data (../shared/data, next to the checkout): the tests read it.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

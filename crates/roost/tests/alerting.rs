@@ -257,12 +257,7 @@ fn prometheus_pages_on_an_attack_and_not_on_normal_traffic() {
     let _up = Proc::roost("roost up", &d.join("roost.toml"), "up");
 
     // Prometheus with the shipped rules, their windows shortened: 5m → 10s, 6h → 3m, for 5s
-    let rules = std::fs::read_to_string(repo().join("deploy/prometheus/roost.rules.yml"))
-        .unwrap()
-        .replace("[5m]", "[10s]")
-        .replace("[6h]", "[3m]")
-        .replace("for: 5m", "for: 5s");
-    std::fs::write(d.join("roost.rules.yml"), rules).unwrap();
+    common::write_short_rules(d);
     let _prom = common::prometheus(
         d,
         prom_port,

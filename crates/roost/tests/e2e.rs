@@ -284,12 +284,7 @@ peers = [{{ address = "127.0.0.1:{bgp_port}", local_address = "127.0.0.4", peer_
     let _tail = Proc::roost("roost tail", &cfg, "tail");
     let _proxy = Proc::roost("roost proxy", &cfg, "proxy");
     let _bgp = Proc::roost("roost bgp", &cfg, "bgp");
-    let rules = std::fs::read_to_string(repo().join("deploy/prometheus/roost.rules.yml"))
-        .unwrap()
-        .replace("[5m]", "[10s]")
-        .replace("[6h]", "[3m]")
-        .replace("for: 5m", "for: 5s");
-    std::fs::write(d.join("roost.rules.yml"), rules).unwrap();
+    common::write_short_rules(d);
     let _prom = prometheus(
         d,
         prom_port,

@@ -24,8 +24,21 @@ impl Drop for Up {
 }
 
 fn start(config: &Path) -> Up {
+    let (child, reader, found) = spawn_up(config, &[], &["API and /metrics on http://"]);
+    let addr = found.recv_timeout(Duration::from_secs(20)).expect("roost up announces its address");
+    Up { child, addr: addr.1.parse().unwrap(), _stderr: reader }
+}
+
+/// Starts `roost up ARGS…`, echoing its stderr; what follows any of `needles` in a line is sent
+/// on the channel (with the needle's index).
+fn spawn_up(
+    config: &Path,
+    args: &[&str],
+    needles: &'static [&'static str],
+) -> (Child, std::thread::JoinHandle<()>, mpsc::Receiver<(usize, String)>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_roost"))
         .args(["--config", config.to_str().unwrap(), "up"])
+        .args(args)
         .env("ROOST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -36,13 +49,14 @@ fn start(config: &Path) -> Up {
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("[roost up] {line}");
-            if let Some(i) = line.find("API and /metrics on http://") {
-                let _ = tx.send(line[i + 27..].trim().to_owned());
+            for (n, needle) in needles.iter().enumerate() {
+                if let Some(i) = line.find(needle) {
+                    let _ = tx.send((n, line[i + needle.len()..].trim().to_owned()));
+                }
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("roost up announces its address");
-    Up { child, addr: addr.parse().unwrap(), _stderr: reader }
+    (child, reader, rx)
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -325,25 +339,9 @@ fn demo_appliance_serves_the_proxy_and_the_admin_ui() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roost"))
-        .args(["--config", config.to_str().unwrap(), "up", "--demo"])
-        .env("ROOST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starts roost up");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let _reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[roost up] {line}");
-            if let Some(i) = line.find("with password ") {
-                let _ = tx.send(line[i + 14..].trim().to_owned());
-            }
-        }
-    });
-    let mut up = Up { child, addr: "127.0.0.1:1".parse().unwrap(), _stderr: std::thread::spawn(|| {}) };
-    let password = rx.recv_timeout(Duration::from_secs(30)).expect("roost up prints the admin password");
+    let (child, reader, found) = spawn_up(&config, &["--demo"], &["with password "]);
+    let mut up = Up { child, addr: "127.0.0.1:1".parse().unwrap(), _stderr: reader };
+    let password = found.recv_timeout(Duration::from_secs(30)).expect("roost up prints the admin password").1;
     common::wait_for(Duration::from_secs(20), "the admin UI", || common::http_get(admin_port, "/healthz").is_some());
 
     // a wrong password is refused; the printed one signs in

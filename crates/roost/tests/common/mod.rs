@@ -260,3 +260,15 @@ pub fn rib(api_port: u16, family: &str) -> String {
         .expect("gobgp (Debian package gobgpd)");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The shipped Prometheus rules (deploy/prometheus/roost.rules.yml) written to
+/// `dir/roost.rules.yml` with their windows shortened for a test: 5m → 10s, 6h → 3m, for 5s.
+pub fn write_short_rules(dir: &Path) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let rules = std::fs::read_to_string(repo.join("deploy/prometheus/roost.rules.yml"))
+        .unwrap()
+        .replace("[5m]", "[10s]")
+        .replace("[6h]", "[3m]")
+        .replace("for: 5m", "for: 5s");
+    std::fs::write(dir.join("roost.rules.yml"), rules).unwrap();
+}
