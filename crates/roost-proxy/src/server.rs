@@ -114,7 +114,9 @@ impl pingora::server::ShutdownSignalWatch for StopWhen {
     async fn recv(&self) -> pingora::server::ShutdownSignal {
         let mut rx = self.0.clone();
         let _ = rx.wait_for(|stop| *stop).await;
-        pingora::server::ShutdownSignal::FastShutdown
+        // graceful: the listeners are told first and stop accepting (a fast shutdown tears the
+        // runtimes down under them, and their accept loops spin on the error for good)
+        pingora::server::ShutdownSignal::GracefulTerminate
     }
 }
 
