@@ -386,16 +386,19 @@ fn demo_appliance_serves_the_proxy_and_the_admin_ui() {
     // an operator blocks another client, with a comment: the proxy refuses it within a second
     let me = api("/api/v1/me");
     let csrf = me["csrf"].as_str().unwrap().to_owned();
+    let put_override = |body: &str| {
+        let r = common::request(
+            admin_port,
+            "POST",
+            "/api/v1/overrides",
+            &[("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("Content-Type", "application/json")],
+            body,
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    };
     let body =
         r#"{"prefix":"192.0.2.201","action":"block","expires_in":"1h","comment":"demo: seen abusing the search"}"#;
-    let r = common::request(
-        admin_port,
-        "POST",
-        "/api/v1/overrides",
-        &[("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("Content-Type", "application/json")],
-        body,
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
+    put_override(body);
     let blocked_at = Instant::now();
     common::wait_for(Duration::from_secs(5), "the proxy to refuse the blocked client", || {
         through("192.0.2.201").status == 403
@@ -420,14 +423,7 @@ fn demo_appliance_serves_the_proxy_and_the_admin_ui() {
 
     // a challenged client is shown the challenge, and its page in the admin UI says so
     let body = r#"{"prefix":"192.0.2.202","action":"challenge","expires_in":"1h","comment":"demo: odd traffic"}"#;
-    let r = common::request(
-        admin_port,
-        "POST",
-        "/api/v1/overrides",
-        &[("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("Content-Type", "application/json")],
-        body,
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
+    put_override(body);
     common::wait_for(Duration::from_secs(5), "the challenge page", || {
         let r = through("192.0.2.202");
         eprintln!("[test] challenged client: {} {}", r.status, r.body.chars().take(300).collect::<String>());
