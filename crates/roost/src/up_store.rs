@@ -38,12 +38,10 @@ impl Verdicts {
         let mut writes = Vec::with_capacity(changes.len());
         for c in changes {
             let rec = VerdictRecord::from_change(c);
-            let (_, h) = self.histories.entry(rec.subject.clone()).or_default();
+            let (last, h) = self.histories.entry(rec.subject.clone()).or_default();
+            *last = c.at.0;
             h.push_front(HistoryEntry { record: rec.clone(), samples: c.samples.clone() });
             h.truncate(roost_verdicts::HISTORY_LEN as usize);
-            if let Some(e) = self.histories.get_mut(&rec.subject) {
-                e.0 = c.at.0;
-            }
             if rec.verdict == roost_engine::Class::Good {
                 self.current.remove(&rec.subject);
             } else {

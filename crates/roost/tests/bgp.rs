@@ -283,16 +283,7 @@ fn a_router_that_connects_to_roost_gets_the_rules_too() {
     let _bgp = Proc::roost("bgp", &cfg, "bgp");
     // (not probed by connecting: a connection from 127.0.0.1 is the router's to roost)
     wait_for(Duration::from_secs(20), "roost bgp to start", || metric(listen, "roost_bgp_session_up") == Some(0.0));
-    let mut c = Command::new("/usr/bin/gobgpd");
-    c.arg("-f").arg(&conf).args([
-        "--api-hosts",
-        &format!("127.0.0.1:{api_port}"),
-        "--pprof-disable",
-        "-p",
-        "-l",
-        "warn",
-    ]);
-    let _router = Proc::spawn("gobgpd", c);
+    let _router = gobgpd_with(&conf, api_port);
     wait_for(Duration::from_secs(40), "the session the router opened", || {
         metric(listen, "roost_bgp_session_up") == Some(1.0)
     });

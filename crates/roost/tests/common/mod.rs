@@ -238,16 +238,7 @@ pub fn gobgpd(dir: &Path, bgp_port: u16, api_port: u16) -> Proc {
         ),
     )
     .unwrap();
-    let mut c = Command::new("/usr/bin/gobgpd");
-    c.arg("-f").arg(&conf).args([
-        "--api-hosts",
-        &format!("127.0.0.1:{api_port}"),
-        "--pprof-disable",
-        "-p",
-        "-l",
-        "warn",
-    ]);
-    let p = Proc::spawn("gobgpd", c);
+    let p = gobgpd_with(&conf, api_port);
     wait_for(Duration::from_secs(20), "gobgpd to listen", || TcpStream::connect(("127.0.0.1", bgp_port)).is_ok());
     p
 }
@@ -271,4 +262,18 @@ pub fn write_short_rules(dir: &Path) {
         .replace("[6h]", "[3m]")
         .replace("for: 5m", "for: 5s");
     std::fs::write(dir.join("roost.rules.yml"), rules).unwrap();
+}
+
+/// gobgpd on the config file `conf`, its API on `api_port`.
+pub fn gobgpd_with(conf: &Path, api_port: u16) -> Proc {
+    let mut c = Command::new("/usr/bin/gobgpd");
+    c.arg("-f").arg(conf).args([
+        "--api-hosts",
+        &format!("127.0.0.1:{api_port}"),
+        "--pprof-disable",
+        "-p",
+        "-l",
+        "warn",
+    ]);
+    Proc::spawn("gobgpd", c)
 }
