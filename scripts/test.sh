@@ -7,11 +7,28 @@ scripts/install-test-deps.sh
 # Real servers on loopback, started once for the whole run (tansu, redis-server) and stopped after.
 eval "$(scripts/services.sh start)"
 trap 'scripts/services.sh stop' EXIT
-cargo fmt --all --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# Builds here never clean cargo's shared cache (.cargo/config.toml says why); should another cargo
+# on the machine clean it mid-build anyway, the sources it removed are gone from under rustc
+# ("could not execute process ... (never executed)"), and the step runs once more: cargo
+# extracts them again. Any other failure fails the run.
+export CARGO_CACHE_AUTO_CLEAN_FREQUENCY=never
+step() {
+  local log status=0
+  log=$(mktemp)
+  "$@" 2>&1 | tee "$log" || status=$?
+  if [ "$status" != 0 ] && grep -q '(never executed)' "$log"; then
+    echo "test.sh: a crate's sources vanished under cargo; running '$*' once more" >&2
+    status=0
+    "$@" || status=$?
+  fi
+  rm -f "$log"
+  return "$status"
+}
+step cargo fmt --all --check
+step cargo clippy --workspace --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
-  cargo test --workspace --locked --doc
+  step cargo nextest run --workspace --locked --no-fail-fast
+  step cargo test --workspace --locked --doc
 else
-  cargo test --workspace --locked --no-fail-fast
+  step cargo test --workspace --locked --no-fail-fast
 fi

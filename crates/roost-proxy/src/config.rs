@@ -35,6 +35,10 @@ pub struct ProxyConfig {
     /// Peers whose `X-Forwarded-For` is believed (load balancers in front of the proxy).
     /// Anyone else's is ignored.
     pub trusted_proxies: Vec<IpNetwork>,
+    /// Connections from `trusted_proxies` start with a PROXY protocol header (v1 or v2), which
+    /// names the client: for balancers that pass TCP (or TLS) through. Connections from them
+    /// without one are refused; anyone else's are never read for one.
+    pub proxy_protocol: bool,
     /// Manual overrides, before any verdict: always to the app…
     pub allow: Vec<IpNetwork>,
     /// …or always refused.
@@ -75,6 +79,7 @@ impl Default for ProxyConfig {
             keepalive_timeout: Duration::from_secs(60),
             max_header_bytes: 32 * 1024,
             trusted_proxies: Vec::new(),
+            proxy_protocol: false,
             allow: Vec::new(),
             deny: Vec::new(),
             unknown: UnknownPolicy::App,
@@ -200,6 +205,9 @@ impl ProxyConfig {
         }
         if c.cookie.is_empty() || !c.cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
             return bad("challenge.cookie", "a cookie name: letters, digits, _ and -");
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return bad("proxy_protocol", "PROXY protocol headers are read only from trusted_proxies: set them");
         }
         for t in &self.tls {
             if t.certs.is_empty() {

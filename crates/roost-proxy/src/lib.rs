@@ -6,6 +6,7 @@
 //! - [`challenge`]: tokens and clearance cookies (pure: secret, binding and time passed in);
 //! - [`cache`] and [`sync`]: the verdicts, and the thread that keeps them in step with Redis;
 //! - [`clientip`]: the client address, believing `X-Forwarded-For` only from trusted proxies;
+//! - [`proxyproto`]: PROXY protocol headers from trusted load balancers;
 //! - [`pages`]: the challenge and error pages;
 //! - [`service`]: the pingora [`pingora::proxy::ProxyHttp`] that routes each request;
 //! - [`server`]: listeners, TLS with SNI, upstream pool and health checks, metrics, graceful
@@ -21,6 +22,7 @@ pub mod config;
 pub mod metrics;
 pub mod outcomes;
 pub mod pages;
+pub mod proxyproto;
 pub mod server;
 pub mod service;
 pub mod sync;

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub upstream_healthy: Family<UpstreamLabels, Gauge>,
     /// Requests refused before routing (oversized headers, bad forwarding headers…), by reason.
     pub refused: Family<OutcomeLabels, Counter>,
+    /// PROXY protocol headers from trusted peers, by outcome (client, local, missing, malformed…).
+    pub proxy_protocol: Family<OutcomeLabels, Counter>,
     pub access_log_dropped: Counter,
     pub access_log_errors: Counter,
 }
@@ -66,6 +68,11 @@ impl Metrics {
         r.register("sync_bad_records", "Stored verdicts that could not be read", self.sync_bad_records.clone());
         r.register("upstream_healthy", "1 while the upstream passes its health check", self.upstream_healthy.clone());
         r.register("refused", "Requests refused before routing, by reason", self.refused.clone());
+        r.register(
+            "proxy_protocol_headers",
+            "PROXY protocol headers read from trusted peers, by outcome",
+            self.proxy_protocol.clone(),
+        );
         r.register(
             "access_log_dropped",
             "Access-log lines dropped because the writer fell behind",

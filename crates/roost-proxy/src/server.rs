@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
-use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora::lb::LoadBalancer;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{TlsAccept, TlsAcceptCallbacks};
+use pingora::listeners::{PreTlsProcess, TlsAccept, TlsAcceptCallbacks};
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::tls::TlsRef;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Stream, UniqueID};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::background_service;
@@ -30,7 +32,7 @@ use crate::accesslog::AccessLog;
 use crate::cache::VerdictCache;
 use crate::challenge::{ReplayGuard, Signer};
 use crate::config::{CertKey, ProxyConfig};
-use crate::metrics::{Metrics, UpstreamLabels};
+use crate::metrics::{Metrics, OutcomeLabels, UpstreamLabels};
 use crate::service::Waffles;
 
 #[derive(Debug, thiserror::Error)]
@@ -251,7 +253,19 @@ pub fn build(
         o.h2c = true;
         proxy.server_options = Some(o);
     }
-    let app = Guarded { inner: Arc::new(proxy), header_timeout: cfg.client_timeout.min(cfg.keepalive_timeout) };
+    let header_timeout = cfg.client_timeout.min(cfg.keepalive_timeout);
+    let pp = cfg.proxy_protocol.then(|| {
+        Arc::new(ProxyHeaders {
+            trusted: cfg.trusted_proxies.clone(),
+            timeout: header_timeout,
+            metrics: metrics.clone(),
+        })
+    });
+    let app = ProxyProtocolApp {
+        inner: Arc::new(Guarded { inner: Arc::new(proxy), header_timeout }),
+        // TLS connections have theirs read before the handshake (below)
+        headers: pp.clone(),
+    };
     let mut svc = Service::new("roost proxy".into(), app);
     for l in &cfg.listen {
         svc.add_tcp(l);
@@ -262,6 +276,9 @@ pub fn build(
             .map_err(|e| Error::Tls { path: t.listen.clone(), msg: e.to_string() })?;
         tls.enable_h2();
         svc.add_tls_with_settings(&t.listen, None, tls);
+    }
+    if let Some(pp) = pp {
+        svc.endpoints().set_pre_tls_callback(pp);
     }
 
     if listener {
@@ -340,6 +357,88 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for Guarded<A> {
 
     async fn http_cleanup(&self) {
         self.inner.http_cleanup().await
+    }
+}
+
+/// Reads the PROXY protocol header of each connection from a trusted peer ([`crate::proxyproto`])
+/// and makes the client it names the connection's peer address.
+struct ProxyHeaders {
+    trusted: Vec<ipnetwork::IpNetwork>,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl ProxyHeaders {
+    /// `Err` drops the connection (counted and logged).
+    async fn accept<S>(&self, stream: &mut S) -> Result<(), crate::proxyproto::Error>
+    where
+        S: tokio::io::AsyncRead + Unpin + GetSocketDigest + UniqueID + ?Sized,
+    {
+        let Some(peer) = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+        else {
+            return Ok(());
+        };
+        if !crate::clientip::is_trusted(crate::clientip::canonical(peer.ip()), &self.trusted) {
+            return Ok(());
+        }
+        let count = |outcome| self.metrics.proxy_protocol.get_or_create(&OutcomeLabels { outcome }).inc();
+        let read = tokio::time::timeout(self.timeout, crate::proxyproto::read(stream)).await;
+        let result = read.unwrap_or(Err(crate::proxyproto::Error::Truncated));
+        match result {
+            Ok(Some(client)) => {
+                count("client");
+                let digest = SocketDigest::from_raw_fd(stream.id());
+                let _ = digest.peer_addr.set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(client)));
+                stream.set_socket_digest(digest);
+                Ok(())
+            }
+            Ok(None) => {
+                count("local");
+                Ok(())
+            }
+            Err(e) => {
+                count(e.label());
+                tracing::debug!(%peer, error = %e, "dropping a connection from a trusted proxy");
+                Err(e)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl PreTlsProcess for ProxyHeaders {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        self.accept(stream).await.map_err(|e| pingora::Error::explain(pingora::ErrorType::AcceptError, e.to_string()))
+    }
+}
+
+/// The plain listeners' app: reads a connection's PROXY header first when `headers` is set,
+/// then serves every request of the connection with `inner`.
+struct ProxyProtocolApp<A> {
+    inner: Arc<A>,
+    headers: Option<Arc<ProxyHeaders>>,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for ProxyProtocolApp<A> {
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let Some(headers) = &self.headers else {
+            return self.inner.process_new(stream, shutdown).await;
+        };
+        if stream.get_ssl().is_none() && headers.accept(&mut *stream).await.is_err() {
+            return None;
+        }
+        // the connection's later requests are served here, not handed back: pingora would
+        // bring them to `process_new` again, which would look for another header
+        let mut next = self.inner.process_new(stream, shutdown).await;
+        while let Some(s) = next {
+            next = self.inner.process_new(s, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
     }
 }
 

@@ -395,6 +395,102 @@ fn x_forwarded_for_counts_only_from_a_trusted_proxy() {
     assert_eq!(w.metric("roost_proxy_refused_total"), 1.0);
 }
 
+/// A real HAProxy in TCP mode in front of the proxy, connecting from the trusted 127.0.0.2: the
+/// PROXY v1 header to the plain listener, v2 to the plain and to the TLS listener (TLS passed
+/// through). Returns its process and its three frontend ports.
+fn haproxy_in_front(dir: &Path, plain: u16, tls: u16) -> (Proc, [u16; 3]) {
+    let ports = [free_port(), free_port(), free_port()];
+    let cfg = dir.join("haproxy.cfg");
+    let backend = |name: &str, front: u16, to: u16, send: &str| {
+        format!("listen {name}\n  bind 127.0.0.1:{front}\n  server s 127.0.0.1:{to} {send} source 127.0.0.2\n")
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n{}{}{}",
+            backend("v1", ports[0], plain, "send-proxy"),
+            backend("v2", ports[1], plain, "send-proxy-v2"),
+            backend("tls", ports[2], tls, "send-proxy-v2"),
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new("/usr/sbin/haproxy");
+    c.args(["-db", "-f"]).arg(&cfg);
+    let p = Proc::spawn("haproxy", c);
+    wait_for(Duration::from_secs(10), "haproxy to listen", || {
+        ports.iter().all(|&port| TcpStream::connect(("127.0.0.1", port)).is_ok())
+    });
+    (p, ports)
+}
+
+#[test]
+fn proxy_protocol_from_a_trusted_balancer_names_the_client() {
+    let certs = tempfile::tempdir().unwrap();
+    let (c, k) = cert(certs.path(), "shop", "shop.test");
+    let tls_port = free_port();
+    let extra = format!(
+        "proxy_protocol = true\ntls = [{{ listen = \"127.0.0.1:{tls_port}\", certs = [{{ cert = \"{}\", key = \"{}\" }}] }}]\n",
+        c.display(),
+        k.display()
+    );
+    let w = Waffles::start(&redis(), &extra);
+    let (_haproxy, [v1, v2, tls]) = haproxy_in_front(certs.path(), w.port, tls_port);
+    let get = |from: &str, port: u16| {
+        request(from, port, "GET /pp HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
+    };
+    // the client HAProxy names is the one judged, not HAProxy
+    w.set("127.0.0.31", Class::Bad, -0.9);
+    wait_for(Duration::from_secs(5), "the verdict to arrive", || get("127.0.0.31", v1).status == 403);
+    assert_eq!(get("127.0.0.31", v2).status, 403, "v2 too");
+    // another client through the same balancer reaches the app, and is who the app is told of
+    let r = get("127.0.0.32", v1);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("xff=[127.0.0.32]"), "{}", r.body);
+    let r = get("127.0.0.33", v2);
+    assert!(r.body.contains("xff=[127.0.0.33]"), "{}", r.body);
+    // TLS passed through: the header comes before the handshake
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--interface", "127.0.0.34"])
+        .args(["--resolve", &format!("shop.test:{tls}:127.0.0.1"), "--cacert"])
+        .arg(&c)
+        .arg(format!("https://shop.test:{tls}/pp"))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && body.contains("xff=[127.0.0.34]"),
+        "{body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the access log names the clients, for `roost tail`
+    wait_for(Duration::from_secs(5), "the access log", || {
+        std::fs::read_to_string(&w.log).is_ok_and(|l| l.contains("127.0.0.33") && l.contains("127.0.0.34"))
+    });
+    // the trusted peer without a header: dropped without an answer
+    let r = w.get("127.0.0.2", "/", "");
+    assert_eq!(r.status, 0, "{r:?}");
+    // anyone else's PROXY line is not believed: it is a malformed request
+    let r = request(
+        "127.0.0.1",
+        w.port,
+        "PROXY TCP4 127.0.0.32 127.0.0.1 1000 80\r\nGET / HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    // a malformed header from the trusted peer: dropped too
+    let r = request("127.0.0.2", w.port, "PROXY TCP4 not an address\r\nGET / HTTP/1.1\r\n\r\n");
+    assert_eq!(r.status, 0, "{r:?}");
+    let text = http_get(w.metrics, "/metrics").unwrap();
+    let count = |outcome: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("roost_proxy_proxy_protocol_headers_total{{outcome=\"{outcome}\"}}")))
+            .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("client") >= 6.0, "{text}");
+    assert_eq!(count("missing"), 1.0, "{text}");
+    assert_eq!(count("malformed"), 1.0, "{text}");
+}
+
 #[test]
 fn with_redis_down_the_last_known_verdicts_still_apply() {
     let dir = tempfile::tempdir().unwrap();
