@@ -70,7 +70,7 @@ pub struct KafkaConfig {
     /// `host:port,host:port`.
     pub brokers: String,
     pub topics: Topics,
-    /// Extra librdkafka properties (`security.protocol`, `sasl.mechanisms`, …).
+    /// Extra librdkafka properties (`client.id`, `socket.*`, …); built without TLS and SASL.
     pub properties: BTreeMap<String, String>,
 }
 

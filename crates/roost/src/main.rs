@@ -119,8 +119,6 @@ enum Command {
     Score,
     /// Collect NetFlow v5/v9 and IPFIX from routers and publish the flow records to Kafka.
     Flows,
-    /// Waffles: the reverse proxy that sends each request to the app, a challenge or an error
-    /// page by its client's verdict (pingora; verdicts followed from Redis).
     /// The flowspec controller: announce BGP flowspec rules that divert flagged clients to the
     /// proxy, withdraw them when verdicts end.
     Bgp {
@@ -132,6 +130,8 @@ enum Command {
         #[command(subcommand)]
         cmd: Option<AdminCmd>,
     },
+    /// Waffles: the reverse proxy that sends each request to the app, a challenge or an error
+    /// page by its client's verdict (pingora; verdicts followed from Redis).
     Proxy {
         /// Take the listeners over from the running proxy (graceful restart: start the new one
         /// with --upgrade, then send the old one SIGQUIT).
