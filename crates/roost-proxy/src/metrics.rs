@@ -39,7 +39,7 @@ pub struct Metrics {
     pub upstream_healthy: Family<UpstreamLabels, Gauge>,
     /// Requests refused before routing (oversized headers, bad forwarding headers…), by reason.
     pub refused: Family<OutcomeLabels, Counter>,
-    /// PROXY protocol headers from trusted peers, by outcome (client, local, missing, malformed…).
+    /// PROXY protocol headers from trusted peers, by outcome (client, local, missing, malformed, truncated, timeout).
     pub proxy_protocol: Family<OutcomeLabels, Counter>,
     pub access_log_dropped: Counter,
     pub access_log_errors: Counter,

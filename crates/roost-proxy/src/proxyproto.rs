@@ -39,6 +39,8 @@ pub enum Error {
     TooLong(usize),
     #[error("the connection closed inside its PROXY protocol header")]
     Truncated,
+    #[error("no complete PROXY protocol header within the client timeout")]
+    Timeout,
 }
 
 impl Error {
@@ -48,6 +50,7 @@ impl Error {
             Error::Missing => "missing",
             Error::Malformed(_) | Error::TooLong(_) => "malformed",
             Error::Truncated => "truncated",
+            Error::Timeout => "timeout",
         }
     }
 }

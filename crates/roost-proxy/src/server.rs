@@ -383,8 +383,7 @@ impl ProxyHeaders {
         }
         let count = |outcome| self.metrics.proxy_protocol.get_or_create(&OutcomeLabels { outcome }).inc();
         let read = tokio::time::timeout(self.timeout, crate::proxyproto::read(stream)).await;
-        let result = read.unwrap_or(Err(crate::proxyproto::Error::Truncated));
-        match result {
+        match read.unwrap_or(Err(crate::proxyproto::Error::Timeout)) {
             Ok(Some(client)) => {
                 count("client");
                 let digest = SocketDigest::from_raw_fd(stream.id());

@@ -112,7 +112,8 @@ pub fn metric(port: u16, name: &str) -> Option<f64> {
     for l in body.lines().filter(|l| !l.starts_with('#')) {
         let (key, value) = l.rsplit_once(' ')?;
         let bare = key.split('{').next().unwrap_or(key);
-        if bare == name {
+        // a bare name sums every label set; a name with labels is that series alone
+        if bare == name || key == name {
             *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
         }
     }
