@@ -13,6 +13,7 @@
 //! and a Content-Security-Policy without inline scripts or styles.
 
 pub mod auth;
+pub mod metrics;
 mod pages;
 
 use std::collections::BTreeMap;
@@ -58,6 +59,9 @@ pub struct AdminConfig {
     /// `roost bgp`'s address (`http://127.0.0.1:9755`): client pages then say whether the
     /// client's traffic is diverted, by which rule. Empty: not shown.
     pub bgp_url: String,
+    /// The prefix length IPv6 clients are judged by (`engine.ipv6_prefix`; set by the binary).
+    #[serde(skip)]
+    pub ipv6_prefix: u8,
 }
 
 impl Default for AdminConfig {
@@ -72,6 +76,7 @@ impl Default for AdminConfig {
             min_prefix_v6: 32,
             prometheus_url: String::new(),
             bgp_url: String::new(),
+            ipv6_prefix: 64,
         }
     }
 }
@@ -79,8 +84,9 @@ impl Default for AdminConfig {
 /// Where the admin reads verdicts and writes operators' actions. [`Distributed`] is the
 /// pipeline's (Redis and Kafka); `roost up` implements it over its own engine.
 pub trait Backend: Send + Sync + 'static {
-    /// Every stored verdict (the admin drops the expired ones).
-    fn verdicts(&self) -> Result<Vec<VerdictRecord>, String>;
+    /// The stored verdicts that changed since the last call; the first call, and any after the
+    /// backend had to reload, gives them all. (The admin drops the expired ones.)
+    fn verdict_updates(&self) -> Result<VerdictUpdate, String>;
     /// A subject's history, newest first.
     fn history(&self, subject: &str) -> Vec<roost_verdicts::HistoryEntry>;
     /// Records an operator's action durably, before it takes effect.
@@ -100,12 +106,22 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// What [`Backend::verdict_updates`] gives.
+pub enum VerdictUpdate {
+    /// Every stored verdict: replaces what the admin holds.
+    All(Vec<VerdictRecord>),
+    /// The subjects whose verdict changed (`None`: no longer stored, good again).
+    Changed(Vec<(String, Option<VerdictRecord>)>),
+}
+
 /// The distributed pipeline's backend: verdicts, histories and the audit stream in Redis
 /// (what the proxies enforce); overrides to the overrides topic (every scorer applies them; the
 /// resulting verdicts reach Redis, the proxies and the flowspec controller within a second) and
 /// the audit log also to the audit topic.
 pub struct Distributed {
     store: Mutex<Store>,
+    /// Follows the change stream: after the first load, a list reads only what changed.
+    follower: Mutex<roost_verdicts::follow::Follower>,
     producer: Option<roost_kafka::Producer>,
     kafka: roost_kafka::KafkaConfig,
     rt: tokio::runtime::Handle,
@@ -124,14 +140,37 @@ impl Distributed {
             roost_kafka::ensure_topic(&kafka, &kafka.topics.overrides, 1, true)?;
             roost_kafka::ensure_topic(&kafka, &kafka.topics.audit, 1, false)?;
         }
-        Ok(Distributed { store: Mutex::new(Store::new(redis)?), producer, kafka, rt })
+        Ok(Distributed {
+            store: Mutex::new(Store::new(redis)?),
+            follower: Mutex::new(roost_verdicts::follow::Follower::new(redis)?),
+            producer,
+            kafka,
+            rt,
+        })
     }
 }
 
 impl Backend for Distributed {
-    fn verdicts(&self) -> Result<Vec<VerdictRecord>, String> {
-        let all = self.store.lock().expect("store lock").load_all().map_err(|e| e.to_string())?;
-        Ok(all.into_values().collect())
+    fn verdict_updates(&self) -> Result<VerdictUpdate, String> {
+        use roost_verdicts::follow::Update;
+        let mut f = self.follower.lock().expect("follower lock");
+        let mut changed = Vec::new();
+        // what the stream holds now, without waiting; bounded (the rest comes with the next call)
+        for _ in 0..100 {
+            match f.next(Duration::from_millis(1), now_ms()).map_err(|e| e.to_string())? {
+                Update::Full { verdicts, .. } => return Ok(VerdictUpdate::All(verdicts)),
+                Update::Changed { verdicts, entries, unreadable, .. } => {
+                    for e in unreadable {
+                        tracing::warn!(error = %e, "a stored verdict is unreadable; not listed");
+                    }
+                    changed.extend(verdicts);
+                    if entries < 1000 {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(VerdictUpdate::Changed(changed))
     }
 
     fn history(&self, subject: &str) -> Vec<roost_verdicts::HistoryEntry> {
@@ -169,7 +208,9 @@ pub struct AppState {
     cfg: AdminConfig,
     auth: Auth,
     backend: Arc<dyn Backend>,
-    cache: Mutex<Option<(Instant, Arc<Vec<Item>>)>>,
+    cache: Mutex<ItemCache>,
+    metrics: metrics::Metrics,
+    registry: prometheus_client::registry::Registry,
     /// The GeoIP databases (`[geo]`): where each client is.
     geo: Option<roost_geo::GeoHandle>,
     /// The proxies' signer: references are recomputed from it.
@@ -212,7 +253,18 @@ pub fn state(
             None
         }
     };
-    Ok(Arc::new(AppState { signer, cfg, auth, backend, cache: Mutex::new(None), geo }))
+    let metrics = metrics::Metrics::default();
+    let registry = metrics.registry();
+    Ok(Arc::new(AppState {
+        signer,
+        cfg,
+        auth,
+        backend,
+        cache: Mutex::new(ItemCache::default()),
+        metrics,
+        registry,
+        geo,
+    }))
 }
 
 /// Reads a proxy secret file (`proxy.challenge.secret_file`); empty path: none.
@@ -242,7 +294,9 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/api/v1/me", get(api_me))
         .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::map_response_with_state(st.clone(), count_response))
         .with_state(st)
 }
 
@@ -258,6 +312,20 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
+}
+
+async fn count_response(State(st): State<Arc<AppState>>, r: Response) -> Response {
+    st.metrics.responses.get_or_create(&metrics::CodeLabels { code: r.status().as_u16() }).inc();
+    r
+}
+
+/// Counts only (no names, addresses or comments): served without signing in, for Prometheus.
+async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &st.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }
 
 async fn security_headers(mut r: Response) -> Response {
@@ -373,6 +441,7 @@ async fn login(
     let r = tokio::task::spawn_blocking(move || st2.auth.login(&name, &password, peer.ip())).await;
     match r {
         Ok(Ok((cookie, p))) => {
+            st.metrics.sign_ins.get_or_create(&metrics::OutcomeLabels { outcome: "ok" }).inc();
             tracing::info!(user = %p.name, from = %peer.ip(), "signed in");
             let secure = if st.cfg.cookie_secure { "; Secure" } else { "" };
             let set = format!(
@@ -382,6 +451,7 @@ async fn login(
             ([(header::SET_COOKIE, set)], Redirect::to("/")).into_response()
         }
         Ok(Err(LoginError::Limited(wait))) => {
+            st.metrics.sign_ins.get_or_create(&metrics::OutcomeLabels { outcome: "limited" }).inc();
             tracing::warn!(from = %peer.ip(), "sign-in refused: too many failures");
             let secs = wait.as_secs().max(1).to_string();
             (
@@ -392,6 +462,7 @@ async fn login(
                 .into_response()
         }
         Ok(Err(LoginError::Invalid)) => {
+            st.metrics.sign_ins.get_or_create(&metrics::OutcomeLabels { outcome: "invalid" }).inc();
             tracing::warn!(from = %peer.ip(), "sign-in failed");
             (StatusCode::UNAUTHORIZED, Html(pages::login(Some("Wrong name or password.")))).into_response()
         }
@@ -481,47 +552,82 @@ fn geo_of(db: Option<&roost_geo::GeoDb>, subject: &str) -> roost_geo::GeoInfo {
     }
 }
 
-/// Every stored verdict, read at most every two seconds, with its fields.
-fn verdicts(st: &AppState) -> Result<Arc<Vec<Item>>, Refusal> {
-    let mut c = st.cache.lock().expect("cache lock");
-    if let Some((at, v)) = c.as_ref()
-        && at.elapsed() < Duration::from_secs(2)
-    {
-        return Ok(v.clone());
+/// The verdicts the admin lists, with their fields: loaded whole once, then kept up to date
+/// from the backend's changes, so a page over 100k verdicts reads only what changed.
+#[derive(Default)]
+struct ItemCache {
+    /// When the backend was last asked; `None`: ask now.
+    at: Option<Instant>,
+    by_subject: std::collections::HashMap<String, Arc<Item>>,
+    /// The current (unexpired) ones, as of `at`.
+    current: Arc<Vec<Arc<Item>>>,
+}
+
+impl ItemCache {
+    fn item(&self, record: VerdictRecord, db: Option<&roost_geo::GeoDb>) -> Arc<Item> {
+        // where a client is does not change between two verdicts: looked up once per subject
+        let (country, asn, as_org) = match self.by_subject.get(&record.subject) {
+            Some(i) => (i.country.clone(), i.asn, i.as_org.clone()),
+            None => {
+                let g = geo_of(db, &record.subject);
+                (g.country, g.asn, g.as_org)
+            }
+        };
+        Arc::new(Item {
+            rules: rules_cited(&record.reasons),
+            feeds: feeds_cited(&record.reasons),
+            record,
+            country,
+            asn,
+            as_org,
+        })
     }
-    let all =
-        st.backend.verdicts().map_err(|e| Refusal::Unavailable(format!("the verdict store is unreachable: {e}")))?;
-    let now = now_ms();
+}
+
+/// How stale the admin's verdicts may be.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Every current verdict with its fields (asking the backend for changes at most every
+/// [`REFRESH`]).
+fn verdicts(st: &AppState) -> Result<Arc<Vec<Arc<Item>>>, Refusal> {
+    let mut c = st.cache.lock().expect("cache lock");
+    if c.at.is_some_and(|at| at.elapsed() < REFRESH) {
+        return Ok(c.current.clone());
+    }
+    let update = st.backend.verdict_updates().map_err(|e| {
+        st.metrics.verdict_store_errors.inc();
+        Refusal::Unavailable(format!("the verdict store is unreachable: {e}"))
+    })?;
     let db = st.geo.as_ref().map(|g| g.load());
-    let v = {
-        // where a client is does not change between two loads: looked up once per subject
-        let before: std::collections::HashMap<&str, &Item> =
-            c.as_ref().map(|(_, v)| v.iter().map(|i| (i.record.subject.as_str(), i)).collect()).unwrap_or_default();
-        // an expired verdict is good, whatever is still stored
-        all.into_iter()
-            .filter(|r| r.expires.is_none_or(|e| e.0 > now))
-            .map(|record| {
-                let (country, asn, as_org) = match before.get(record.subject.as_str()) {
-                    Some(i) => (i.country.clone(), i.asn, i.as_org.clone()),
-                    None => {
-                        let g = geo_of(db.as_deref().map(|d| &**d), &record.subject);
-                        (g.country, g.asn, g.as_org)
+    let db = db.as_deref().map(|d| &**d);
+    match update {
+        VerdictUpdate::All(all) => {
+            st.metrics.verdict_loads.inc();
+            let fresh: std::collections::HashMap<String, Arc<Item>> =
+                all.into_iter().map(|r| (r.subject.clone(), c.item(r, db))).collect();
+            c.by_subject = fresh;
+        }
+        VerdictUpdate::Changed(changed) => {
+            for (subject, r) in changed {
+                match r {
+                    Some(r) => {
+                        let i = c.item(r, db);
+                        c.by_subject.insert(subject, i);
                     }
-                };
-                Item {
-                    rules: rules_cited(&record.reasons),
-                    feeds: feeds_cited(&record.reasons),
-                    record,
-                    country,
-                    asn,
-                    as_org,
+                    None => {
+                        c.by_subject.remove(&subject);
+                    }
                 }
-            })
-            .collect::<Vec<Item>>()
-    };
-    let v = Arc::new(v);
-    *c = Some((Instant::now(), v.clone()));
-    Ok(v)
+            }
+        }
+    }
+    // an expired verdict is good, whatever is still stored (a renewal comes as a change)
+    let now = now_ms();
+    c.by_subject.retain(|_, i| i.record.expires.is_none_or(|e| e.0 > now));
+    c.current = Arc::new(c.by_subject.values().cloned().collect());
+    st.metrics.verdicts.set(c.current.len() as i64);
+    c.at = Some(Instant::now());
+    Ok(c.current.clone())
 }
 
 /// List filters, shared by the page and the API.
@@ -565,7 +671,7 @@ pub struct Listing {
     pub counts: BTreeMap<&'static str, usize>,
 }
 
-fn list(all: &[Item], q: &ListQuery) -> Result<Listing, Refusal> {
+fn list(all: &[Arc<Item>], q: &ListQuery) -> Result<Listing, Refusal> {
     let want = match q.verdict.as_str() {
         "" | "flagged" => None,
         v => Some(v.parse::<Class>().map_err(Refusal::Bad)?),
@@ -580,6 +686,7 @@ fn list(all: &[Item], q: &ListQuery) -> Result<Listing, Refusal> {
     let mut counts = BTreeMap::new();
     let mut hits: Vec<&Item> = all
         .iter()
+        .map(|i| &**i)
         .filter(|i| {
             let r = &i.record;
             *counts.entry(r.verdict.as_str()).or_insert(0) += 1;
@@ -636,10 +743,11 @@ async fn clients_page(State(st): State<Arc<AppState>>, h: HeaderMap, Query(q): Q
     }
 }
 
-/// A subject from the path: an address (IPv6 by its /64, as the engine keys it) or a prefix.
-fn subject_of(s: &str) -> Result<String, Refusal> {
+/// A subject from the path: an address (IPv6 by its `engine.ipv6_prefix`, as the engine keys
+/// it) or a prefix.
+fn subject_of(s: &str, ipv6_prefix: u8) -> Result<String, Refusal> {
     if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(roost_scorer::wire::subject_key(ip, 64));
+        return Ok(roost_scorer::wire::subject_key(ip, ipv6_prefix));
     }
     s.parse::<IpNetwork>().map(|n| n.to_string()).map_err(|_| Refusal::Bad(format!("{s:?} is not an address")))
 }
@@ -656,7 +764,7 @@ pub struct Detail {
 
 fn client_detail(st: &AppState, subject: String) -> Result<Detail, Refusal> {
     let v = verdicts(st)?;
-    let item = v.iter().find(|i| i.record.subject == subject).cloned();
+    let item = v.iter().find(|i| i.record.subject == subject).map(|i| Item::clone(i));
     let audit = audit_for(st, &subject);
     let history = st.backend.history(&subject);
     let proxy = st.backend.proxy_outcomes(&subject);
@@ -667,7 +775,7 @@ async fn api_client(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Path
     if principal(&st, &h).is_none() {
         return Refusal::Unauthenticated.api();
     }
-    let subject = match subject_of(&s) {
+    let subject = match subject_of(&s, st.cfg.ipv6_prefix) {
         Ok(x) => x,
         Err(e) => return e.api(),
     };
@@ -719,11 +827,11 @@ async fn diversion(st: &AppState, subject: &str) -> Option<String> {
 
 async fn client_page(State(st): State<Arc<AppState>>, h: HeaderMap, Path(s): Path<String>) -> Response {
     let Some(p) = principal(&st, &h) else { return Refusal::Unauthenticated.page(None) };
-    let bgp = match subject_of(&s) {
+    let bgp = match subject_of(&s, st.cfg.ipv6_prefix) {
         Ok(subject) => diversion(&st, &subject).await,
         Err(_) => None,
     };
-    let subject = match subject_of(&s) {
+    let subject = match subject_of(&s, st.cfg.ipv6_prefix) {
         Ok(x) => x,
         Err(e) => return e.page(Some(&p)),
     };
@@ -857,7 +965,7 @@ pub struct Tops {
     pub asns: Vec<(String, usize)>,
 }
 
-fn tops(all: &[Item]) -> Tops {
+fn tops(all: &[Arc<Item>]) -> Tops {
     fn top(n: BTreeMap<String, usize>) -> Vec<(String, usize)> {
         let mut v: Vec<(String, usize)> = n.into_iter().collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -982,7 +1090,8 @@ fn apply_override(st: &AppState, p: &Principal, from: IpAddr, req: &OverrideRequ
         .apply_override(net, ov)
         .map_err(|e| Refusal::Unavailable(format!("cannot put the override in force: {e}")))?;
     // the next page shows it
-    *st.cache.lock().expect("cache lock") = None;
+    st.cache.lock().expect("cache lock").at = None;
+    st.metrics.overrides.get_or_create(&metrics::ActionLabels { action: req.action.clone() }).inc();
     tracing::info!(by = %p.name, prefix = %net, action = %req.action, comment, "override");
     Ok(entry)
 }
@@ -1082,7 +1191,7 @@ fn find_reference(st: &AppState, reference: &str) -> Result<Option<Item>, Refusa
         return Err(Refusal::Bad("a reference is 10 letters and digits".into()));
     }
     let all = verdicts(st)?;
-    Ok(all.iter().find(|i| signer.reference(&i.record.subject, i.record.at.0) == want).cloned())
+    Ok(all.iter().find(|i| signer.reference(&i.record.subject, i.record.at.0) == want).map(|i| Item::clone(i)))
 }
 
 async fn api_reference(State(st): State<Arc<AppState>>, h: HeaderMap, Path(reference): Path<String>) -> Response {
@@ -1130,7 +1239,7 @@ async fn openapi() -> Response {
 mod tests {
     use super::*;
 
-    fn rec(subject: &str, class: Class, rep: f32, reason: &str) -> Item {
+    fn rec(subject: &str, class: Class, rep: f32, reason: &str) -> Arc<Item> {
         let record = VerdictRecord {
             v: 1,
             subject: subject.into(),
@@ -1141,19 +1250,19 @@ mod tests {
             requests: 10,
             reasons: vec![reason.into()],
         };
-        Item {
+        Arc::new(Item {
             rules: rules_cited(&record.reasons),
             feeds: feeds_cited(&record.reasons),
             country: Some(if subject.ends_with('7') { "NL" } else { "DE" }.into()),
             asn: Some(64500),
             as_org: None,
             record,
-        }
+        })
     }
 
     #[test]
     fn lists_filter_sort_and_page() {
-        let all: Vec<Item> = (0..120)
+        let all: Vec<Arc<Item>> = (0..120)
             .map(|i| {
                 rec(
                     &format!("203.0.113.{i}"),
@@ -1185,6 +1294,15 @@ mod tests {
         assert_eq!(t.rules, vec![("R-1001".to_owned(), 20)]);
         assert_eq!(t.feeds, vec![("tor_exits".to_owned(), 20)]);
         assert_eq!(t.countries[0], ("DE".to_owned(), 36));
+    }
+
+    #[test]
+    fn ipv6_clients_are_named_by_the_engines_prefix() {
+        assert_eq!(subject_of("2001:db8:1:2:3::9", 64).unwrap(), "2001:db8:1:2::/64");
+        assert_eq!(subject_of("2001:db8:1:2:3::9", 56).unwrap(), "2001:db8:1::/56");
+        assert_eq!(subject_of("203.0.113.7", 56).unwrap(), "203.0.113.7");
+        assert_eq!(subject_of("203.0.113.0/24", 64).unwrap(), "203.0.113.0/24");
+        assert!(subject_of("<script>", 64).is_err());
     }
 
     #[test]

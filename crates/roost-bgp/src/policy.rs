@@ -52,10 +52,53 @@ pub fn refusal_kind(why: &str) -> &'static str {
     }
 }
 
+/// An operator's override (from the overrides topic, or `roost up`'s admin): challenge and block
+/// divert the whole prefix, as any verdict would; allow keeps every rule that would touch the
+/// prefix off the routers, as the allowlist does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OverrideRule {
+    pub prefix: IpNetwork,
+    /// `Good` for allow.
+    pub class: Class,
+    /// Unix ms; `None`: until removed.
+    pub until: Option<i64>,
+    pub reason: String,
+}
+
 pub fn plan<'a>(cfg: &BgpConfig, verdicts: impl IntoIterator<Item = &'a Verdict>, now: i64) -> Plan {
+    plan_with_overrides(cfg, verdicts, &[], now)
+}
+
+/// [`plan`], with operators' overrides in force at `now`.
+pub fn plan_with_overrides<'a>(
+    cfg: &BgpConfig,
+    verdicts: impl IntoIterator<Item = &'a Verdict>,
+    overrides: &[OverrideRule],
+    now: i64,
+) -> Plan {
+    let live = overrides.iter().filter(|o| o.until.is_none_or(|u| u > now));
+    let allow: Vec<IpNetwork> = cfg
+        .allowlist
+        .iter()
+        .copied()
+        .chain(live.clone().filter(|o| o.class == Class::Good).map(|o| o.prefix))
+        .collect();
+    let forced: Vec<Verdict> = live
+        .filter(|o| o.class != Class::Good)
+        .map(|o| Verdict {
+            subject: o.prefix,
+            class: o.class,
+            // an operator's word ranks before any score
+            reputation: -1.0,
+            expires: o.until,
+            reasons: vec![o.reason.clone()],
+        })
+        .collect();
     let mut by_source: BTreeMap<IpNetwork, Planned> = BTreeMap::new();
     let mut refused = Vec::new();
-    for v in verdicts {
+    let mut all: Vec<&Verdict> = verdicts.into_iter().collect();
+    all.extend(forced.iter());
+    for v in all {
         if v.expires.is_some_and(|e| e <= now) {
             continue;
         }
@@ -80,7 +123,7 @@ pub fn plan<'a>(cfg: &BgpConfig, verdicts: impl IntoIterator<Item = &'a Verdict>
             refused.push((name, format!("prefix {source} is shorter than /{min}")));
             continue;
         }
-        if let Some(a) = cfg.allowlist.iter().find(|a| overlaps(a, &source)) {
+        if let Some(a) = allow.iter().find(|a| overlaps(a, &source)) {
             refused.push((name, format!("allowlisted ({a})")));
             continue;
         }
@@ -134,6 +177,35 @@ fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_divert_whole_prefixes_and_allows_keep_rules_off() {
+        let cfg = BgpConfig::default();
+        let ov = |p: &str, class: Class, until: Option<i64>| OverrideRule {
+            prefix: p.parse().unwrap(),
+            class,
+            until,
+            reason: "override by alice: hosting range".into(),
+        };
+        let clients = [v("198.51.100.7", Class::Bad, -0.9), v("192.0.2.9", Class::Bad, -0.8)];
+        let p = plan_with_overrides(
+            &cfg,
+            clients.iter(),
+            &[
+                ov("203.0.113.0/24", Class::Bad, None),
+                ov("198.51.100.0/28", Class::Good, None),
+                ov("192.0.2.0/24", Class::Dubious, Some(1_000)),
+                ov("10.0.0.0/8", Class::Bad, None),
+            ],
+            2_000,
+        );
+        let sources: Vec<String> = p.rules.iter().map(|r| r.rule.source.to_string()).collect();
+        // the block first (an operator's word), the ended challenge gone, the allowed client kept off
+        assert_eq!(sources, ["203.0.113.0/24", "192.0.2.9/32"]);
+        assert_eq!(p.rules[0].reasons, ["override by alice: hosting range"]);
+        assert!(p.refused.iter().any(|(s, why)| s == "198.51.100.7" && why.starts_with("allowlisted")));
+        assert!(p.refused.iter().any(|(s, why)| s == "10.0.0.0/8" && why.starts_with("prefix")));
+    }
 
     fn v(subject: &str, class: Class, rep: f32) -> Verdict {
         Verdict {

@@ -6,10 +6,14 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use dashmap::DashMap;
 use ipnetwork::IpNetwork;
+use prefix_trie::joint::map::JointPrefixMap;
 use roost_engine::Class;
-use roost_verdicts::VerdictRecord;
+use roost_verdicts::{OverrideEntry, VerdictRecord};
 
 /// What the proxy needs of a verdict.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,15 +27,34 @@ pub struct Cached {
     pub expires: Option<i64>,
 }
 
-/// Verdicts by subject (an IPv4 address, or an IPv6 prefix of `ipv6_prefix` bits).
+/// An operator's override as the proxy applies it.
+#[derive(Clone, Debug, PartialEq)]
+struct CachedOverride {
+    class: Class,
+    at: i64,
+    until: Option<i64>,
+}
+
+/// Verdicts by subject (an IPv4 address, or an IPv6 prefix of `ipv6_prefix` bits), and
+/// operators' overrides by prefix.
 pub struct VerdictCache {
     map: DashMap<IpNetwork, Cached>,
+    /// Looked up longest prefix first, before the client's own verdict (the engine's order), so
+    /// an override holds at once for clients no scorer has judged yet.
+    overrides: RwLock<JointPrefixMap<IpNetwork, CachedOverride>>,
+    /// Whether `overrides` holds any: lookups skip its lock when none.
+    any_override: AtomicBool,
     ipv6_prefix: u8,
 }
 
 impl VerdictCache {
     pub fn new(ipv6_prefix: u8) -> VerdictCache {
-        VerdictCache { map: DashMap::new(), ipv6_prefix: ipv6_prefix.clamp(1, 128) }
+        VerdictCache {
+            map: DashMap::new(),
+            overrides: RwLock::new(JointPrefixMap::new()),
+            any_override: AtomicBool::new(false),
+            ipv6_prefix: ipv6_prefix.clamp(1, 128),
+        }
     }
 
     /// The subject a client address is judged as (the engine's and the Redis key's).
@@ -52,8 +75,27 @@ impl VerdictCache {
         roost_engine::subject_name(self.subject_of(ip))
     }
 
-    /// The client's verdict, unless none or expired at `now` (Unix ms).
+    /// The client's verdict, unless none or expired at `now` (Unix ms). An override covering
+    /// the client decides first: allow gives none, challenge and block their class.
     pub fn lookup(&self, ip: IpAddr, now: i64) -> Option<Cached> {
+        if self.any_override.load(Ordering::Relaxed)
+            && let Some(o) = self.override_for(ip, now)
+        {
+            if o.class == Class::Good {
+                return None;
+            }
+            let subject = self.subject_of(ip);
+            return Some(match self.map.get(&subject) {
+                Some(e) => Cached { class: o.class, ..e.clone() },
+                None => Cached {
+                    subject: roost_engine::subject_name(subject).into(),
+                    class: o.class,
+                    reputation: 0.0,
+                    at: o.at,
+                    expires: o.until,
+                },
+            });
+        }
         if self.map.is_empty() {
             return None;
         }
@@ -62,6 +104,51 @@ impl VerdictCache {
             return None;
         }
         Some(e.clone())
+    }
+
+    fn override_for(&self, ip: IpAddr, now: i64) -> Option<CachedOverride> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let m = self.overrides.read().expect("overrides lock");
+        let (_, o) = m.get_lpm(&IpNetwork::from(ip))?;
+        // one that ended covers nothing; the next sync or sweep removes it
+        o.until.is_none_or(|u| u > now).then(|| o.clone())
+    }
+
+    /// Puts an override in force (`Some`) or ends the one on `prefix` (`None`).
+    pub fn set_override(&self, prefix: IpNetwork, e: Option<&OverrideEntry>) {
+        let prefix = IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(prefix);
+        let mut m = self.overrides.write().expect("overrides lock");
+        match e {
+            Some(e) => {
+                m.insert(prefix, CachedOverride { class: e.class, at: e.at.0, until: e.until.map(|u| u.0) });
+            }
+            None => {
+                m.remove(&prefix);
+            }
+        }
+        self.any_override.store(!m.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Replaces every override with a full load.
+    pub fn replace_overrides<'a>(&self, entries: impl IntoIterator<Item = &'a OverrideEntry>) {
+        let mut m = JointPrefixMap::new();
+        for e in entries {
+            if let Ok(n) = parse_subject(&e.prefix) {
+                let n = IpNetwork::new(n.network(), n.prefix()).unwrap_or(n);
+                m.insert(n, CachedOverride { class: e.class, at: e.at.0, until: e.until.map(|u| u.0) });
+            }
+        }
+        let mut cur = self.overrides.write().expect("overrides lock");
+        *cur = m;
+        self.any_override.store(!cur.is_empty(), Ordering::Relaxed);
+    }
+
+    /// How many overrides are in force.
+    pub fn overrides(&self) -> usize {
+        self.overrides.read().expect("overrides lock").len()
     }
 
     /// Applies a stored record (a good verdict removes the subject).
@@ -105,10 +192,19 @@ impl VerdictCache {
         self.map.retain(|k, _| keep.contains(k));
     }
 
-    /// Drops verdicts that expired by `now`.
+    /// Drops verdicts and overrides that ended by `now`.
     pub fn sweep(&self, now: i64) -> usize {
         let before = self.map.len();
         self.map.retain(|_, v| v.expires.is_none_or(|x| x > now));
+        if self.any_override.load(Ordering::Relaxed) {
+            let mut m = self.overrides.write().expect("overrides lock");
+            let ended: Vec<IpNetwork> =
+                m.iter().filter(|(_, o)| o.until.is_some_and(|u| u <= now)).map(|(n, _)| n).collect();
+            for n in ended {
+                m.remove(&n);
+            }
+            self.any_override.store(!m.is_empty(), Ordering::Relaxed);
+        }
         before - self.map.len()
     }
 
@@ -172,5 +268,49 @@ mod tests {
         assert!(c.lookup("198.51.100.1".parse().unwrap(), 0).is_none());
         assert!(c.lookup("198.51.100.2".parse().unwrap(), 0).is_some());
         assert!(!c.apply(&rec("not an address", Class::Bad, None)));
+    }
+
+    fn ov(prefix: &str, class: Class, until: Option<i64>) -> OverrideEntry {
+        OverrideEntry {
+            v: 1,
+            prefix: prefix.into(),
+            class,
+            at: Timestamp(500),
+            until: until.map(Timestamp),
+            by: "ana".into(),
+            comment: "test".into(),
+        }
+    }
+
+    #[test]
+    fn overrides_decide_first_longest_prefix_first_for_clients_seen_or_not() {
+        let c = VerdictCache::new(64);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        c.apply(&rec("203.0.113.9", Class::Dubious, None));
+        c.apply(&rec("198.51.100.1", Class::Bad, None));
+        c.set_override("203.0.113.0/24".parse().unwrap(), Some(&ov("203.0.113.0/24", Class::Bad, Some(9000))));
+        c.set_override("203.0.113.50/32".parse().unwrap(), Some(&ov("203.0.113.50", Class::Good, None)));
+        c.set_override("198.51.100.1/32".parse().unwrap(), Some(&ov("198.51.100.1", Class::Good, None)));
+        // a client never judged, under the block: bad, named as itself, until the block ends
+        let unseen = c.lookup(ip("203.0.113.77"), 1000).unwrap();
+        assert_eq!((unseen.class, &*unseen.subject, unseen.expires), (Class::Bad, "203.0.113.77", Some(9000)));
+        // a judged one keeps its own record's details with the override's class
+        let seen = c.lookup(ip("203.0.113.9"), 1000).unwrap();
+        assert_eq!((seen.class, seen.reputation), (Class::Bad, -0.4));
+        // the allowed address inside the block, and an allowed client with a bad record, pass
+        assert!(c.lookup(ip("203.0.113.50"), 1000).is_none());
+        assert!(c.lookup(ip("198.51.100.1"), 1000).is_none());
+        assert!(c.lookup(ip("::ffff:203.0.113.77"), 1000).is_some(), "IPv4-mapped is the IPv4 client");
+        // the block ended: its clients are judged by their own verdicts again
+        assert!(c.lookup(ip("203.0.113.77"), 9000).is_none());
+        assert_eq!(c.lookup(ip("203.0.113.9"), 9000).unwrap().class, Class::Dubious);
+        c.sweep(9000);
+        assert_eq!(c.overrides(), 2);
+        c.set_override("198.51.100.1/32".parse().unwrap(), None);
+        assert_eq!(c.lookup(ip("198.51.100.1"), 9000).unwrap().class, Class::Bad);
+        c.replace_overrides(&[ov("192.0.2.0/24", Class::Dubious, None)]);
+        assert_eq!(c.overrides(), 1);
+        assert_eq!(c.lookup(ip("192.0.2.1"), 0).unwrap().class, Class::Dubious);
+        assert!(c.lookup(ip("203.0.113.77"), 0).is_none());
     }
 }

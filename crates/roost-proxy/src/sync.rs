@@ -1,6 +1,6 @@
-//! Keeps the [`VerdictCache`] in step with Redis, off the request path, on a thread of its own:
-//! note the change stream's last position, load every verdict key, then follow the stream from
-//! that position and re-read the key of each subject that changed. While Redis is unreachable
+//! Keeps the [`VerdictCache`] in step with Redis, off the request path, on a thread of its own
+//! ([`roost_verdicts::follow`]: load every verdict and override, then follow the change stream
+//! and re-read what changed). While Redis is unreachable
 //! the cache keeps what it had (the last-known verdicts still apply) and the proxy reports it;
 //! after a reconnect, a restarted Redis, or a position that fell off the trimmed stream, it
 //! loads everything again.
@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use roost_verdicts::{RedisConfig, Store, StreamPos};
+use roost_verdicts::RedisConfig;
+use roost_verdicts::follow::{Follower, Update};
 
 use crate::cache::VerdictCache;
 use crate::metrics::Metrics;
@@ -18,7 +19,7 @@ use crate::now_ms;
 
 /// How long one stream read waits for changes.
 const BLOCK: Duration = Duration::from_millis(500);
-/// How often expired verdicts are swept and the server's identity checked.
+/// How often expired verdicts and overrides are swept.
 const HOUSEKEEPING: Duration = Duration::from_secs(2);
 
 pub fn spawn(
@@ -61,66 +62,54 @@ fn follow(
     metrics: &Metrics,
     stop: &AtomicBool,
 ) -> Result<(), roost_verdicts::Error> {
-    let mut store = Store::new(cfg)?;
-    store.server_restarted()?;
-    let mut pos = load(&mut store, cache, metrics)?;
+    let mut f = Follower::new(cfg)?;
     let mut housekeeping = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let changes = store.read_changes(pos, BLOCK, 1000)?;
-        if !changes.is_empty() {
-            let first = store.first_change()?;
-            if pos != StreamPos::default() && first > pos {
-                // `pos` itself was trimmed, and maybe entries after it that this read cannot return
-                tracing::info!(%pos, oldest = %first, "fell behind the trimmed change stream: loading every verdict");
-                pos = load(&mut store, cache, metrics)?;
-                continue;
+        let t = Instant::now();
+        match f.next(BLOCK, now_ms())? {
+            Update::Full { verdicts, overrides } => {
+                cache.replace_all(verdicts.iter());
+                cache.replace_overrides(overrides.iter());
+                cache.sweep(now_ms());
+                metrics.sync_loads.inc();
+                metrics.redis_up.set(1);
+                tracing::info!(verdicts = cache.len(), overrides = cache.overrides(), from = %f.position(),
+                    took = ?t.elapsed(), "verdicts loaded from Redis");
             }
-            let subjects: Vec<&str> = changes.iter().map(|c| c.subject.as_str()).filter(|s| !s.is_empty()).collect();
-            let records = store.get_many(&subjects)?;
-            for (subject, r) in subjects.iter().zip(records) {
-                match r {
-                    Ok(Some(rec)) => {
-                        if !cache.apply(&rec) {
+            Update::Changed { verdicts, overrides, entries, unreadable, lag_ms } => {
+                for (prefix, e) in &overrides {
+                    match crate::cache::parse_subject(prefix) {
+                        Ok(net) => cache.set_override(net, e.as_ref()),
+                        Err(_) => {
                             metrics.sync_bad_records.inc();
-                            tracing::warn!(subject = %rec.subject, "a stored verdict names no address or prefix");
+                            tracing::warn!(prefix, "an override change names no address or prefix");
                         }
                     }
-                    Ok(None) => cache.remove(subject),
-                    Err(e) => {
-                        metrics.sync_bad_records.inc();
-                        tracing::warn!(error = %e, "a stored verdict is unreadable; ignored");
+                }
+                for (subject, r) in &verdicts {
+                    match r {
+                        Some(rec) => {
+                            if !cache.apply(rec) {
+                                metrics.sync_bad_records.inc();
+                                tracing::warn!(subject = %rec.subject, "a stored verdict names no address or prefix");
+                            }
+                        }
+                        None => cache.remove(subject),
                     }
                 }
+                for e in &unreadable {
+                    metrics.sync_bad_records.inc();
+                    tracing::warn!(error = %e, "a stored verdict or override is unreadable; ignored");
+                }
+                metrics.sync_changes.inc_by(entries as u64);
+                metrics.sync_lag_ms.set(lag_ms);
             }
-            let last = changes.last().expect("not empty").pos;
-            metrics.sync_changes.inc_by(changes.len() as u64);
-            metrics.sync_lag_ms.set((now_ms() - last.0 as i64).max(0));
-            pos = last;
-        } else {
-            metrics.sync_lag_ms.set(0);
         }
         metrics.cache_entries.set(cache.len() as i64);
         if housekeeping.elapsed() >= HOUSEKEEPING {
             housekeeping = Instant::now();
             cache.sweep(now_ms());
-            if store.server_restarted()? {
-                tracing::info!("the verdict store restarted: loading every verdict");
-                pos = load(&mut store, cache, metrics)?;
-            }
         }
     }
     Ok(())
-}
-
-fn load(store: &mut Store, cache: &VerdictCache, metrics: &Metrics) -> Result<StreamPos, roost_verdicts::Error> {
-    let t = Instant::now();
-    let pos = store.last_change()?;
-    let all = store.load_all()?;
-    cache.replace_all(all.values());
-    cache.sweep(now_ms());
-    metrics.sync_loads.inc();
-    metrics.redis_up.set(1);
-    metrics.cache_entries.set(cache.len() as i64);
-    tracing::info!(verdicts = cache.len(), from = %pos, took = ?t.elapsed(), "verdicts loaded from Redis");
-    Ok(pos)
 }

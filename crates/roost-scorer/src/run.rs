@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use roost_engine::{Override, VerdictChange, subject_name};
 use roost_kafka::{GroupConsumer, GroupEvent, KafkaConfig, Producer};
-use roost_verdicts::{RedisConfig, Store, VerdictRecord, Write};
+use roost_verdicts::{OverrideEntry, RedisConfig, Store, VerdictRecord, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::{Output, Scorer};
@@ -161,6 +161,9 @@ pub fn run(
     let mut last_stats = Instant::now() - Duration::from_secs(60);
     let mut seen = scorer.counts().clone();
     let mut last_poll_error = Instant::now() - Duration::from_secs(60);
+    // the overrides in force, as proxies read them from Redis, and the writes still owed
+    let mut in_force: std::collections::BTreeMap<String, OverrideEntry> = Default::default();
+    let mut owed: Vec<(String, Option<OverrideEntry>)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let mut n = 0;
@@ -192,6 +195,13 @@ pub fn run(
         }
         while let Ok((net, ov)) = overrides.try_recv() {
             tracing::info!(prefix = %net, set = ov.is_some(), "override");
+            let name = subject_name(net);
+            let entry = ov.as_ref().map(|o| OverrideEntry::new(name.clone(), o, wall_now()));
+            match &entry {
+                Some(e) => in_force.insert(name.clone(), e.clone()),
+                None => in_force.remove(&name),
+            };
+            owed.push((name, entry));
             scorer.set_override(net, ov);
         }
         let (mut outputs, commits) = scorer.take();
@@ -202,6 +212,20 @@ pub fn run(
                 metrics.resyncs.inc();
                 scorer.resync_all();
                 outputs.extend(scorer.take().0);
+                owed = in_force.iter().map(|(k, e)| (k.clone(), Some(e.clone()))).collect();
+            }
+        }
+        // overrides first: proxies apply them to every client under them, judged or not
+        if !owed.is_empty() {
+            match store.write_overrides(&owed, wall_now().0) {
+                Ok(()) => {
+                    metrics.sink(&metrics.writes, "redis").inc_by(owed.len() as u64);
+                    owed.clear();
+                }
+                Err(e) => {
+                    metrics.sink(&metrics.write_errors, "redis").inc();
+                    tracing::warn!(error = %e, "cannot write overrides to Redis; retrying");
+                }
             }
         }
         if !outputs.is_empty() {
@@ -314,6 +338,11 @@ fn write(
             outputs.extend(scorer.take().0);
         }
     }
+}
+
+fn wall_now() -> roost_engine::Timestamp {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    roost_engine::Timestamp(d.as_millis() as i64)
 }
 
 /// Resolves once `stop` is set.

@@ -9,10 +9,17 @@
 //!   fields `subject`, `verdict`, `expires` (ms, or empty). Proxies load every `v:` key at start
 //!   (SCAN), then follow the stream from the ID they loaded at; one whose position fell off the
 //!   stream's end loads again.
+//! - `{prefix}o:{prefix}` → an [`OverrideEntry`] as JSON for every operator's override in force
+//!   (allow, challenge, block an address or a prefix), with a TTL to its end; announced on the
+//!   change stream with `kind override`. Proxies judge a client by the longest override prefix
+//!   that covers it before its own verdict, as the engine does, so an override holds for clients
+//!   no scorer has seen yet. Written by every scorer (they all read the overrides topic whole).
 //!
 //! Writes are pipelined per batch and idempotent (the same change written twice leaves the same
 //! state), so a scorer may repeat a batch after a failure. [`Store::server_restarted`] notices a
 //! Redis that came back empty (its `run_id` changed): the scorer then writes every verdict again.
+
+pub mod follow;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -114,6 +121,37 @@ pub struct HistoryEntry {
     pub record: VerdictRecord,
     #[serde(default)]
     pub samples: Vec<roost_engine::Sample>,
+}
+
+/// An operator's override as proxies read it (`{prefix}o:{prefix}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OverrideEntry {
+    pub v: u32,
+    /// The address or prefix it covers (`203.0.113.0/24`, `198.51.100.7`).
+    pub prefix: String,
+    /// `good` for allow.
+    pub class: Class,
+    /// When it was put in force (Unix ms).
+    pub at: Timestamp,
+    /// When it ends (Unix ms); `None`: until removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    pub by: String,
+    pub comment: String,
+}
+
+impl OverrideEntry {
+    pub fn new(prefix: String, ov: &roost_engine::Override, at: Timestamp) -> OverrideEntry {
+        OverrideEntry {
+            v: 1,
+            prefix,
+            class: ov.class,
+            at,
+            until: ov.until,
+            by: ov.by.clone(),
+            comment: ov.comment.clone(),
+        }
+    }
 }
 
 /// What the proxies did with one client's challenges (`{prefix}px:{subject}`, a hash of counts
@@ -407,6 +445,8 @@ impl std::fmt::Display for StreamPos {
 pub struct Change {
     pub pos: StreamPos,
     pub subject: String,
+    /// The subject's override changed (`kind override`), not its verdict.
+    pub is_override: bool,
 }
 
 /// The admin UI's audit log: a stream of JSON entries (`{prefix}audit`), never trimmed by roost.
@@ -428,6 +468,79 @@ impl Store {
             redis::cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(count).query(c)
         })?;
         Ok(r.ids.into_iter().map(|e| (e.id.clone(), e.get::<String>("entry").unwrap_or_default())).collect())
+    }
+}
+
+/// Operators' overrides, as scorers write them and proxies read them.
+impl Store {
+    pub fn override_key(&self, prefix: &str) -> String {
+        format!("{}o:{prefix}", self.cfg.prefix)
+    }
+
+    /// Puts overrides in force (`Some`) or ends them (`None`), each announced on the change
+    /// stream. `now` (Unix ms) sets each key's TTL to the override's end; one already over is
+    /// deleted. Idempotent: every scorer writes the same.
+    pub fn write_overrides(&mut self, entries: &[(String, Option<OverrideEntry>)], now: i64) -> Result<(), Error> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        let stream = self.stream_key();
+        for (prefix, e) in entries {
+            let key = self.override_key(prefix);
+            match e {
+                Some(e) if e.until.is_none_or(|u| u.0 > now) => {
+                    let json = serde_json::to_string(e).expect("an override serializes");
+                    match e.until {
+                        Some(u) => pipe.pset_ex(&key, json, (u.0 - now).max(1) as u64).ignore(),
+                        None => pipe.set(&key, json).ignore(),
+                    };
+                }
+                _ => {
+                    pipe.del(&key).ignore();
+                }
+            }
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.cfg.stream_maxlen)
+                .arg("*")
+                .arg("subject")
+                .arg(prefix)
+                .arg("kind")
+                .arg("override")
+                .ignore();
+        }
+        self.with("writing overrides", |c| pipe.query::<()>(c))
+    }
+
+    /// Every override in force (a full load, as a proxy does at start).
+    pub fn load_overrides(&mut self) -> Result<Vec<OverrideEntry>, Error> {
+        let pattern = format!("{}o:*", self.cfg.prefix);
+        let keys: Vec<String> =
+            self.with("scanning override keys", |c| c.scan_match(&pattern)?.collect::<Result<Vec<String>, _>>())?;
+        let mut out = Vec::new();
+        for chunk in keys.chunks(500) {
+            let values: Vec<Option<String>> = self.with("reading overrides", |c| c.mget(chunk))?;
+            for (key, v) in chunk.iter().zip(values) {
+                let Some(v) = v else { continue }; // ended meanwhile
+                out.push(serde_json::from_str(&v).map_err(|source| Error::Record {
+                    url: redact(&self.cfg.url),
+                    key: key.clone(),
+                    source,
+                })?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The override on `prefix`, if one is in force.
+    pub fn get_override(&mut self, prefix: &str) -> Result<Option<OverrideEntry>, Error> {
+        let key = self.override_key(prefix);
+        let v: Option<String> = self.with("reading an override", |c| c.get(&key))?;
+        v.map(|v| serde_json::from_str(&v).map_err(|source| Error::Record { url: redact(&self.cfg.url), key, source }))
+            .transpose()
     }
 }
 
@@ -473,7 +586,12 @@ impl Store {
             for e in k.ids {
                 let Some(pos) = StreamPos::parse(&e.id) else { continue };
                 let subject: Option<String> = e.get("subject");
-                out.push(Change { pos, subject: subject.unwrap_or_default() });
+                let kind: Option<String> = e.get("kind");
+                out.push(Change {
+                    pos,
+                    subject: subject.unwrap_or_default(),
+                    is_override: kind.as_deref() == Some("override"),
+                });
             }
         }
         Ok(out)

@@ -54,17 +54,51 @@ impl Shared {
     }
 }
 
-/// The live verdicts and when they were last planned: the one place both verdict sources (the
-/// topic, `roost up`'s engine) feed.
+/// What the planner is told: a client's verdict changed, or an operator's override on a prefix
+/// (`None`: removed).
+pub(crate) enum Input {
+    Verdict(Verdict),
+    Override(IpNetwork, Option<roost_engine::Override>),
+}
+
+/// The live verdicts and overrides, and when they were last planned: the one place both sources
+/// (the topics, `roost up`'s engine and admin) feed.
 struct Planner {
     verdicts: HashMap<IpNetwork, Verdict>,
+    overrides: HashMap<IpNetwork, policy::OverrideRule>,
     last_plan: Instant,
     dirty: bool,
 }
 
 impl Planner {
     fn new() -> Planner {
-        Planner { verdicts: HashMap::new(), last_plan: Instant::now() - Duration::from_secs(10), dirty: true }
+        Planner {
+            verdicts: HashMap::new(),
+            overrides: HashMap::new(),
+            last_plan: Instant::now() - Duration::from_secs(10),
+            dirty: true,
+        }
+    }
+
+    fn input(&mut self, i: Input) {
+        match i {
+            Input::Verdict(v) => self.apply(v),
+            Input::Override(net, ov) => {
+                match ov {
+                    Some(o) => self.overrides.insert(
+                        net,
+                        policy::OverrideRule {
+                            prefix: net,
+                            class: o.class,
+                            until: o.until.map(|u| u.0),
+                            reason: format!("override by {}: {}", o.by, o.comment),
+                        },
+                    ),
+                    None => self.overrides.remove(&net),
+                };
+                self.dirty = true;
+            }
+        }
     }
 
     fn apply(&mut self, v: Verdict) {
@@ -81,7 +115,8 @@ impl Planner {
         if !(self.dirty || self.last_plan.elapsed() >= Duration::from_secs(1)) {
             return;
         }
-        let p = Arc::new(policy::plan(b, self.verdicts.values(), roost_proxy::now_ms()));
+        let overrides: Vec<policy::OverrideRule> = self.overrides.values().cloned().collect();
+        let p = Arc::new(policy::plan_with_overrides(b, self.verdicts.values(), &overrides, roost_proxy::now_ms()));
         shared.plan.send_if_modified(|cur| {
             if **cur == *p {
                 return false;
@@ -96,28 +131,28 @@ impl Planner {
 }
 
 /// The controller inside `roost up`: verdicts come from the engine over a channel (see
-/// [`verdict_of`]); sessions and the /rules, /metrics listener run on `rt`. Returns the sender
-/// the engine's changes go to.
+/// [`verdict_of`]), overrides from the admin; sessions and the /rules, /metrics listener run on
+/// `rt`. Returns the sender both go to.
 pub(crate) fn start_in_process(
     cfg: &Config,
     rt: &tokio::runtime::Runtime,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<(std::sync::mpsc::Sender<Verdict>, std::thread::JoinHandle<()>)> {
+) -> anyhow::Result<(std::sync::mpsc::Sender<Input>, std::thread::JoinHandle<()>)> {
     let b = Arc::new(cfg.bgp.clone());
     b.validate()?;
     let shared = Shared::new(&b);
     shared.source_up.store(true, Ordering::Relaxed);
-    let (tx, rx) = std::sync::mpsc::channel::<Verdict>();
+    let (tx, rx) = std::sync::mpsc::channel::<Input>();
     let planner = {
         let (b, shared) = (b.clone(), shared.clone());
         std::thread::Builder::new().name("roost-bgp-plan".into()).spawn(move || {
             let mut planner = Planner::new();
             while !stop.load(Ordering::Relaxed) {
                 match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(v) => {
-                        planner.apply(v);
-                        while let Ok(v) = rx.try_recv() {
-                            planner.apply(v);
+                    Ok(i) => {
+                        planner.input(i);
+                        while let Ok(i) = rx.try_recv() {
+                            planner.input(i);
                         }
                     }
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -201,11 +236,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // once instead of waiting to fill them (librdkafka waits up to 500 ms by default)
     let mut kafka = cfg.kafka.clone();
     kafka.properties.entry("fetch.wait.max.ms".into()).or_insert_with(|| "10".into());
+    // operators' overrides: the topic read whole, then followed, as every scorer does
+    let (otx, orx) = std::sync::mpsc::channel();
+    let overrides = roost_scorer::overrides::follow(kafka.clone(), otx, stop.clone());
     let follower = {
         let (kafka, b, shared, stop) = (kafka, b.clone(), shared.clone(), stop.clone());
         std::thread::Builder::new()
             .name("roost-bgp-verdicts".into())
-            .spawn(move || follow(&kafka, &b, &shared, &stop))?
+            .spawn(move || follow(&kafka, &b, &shared, &stop, &orx))?
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     rt.block_on(async {
@@ -219,13 +257,24 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     })?;
     stop.store(true, Ordering::Relaxed);
     let _ = follower.join();
+    let _ = overrides.join();
     Ok(())
 }
 
-fn follow(kafka: &roost_kafka::KafkaConfig, b: &roost_bgp::BgpConfig, shared: &Shared, stop: &AtomicBool) {
+fn follow(
+    kafka: &roost_kafka::KafkaConfig,
+    b: &roost_bgp::BgpConfig,
+    shared: &Shared,
+    stop: &AtomicBool,
+    overrides: &std::sync::mpsc::Receiver<(IpNetwork, Option<roost_engine::Override>)>,
+) {
     let mut planner = Planner::new();
     let mut follower = None;
     while !stop.load(Ordering::Relaxed) {
+        while let Ok((net, ov)) = overrides.try_recv() {
+            tracing::info!(prefix = %net, set = ov.is_some(), "override");
+            planner.input(Input::Override(net, ov));
+        }
         if follower.is_none() {
             match roost_kafka::Follower::new(kafka, &kafka.topics.verdicts, "roost-bgp") {
                 Ok(f) => follower = Some(f),

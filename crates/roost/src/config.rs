@@ -138,11 +138,13 @@ impl Config {
             let k = k.as_str().to_ascii_lowercase();
             SECTIONS.iter().any(|s| k == *s || k.starts_with(&format!("{s}.")))
         }));
-        let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("{e}")).with_context(|| match file {
+        let mut cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("{e}")).with_context(|| match file {
             Some(f) => format!("reading configuration from {} and ROOST_* variables", f.display()),
             None => "reading configuration from ROOST_* variables".to_owned(),
         })?;
         cfg.engine.validate()?;
+        // the admin names IPv6 clients as the engine keys them
+        cfg.admin.ipv6_prefix = cfg.engine.ipv6_prefix;
         Ok(cfg)
     }
 }

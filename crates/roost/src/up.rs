@@ -57,6 +57,7 @@ struct Metrics {
     rotations: Counter,
     rules: Gauge,
     redis_dropped: Counter,
+    kafka_dropped: Counter,
     rule_reloads: Family<OutcomeLabel, Counter>,
     population: roost_scorer::PopulationMetrics,
     drop_state: Gauge,
@@ -76,6 +77,11 @@ impl Metrics {
             "roost_up_redis_writes_dropped",
             "Verdict writes dropped while Redis was unreachable too long (a full rewrite follows)",
             self.redis_dropped.clone(),
+        );
+        r.register(
+            "roost_up_kafka_records_dropped",
+            "Verdict and audit records dropped while Kafka was unreachable too long",
+            self.kafka_dropped.clone(),
         );
         r.register("roost_rule_reloads", "Rule-file reloads, by outcome (ok, refused)", self.rule_reloads.clone());
         self.population.register(r);
@@ -121,8 +127,10 @@ pub(crate) struct Shared {
     pub(crate) verdicts: Mutex<crate::up_store::Verdicts>,
     /// Redis, when `redis.url` is set.
     pub(crate) redis: std::sync::OnceLock<crate::up_store::RedisMirror>,
+    /// The verdicts and audit topics, when `kafka.brokers` is set.
+    pub(crate) kafka: std::sync::OnceLock<crate::up_store::KafkaMirror>,
     /// The in-process proxy's verdict cache.
-    cache: std::sync::OnceLock<Arc<roost_proxy::cache::VerdictCache>>,
+    pub(crate) cache: std::sync::OnceLock<Arc<roost_proxy::cache::VerdictCache>>,
     proxy_health: std::sync::OnceLock<roost_proxy::UpstreamHealth>,
     /// The in-process proxy's challenge outcomes per client.
     pub(crate) outcomes: std::sync::OnceLock<Arc<roost_proxy::outcomes::Outcomes>>,
@@ -130,7 +138,7 @@ pub(crate) struct Shared {
     /// The admin UI's base URL, for links in alerts.
     admin_url: String,
     /// The in-process flowspec controller's verdict input, when `bgp.peers` is set.
-    bgp: std::sync::OnceLock<std::sync::mpsc::Sender<roost_bgp::policy::Verdict>>,
+    pub(crate) bgp: std::sync::OnceLock<std::sync::mpsc::Sender<crate::bgp::Input>>,
 }
 
 pub(crate) fn wall_now() -> Timestamp {
@@ -197,6 +205,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         series: Mutex::new(VecDeque::new()),
         verdicts: Mutex::new(crate::up_store::Verdicts::default()),
         redis: std::sync::OnceLock::new(),
+        kafka: std::sync::OnceLock::new(),
         cache: std::sync::OnceLock::new(),
         proxy_health: std::sync::OnceLock::new(),
         outcomes: std::sync::OnceLock::new(),
@@ -204,6 +213,10 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
     if !cfg.redis.url.is_empty() {
         let m = crate::up_store::RedisMirror::start(&cfg.redis, shared.metrics.redis_dropped.clone(), shared.clone())?;
         let _ = shared.redis.set(m);
+    }
+    if cfg.kafka.enabled() {
+        let m = crate::up_store::KafkaMirror::start(&cfg.kafka, shared.metrics.kafka_dropped.clone())?;
+        let _ = shared.kafka.set(m);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
@@ -537,13 +550,16 @@ pub(crate) fn record(sh: &Shared, changes: Vec<VerdictChange>) {
     if let Some(r) = sh.redis.get() {
         r.send(writes);
     }
+    if let Some(k) = sh.kafka.get() {
+        k.changes(&changes);
+    }
     let mut recent = sh.recent.lock().expect("recent lock");
     for c in changes {
         let reason = c.reasons.first().map(|r| r.text.as_str()).unwrap_or("");
         tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reputation = format!("{:.2}", c.reputation), reason, "verdict");
         sh.metrics.population.count_change(&c);
         if let Some(bgp) = sh.bgp.get() {
-            let _ = bgp.send(crate::bgp::verdict_of(&c));
+            let _ = bgp.send(crate::bgp::Input::Verdict(crate::bgp::verdict_of(&c)));
         }
         if recent.len() >= RECENT {
             recent.pop_back();

@@ -13,7 +13,7 @@ use ipnetwork::IpNetwork;
 use prometheus_client::metrics::counter::Counter;
 use roost_admin::{AuditEntry, Backend, Health};
 use roost_engine::{Override, Timestamp, VerdictChange};
-use roost_verdicts::{HistoryEntry, RedisConfig, VerdictRecord, Write};
+use roost_verdicts::{HistoryEntry, OverrideEntry, RedisConfig, VerdictRecord, Write};
 
 use super::up::Shared;
 
@@ -125,6 +125,21 @@ fn write_loop(mut store: roost_verdicts::Store, rx: Receiver<Vec<Write>>, droppe
             let now = super::up::wall_now();
             let all = shared.verdicts.lock().expect("verdicts lock").current();
             pending.extend(all.into_iter().map(|record| Write { record, now, announce: false, samples: Vec::new() }));
+            let overrides: Vec<(String, Option<OverrideEntry>)> = {
+                let engine = shared.engine.lock().expect("engine lock");
+                engine
+                    .overrides()
+                    .into_iter()
+                    .map(|(n, o)| {
+                        let name = roost_engine::subject_name(n);
+                        (name.clone(), Some(OverrideEntry::new(name, &o, now)))
+                    })
+                    .collect()
+            };
+            if let Err(e) = store.write_overrides(&overrides, now.0) {
+                tracing::warn!(error = %e, "cannot write the overrides to Redis; retrying");
+                continue;
+            }
             resync = false;
         }
         if pending.is_empty() {
@@ -149,14 +164,118 @@ fn write_loop(mut store: roost_verdicts::Store, rx: Receiver<Vec<Write>>, droppe
     }
 }
 
+/// `roost up`'s verdict changes and audit entries on the pipeline's topics, when
+/// `kafka.brokers` is set: the compacted verdicts topic (as `roost score` writes it, so
+/// `roost bgp`, a SIEM or another consumer can follow this appliance) and the audit topic (the
+/// audit log durable outside the process). A thread of its own; an unreachable broker delays
+/// records (kept, bounded) and never the engine.
+/// A record for a topic: (topic, key, value; `None` a tombstone).
+type TopicRecord = (String, Vec<u8>, Option<Vec<u8>>);
+
+pub struct KafkaMirror {
+    tx: SyncSender<Vec<TopicRecord>>,
+    verdicts: String,
+    audit: String,
+}
+
+impl KafkaMirror {
+    pub fn start(kafka: &roost_kafka::KafkaConfig, dropped: Counter) -> anyhow::Result<KafkaMirror> {
+        for (topic, compact) in [(&kafka.topics.verdicts, true), (&kafka.topics.audit, false)] {
+            if let Err(e) = roost_kafka::ensure_topic(kafka, topic, 1, compact) {
+                tracing::warn!(topic, error = %e, "cannot make sure the topic exists; writing anyway");
+            }
+        }
+        let producer =
+            roost_kafka::Producer::with(kafka, "roost-up", &[("linger.ms", "5"), ("message.timeout.ms", "0")])?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+        std::thread::Builder::new().name("roost-kafka".into()).spawn(move || kafka_loop(producer, rx, dropped))?;
+        tracing::info!(verdicts = %kafka.topics.verdicts, audit = %kafka.topics.audit, "verdicts also written to Kafka");
+        Ok(KafkaMirror { tx, verdicts: kafka.topics.verdicts.clone(), audit: kafka.topics.audit.clone() })
+    }
+
+    pub fn changes(&self, changes: &[VerdictChange]) {
+        let batch = changes
+            .iter()
+            .map(|c| {
+                let key = roost_engine::subject_name(c.subject).into_bytes();
+                (self.verdicts.clone(), key, Some(roost_scorer::run::encode_change(c)))
+            })
+            .collect();
+        self.send(batch);
+    }
+
+    pub fn audit(&self, entry: &AuditEntry) {
+        let json = serde_json::to_vec(entry).expect("an entry serializes");
+        self.send(vec![(self.audit.clone(), entry.prefix.clone().into_bytes(), Some(json))]);
+    }
+
+    fn send(&self, batch: Vec<TopicRecord>) {
+        if let Err(TrySendError::Full(b)) = self.tx.try_send(batch) {
+            let _ = self.tx.send(b); // a slow broker slows the scorer rather than losing records
+        }
+    }
+}
+
+fn kafka_loop(
+    producer: roost_kafka::Producer,
+    rx: Receiver<Vec<TopicRecord>>,
+    dropped: Counter,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return tracing::error!(error = %e, "no runtime for the Kafka mirror"),
+    };
+    let mut pending: VecDeque<TopicRecord> = VecDeque::new();
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(b) => pending.extend(b),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) if pending.is_empty() => return,
+            Err(RecvTimeoutError::Disconnected) => {}
+        }
+        while let Ok(b) = rx.try_recv() {
+            pending.extend(b);
+        }
+        if pending.len() > PENDING_MAX {
+            let n = pending.len() - PENDING_MAX;
+            pending.drain(..n);
+            dropped.inc_by(n as u64);
+        }
+        // in order, one topic at a time: a subject's records keep their order
+        while let Some(topic) = pending.front().map(|r| r.0.clone()) {
+            let n = pending.iter().take(500).take_while(|r| r.0 == topic).count();
+            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+                pending.iter().take(n).map(|(_, k, v)| (k.clone(), v.clone())).collect();
+            match rt.block_on(producer.send_all(&topic, records)) {
+                Ok(_) => {
+                    pending.drain(..n);
+                    if failing_since.take().is_some() {
+                        tracing::info!("Kafka reachable again; verdict records resumed");
+                    }
+                }
+                Err(e) => {
+                    if failing_since.is_none() {
+                        tracing::warn!(error = %e, pending = pending.len(), "cannot write to Kafka; keeping the records and retrying");
+                        failing_since = Some(Instant::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// The admin UI's backend in `roost up`: this process's engine and records.
 pub struct UpBackend {
     pub shared: Arc<Shared>,
 }
 
 impl Backend for UpBackend {
-    fn verdicts(&self) -> Result<Vec<VerdictRecord>, String> {
-        Ok(self.shared.verdicts.lock().expect("verdicts lock").current())
+    fn verdict_updates(&self) -> Result<roost_admin::VerdictUpdate, String> {
+        // held in this process: all of them each time is a copy, not a load
+        Ok(roost_admin::VerdictUpdate::All(self.shared.verdicts.lock().expect("verdicts lock").current()))
     }
 
     fn history(&self, subject: &str) -> Vec<HistoryEntry> {
@@ -168,6 +287,9 @@ impl Backend for UpBackend {
         if let Some(r) = self.shared.redis.get() {
             let json = serde_json::to_string(entry).expect("an entry serializes");
             r.store.lock().expect("store lock").append_audit(&json).map_err(|e| e.to_string())?;
+        }
+        if let Some(k) = self.shared.kafka.get() {
+            k.audit(entry);
         }
         tracing::info!(target: "roost::audit", by = %entry.by, from = %entry.from, action = %entry.action,
             prefix = %entry.prefix, class = ?entry.class, until = ?entry.until, comment = %entry.comment, "audit");
@@ -188,6 +310,15 @@ impl Backend for UpBackend {
     }
 
     fn apply_override(&self, prefix: IpNetwork, ov: Option<Override>) -> Result<(), String> {
+        let name = roost_engine::subject_name(prefix);
+        let entry = ov.as_ref().map(|o| OverrideEntry::new(name.clone(), o, super::up::wall_now()));
+        // the in-process proxy and flowspec controller act on it before any client is judged
+        if let Some(c) = self.shared.cache.get() {
+            c.set_override(prefix, entry.as_ref());
+        }
+        if let Some(bgp) = self.shared.bgp.get() {
+            let _ = bgp.send(crate::bgp::Input::Override(prefix, ov.clone()));
+        }
         let changes = {
             let mut engine = self.shared.engine.lock().expect("engine lock");
             let now = super::up::clock(&self.shared, &engine);
@@ -197,6 +328,14 @@ impl Backend for UpBackend {
             }
         };
         super::up::record(&self.shared, changes);
+        if let Some(r) = self.shared.redis.get() {
+            // other proxies following this Redis
+            r.store
+                .lock()
+                .expect("store lock")
+                .write_overrides(&[(name, entry)], super::up::wall_now().0)
+                .map_err(|e| format!("the override is in force here, but not yet in Redis: {e}"))?;
+        }
         Ok(())
     }
 

@@ -334,6 +334,25 @@ fn auth_csrf_roles_overrides_audit_and_escaping() {
     );
     assert_eq!(r.status, 303);
     assert_eq!(request(port, "GET", "/api/v1/me", &[("Cookie", &cookie)], "").status, 401);
+
+    // /metrics, open to Prometheus: what happened, counted, and nobody's name or address in it
+    let m = request(port, "GET", "/metrics", &[], "");
+    assert_eq!(m.status, 200);
+    for (series, at_least) in [
+        ("roost_admin_sign_ins_total{outcome=\"ok\"}", 2.0),
+        ("roost_admin_sign_ins_total{outcome=\"invalid\"}", 1.0),
+        ("roost_admin_sign_ins_total{outcome=\"limited\"}", 1.0),
+        ("roost_admin_overrides_total{action=\"block\"}", 1.0),
+        ("roost_admin_overrides_total{action=\"challenge\"}", 1.0),
+        ("roost_admin_responses_total{code=\"403\"}", 3.0),
+        ("roost_admin_responses_total{code=\"429\"}", 1.0),
+        ("roost_admin_verdict_loads_total", 1.0),
+    ] {
+        assert!(metric(port, series).is_some_and(|v| v >= at_least), "{series} in\n{}", m.body);
+    }
+    for secret in ["ana", "mallory", "203.0.113", "credential"] {
+        assert!(!m.body.contains(secret), "{secret} in /metrics");
+    }
 }
 
 /// 100,000 flagged clients: the list pages through them on the server (50 to a page, any page,
@@ -390,9 +409,124 @@ fn lists_page_through_a_hundred_thousand_verdicts() {
     let (page, page_t) = get("/clients?page=500");
     assert!(page.body.len() < 100_000, "a page of 50 is {} bytes", page.body.len());
     assert!(page.body.contains("page 501 of 2000"), "{}", &page.body[..2000.min(page.body.len())]);
+    // after the first load the admin reads only what changed: one new verdict and one client
+    // good again, announced on the change stream, show up in the next list
+    let mut added = writes[1].clone();
+    added.record.subject = "10.200.0.1".into();
+    added.announce = true;
+    let mut cleared = writes[2].clone();
+    cleared.record.verdict = roost_engine::Class::Good;
+    cleared.announce = true;
+    store.write(&[added, cleared]).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let (changed, changed_t) = get("/api/v1/clients?q=10.200.0.1");
+    let c: serde_json::Value = serde_json::from_str(&changed.body).unwrap();
+    assert_eq!(c["total"], 1, "{}", changed.body);
+    let (_, after_t) = get("/api/v1/clients?per_page=1");
+    let (all, _) = get("/api/v1/clients?per_page=1");
+    let all: serde_json::Value = serde_json::from_str(&all.body).unwrap();
+    assert_eq!(all["total"], 100_000, "one more, one fewer");
     eprintln!(
         "[test] 100k verdicts: first list (load from Redis) {cold_t:?}, another page {warm_t:?}, \
-         filtered {filtered_t:?}, an HTML page {page_t:?} ({} bytes)",
+         filtered {filtered_t:?}, an HTML page {page_t:?} ({} bytes); after two changes {changed_t:?}, then {after_t:?}",
         page.body.len()
     );
+}
+
+/// A GET through `roost proxy` as `client` (it trusts 127.0.0.1's X-Forwarded-For); the status.
+fn via_proxy(port: u16, client: &str) -> u16 {
+    request(port, "GET", "/healthz", &[("X-Forwarded-For", client)], "").status
+}
+
+/// An operator blocks a /24 nobody has seen yet and allows one address in it: proxies refuse
+/// the rest of the /24 at once (no request of theirs has been scored), the router gets the /24
+/// as a flowspec rule, and the allowed address takes it off the router again (an allowed client
+/// is never diverted), while the proxy still refuses its neighbours.
+#[test]
+fn a_prefix_override_holds_at_once_in_proxies_and_routers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (port, score_port, proxy_port, proxy_metrics, bgp_listen, bgp_port, gobgp_api) =
+        (free_port(), free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
+    let prefix = format!("{}:", unique("ovr"));
+    let topics = unique("ovr");
+    let cfg = write_config(d, port, score_port, &prefix, &topics);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text = text.replacen(
+        "[proxy.challenge]",
+        &format!(
+            "[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\nupstreams = [\"127.0.0.1:{port}\"]\n\
+             metrics_listen = \"127.0.0.1:{proxy_metrics}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nthreads = 1\n\
+             pid_file = \"{d}/proxy.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
+             [bgp]\nasn = 65003\nrouter_id = \"127.0.0.4\"\nhold_time = 9\nlisten = \"127.0.0.1:{bgp_listen}\"\n\
+             peers = [{{ address = \"127.0.0.1:{bgp_port}\", local_address = \"127.0.0.4\", peer_as = 65000 }}]\n\
+             [proxy.challenge]",
+            d = d.display()
+        ),
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let _router = gobgpd(d, bgp_port, gobgp_api);
+    let _score = Proc::roost("roost score", &cfg, "score");
+    let _admin = Proc::roost("roost admin", &cfg, "admin");
+    let _proxy = Proc::roost("roost proxy", &cfg, "proxy");
+    let _bgp = Proc::roost("roost bgp", &cfg, "bgp");
+    wait_for(Duration::from_secs(30), "roost admin, the proxy and the BGP session", || {
+        http_get(port, "/healthz").is_some()
+            && metric(proxy_metrics, "roost_proxy_redis_up") == Some(1.0)
+            && metric(bgp_listen, "roost_bgp_session_up") == Some(1.0)
+    });
+    wait_for(Duration::from_secs(20), "the proxy to pass a client (nobody is blocked yet)", || {
+        via_proxy(proxy_port, "203.0.113.50") == 200
+    });
+
+    let r = login(port, "ana", "correct horse battery");
+    let cookie = session_cookie(&r);
+    let me: serde_json::Value =
+        serde_json::from_str(&request(port, "GET", "/api/v1/me", &[("Cookie", &cookie)], "").body).unwrap();
+    let csrf = me["csrf"].as_str().unwrap().to_owned();
+    let post = |prefix: &str, action: &str, comment: &str| {
+        let body = serde_json::json!({ "prefix": prefix, "action": action, "expires_in": "1h", "comment": comment });
+        let r = request(
+            port,
+            "POST",
+            "/api/v1/overrides",
+            &[("Cookie", &cookie), ("Content-Type", "application/json"), ("X-CSRF-Token", &csrf)],
+            &body.to_string(),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    };
+
+    let posted = std::time::Instant::now();
+    post("203.0.113.0/24", "block", "hosting range sending the credential stuffing");
+    // (figures, not pass/fail: how long until the proxy and the router act on it)
+    wait_for(Duration::from_secs(10), "the proxy to refuse an unseen client of the blocked /24", || {
+        via_proxy(proxy_port, "203.0.113.50") == 403
+    });
+    eprintln!("[test] prefix block → proxy refuses an unseen client in {} ms", posted.elapsed().as_millis());
+    wait_for(Duration::from_secs(10), "the /24 as a flowspec rule in gobgpd", || {
+        rib(gobgp_api, "ipv4-flowspec").contains("203.0.113.0/24")
+    });
+    eprintln!("[test] prefix block → flowspec rule in gobgpd in {} ms", posted.elapsed().as_millis());
+    assert_eq!(via_proxy(proxy_port, "203.0.113.200"), 403);
+    assert_eq!(via_proxy(proxy_port, "198.51.100.1"), 200, "outside the prefix nothing changed");
+    let mut probe =
+        roost_verdicts::Store::new(&roost_verdicts::RedisConfig { url: redis(), prefix, ..Default::default() })
+            .unwrap();
+    let stored = probe.get_override("203.0.113.0/24").unwrap().expect("the override in Redis");
+    assert_eq!((stored.class.as_str(), stored.by.as_str()), ("bad", "ana"));
+
+    // the operator lets one address of it through: the proxy passes it and only it, and the
+    // router no longer diverts a prefix that holds an allowed client
+    post("203.0.113.50", "allow", "our monitoring probe lives there");
+    wait_for(Duration::from_secs(10), "the allowed address to pass", || via_proxy(proxy_port, "203.0.113.50") == 200);
+    assert_eq!(via_proxy(proxy_port, "203.0.113.51"), 403, "its neighbours stay blocked");
+    wait_for(Duration::from_secs(10), "the /24 to leave gobgpd", || {
+        !rib(gobgp_api, "ipv4-flowspec").contains("203.0.113.0/24")
+    });
+
+    // removing the block ends it everywhere
+    post("203.0.113.0/24", "remove", "range handed to a new customer");
+    wait_for(Duration::from_secs(10), "the /24 to pass again", || via_proxy(proxy_port, "203.0.113.51") == 200);
+    assert!(probe.get_override("203.0.113.0/24").unwrap().is_none());
 }

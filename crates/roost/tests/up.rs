@@ -327,15 +327,19 @@ fn demo_appliance_serves_the_proxy_and_the_admin_ui() {
     let log = dir.path().join("access.log");
     std::fs::write(&log, "").unwrap();
     let (proxy_port, app_port, admin_port) = (common::free_port(), common::free_port(), common::free_port());
+    let topics = common::unique("updemo");
     let config = dir.path().join("roost.toml");
     std::fs::write(
         &config,
         format!(
             "[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n[up]\nlisten = \"127.0.0.1:0\"\n\n\
              [proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\nupstreams = [\"127.0.0.1:{app_port}\"]\n\n\
-             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\nusers_file = \"{}/no-such-users.toml\"\n",
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\nusers_file = \"{}/no-such-users.toml\"\n\n\
+             [kafka]\nbrokers = \"{}\"\n[kafka.topics]\nverdicts = \"{topics}-verdicts\"\naudit = \"{topics}-audit\"\n\
+             feeds = \"{topics}-feeds\"\n",
             log.display(),
-            dir.path().display()
+            dir.path().display(),
+            common::kafka(),
         ),
     )
     .unwrap();
@@ -434,6 +438,39 @@ fn demo_appliance_serves_the_proxy_and_the_admin_ui() {
     });
     let page = common::request(admin_port, "GET", "/clients/192.0.2.202", &[("Cookie", cookie.as_str())], "");
     assert!(page.body.contains("challenge(s) shown"), "{}", page.body);
+
+    // a prefix: every client under it is refused at once, judged or not, but the one allowed
+    put_override(
+        r#"{"prefix":"198.51.100.0/24","action":"block","expires_in":"1h","comment":"demo: a hosting range"}"#,
+    );
+    put_override(r#"{"prefix":"198.51.100.9","action":"allow","expires_in":"1h","comment":"demo: our probe"}"#);
+    assert_eq!(through("198.51.100.77").status, 403);
+    assert_eq!(through("198.51.100.9").status, 200);
+
+    // with Kafka configured, the verdicts and the audit log are on the pipeline's topics too
+    let kafka = roost_kafka::KafkaConfig { brokers: common::kafka(), ..Default::default() };
+    let on_topic = |topic: &str, want: &dyn Fn(&str, &str) -> bool| {
+        let f = roost_kafka::Follower::new(&kafka, topic, "up-test").unwrap();
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if let Ok(Some(r)) = f.poll(Duration::from_millis(200)) {
+                let key = String::from_utf8_lossy(&r.key).into_owned();
+                let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
+                if want(&key, &value) {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    assert!(
+        on_topic(&format!("{topics}-verdicts"), &|k, v| k == "192.0.2.201" && v.contains("\"to\":\"bad\"")),
+        "the blocked client's verdict on the verdicts topic"
+    );
+    assert!(
+        on_topic(&format!("{topics}-audit"), &|k, v| k == "192.0.2.201/32" && v.contains("seen abusing the search")),
+        "the override on the audit topic"
+    );
 
     // SIGTERM stops all of it
     let pid = up.child.id().to_string();
