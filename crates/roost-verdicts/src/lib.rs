@@ -373,14 +373,7 @@ impl Store {
                 pipe.ltrim(&hkey, 0, HISTORY_LEN - 1).ignore();
                 pipe.pexpire(&hkey, HISTORY_TTL_MS as i64).ignore();
                 let expires = w.record.expires.map(|e| e.0.to_string()).unwrap_or_default();
-                pipe.cmd("XADD")
-                    .arg(&stream)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(self.cfg.stream_maxlen)
-                    .arg("*")
-                    .arg("subject")
-                    .arg(&w.record.subject)
+                self.announce(&mut pipe, &stream, &w.record.subject)
                     .arg("verdict")
                     .arg(w.record.verdict.as_str())
                     .arg("expires")
@@ -389,6 +382,18 @@ impl Store {
             }
         }
         self.with("writing verdicts", |c| pipe.query::<()>(c))
+    }
+
+    /// Starts a change-stream entry for `subject` in `pipe` (add fields to it).
+    fn announce<'p>(&self, pipe: &'p mut redis::Pipeline, stream: &str, subject: &str) -> &'p mut redis::Pipeline {
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.cfg.stream_maxlen)
+            .arg("*")
+            .arg("subject")
+            .arg(subject)
     }
 
     /// Whether the server is not the one seen last time (restarted, failed over): whatever it
@@ -404,19 +409,29 @@ impl Store {
     /// Every stored verdict, by subject (a full load, as a proxy does at start).
     pub fn load_all(&mut self) -> Result<BTreeMap<String, VerdictRecord>, Error> {
         let pattern = format!("{}v:*", self.cfg.prefix);
-        let keys: Vec<String> =
-            self.with("scanning verdict keys", |c| c.scan_match(&pattern)?.collect::<Result<Vec<String>, _>>())?;
-        let mut out = BTreeMap::new();
+        let all: Vec<VerdictRecord> = self.load_json(&pattern, "scanning verdict keys", "reading verdicts")?;
+        Ok(all.into_iter().map(|r| (r.subject.clone(), r)).collect())
+    }
+
+    /// Every key matching `pattern`, read as JSON (SCAN, then MGET in chunks); keys gone
+    /// meanwhile are skipped, a value that does not read is an error.
+    fn load_json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        pattern: &str,
+        scanning: &'static str,
+        reading: &'static str,
+    ) -> Result<Vec<T>, Error> {
+        let keys: Vec<String> = self.with(scanning, |c| c.scan_match(pattern)?.collect::<Result<Vec<String>, _>>())?;
+        let mut out = Vec::new();
         for chunk in keys.chunks(500) {
-            let values: Vec<Option<String>> = self.with("reading verdicts", |c| c.mget(chunk))?;
+            let values: Vec<Option<String>> = self.with(reading, |c| c.mget(chunk))?;
             for (key, v) in chunk.iter().zip(values) {
                 let Some(v) = v else { continue }; // expired meanwhile
-                let rec: VerdictRecord = serde_json::from_str(&v).map_err(|source| Error::Record {
+                out.push(serde_json::from_str(&v).map_err(|source| Error::Record {
                     url: redact(&self.cfg.url),
                     key: key.clone(),
                     source,
-                })?;
-                out.insert(rec.subject.clone(), rec);
+                })?);
             }
         }
         Ok(out)
@@ -500,17 +515,7 @@ impl Store {
                     pipe.del(&key).ignore();
                 }
             }
-            pipe.cmd("XADD")
-                .arg(&stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.cfg.stream_maxlen)
-                .arg("*")
-                .arg("subject")
-                .arg(prefix)
-                .arg("kind")
-                .arg("override")
-                .ignore();
+            self.announce(&mut pipe, &stream, prefix).arg("kind").arg("override").ignore();
         }
         self.with("writing overrides", |c| pipe.query::<()>(c))
     }
@@ -518,21 +523,7 @@ impl Store {
     /// Every override in force (a full load, as a proxy does at start).
     pub fn load_overrides(&mut self) -> Result<Vec<OverrideEntry>, Error> {
         let pattern = format!("{}o:*", self.cfg.prefix);
-        let keys: Vec<String> =
-            self.with("scanning override keys", |c| c.scan_match(&pattern)?.collect::<Result<Vec<String>, _>>())?;
-        let mut out = Vec::new();
-        for chunk in keys.chunks(500) {
-            let values: Vec<Option<String>> = self.with("reading overrides", |c| c.mget(chunk))?;
-            for (key, v) in chunk.iter().zip(values) {
-                let Some(v) = v else { continue }; // ended meanwhile
-                out.push(serde_json::from_str(&v).map_err(|source| Error::Record {
-                    url: redact(&self.cfg.url),
-                    key: key.clone(),
-                    source,
-                })?);
-            }
-        }
-        Ok(out)
+        self.load_json(&pattern, "scanning override keys", "reading overrides")
     }
 
     /// The override on `prefix`, if one is in force.

@@ -100,26 +100,32 @@ impl RedisMirror {
     }
 }
 
+/// Waits up to 200 ms for batches on `rx` and takes all that wait, keeping `pending` within
+/// `PENDING_MAX` (the oldest dropped and counted). The number dropped; `None` once the senders
+/// are gone and nothing is pending.
+fn gather<T>(rx: &Receiver<Vec<T>>, pending: &mut VecDeque<T>, dropped: &Counter) -> Option<usize> {
+    match rx.recv_timeout(Duration::from_millis(200)) {
+        Ok(b) => pending.extend(b),
+        Err(RecvTimeoutError::Timeout) => {}
+        Err(RecvTimeoutError::Disconnected) if pending.is_empty() => return None,
+        Err(RecvTimeoutError::Disconnected) => {}
+    }
+    while let Ok(b) = rx.try_recv() {
+        pending.extend(b);
+    }
+    let n = pending.len().saturating_sub(PENDING_MAX);
+    pending.drain(..n);
+    dropped.inc_by(n as u64);
+    Some(n)
+}
+
 fn write_loop(mut store: roost_verdicts::Store, rx: Receiver<Vec<Write>>, dropped: Counter, shared: Arc<Shared>) {
     let mut pending: VecDeque<Write> = VecDeque::new();
     let mut resync = false;
     let mut failing_since: Option<Instant> = None;
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(w) => pending.extend(w),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) if pending.is_empty() => return,
-            Err(RecvTimeoutError::Disconnected) => {}
-        }
-        while let Ok(w) = rx.try_recv() {
-            pending.extend(w);
-        }
-        if pending.len() > PENDING_MAX {
-            let n = pending.len() - PENDING_MAX;
-            pending.drain(..n);
-            dropped.inc_by(n as u64);
-            resync = true;
-        }
+        let Some(lost) = gather(&rx, &mut pending, &dropped) else { return };
+        resync |= lost > 0;
         if resync && failing_since.is_none() {
             // the store missed writes: every current verdict again (no announcements)
             let now = super::up::wall_now();
@@ -216,11 +222,7 @@ impl KafkaMirror {
     }
 }
 
-fn kafka_loop(
-    producer: roost_kafka::Producer,
-    rx: Receiver<Vec<TopicRecord>>,
-    dropped: Counter,
-) {
+fn kafka_loop(producer: roost_kafka::Producer, rx: Receiver<Vec<TopicRecord>>, dropped: Counter) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return tracing::error!(error = %e, "no runtime for the Kafka mirror"),
@@ -228,19 +230,8 @@ fn kafka_loop(
     let mut pending: VecDeque<TopicRecord> = VecDeque::new();
     let mut failing_since: Option<Instant> = None;
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(b) => pending.extend(b),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) if pending.is_empty() => return,
-            Err(RecvTimeoutError::Disconnected) => {}
-        }
-        while let Ok(b) = rx.try_recv() {
-            pending.extend(b);
-        }
-        if pending.len() > PENDING_MAX {
-            let n = pending.len() - PENDING_MAX;
-            pending.drain(..n);
-            dropped.inc_by(n as u64);
+        if gather(&rx, &mut pending, &dropped).is_none() {
+            return;
         }
         // in order, one topic at a time: a subject's records keep their order
         while let Some(topic) = pending.front().map(|r| r.0.clone()) {
