@@ -1041,7 +1041,14 @@ fn apply_override(st: &AppState, p: &Principal, from: IpAddr, req: &OverrideRequ
             .parse()
             .map_err(|_| Refusal::Bad(format!("{:?} is not an address or prefix", req.prefix)))?,
     };
-    let net = IpNetwork::new(net.network(), net.prefix()).expect("valid prefix");
+    if let IpNetwork::V6(n) = net
+        && n.network().to_ipv4_mapped().is_some()
+    {
+        return Err(Refusal::Bad(format!("{net} is an IPv4-mapped address: write the IPv4 address or prefix")));
+    }
+    // an IPv6 client is its engine.ipv6_prefix: an override of part of it covers all of it
+    let len = if net.is_ipv6() { net.prefix().min(st.cfg.ipv6_prefix) } else { net.prefix() };
+    let net = IpNetwork::new(net.ip(), len).and_then(|n| IpNetwork::new(n.network(), len)).expect("valid prefix");
     let min = if net.is_ipv4() { st.cfg.min_prefix_v4 } else { st.cfg.min_prefix_v6 };
     if net.prefix() < min {
         return Err(Refusal::Bad(format!("{net} is broader than /{min}, the widest an override may be")));

@@ -1,5 +1,5 @@
-//! The admin's Prometheus metrics (`roost_admin_*`), on its own listener at `/metrics`: counts
-//! only, never a name, address or comment.
+//! The admin's Prometheus metrics (`roost_admin_*`), at `/metrics` on the admin's listener
+//! without signing in: counts only, never a name, address or comment.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

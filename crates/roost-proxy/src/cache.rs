@@ -76,25 +76,24 @@ impl VerdictCache {
     }
 
     /// The client's verdict, unless none or expired at `now` (Unix ms). An override covering
-    /// the client decides first: allow gives none, challenge and block their class.
+    /// the client decides first, with its class (`Good` for allow: the client passes even
+    /// while Redis is unreachable).
     pub fn lookup(&self, ip: IpAddr, now: i64) -> Option<Cached> {
-        if self.any_override.load(Ordering::Relaxed)
-            && let Some(o) = self.override_for(ip, now)
-        {
-            if o.class == Class::Good {
-                return None;
-            }
+        let ip = crate::clientip::canonical(ip);
+        if self.any_override.load(Ordering::Relaxed) {
             let subject = self.subject_of(ip);
-            return Some(match self.map.get(&subject) {
-                Some(e) => Cached { class: o.class, ..e.clone() },
-                None => Cached {
-                    subject: roost_engine::subject_name(subject).into(),
-                    class: o.class,
-                    reputation: 0.0,
-                    at: o.at,
-                    expires: o.until,
-                },
-            });
+            if let Some(o) = self.override_for(subject, now) {
+                return Some(match self.map.get(&subject) {
+                    Some(e) => Cached { class: o.class, ..e.clone() },
+                    None => Cached {
+                        subject: roost_engine::subject_name(subject).into(),
+                        class: o.class,
+                        reputation: 0.0,
+                        at: o.at,
+                        expires: o.until,
+                    },
+                });
+            }
         }
         if self.map.is_empty() {
             return None;
@@ -106,13 +105,11 @@ impl VerdictCache {
         Some(e.clone())
     }
 
-    fn override_for(&self, ip: IpAddr, now: i64) -> Option<CachedOverride> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+    /// The override covering a subject, looked up by its network address as the engine looks
+    /// up its clients' keys (an IPv6 client is its whole prefix).
+    fn override_for(&self, subject: IpNetwork, now: i64) -> Option<CachedOverride> {
         let m = self.overrides.read().expect("overrides lock");
-        let (_, o) = m.get_lpm(&IpNetwork::from(ip))?;
+        let (_, o) = m.get_lpm(&IpNetwork::from(subject.network()))?;
         // one that ended covers nothing; the next sync or sweep removes it
         o.until.is_none_or(|u| u > now).then(|| o.clone())
     }
@@ -298,8 +295,8 @@ mod tests {
         let seen = c.lookup(ip("203.0.113.9"), 1000).unwrap();
         assert_eq!((seen.class, seen.reputation), (Class::Bad, -0.4));
         // the allowed address inside the block, and an allowed client with a bad record, pass
-        assert!(c.lookup(ip("203.0.113.50"), 1000).is_none());
-        assert!(c.lookup(ip("198.51.100.1"), 1000).is_none());
+        assert_eq!(c.lookup(ip("203.0.113.50"), 1000).unwrap().class, Class::Good);
+        assert_eq!(c.lookup(ip("198.51.100.1"), 1000).unwrap().class, Class::Good);
         assert!(c.lookup(ip("::ffff:203.0.113.77"), 1000).is_some(), "IPv4-mapped is the IPv4 client");
         // the block ended: its clients are judged by their own verdicts again
         assert!(c.lookup(ip("203.0.113.77"), 9000).is_none());
@@ -312,5 +309,9 @@ mod tests {
         assert_eq!(c.overrides(), 1);
         assert_eq!(c.lookup(ip("192.0.2.1"), 0).unwrap().class, Class::Dubious);
         assert!(c.lookup(ip("203.0.113.77"), 0).is_none());
+        // an IPv6 client is its /64, as in the engine: an override inside the /64 covers it all
+        c.set_override("2001:db8:1:2::/64".parse().unwrap(), Some(&ov("2001:db8:1:2::/64", Class::Bad, None)));
+        assert_eq!(c.lookup(ip("2001:db8:1:2:aa::1"), 0).unwrap().class, Class::Bad);
+        assert!(c.lookup(ip("2001:db8:1:3::1"), 0).is_none());
     }
 }

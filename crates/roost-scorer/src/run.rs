@@ -164,6 +164,8 @@ pub fn run(
     // the overrides in force, as proxies read them from Redis, and the writes still owed
     let mut in_force: std::collections::BTreeMap<String, OverrideEntry> = Default::default();
     let mut owed: Vec<(String, Option<OverrideEntry>)> = Vec::new();
+    // after a Redis restart: also end the stored overrides that are no longer in force
+    let mut reconcile = false;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let mut n = 0;
@@ -212,15 +214,26 @@ pub fn run(
                 metrics.resyncs.inc();
                 scorer.resync_all();
                 outputs.extend(scorer.take().0);
-                owed = in_force.iter().map(|(k, e)| (k.clone(), Some(e.clone()))).collect();
+                // removals still owed stay owed; everything in force is written again
+                owed.retain(|(_, e)| e.is_none());
+                owed.extend(in_force.iter().map(|(k, e)| (k.clone(), Some(e.clone()))));
+                reconcile = true;
             }
         }
         // overrides first: proxies apply them to every client under them, judged or not
-        if !owed.is_empty() {
-            match store.write_overrides(&owed, wall_now().0) {
+        if !owed.is_empty() || reconcile {
+            let written = store.write_overrides(&owed, wall_now().0).and_then(|()| {
+                if reconcile {
+                    let ended = store.retain_overrides(|p| in_force.contains_key(p), wall_now().0)?;
+                    tracing::info!(ended, "overrides no longer in force removed from Redis");
+                }
+                Ok(())
+            });
+            match written {
                 Ok(()) => {
                     metrics.sink(&metrics.writes, "redis").inc_by(owed.len() as u64);
                     owed.clear();
+                    reconcile = false;
                 }
                 Err(e) => {
                     metrics.sink(&metrics.write_errors, "redis").inc();

@@ -70,7 +70,14 @@ impl Follower {
         let Some(last) = changes.last().map(|c| c.pos) else {
             return Ok(Update::Changed { verdicts, overrides, entries: 0, unreadable, lag_ms: 0 });
         };
-        if self.pos != StreamPos::default() && self.store.first_change()? > self.pos {
+        let trimmed = if self.pos == StreamPos::default() {
+            // the stream was empty at the load: were more added than it holds now?
+            self.store.stream_counts()?.is_some_and(|(added, held)| added > held)
+        } else {
+            // the oldest entry is newer than the position
+            self.store.first_change()? > self.pos
+        };
+        if trimmed {
             // `pos` itself was trimmed, and maybe entries after it that this read cannot return
             tracing::info!(pos = %self.pos, "fell behind the trimmed change stream: loading everything again");
             return self.load();

@@ -526,6 +526,15 @@ impl Store {
         self.load_json(&pattern, "scanning override keys", "reading overrides")
     }
 
+    /// Ends every stored override whose prefix `keep` refuses (a store restored from an old
+    /// snapshot may hold ones removed since); returns how many.
+    pub fn retain_overrides(&mut self, keep: impl Fn(&str) -> bool, now: i64) -> Result<usize, Error> {
+        let stale: Vec<(String, Option<OverrideEntry>)> =
+            self.load_overrides()?.into_iter().filter(|e| !keep(&e.prefix)).map(|e| (e.prefix, None)).collect();
+        self.write_overrides(&stale, now)?;
+        Ok(stale.len())
+    }
+
     /// The override on `prefix`, if one is in force.
     pub fn get_override(&mut self, prefix: &str) -> Result<Option<OverrideEntry>, Error> {
         let key = self.override_key(prefix);
@@ -549,6 +558,25 @@ impl Store {
     pub fn first_change(&mut self) -> Result<StreamPos, Error> {
         let key = self.stream_key();
         self.edge_change(&key, "XRANGE", "-", "+")
+    }
+
+    /// How many entries were ever added to the stream and how many it holds (Redis 7 and
+    /// later; `None` from older servers or when there is no stream yet): a follower that has
+    /// read none while more were added than are held missed trimmed ones.
+    pub fn stream_counts(&mut self) -> Result<Option<(u64, u64)>, Error> {
+        let key = self.stream_key();
+        let info: Option<std::collections::HashMap<String, redis::Value>> =
+            self.with("reading the change stream's info", |c| {
+                match redis::cmd("XINFO").arg("STREAM").arg(&key).query(c) {
+                    Ok(m) => Ok(Some(m)),
+                    Err(e) if e.to_string().contains("no such key") => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })?;
+        let get = |m: &std::collections::HashMap<String, redis::Value>, k: &str| {
+            m.get(k).and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+        };
+        Ok(info.and_then(|m| Some((get(&m, "entries-added")?, get(&m, "length")?))))
     }
 
     fn edge_change(&mut self, key: &str, cmd: &str, a: &str, b: &str) -> Result<StreamPos, Error> {

@@ -80,7 +80,7 @@ impl Metrics {
         );
         r.register(
             "roost_up_kafka_records_dropped",
-            "Verdict and audit records dropped while Kafka was unreachable too long",
+            "Verdict and audit records not written to Kafka (its queue full, or the broker away too long)",
             self.kafka_dropped.clone(),
         );
         r.register("roost_rule_reloads", "Rule-file reloads, by outcome (ok, refused)", self.rule_reloads.clone());

@@ -75,6 +75,9 @@ impl Verdicts {
 pub struct RedisMirror {
     tx: SyncSender<Vec<Write>>,
     store: Mutex<roost_verdicts::Store>,
+    /// Set when a write outside the writer failed (an override): the writer writes everything
+    /// again.
+    resync: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RedisMirror {
@@ -82,11 +85,18 @@ impl RedisMirror {
         let (tx, rx) = std::sync::mpsc::sync_channel(1024);
         let store = roost_verdicts::Store::new(cfg)?;
         let writer = roost_verdicts::Store::new(cfg)?;
+        let resync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r = resync.clone();
         std::thread::Builder::new()
             .name("roost-redis".into())
-            .spawn(move || write_loop(writer, rx, dropped, shared))?;
+            .spawn(move || write_loop(writer, rx, dropped, shared, r))?;
         tracing::info!(url = %roost_verdicts::redact(&cfg.url), "verdicts also written to Redis");
-        Ok(RedisMirror { tx, store: Mutex::new(store) })
+        Ok(RedisMirror { tx, store: Mutex::new(store), resync })
+    }
+
+    /// Has the writer write every verdict and override again.
+    pub fn resync(&self) {
+        self.resync.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn send(&self, writes: Vec<Write>) {
@@ -119,18 +129,31 @@ fn gather<T>(rx: &Receiver<Vec<T>>, pending: &mut VecDeque<T>, dropped: &Counter
     Some(n)
 }
 
-fn write_loop(mut store: roost_verdicts::Store, rx: Receiver<Vec<Write>>, dropped: Counter, shared: Arc<Shared>) {
+fn write_loop(
+    mut store: roost_verdicts::Store,
+    rx: Receiver<Vec<Write>>,
+    dropped: Counter,
+    shared: Arc<Shared>,
+    requested: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut pending: VecDeque<Write> = VecDeque::new();
     let mut resync = false;
     let mut failing_since: Option<Instant> = None;
+    let mut checked = Instant::now();
     loop {
         let Some(lost) = gather(&rx, &mut pending, &dropped) else { return };
-        resync |= lost > 0;
+        resync |= lost > 0 || requested.swap(false, std::sync::atomic::Ordering::Relaxed);
+        if checked.elapsed() >= Duration::from_secs(2) {
+            checked = Instant::now();
+            // a Redis that restarted (or failed over) may have come back empty
+            if store.server_restarted().unwrap_or(false) {
+                tracing::warn!("Redis restarted: writing every current verdict and override again");
+                resync = true;
+            }
+        }
         if resync && failing_since.is_none() {
-            // the store missed writes: every current verdict again (no announcements)
+            // the store missed writes: every override and current verdict again (no announcements)
             let now = super::up::wall_now();
-            let all = shared.verdicts.lock().expect("verdicts lock").current();
-            pending.extend(all.into_iter().map(|record| Write { record, now, announce: false, samples: Vec::new() }));
             let overrides: Vec<(String, Option<OverrideEntry>)> = {
                 let engine = shared.engine.lock().expect("engine lock");
                 engine
@@ -142,10 +165,17 @@ fn write_loop(mut store: roost_verdicts::Store, rx: Receiver<Vec<Write>>, droppe
                     })
                     .collect()
             };
-            if let Err(e) = store.write_overrides(&overrides, now.0) {
-                tracing::warn!(error = %e, "cannot write the overrides to Redis; retrying");
+            let keep: std::collections::HashSet<String> = overrides.iter().map(|(k, _)| k.clone()).collect();
+            let written = store
+                .write_overrides(&overrides, now.0)
+                .and_then(|()| store.retain_overrides(|p| keep.contains(p), now.0));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "cannot write the overrides to Redis; retrying in 2 s");
+                std::thread::sleep(Duration::from_secs(2));
                 continue;
             }
+            let all = shared.verdicts.lock().expect("verdicts lock").current();
+            pending.extend(all.into_iter().map(|record| Write { record, now, announce: false, samples: Vec::new() }));
             resync = false;
         }
         if pending.is_empty() {
@@ -180,6 +210,7 @@ type TopicRecord = (String, Vec<u8>, Option<Vec<u8>>);
 
 pub struct KafkaMirror {
     tx: SyncSender<Vec<TopicRecord>>,
+    dropped: Counter,
     verdicts: String,
     audit: String,
 }
@@ -191,12 +222,13 @@ impl KafkaMirror {
                 tracing::warn!(topic, error = %e, "cannot make sure the topic exists; writing anyway");
             }
         }
-        let producer =
-            roost_kafka::Producer::with(kafka, "roost-up", &[("linger.ms", "5"), ("message.timeout.ms", "0")])?;
+        // sends time out (30 s): an unreachable broker becomes an error the writer retries
+        let producer = roost_kafka::Producer::with(kafka, "roost-up", &[("linger.ms", "5")])?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1024);
-        std::thread::Builder::new().name("roost-kafka".into()).spawn(move || kafka_loop(producer, rx, dropped))?;
+        let d = dropped.clone();
+        std::thread::Builder::new().name("roost-kafka".into()).spawn(move || kafka_loop(producer, rx, d))?;
         tracing::info!(verdicts = %kafka.topics.verdicts, audit = %kafka.topics.audit, "verdicts also written to Kafka");
-        Ok(KafkaMirror { tx, verdicts: kafka.topics.verdicts.clone(), audit: kafka.topics.audit.clone() })
+        Ok(KafkaMirror { tx, dropped, verdicts: kafka.topics.verdicts.clone(), audit: kafka.topics.audit.clone() })
     }
 
     pub fn changes(&self, changes: &[VerdictChange]) {
@@ -215,9 +247,10 @@ impl KafkaMirror {
         self.send(vec![(self.audit.clone(), entry.prefix.clone().into_bytes(), Some(json))]);
     }
 
+    /// Never waits: the engine does not wait on Kafka (a full queue drops, counted).
     fn send(&self, batch: Vec<TopicRecord>) {
         if let Err(TrySendError::Full(b)) = self.tx.try_send(batch) {
-            let _ = self.tx.send(b); // a slow broker slows the scorer rather than losing records
+            self.dropped.inc_by(b.len() as u64);
         }
     }
 }
@@ -321,11 +354,12 @@ impl Backend for UpBackend {
         super::up::record(&self.shared, changes);
         if let Some(r) = self.shared.redis.get() {
             // other proxies following this Redis
-            r.store
-                .lock()
-                .expect("store lock")
-                .write_overrides(&[(name, entry)], super::up::wall_now().0)
-                .map_err(|e| format!("the override is in force here, but not yet in Redis: {e}"))?;
+            r.store.lock().expect("store lock").write_overrides(&[(name, entry)], super::up::wall_now().0).map_err(
+                |e| {
+                    r.resync(); // the writer puts it there once Redis answers
+                    format!("the override is in force here, but not yet in Redis: {e}")
+                },
+            )?;
         }
         Ok(())
     }

@@ -529,4 +529,22 @@ fn a_prefix_override_holds_at_once_in_proxies_and_routers() {
     post("203.0.113.0/24", "remove", "range handed to a new customer");
     wait_for(Duration::from_secs(10), "the /24 to pass again", || via_proxy(proxy_port, "203.0.113.51") == 200);
     assert!(probe.get_override("203.0.113.0/24").unwrap().is_none());
+
+    // an IPv6 client is its /64 (engine.ipv6_prefix): an override of one address covers the /64
+    post("2001:db8:5:6::9", "block", "an IPv6 client");
+    wait_for(Duration::from_secs(10), "the proxy to refuse the client's /64", || {
+        via_proxy(proxy_port, "2001:db8:5:6:aa::1") == 403
+    });
+    assert_eq!(via_proxy(proxy_port, "2001:db8:5:7::1"), 200);
+    assert!(probe.get_override("2001:db8:5:6::/64").unwrap().is_some());
+    // an IPv4-mapped prefix names nothing anyone is judged by: refused
+    let body = serde_json::json!({ "prefix": "::ffff:203.0.113.0/120", "action": "block", "comment": "mapped" });
+    let r = request(
+        port,
+        "POST",
+        "/api/v1/overrides",
+        &[("Cookie", &cookie), ("Content-Type", "application/json"), ("X-CSRF-Token", &csrf)],
+        &body.to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
 }
