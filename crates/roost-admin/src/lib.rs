@@ -104,6 +104,11 @@ pub trait Backend: Send + Sync + 'static {
     fn proxy_outcomes(&self, _subject: &str) -> Option<roost_verdicts::ProxyOutcomes> {
         None
     }
+    /// The overrides in force as the proxies hold them (for error-page references of clients
+    /// an override alone refuses).
+    fn overrides(&self) -> Vec<roost_verdicts::OverrideEntry> {
+        Vec::new()
+    }
 }
 
 /// What [`Backend::verdict_updates`] gives.
@@ -195,6 +200,10 @@ impl Backend for Distributed {
 
     fn proxy_outcomes(&self, subject: &str) -> Option<roost_verdicts::ProxyOutcomes> {
         self.store.lock().expect("store lock").outcomes(subject).ok().flatten()
+    }
+
+    fn overrides(&self) -> Vec<roost_verdicts::OverrideEntry> {
+        self.store.lock().expect("store lock").load_overrides().unwrap_or_default()
     }
 
     fn apply_override(&self, prefix: IpNetwork, ov: Option<Override>) -> Result<(), String> {
@@ -1198,7 +1207,28 @@ fn find_reference(st: &AppState, reference: &str) -> Result<Option<Item>, Refusa
         return Err(Refusal::Bad("a reference is 10 letters and digits".into()));
     }
     let all = verdicts(st)?;
-    Ok(all.iter().find(|i| signer.reference(&i.record.subject, i.record.at.0) == want).map(|i| Item::clone(i)))
+    if let Some(i) = all.iter().find(|i| signer.reference(&i.record.subject, i.record.at.0) == want) {
+        return Ok(Some(Item::clone(i)));
+    }
+    // a client refused by an override alone: the proxies name the override's prefix
+    let found = st.backend.overrides().into_iter().find(|o| signer.reference(&o.prefix, o.at.0) == want);
+    Ok(found.map(|o| Item {
+        record: VerdictRecord {
+            v: 1,
+            reasons: vec![format!("override by {}: {}", o.by, o.comment)],
+            subject: o.prefix,
+            verdict: o.class,
+            reputation: 0.0,
+            at: o.at,
+            expires: o.until,
+            requests: 0,
+        },
+        country: None,
+        asn: None,
+        as_org: None,
+        rules: Vec::new(),
+        feeds: Vec::new(),
+    }))
 }
 
 async fn api_reference(State(st): State<Arc<AppState>>, h: HeaderMap, Path(reference): Path<String>) -> Response {

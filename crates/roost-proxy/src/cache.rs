@@ -30,9 +30,23 @@ pub struct Cached {
 /// An operator's override as the proxy applies it.
 #[derive(Clone, Debug, PartialEq)]
 struct CachedOverride {
+    /// Its prefix as the engine names it: the subject of an error page's reference for a
+    /// client the override alone refuses.
+    prefix: Arc<str>,
     class: Class,
     at: i64,
     until: Option<i64>,
+}
+
+impl CachedOverride {
+    fn of(prefix: IpNetwork, e: &OverrideEntry) -> CachedOverride {
+        CachedOverride {
+            prefix: roost_engine::subject_name(prefix).into(),
+            class: e.class,
+            at: e.at.0,
+            until: e.until.map(|u| u.0),
+        }
+    }
 }
 
 /// Verdicts by subject (an IPv4 address, or an IPv6 prefix of `ipv6_prefix` bits), and
@@ -86,7 +100,7 @@ impl VerdictCache {
                 return Some(match self.map.get(&subject) {
                     Some(e) => Cached { class: o.class, ..e.clone() },
                     None => Cached {
-                        subject: roost_engine::subject_name(subject).into(),
+                        subject: o.prefix.clone(),
                         class: o.class,
                         reputation: 0.0,
                         at: o.at,
@@ -120,7 +134,7 @@ impl VerdictCache {
         let mut m = self.overrides.write().expect("overrides lock");
         match e {
             Some(e) => {
-                m.insert(prefix, CachedOverride { class: e.class, at: e.at.0, until: e.until.map(|u| u.0) });
+                m.insert(prefix, CachedOverride::of(prefix, e));
             }
             None => {
                 m.remove(&prefix);
@@ -135,7 +149,7 @@ impl VerdictCache {
         for e in entries {
             if let Ok(n) = parse_subject(&e.prefix) {
                 let n = IpNetwork::new(n.network(), n.prefix()).unwrap_or(n);
-                m.insert(n, CachedOverride { class: e.class, at: e.at.0, until: e.until.map(|u| u.0) });
+                m.insert(n, CachedOverride::of(n, e));
             }
         }
         let mut cur = self.overrides.write().expect("overrides lock");
@@ -288,9 +302,13 @@ mod tests {
         c.set_override("203.0.113.0/24".parse().unwrap(), Some(&ov("203.0.113.0/24", Class::Bad, Some(9000))));
         c.set_override("203.0.113.50/32".parse().unwrap(), Some(&ov("203.0.113.50", Class::Good, None)));
         c.set_override("198.51.100.1/32".parse().unwrap(), Some(&ov("198.51.100.1", Class::Good, None)));
-        // a client never judged, under the block: bad, named as itself, until the block ends
+        // a client never judged, under the block: bad, named by the block (its error page's
+        // reference leads to the override), until the block ends
         let unseen = c.lookup(ip("203.0.113.77"), 1000).unwrap();
-        assert_eq!((unseen.class, &*unseen.subject, unseen.expires), (Class::Bad, "203.0.113.77", Some(9000)));
+        assert_eq!(
+            (unseen.class, &*unseen.subject, unseen.at, unseen.expires),
+            (Class::Bad, "203.0.113.0/24", 500, Some(9000))
+        );
         // a judged one keeps its own record's details with the override's class
         let seen = c.lookup(ip("203.0.113.9"), 1000).unwrap();
         assert_eq!((seen.class, seen.reputation), (Class::Bad, -0.4));

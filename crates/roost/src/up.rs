@@ -131,6 +131,8 @@ pub(crate) struct Shared {
     pub(crate) kafka: std::sync::OnceLock<crate::up_store::KafkaMirror>,
     /// The in-process proxy's verdict cache.
     pub(crate) cache: std::sync::OnceLock<Arc<roost_proxy::cache::VerdictCache>>,
+    /// The overrides as the in-process proxy holds them (the admin resolves their references).
+    pub(crate) overrides: Mutex<std::collections::HashMap<String, roost_verdicts::OverrideEntry>>,
     proxy_health: std::sync::OnceLock<roost_proxy::UpstreamHealth>,
     /// The in-process proxy's challenge outcomes per client.
     pub(crate) outcomes: std::sync::OnceLock<Arc<roost_proxy::outcomes::Outcomes>>,
@@ -207,6 +209,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         redis: std::sync::OnceLock::new(),
         kafka: std::sync::OnceLock::new(),
         cache: std::sync::OnceLock::new(),
+        overrides: Mutex::new(Default::default()),
         proxy_health: std::sync::OnceLock::new(),
         outcomes: std::sync::OnceLock::new(),
     });

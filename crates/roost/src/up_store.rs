@@ -340,6 +340,13 @@ impl Backend for UpBackend {
         if let Some(c) = self.shared.cache.get() {
             c.set_override(prefix, entry.as_ref());
         }
+        {
+            let mut held = self.shared.overrides.lock().expect("overrides lock");
+            match &entry {
+                Some(e) => held.insert(name.clone(), e.clone()),
+                None => held.remove(&name),
+            };
+        }
         if let Some(bgp) = self.shared.bgp.get() {
             let _ = bgp.send(crate::bgp::Input::Override(prefix, ov.clone()));
         }
@@ -366,6 +373,12 @@ impl Backend for UpBackend {
 
     fn proxy_outcomes(&self, subject: &str) -> Option<roost_verdicts::ProxyOutcomes> {
         self.shared.outcomes.get()?.get(subject)
+    }
+
+    fn overrides(&self) -> Vec<OverrideEntry> {
+        let now = super::up::wall_now();
+        let held = self.shared.overrides.lock().expect("overrides lock");
+        held.values().filter(|e| e.until.is_none_or(|u| u > now)).cloned().collect()
     }
 
     fn health(&self) -> Option<Health> {

@@ -508,8 +508,16 @@ fn a_prefix_override_holds_at_once_in_proxies_and_routers() {
         rib(gobgp_api, "ipv4-flowspec").contains("203.0.113.0/24")
     });
     eprintln!("[test] prefix block → flowspec rule in gobgpd in {} ms", posted.elapsed().as_millis());
-    assert_eq!(via_proxy(proxy_port, "203.0.113.200"), 403);
     assert_eq!(via_proxy(proxy_port, "198.51.100.1"), 200, "outside the prefix nothing changed");
+    // the error page's reference leads the admin to the override that refused the client
+    let page = request(proxy_port, "GET", "/healthz", &[("X-Forwarded-For", "203.0.113.200")], "");
+    assert_eq!(page.status, 403);
+    let reference = page.body.split("<code>").nth(1).and_then(|s| s.split("</code>").next()).unwrap().to_owned();
+    let found = request(port, "GET", &format!("/api/v1/references/{reference}"), &[("Cookie", &cookie)], "");
+    assert_eq!(found.status, 200, "{}", found.body);
+    let found: serde_json::Value = serde_json::from_str(&found.body).unwrap();
+    assert_eq!(found["subject"], "203.0.113.0/24");
+    assert_eq!(found["reasons"][0], "override by ana: hosting range sending the credential stuffing");
     let mut probe =
         roost_verdicts::Store::new(&roost_verdicts::RedisConfig { url: redis(), prefix, ..Default::default() })
             .unwrap();
