@@ -238,8 +238,18 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
             LogStart::Beginning => Start::Beginning,
         };
         let poll = cfg.up.poll_interval;
+        // Opened (and, for `start = "end"`, their ends noted) before the API is announced: a
+        // line written after "roost up: API … on" is always read.
+        let mut tail = match Tail::new(&src.path, start) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(path = %src.path, error = %e, "bad log path pattern; not following it");
+                continue;
+            }
+        };
+        tail.rescan();
         threads.push(
-            std::thread::Builder::new().name("roost-tail".into()).spawn(move || tail_loop(src, start, poll, tx, sh))?,
+            std::thread::Builder::new().name("roost-tail".into()).spawn(move || tail_loop(src, tail, poll, tx, sh))?,
         );
     }
     if args.demo {
@@ -409,18 +419,11 @@ pub(crate) async fn shutdown_signal() {
 
 fn tail_loop(
     src: LogSource,
-    start: Start,
+    mut tail: Tail,
     poll: Duration,
     tx: SyncSender<Vec<RequestEvent<'static>>>,
     sh: Arc<Shared>,
 ) {
-    let mut tail = match Tail::new(&src.path, start) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(path = %src.path, error = %e, "bad log path pattern; not following it");
-            return;
-        }
-    };
     let mut parser: Option<Parser> = match src.format.format {
         FormatKind::Auto => None,
         _ => match Parser::from_config(&src.format) {
@@ -433,12 +436,12 @@ fn tail_loop(
     };
     let mut undetected: Vec<String> = Vec::new();
     let mut errors_logged = 0u64;
-    let mut last_scan: Option<Instant> = None;
+    let mut last_scan = Instant::now(); // the caller scanned first
     tracing::info!(path = %src.path, format = ?src.format.format, "following access log");
     while !sh.stop.load(Ordering::Relaxed) {
-        if last_scan.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+        if last_scan.elapsed() >= Duration::from_secs(5) {
             tail.rescan();
-            last_scan = Some(Instant::now());
+            last_scan = Instant::now();
         }
         let mut batch = Vec::new();
         let mut handle = |parser: &Parser,
