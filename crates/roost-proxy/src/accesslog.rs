@@ -69,13 +69,14 @@ impl AccessLog {
         AccessLog { tx: None, metrics }
     }
 
-    /// Appends to `path` (created if missing; reopened when it is rotated away).
-    pub fn open(path: PathBuf, metrics: Arc<Metrics>) -> std::io::Result<AccessLog> {
+    /// Appends to `path` (created if missing; reopened when it is rotated away). The file is
+    /// opened now; its writer thread starts when the returned [`Writer`] is started (entries
+    /// wait in the queue until then).
+    pub fn open(path: PathBuf, metrics: Arc<Metrics>) -> std::io::Result<(AccessLog, Writer)> {
         let file = open(&path)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
         let m = metrics.clone();
-        std::thread::Builder::new().name("roost-proxy-log".into()).spawn(move || writer(path, file, rx, &m))?;
-        Ok(AccessLog { tx: Some(tx), metrics })
+        Ok((AccessLog { tx: Some(tx), metrics }, Writer { path, file, rx, metrics: m }))
     }
 
     pub fn enabled(&self) -> bool {
@@ -91,6 +92,23 @@ impl AccessLog {
                 }
             }
         }
+    }
+}
+
+/// The access log's writer, not started yet.
+pub struct Writer {
+    path: PathBuf,
+    file: std::fs::File,
+    rx: Receiver<Entry>,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    /// Starts the writer thread; it ends when every [`AccessLog`] handle is gone.
+    pub fn start(self) -> std::io::Result<()> {
+        let Writer { path, file, rx, metrics } = self;
+        std::thread::Builder::new().name("roost-proxy-log".into()).spawn(move || writer(path, file, rx, &metrics))?;
+        Ok(())
     }
 }
 

@@ -178,16 +178,17 @@ pub fn build(
     };
     let cache = Arc::new(VerdictCache::new(ipv6_prefix));
     let outcomes = Arc::new(crate::outcomes::Outcomes::default());
-    let stop = Arc::new(AtomicBool::new(false));
+    let threads = Threads::default();
     match verdicts {
         Verdicts::Redis(redis) if redis.url.is_empty() => {
             tracing::warn!("redis.url is empty: no verdicts; every client follows proxy.unknown");
         }
         Verdicts::Redis(redis) => {
-            let _outcomes = crate::outcomes::spawn_flush(redis.clone(), outcomes.clone(), stop.clone())
-                .map_err(|e| Error::Start(format!("the outcomes thread: {e}")))?;
-            let _follower = crate::sync::spawn(redis, cache.clone(), metrics.clone(), stop.clone())
-                .map_err(|e| Error::Start(format!("the Redis follower thread: {e}")))?;
+            let (o, c, m) = (outcomes.clone(), cache.clone(), metrics.clone());
+            let r = redis.clone();
+            threads
+                .add("the challenge outcomes thread", move |stop| crate::outcomes::spawn_flush(r, o, stop).map(drop));
+            threads.add("the Redis follower thread", move |stop| crate::sync::spawn(redis, c, m, stop).map(drop));
         }
         Verdicts::Fed => {
             metrics.redis_up.set(1);
@@ -196,11 +197,10 @@ pub fn build(
     let log = if cfg.access_log.is_empty() {
         AccessLog::off(metrics.clone())
     } else {
-        AccessLog::open(cfg.access_log.clone().into(), metrics.clone()).map_err(|source| Error::File {
-            what: "access log",
-            path: cfg.access_log.clone(),
-            source,
-        })?
+        let (log, writer) = AccessLog::open(cfg.access_log.clone().into(), metrics.clone())
+            .map_err(|source| Error::File { what: "access log", path: cfg.access_log.clone(), source })?;
+        threads.add("the access log writer", move |_| writer.start());
+        log
     };
     let mut conf = ServerConf {
         threads: if cfg.threads == 0 {
@@ -301,9 +301,44 @@ pub fn build(
         metrics = %if listener { cfg.metrics_listen.to_string() } else { "in process".into() },
         "roost proxy: serving"
     );
+    server.add_service(background_service("roost proxy threads", threads));
     server.add_service(health);
     server.add_service(svc);
     Ok(Proxy { server, cache, outcomes, metrics, upstreams })
+}
+
+type Starter = Box<dyn FnOnce(Arc<AtomicBool>) -> std::io::Result<()> + Send>;
+
+/// The proxy's own threads (the Redis follower, the outcome flusher, the access-log writer),
+/// started as a pingora background service: that is after pingora has daemonized (`--daemon`
+/// forks, and a fork keeps only the thread that called it), and they are told to stop when the
+/// server shuts down.
+#[derive(Default)]
+struct Threads {
+    starters: std::sync::Mutex<Vec<(&'static str, Starter)>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Threads {
+    fn add(&self, what: &'static str, start: impl FnOnce(Arc<AtomicBool>) -> std::io::Result<()> + Send + 'static) {
+        self.starters.lock().expect("threads lock").push((what, Box::new(start)));
+    }
+}
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for Threads {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let starters = std::mem::take(&mut *self.starters.lock().expect("threads lock"));
+        for (what, start) in starters {
+            if let Err(e) = start(self.stop.clone()) {
+                // without its follower the proxy would serve on with no verdicts
+                tracing::error!(error = %e, "cannot start {what}; exiting");
+                std::process::exit(1);
+            }
+        }
+        let _ = shutdown.changed().await;
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The signing secret: `proxy.challenge.secret_file`, or a random one for this process.

@@ -137,7 +137,8 @@ enum Command {
         /// with --upgrade, then send the old one SIGQUIT).
         #[arg(long)]
         upgrade: bool,
-        /// Run in the background.
+        /// Fork into the background once the configuration is checked; the PID goes to
+        /// proxy.pid_file, logs to the stderr the proxy was started with.
         #[arg(long)]
         daemon: bool,
     },

@@ -2,7 +2,9 @@
 //! daemons (built-in, or a directory that is watched for changes).
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use roost_engine::{EngineConfig, Scoring};
@@ -73,6 +75,75 @@ pub fn list(cfg: &RulesConfig, dir: Option<&Path>) -> anyhow::Result<String> {
         ));
     }
     Ok(out)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// `roost_rules` and `roost_rule_reloads_total{outcome}`, on every process that scores.
+#[derive(Clone, Default)]
+pub struct RuleMetrics {
+    rules: prometheus_client::metrics::gauge::Gauge,
+    reloads: prometheus_client::metrics::family::Family<OutcomeLabel, prometheus_client::metrics::counter::Counter>,
+}
+
+impl RuleMetrics {
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register("roost_rules", "Known-bad rules in force", self.rules.clone());
+        r.register("roost_rule_reloads", "Rule-file reloads, by outcome (ok, refused)", self.reloads.clone());
+    }
+
+    pub fn in_force(&self, set: &RuleSet) {
+        self.rules.set(set.rules().len() as i64);
+    }
+}
+
+/// Follows `rules.dir` (when set) every half second, and at once when `force` is raised
+/// (SIGHUP): a new set that lints goes into `handle` between two requests; one that does not is
+/// refused and logged, and the running set stays. Returns `None` with the built-in rules.
+pub fn spawn_watch(
+    cfg: &RulesConfig,
+    handle: roost_rules::RulesHandle,
+    metrics: RuleMetrics,
+    force: Arc<AtomicBool>,
+    stopped: impl Fn() -> bool + Send + 'static,
+) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
+    let Some(mut watcher) = Watcher::new(cfg) else { return Ok(None) };
+    let t = std::thread::Builder::new().name("roost-rules".into()).spawn(move || {
+        while !stopped() {
+            match watcher.poll(force.swap(false, Ordering::Relaxed)) {
+                Some(Ok(set)) => {
+                    tracing::info!(
+                        version = set.version(),
+                        rules = set.rules().len(),
+                        "rule files changed; new rules in force"
+                    );
+                    metrics.reloads.get_or_create(&OutcomeLabel { outcome: "ok" }).inc();
+                    metrics.in_force(&set);
+                    handle.store(Arc::new(set));
+                }
+                Some(Err(())) => {
+                    metrics.reloads.get_or_create(&OutcomeLabel { outcome: "refused" }).inc();
+                }
+                None => {}
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })?;
+    Ok(Some(t))
+}
+
+/// Raises `force` on every SIGHUP (a task on the caller's Tokio runtime).
+pub fn reload_on_sighup(force: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading rule files");
+            force.store(true, Ordering::Relaxed);
+        }
+    });
 }
 
 /// Watches a rule directory and hands out a new rule set when its files change.

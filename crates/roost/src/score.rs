@@ -20,11 +20,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     let rule_set = crate::rules::compile(&cfg.rules, None)?;
     tracing::info!(version = rule_set.version(), rules = rule_set.rules().len(), "known-bad rules loaded");
+    let rule_metrics = crate::rules::RuleMetrics::default();
+    rule_metrics.in_force(&rule_set);
     let rules = roost_rules::handle(rule_set);
     let enrich = crate::feeds::Enrichment::new(&cfg, roost_feeds::FeedIndex::default())?;
     let mut registry = Registry::default();
     let metrics = Arc::new(roost_scorer::Metrics::default());
     metrics.register(&mut registry);
+    rule_metrics.register(&mut registry);
     let feed_metrics = crate::feeds::FeedMetrics::default();
     feed_metrics.register(&mut registry);
     let stop = Arc::new(AtomicBool::new(false));
@@ -36,6 +39,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         feed_metrics,
         stop.clone(),
     )?];
+    // every partition's engine reads the same handle: a reload is in force for all of them
+    let reload_rules = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    threads.extend(crate::rules::spawn_watch(
+        &cfg.rules,
+        rules.clone(),
+        rule_metrics,
+        reload_rules.clone(),
+        move || s.load(Ordering::Relaxed),
+    )?);
     let (engine_cfg, max_clients) = (cfg.engine.clone(), cfg.rules.max_clients);
     // validated once here, so the factory cannot fail later
     Engine::new(engine_cfg.clone())?;
@@ -73,6 +86,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .route("/metrics", axum::routing::get(move || std::future::ready(crate::up::encode_metrics(&registry))));
         let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
         tracing::info!(group = %cfg.score.group, "roost score: /metrics on http://{listen}");
+        crate::rules::reload_on_sighup(reload_rules);
         let server = tokio::spawn(async move { axum::serve(l, app).await });
         let watch = async {
             while !stop2.load(Ordering::Relaxed) {

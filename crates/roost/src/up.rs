@@ -44,10 +44,6 @@ const BATCH: usize = 1024;
 struct KindLabel {
     kind: String,
 }
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
-    outcome: String,
-}
 
 #[derive(Default)]
 struct Metrics {
@@ -55,10 +51,9 @@ struct Metrics {
     parse_errors: Family<KindLabel, Counter>,
     events: Counter,
     rotations: Counter,
-    rules: Gauge,
+    rules: crate::rules::RuleMetrics,
     redis_dropped: Counter,
     kafka_dropped: Counter,
-    rule_reloads: Family<OutcomeLabel, Counter>,
     population: roost_scorer::PopulationMetrics,
     drop_state: Gauge,
     drop_short: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -72,7 +67,7 @@ impl Metrics {
         r.register("roost_log_parse_errors", "Access-log lines that did not parse, by kind", self.parse_errors.clone());
         r.register("roost_log_rotations", "Log rotations and truncations followed", self.rotations.clone());
         r.register("roost_events", "Requests scored", self.events.clone());
-        r.register("roost_rules", "Known-bad rules in force", self.rules.clone());
+        self.rules.register(r);
         r.register(
             "roost_up_redis_writes_dropped",
             "Verdict writes dropped while Redis was unreachable too long (a full rewrite follows)",
@@ -83,7 +78,6 @@ impl Metrics {
             "Verdict and audit records not written to Kafka (its queue full, or the broker away too long)",
             self.kafka_dropped.clone(),
         );
-        r.register("roost_rule_reloads", "Rule-file reloads, by outcome (ok, refused)", self.rule_reloads.clone());
         self.population.register(r);
         r.register(
             "roost_reputation_drop_state",
@@ -117,7 +111,7 @@ pub(crate) struct Shared {
     demo_running: AtomicBool,
     stop: AtomicBool,
     /// Set by SIGHUP: reload the rule files now.
-    reload_rules: AtomicBool,
+    reload_rules: Arc<AtomicBool>,
     /// The average-reputation drop signal.
     pub(crate) drop: Mutex<DropDetector>,
     /// (Unix s, request-weighted mean reputation), sampled with the drop signal: the admin
@@ -157,14 +151,13 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
     let mut engine = Engine::new(cfg.engine.clone())?;
     let rule_set = crate::rules::compile(&cfg.rules, None)?;
     tracing::info!(version = rule_set.version(), rules = rule_set.rules().len(), "known-bad rules loaded");
-    let n_rules = rule_set.rules().len();
+    let metrics = Metrics::default();
+    metrics.rules.in_force(&rule_set);
     let rules = roost_rules::handle(rule_set);
     engine.add_inspector(Box::new(roost_rules::RulesInspector::new(rules.clone(), cfg.rules.max_clients)));
     let feed_defs = crate::feeds::definitions(&cfg.feeds)?;
     let enrich = crate::feeds::Enrichment::new(&cfg, roost_feeds::FeedIndex::default())?;
     enrich.attach(&mut engine);
-    let metrics = Metrics::default();
-    metrics.rules.set(n_rules as i64);
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let feed_metrics = crate::feeds::FeedMetrics::default();
@@ -195,7 +188,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         registry,
         demo_running: AtomicBool::new(args.demo),
         stop: AtomicBool::new(false),
-        reload_rules: AtomicBool::new(false),
+        reload_rules: Arc::default(),
         drop: Mutex::new(DropDetector::new(cfg.alert.drop.clone())),
         alert: cfg.alert.clone(),
         admin_url: if cfg.alert.admin_url.is_empty() {
@@ -257,29 +250,16 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         threads.push(std::thread::Builder::new().name("roost-demo".into()).spawn(move || demo_loop(tx, sh))?);
     }
     drop(tx);
-    if let Some(mut watcher) = crate::rules::Watcher::new(&cfg.rules) {
+    {
         let sh = shared.clone();
-        threads.push(std::thread::Builder::new().name("roost-rules".into()).spawn(move || {
-            while !sh.stop.load(Ordering::Relaxed) {
-                match watcher.poll(sh.reload_rules.swap(false, Ordering::Relaxed)) {
-                    Some(Ok(set)) => {
-                        tracing::info!(
-                            version = set.version(),
-                            rules = set.rules().len(),
-                            "rule files changed; new rules in force"
-                        );
-                        sh.metrics.rule_reloads.get_or_create(&OutcomeLabel { outcome: "ok".into() }).inc();
-                        sh.metrics.rules.set(set.rules().len() as i64);
-                        rules.store(Arc::new(set));
-                    }
-                    Some(Err(())) => {
-                        sh.metrics.rule_reloads.get_or_create(&OutcomeLabel { outcome: "refused".into() }).inc();
-                    }
-                    None => {}
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        })?);
+        let watch = crate::rules::spawn_watch(
+            &cfg.rules,
+            rules,
+            shared.metrics.rules.clone(),
+            shared.reload_rules.clone(),
+            move || sh.stop.load(Ordering::Relaxed),
+        )?;
+        threads.extend(watch);
     }
     threads.push(crate::feeds::spawn_sync(
         &cfg,
@@ -383,17 +363,7 @@ async fn serve(listen: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     tracing::info!("roost up: API and /metrics on http://{}", listener.local_addr()?);
-    #[cfg(unix)]
-    {
-        let sh = app_state.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading rule files");
-                sh.reload_rules.store(true, Ordering::Relaxed);
-            }
-        });
-    }
+    crate::rules::reload_on_sighup(app_state.reload_rules.clone());
     if app_state.alert.enabled {
         tokio::spawn(sample_drop_signal(app_state.clone()));
     }

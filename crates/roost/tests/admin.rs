@@ -485,7 +485,7 @@ fn a_prefix_override_holds_at_once_in_proxies_and_routers() {
     let me: serde_json::Value =
         serde_json::from_str(&request(port, "GET", "/api/v1/me", &[("Cookie", &cookie)], "").body).unwrap();
     let csrf = me["csrf"].as_str().unwrap().to_owned();
-    let post = |prefix: &str, action: &str, comment: &str| {
+    let post_status = |prefix: &str, action: &str, comment: &str| {
         let body = serde_json::json!({ "prefix": prefix, "action": action, "expires_in": "1h", "comment": comment });
         let r = request(
             port,
@@ -494,7 +494,11 @@ fn a_prefix_override_holds_at_once_in_proxies_and_routers() {
             &[("Cookie", &cookie), ("Content-Type", "application/json"), ("X-CSRF-Token", &csrf)],
             &body.to_string(),
         );
-        assert_eq!(r.status, 201, "{}", r.body);
+        (r.status, r.body)
+    };
+    let post = |prefix: &str, action: &str, comment: &str| {
+        let (status, body) = post_status(prefix, action, comment);
+        assert_eq!(status, 201, "{body}");
     };
 
     let posted = std::time::Instant::now();
@@ -546,13 +550,6 @@ fn a_prefix_override_holds_at_once_in_proxies_and_routers() {
     assert_eq!(via_proxy(proxy_port, "2001:db8:5:7::1"), 200);
     assert!(probe.get_override("2001:db8:5:6::/64").unwrap().is_some());
     // an IPv4-mapped prefix names nothing anyone is judged by: refused
-    let body = serde_json::json!({ "prefix": "::ffff:203.0.113.0/120", "action": "block", "comment": "mapped" });
-    let r = request(
-        port,
-        "POST",
-        "/api/v1/overrides",
-        &[("Cookie", &cookie), ("Content-Type", "application/json"), ("X-CSRF-Token", &csrf)],
-        &body.to_string(),
-    );
-    assert_eq!(r.status, 400, "{}", r.body);
+    let (status, body) = post_status("::ffff:203.0.113.0/120", "block", "mapped");
+    assert_eq!(status, 400, "{body}");
 }

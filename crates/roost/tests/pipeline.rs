@@ -565,3 +565,60 @@ fn a_redis_restart_gets_every_verdict_rewritten_and_nothing_crashes() {
     assert!(scorer.running(), "the scorer survived Redis going away");
     assert!(metric(score_port, "roost_score_redis_resyncs_total").unwrap_or(0.0) >= 1.0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// roost score: rule files edited while it runs
+
+/// The verdict and reasons Redis holds for `ip`.
+fn redis_verdict(store: &mut Store, ip: &str) -> Option<(String, String)> {
+    let all = store.load_all().ok()?;
+    all.get(ip).map(|v| (v.verdict.to_string(), v.reasons.join("; ")))
+}
+
+#[test]
+fn a_scorer_takes_edited_rules_up_without_a_restart_and_reloads_on_sighup() {
+    let s = Setup::new("score-rules");
+    let rules = s.path("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(rules.join("site.toml"), RULES_V1).unwrap();
+    let tail_cfg = s.config("tail", &["access.log"], free_port());
+    let port = free_port();
+    let score_cfg = s.config("score", &[], port);
+    append(&score_cfg, &format!("[rules]\ndir = \"{}\"\n", rules.display()));
+    let log = s.path("access.log");
+    append(&log, &clf_line("198.51.100.31", "GET", "/probe-a", 404, "curl/8", unix_now()));
+    let _tail = Proc::roost("tail", &tail_cfg, "tail");
+    let mut scorer = Proc::roost("score", &score_cfg, "score");
+    let reloads = |outcome: &str| metric(port, &format!("roost_rule_reloads_total{{outcome=\"{outcome}\"}}"));
+    wait_for(Duration::from_secs(60), "T-1 to challenge its prober", || {
+        redis_verdict(&mut s.store(), "198.51.100.31").is_some_and(|(v, r)| v == "dubious" && r.contains("T-1"))
+    });
+    assert_eq!(metric(port, "roost_rules"), Some(2.0));
+
+    // a rule added: in force without a restart, for every partition
+    std::fs::write(rules.join("site.toml"), format!("{RULES_V1}{RULE_T2}")).unwrap();
+    wait_for(Duration::from_secs(10), "the reload", || reloads("ok") == Some(1.0));
+    assert_eq!(metric(port, "roost_rules"), Some(3.0));
+    for ip in ["198.51.100.32", "198.51.100.33", "198.51.100.34", "198.51.100.35"] {
+        append(&log, &clf_line(ip, "GET", "/probe-b", 404, "curl/8", unix_now()));
+    }
+    wait_for(Duration::from_secs(30), "T-2 to challenge its probers", || {
+        let mut store = s.store();
+        ["198.51.100.32", "198.51.100.33", "198.51.100.34", "198.51.100.35"].iter().all(|ip| {
+            redis_verdict(&mut store, ip)
+                .is_some_and(|(v, r)| v == "dubious" && r.contains("T-2") && r.contains("(3 rules)"))
+        })
+    });
+
+    // a broken edit is refused and the rules in force stay; mending it is taken up
+    std::fs::write(rules.join("broken.toml"), "[[rule]]\nid = \"X\"\nmatch.path = ['(']\n").unwrap();
+    wait_for(Duration::from_secs(10), "the refusal", || reloads("refused") == Some(1.0));
+    assert_eq!(metric(port, "roost_rules"), Some(3.0));
+    std::fs::remove_file(rules.join("broken.toml")).unwrap();
+    wait_for(Duration::from_secs(10), "the mended set", || reloads("ok") == Some(2.0));
+
+    // SIGHUP reloads at once, and does not stop the scorer
+    assert!(Command::new("kill").args(["-HUP", &scorer.pid().to_string()]).status().unwrap().success());
+    wait_for(Duration::from_secs(10), "the reload SIGHUP asked for", || reloads("ok") == Some(3.0));
+    assert!(scorer.running(), "SIGHUP does not stop roost score");
+}

@@ -50,7 +50,9 @@ fn upstream(dir: &Path) -> (Proc, u16) {
 
 struct Waffles {
     cfg: PathBuf,
+    /// The process started (with `--daemon`, it has exited and `daemon` is the one serving).
     _proc: Proc,
+    daemon: Option<u32>,
     _upstream: Proc,
     port: u16,
     metrics: u16,
@@ -67,6 +69,11 @@ impl Waffles {
 
     /// `upstreams`: the `proxy.upstreams` value instead of the one nginx upstream.
     fn start_with(redis_url: &str, extra: &str, upstreams: Option<&dyn Fn(u16) -> String>) -> Waffles {
+        Waffles::start_as(redis_url, extra, upstreams, false)
+    }
+
+    /// `daemon`: started with `--daemon`; the process it forks serves, and is killed on drop.
+    fn start_as(redis_url: &str, extra: &str, upstreams: Option<&dyn Fn(u16) -> String>, daemon: bool) -> Waffles {
         let dir = tempfile::tempdir().unwrap();
         let (up, up_port) = upstream(dir.path());
         let upstreams = upstreams.map_or_else(|| format!("[\"127.0.0.1:{up_port}\"]"), |f| f(up_port));
@@ -107,12 +114,37 @@ max_wait_secs = 2
             ),
         )
         .unwrap();
-        let p = Proc::roost("proxy", &cfg, "proxy");
+        let (p, daemon) = if daemon {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_roost"));
+            c.arg("--config").arg(&cfg).args(["proxy", "--daemon"]).env("ROOST_LOG", "info");
+            let mut p = Proc::spawn("proxy --daemon", c);
+            wait_for(Duration::from_secs(20), "roost proxy --daemon to fork and exit", || !p.running());
+            let pid_file = dir.path().join("proxy.pid");
+            let mut pid = None;
+            wait_for(Duration::from_secs(20), "the daemon's PID file", || {
+                pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok());
+                pid.is_some()
+            });
+            (p, pid)
+        } else {
+            (Proc::roost("proxy", &cfg, "proxy"), None)
+        };
         wait_for(Duration::from_secs(20), "roost proxy to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
         wait_for(Duration::from_secs(20), "roost proxy to load verdicts", || {
             metric(metrics, "roost_proxy_redis_up") == Some(1.0)
         });
-        Waffles { cfg, _proc: p, _upstream: up, port, metrics, prefix, redis_url: redis_url.to_owned(), log, _dir: dir }
+        Waffles {
+            cfg,
+            _proc: p,
+            daemon,
+            _upstream: up,
+            port,
+            metrics,
+            prefix,
+            redis_url: redis_url.to_owned(),
+            log,
+            _dir: dir,
+        }
     }
 
     fn store(&self) -> Store {
@@ -145,6 +177,14 @@ max_wait_secs = 2
 
     fn metric(&self, name: &str) -> f64 {
         metric(self.metrics, name).unwrap_or(0.0)
+    }
+}
+
+impl Drop for Waffles {
+    fn drop(&mut self) {
+        if let Some(pid) = self.daemon {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
     }
 }
 
@@ -262,6 +302,28 @@ fn a_verdict_written_to_redis_changes_the_route_within_a_second() {
     assert_eq!(w.get("127.0.0.6", "/", "").status, 200);
     assert!(w.metric("roost_proxy_requests_total") >= 4.0);
     assert!(w.metric("roost_proxy_sync_changes_total") >= 3.0);
+}
+
+#[test]
+fn a_daemonized_proxy_follows_verdicts_logs_and_stops_on_sigterm() {
+    // the Redis follower and the access-log writer are threads; a fork keeps only its caller's
+    let w = Waffles::start_as(&redis(), "grace_period = \"1s\"\nshutdown_timeout = \"1s\"\n", None, true);
+    let pid = w.daemon.expect("the daemon's PID");
+    assert_ne!(pid, w._proc.pid(), "the process that serves is not the one started");
+    assert_eq!(w.get("127.0.0.15", "/", "").status, 200);
+    w.set("127.0.0.15", Class::Bad, -0.9);
+    wait_for(Duration::from_secs(5), "the daemon to refuse the bad client", || {
+        w.get("127.0.0.15", "/", "").status == 403
+    });
+    wait_for(Duration::from_secs(5), "the daemon's access log", || {
+        std::fs::read_to_string(&w.log).unwrap_or_default().contains("127.0.0.15 - - [")
+    });
+    assert!(w.metric("roost_proxy_sync_changes_total") >= 1.0);
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    wait_for(Duration::from_secs(30), "the daemon to exit", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    });
 }
 
 #[test]

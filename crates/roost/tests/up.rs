@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{RULE_T2, RULES_V1, append};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -86,10 +88,6 @@ fn clf_now(ip: &str, method: &str, path: &str, status: u16) -> String {
     common::clf_line(ip, method, path, status, "Mozilla/5.0", common::unix_now())
 }
 
-fn append(p: &Path, s: &str) {
-    std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap().write_all(s.as_bytes()).unwrap();
-}
-
 #[test]
 fn follows_logs_flags_attackers_and_explains_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,40 +169,6 @@ fn follows_logs_flags_attackers_and_explains_them() {
     let code = eventually("roost up to exit", || up.child.try_wait().unwrap());
     assert!(code.success(), "{code:?}");
 }
-
-const RULES_V1: &str = r#"
-[[rule]]
-id = "T-1"
-title = "probe a"
-severity = "high"
-category = "test"
-match.path = ['^/probe-a$']
-effect = { penalty = 1.0, verdict = "challenge", ttl = "10m" }
-examples.match = ["GET /probe-a 404"]
-
-[[rule]]
-id = "W-1"
-title = "login failures"
-severity = "high"
-category = "test"
-match.method = ["POST"]
-match.path = ['^/login$']
-match.status = [401]
-window = { count = 8, within = "10m" }
-effect = { penalty = 1.0, verdict = "block", ttl = "10m" }
-examples.match = ["8x POST /login 401"]
-"#;
-
-const RULE_T2: &str = r#"
-[[rule]]
-id = "T-2"
-title = "probe b"
-severity = "high"
-category = "test"
-match.path = ['^/probe-b$']
-effect = { penalty = 1.0, verdict = "challenge", ttl = "10m" }
-examples.match = ["GET /probe-b 404"]
-"#;
 
 fn rules_version(addr: SocketAddr) -> String {
     let (_, body) = get(addr, "/api/v1/summary");

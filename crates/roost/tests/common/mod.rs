@@ -131,6 +131,11 @@ pub fn clf_line(ip: &str, method: &str, path: &str, status: u16, user_agent: &st
     )
 }
 
+/// Appends `s` to the file at `p` (created if missing).
+pub fn append(p: &Path, s: &str) {
+    std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap().write_all(s.as_bytes()).unwrap();
+}
+
 /// The current Unix time in seconds.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
@@ -278,3 +283,39 @@ pub fn gobgpd_with(conf: &Path, api_port: u16) -> Proc {
     ]);
     Proc::spawn("gobgpd", c)
 }
+
+/// Rules of the reload tests: T-1 challenges `/probe-a`; W-1 blocks 8 failed logins in 10 min.
+pub const RULES_V1: &str = r#"
+[[rule]]
+id = "T-1"
+title = "probe a"
+severity = "high"
+category = "test"
+match.path = ['^/probe-a$']
+effect = { penalty = 1.0, verdict = "challenge", ttl = "10m" }
+examples.match = ["GET /probe-a 404"]
+
+[[rule]]
+id = "W-1"
+title = "login failures"
+severity = "high"
+category = "test"
+match.method = ["POST"]
+match.path = ['^/login$']
+match.status = [401]
+window = { count = 8, within = "10m" }
+effect = { penalty = 1.0, verdict = "block", ttl = "10m" }
+examples.match = ["8x POST /login 401"]
+"#;
+
+/// A rule to add to [`RULES_V1`]: T-2 challenges `/probe-b`.
+pub const RULE_T2: &str = r#"
+[[rule]]
+id = "T-2"
+title = "probe b"
+severity = "high"
+category = "test"
+match.path = ['^/probe-b$']
+effect = { penalty = 1.0, verdict = "challenge", ttl = "10m" }
+examples.match = ["GET /probe-b 404"]
+"#;
