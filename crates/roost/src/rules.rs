@@ -102,7 +102,8 @@ impl RuleMetrics {
 
 /// Follows `rules.dir` (when set) every half second, and at once when `force` is raised
 /// (SIGHUP): a new set that lints goes into `handle` between two requests; one that does not is
-/// refused and logged, and the running set stays. Returns `None` with the built-in rules.
+/// refused and logged, and the running set stays. A change that leaves the rules as they are
+/// (a swap file, a touch) is no reload; SIGHUP always is. Returns `None` with the built-in rules.
 pub fn spawn_watch(
     cfg: &RulesConfig,
     handle: roost_rules::RulesHandle,
@@ -112,20 +113,31 @@ pub fn spawn_watch(
 ) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
     let Some(mut watcher) = Watcher::new(cfg) else { return Ok(None) };
     let t = std::thread::Builder::new().name("roost-rules".into()).spawn(move || {
+        // after a refusal, the next set that lints is a reload even if it is the one in force:
+        // whoever watches the counters sees the files mended
+        let mut refused = false;
         while !stopped() {
-            match watcher.poll(force.swap(false, Ordering::Relaxed)) {
+            let forced = force.swap(false, Ordering::Relaxed);
+            match watcher.poll(forced) {
+                // an editor's swap file, a touch: the same rules, nothing to put in force
+                Some(Ok(set)) if !forced && !refused && set.version() == handle.load().version() => {
+                    tracing::debug!(version = set.version(), "rule directory touched; rules unchanged");
+                }
                 Some(Ok(set)) => {
                     tracing::info!(
                         version = set.version(),
                         rules = set.rules().len(),
                         "rule files changed; new rules in force"
                     );
-                    metrics.reloads.get_or_create(&OutcomeLabel { outcome: "ok" }).inc();
+                    // in force before it is counted: whoever sees the count sees the set
                     metrics.in_force(&set);
                     handle.store(Arc::new(set));
+                    metrics.reloads.get_or_create(&OutcomeLabel { outcome: "ok" }).inc();
+                    refused = false;
                 }
                 Some(Err(())) => {
                     metrics.reloads.get_or_create(&OutcomeLabel { outcome: "refused" }).inc();
+                    refused = true;
                 }
                 None => {}
             }
@@ -135,15 +147,17 @@ pub fn spawn_watch(
     Ok(Some(t))
 }
 
-/// Raises `force` on every SIGHUP (a task on the caller's Tokio runtime).
-pub fn reload_on_sighup(force: Arc<AtomicBool>) {
+/// Raises `force` on every SIGHUP (a task on the caller's Tokio runtime). The handler is in place
+/// when this returns: call it before announcing readiness, or an early SIGHUP ends the process.
+pub fn reload_on_sighup(force: Arc<AtomicBool>) -> std::io::Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading rule files");
             force.store(true, Ordering::Relaxed);
         }
     });
+    Ok(())
 }
 
 /// Watches a rule directory and hands out a new rule set when its files change.
@@ -172,5 +186,60 @@ impl Watcher {
         Some(compile(&self.cfg, Some(&self.dir)).map_err(|e| {
             tracing::error!(dir = %self.dir.display(), error = %format!("{e:#}"), "rule files changed but do not lint; keeping the current rules");
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULE: &str = "[[rule]]\nid = \"T-1\"\ntitle = \"probe\"\nseverity = \"high\"\ncategory = \"test\"\n\
+                        match.path = ['^/probe$']\nexamples.match = [\"GET /probe 404\"]\n";
+
+    fn wait(what: &str, f: impl Fn() -> bool) {
+        let t = std::time::Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(10), "waited 10 s for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn a_touch_is_no_reload_an_edit_is_and_sighup_always_is() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("site.toml"), RULE).unwrap();
+        let cfg = RulesConfig { dir: dir.path().display().to_string(), ..RulesConfig::default() };
+        let handle = roost_rules::handle(compile(&cfg, None).unwrap());
+        let (metrics, force, stop) =
+            (RuleMetrics::default(), Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let t = {
+            let stop = stop.clone();
+            spawn_watch(&cfg, handle.clone(), metrics.clone(), force.clone(), move || stop.load(Ordering::Relaxed))
+        }
+        .unwrap()
+        .unwrap();
+        let count = |outcome| metrics.reloads.get_or_create(&OutcomeLabel { outcome }).get();
+
+        // an editor's swap file changes the directory, not the rules
+        std::fs::write(dir.path().join(".site.toml.swp"), "x").unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(count("ok"), 0);
+
+        let v1 = handle.load().version().to_owned();
+        std::fs::write(dir.path().join("site.toml"), RULE.replace("^/probe$", "^/probe2$")).unwrap();
+        wait("the edit to be put in force", || count("ok") == 1);
+        assert_ne!(handle.load().version(), v1);
+        assert_eq!(metrics.rules.get(), 1);
+
+        // a broken file is refused; removing it is a reload of the same rules, so it is seen
+        std::fs::write(dir.path().join("broken.toml"), "[[rule]]\nid = 3\n").unwrap();
+        wait("the refusal", || count("refused") == 1);
+        std::fs::remove_file(dir.path().join("broken.toml")).unwrap();
+        wait("the mended set", || count("ok") == 2);
+
+        force.store(true, Ordering::Relaxed);
+        wait("the forced reload", || count("ok") == 3);
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
     }
 }

@@ -85,8 +85,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
             .route("/metrics", axum::routing::get(move || std::future::ready(crate::up::encode_metrics(&registry))));
         let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+        crate::rules::reload_on_sighup(reload_rules).context("handling SIGHUP")?;
         tracing::info!(group = %cfg.score.group, "roost score: /metrics on http://{listen}");
-        crate::rules::reload_on_sighup(reload_rules);
         let server = tokio::spawn(async move { axum::serve(l, app).await });
         let watch = async {
             while !stop2.load(Ordering::Relaxed) {

@@ -362,8 +362,8 @@ async fn serve(listen: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
         .route("/api/v1/alerts", get(alerts))
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    crate::rules::reload_on_sighup(app_state.reload_rules.clone()).context("handling SIGHUP")?;
     tracing::info!("roost up: API and /metrics on http://{}", listener.local_addr()?);
-    crate::rules::reload_on_sighup(app_state.reload_rules.clone());
     if app_state.alert.enabled {
         tokio::spawn(sample_drop_signal(app_state.clone()));
     }

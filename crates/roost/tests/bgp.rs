@@ -90,7 +90,7 @@ bad = { kind = "discard" }"#,
         &kafka,
         &[
             ("203.0.113.9", "bad", -0.9, 3_600_000),
-            ("203.0.113.10", "dubious", -0.3, 4_000),
+            ("203.0.113.10", "dubious", -0.3, 12_000),
             ("2001:db8:1:2::/64", "bad", -0.8, 3_600_000),
             ("198.51.100.7", "bad", -1.0, 3_600_000),
             ("10.9.0.0/16", "bad", -1.0, 3_600_000),
@@ -112,8 +112,9 @@ bad = { kind = "discard" }"#,
     assert!(!v4.contains("198.51.100"), "an allowlisted prefix was announced");
     assert!(!v4.contains("10.9.0.0"), "a prefix shorter than /24 was announced");
 
-    // the dubious verdict expires after 4 s: withdrawn; the others stay
-    wait_for(Duration::from_secs(15), "the expired rule to be withdrawn", || {
+    // the dubious verdict expires after 12 s (long enough to be seen first on a slow machine):
+    // withdrawn; the others stay
+    wait_for(Duration::from_secs(30), "the expired rule to be withdrawn", || {
         !rib(api_port, "ipv4-flowspec").contains("203.0.113.10/32")
     });
     assert!(rib(api_port, "ipv4-flowspec").contains("203.0.113.9/32"));
@@ -202,7 +203,7 @@ fn rules_reach_bird_with_their_match_and_action() {
         &[
             ("203.0.113.21", "bad", -0.9, 3_600_000),
             ("2001:db8:5:6::/64", "bad", -0.9, 3_600_000),
-            ("203.0.113.22", "dubious", -0.2, 3_000),
+            ("203.0.113.22", "dubious", -0.2, 10_000),
         ],
     );
     wait_for(Duration::from_secs(15), "the rules in BIRD", || {
@@ -217,7 +218,7 @@ fn rules_reach_bird_with_their_match_and_action() {
     // traffic-rate 1000 bytes/s; the dubious one redirects to VRF 65003:100
     assert!(all.contains("(generic, 0x80060000, 0x447a0000)"), "{all}");
     assert!(all.contains("(generic, 0x8008fdeb, 0x64)"), "{all}");
-    wait_for(Duration::from_secs(15), "the expired rule to leave BIRD", || {
+    wait_for(Duration::from_secs(30), "the expired rule to leave BIRD", || {
         !birdc(&ctl, &["show", "route", "table", "flowtab4"]).contains("src 203.0.113.22/32")
     });
 

@@ -226,10 +226,12 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
         let mut c = Command::new("/usr/bin/nfcapd");
         c.arg("-w").arg(&nf_dir).args(["-p", &nf_port.to_string(), "-b", "127.0.0.1"]);
         let nf = Proc::spawn(&format!("nfcapd v{v}"), c);
-        std::thread::sleep(Duration::from_millis(500));
+        wait_for(Duration::from_secs(10), "nfcapd to bind its port", || udp_rx_queue(nf_port).is_some());
         export(d, &pcap, v, nf_port);
         export(d, &pcap, v, flow_port);
-        std::thread::sleep(Duration::from_millis(500));
+        // nfcapd stops on SIGTERM without draining its socket: wait until it has read every datagram
+        wait_for(Duration::from_secs(10), "nfcapd to read what was exported", || udp_rx_queue(nf_port) == Some(0));
+        std::thread::sleep(Duration::from_millis(200));
         let pid = nf.pid().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         wait_for(Duration::from_secs(10), "nfcapd to write its file", || {
@@ -331,4 +333,18 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
     });
     assert!(letters.iter().any(|l| l["kind"] == "flow_truncated" && l["line"] == "0009"), "{letters:?}");
     assert!(letters.iter().any(|l| l["file"].as_str().unwrap().starts_with("udp://127.0.0.1:")), "{letters:?}");
+}
+
+/// The bytes waiting in the receive queue of the UDP socket bound to 127.0.0.1:`port`, if one is.
+fn udp_rx_queue(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let mut cols = line.split_whitespace();
+        if cols.nth(1)? != local {
+            return None;
+        }
+        let queues = cols.nth(2)?;
+        u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()
+    })
 }

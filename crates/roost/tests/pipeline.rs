@@ -596,7 +596,7 @@ fn a_scorer_takes_edited_rules_up_without_a_restart_and_reloads_on_sighup() {
     assert_eq!(metric(port, "roost_rules"), Some(2.0));
 
     // a rule added: in force without a restart, for every partition
-    std::fs::write(rules.join("site.toml"), format!("{RULES_V1}{RULE_T2}")).unwrap();
+    replace(&rules.join("site.toml"), &format!("{RULES_V1}{RULE_T2}"));
     wait_for(Duration::from_secs(10), "the reload", || reloads("ok") == Some(1.0));
     assert_eq!(metric(port, "roost_rules"), Some(3.0));
     for ip in ["198.51.100.32", "198.51.100.33", "198.51.100.34", "198.51.100.35"] {
@@ -611,7 +611,7 @@ fn a_scorer_takes_edited_rules_up_without_a_restart_and_reloads_on_sighup() {
     });
 
     // a broken edit is refused and the rules in force stay; mending it is taken up
-    std::fs::write(rules.join("broken.toml"), "[[rule]]\nid = \"X\"\nmatch.path = ['(']\n").unwrap();
+    replace(&rules.join("broken.toml"), "[[rule]]\nid = \"X\"\nmatch.path = ['(']\n");
     wait_for(Duration::from_secs(10), "the refusal", || reloads("refused") == Some(1.0));
     assert_eq!(metric(port, "roost_rules"), Some(3.0));
     std::fs::remove_file(rules.join("broken.toml")).unwrap();

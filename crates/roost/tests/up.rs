@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{RULE_T2, RULES_V1, append};
+use common::{RULE_T2, RULES_V1, append, replace};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -213,7 +213,7 @@ fn rules_reload_without_losing_state() {
     });
 
     // add a rule: picked up without a restart
-    std::fs::write(rules.join("site.toml"), format!("{RULES_V1}{RULE_T2}")).unwrap();
+    replace(&rules.join("site.toml"), &format!("{RULES_V1}{RULE_T2}"));
     let v2 = eventually("the new rules", || Some(rules_version(up.addr)).filter(|v| *v != v1));
     assert!(v2.ends_with("(3 rules)"), "{v2}");
     let mut lines = String::new();
@@ -234,7 +234,10 @@ fn rules_reload_without_losing_state() {
     });
 
     // a broken edit is refused; the rules in force stay
-    std::fs::write(rules.join("broken.toml"), "[[rule]]\nid = \"X\"\ntitle = \"x\"\nseverity = \"high\"\ncategory = \"t\"\nmatch.path = ['(']\nexamples.match = [\"GET / 200\"]\n").unwrap();
+    replace(
+        &rules.join("broken.toml"),
+        "[[rule]]\nid = \"X\"\ntitle = \"x\"\nseverity = \"high\"\ncategory = \"t\"\nmatch.path = ['(']\nexamples.match = [\"GET / 200\"]\n",
+    );
     eventually("the refusal to be counted", || {
         let (_, m) = get(up.addr, "/metrics");
         m.contains("roost_rule_reloads_total{outcome=\"refused\"} 1").then_some(())

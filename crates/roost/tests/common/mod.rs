@@ -136,6 +136,15 @@ pub fn append(p: &Path, s: &str) {
     std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap().write_all(s.as_bytes()).unwrap();
 }
 
+/// Replaces the file at `p` at once, as an editor that renames does: a watcher of its directory
+/// never sees it half written. The new text is written next to the directory, not in it.
+pub fn replace(p: &Path, s: &str) {
+    let dir = p.parent().unwrap();
+    let tmp = dir.parent().unwrap().join(format!(".{}.new", p.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&tmp, s).unwrap();
+    std::fs::rename(&tmp, p).unwrap();
+}
+
 /// The current Unix time in seconds.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
