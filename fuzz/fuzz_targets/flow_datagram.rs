@@ -27,8 +27,8 @@ fuzz_target!(|data: &[u8]| {
             f.observe(r, &mut found);
         }
         for e in found.drain(..) {
-            let v = roost_event::wire::encode_evidence(&e);
-            assert!(matches!(roost_event::wire::decode_record(&v), Ok(roost_event::wire::Record::Evidence(_))));
+            let v = roost_wire::requests::encode_evidence(&e);
+            assert!(matches!(roost_wire::requests::decode_record(&v), Ok(roost_wire::requests::Record::Evidence(_))));
         }
         i += 1;
     }

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use roost_engine::{Engine, EngineConfig};
-use roost_event::wire;
+use roost_wire::requests as wire;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(ev) = wire::decode_request(data) {

@@ -208,7 +208,7 @@ impl Backend for Distributed {
 
     fn apply_override(&self, prefix: IpNetwork, ov: Option<Override>) -> Result<(), String> {
         let producer = self.producer.as_ref().ok_or("Kafka is not configured")?;
-        let (key, value) = roost_scorer::overrides::encode(prefix, ov.as_ref());
+        let (key, value) = roost_wire::overrides::encode(prefix, ov.as_ref());
         self.rt.block_on(producer.send(&self.kafka.topics.overrides, &key, value.as_deref())).map_err(|e| e.to_string())
     }
 }
@@ -309,13 +309,12 @@ pub fn router(st: Arc<AppState>) -> Router {
         .with_state(st)
 }
 
-/// Serves until `shutdown` completes.
+/// Serves on `l` (bound by the caller on `admin.listen`) until `shutdown` completes.
 pub async fn serve(
+    l: tokio::net::TcpListener,
     st: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let listen = st.cfg.listen;
-    let l = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!("roost admin: on http://{}", l.local_addr()?);
     axum::serve(l, router(st).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
@@ -756,7 +755,7 @@ async fn clients_page(State(st): State<Arc<AppState>>, h: HeaderMap, Query(q): Q
 /// it) or a prefix.
 fn subject_of(s: &str, ipv6_prefix: u8) -> Result<String, Refusal> {
     if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(roost_scorer::wire::subject_key(ip, ipv6_prefix));
+        return Ok(roost_wire::subject_key(ip, ipv6_prefix));
     }
     s.parse::<IpNetwork>().map(|n| n.to_string()).map_err(|_| Refusal::Bad(format!("{s:?} is not an address")))
 }

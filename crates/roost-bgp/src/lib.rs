@@ -10,10 +10,12 @@
 //! when the verdict source is unreachable the announced set is frozen, not withdrawn.
 
 pub mod config;
+pub mod controller;
 pub mod flowspec;
 pub mod policy;
 pub mod session;
 pub mod wire;
 
 pub use config::BgpConfig;
+pub use controller::{Controller, Input, Planner};
 pub use flowspec::{Action, FlowRule};

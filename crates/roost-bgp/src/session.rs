@@ -6,10 +6,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -19,17 +20,20 @@ use crate::flowspec::FlowRule;
 use crate::policy::Plan;
 use crate::wire::{self, Incoming as Msg};
 
-/// What one session is doing (read by /metrics and `roost bgp show`).
+/// What one session is doing: its metrics, each also a series of the controller's registry
+/// (`crate::controller::Controller::register`), read by `roost bgp show` too.
 #[derive(Default)]
 pub struct PeerState {
-    pub established: AtomicBool,
-    pub announced: AtomicU64,
-    pub announces: AtomicU64,
-    pub withdraws: AtomicU64,
-    pub resets: AtomicU64,
-    pub updates_received: AtomicU64,
+    /// 1 while Established.
+    pub established: Gauge,
+    /// Rules in the peer's table now.
+    pub announced: Gauge,
+    pub announces: Counter,
+    pub withdraws: Counter,
+    pub resets: Counter,
+    pub updates_received: Counter,
     /// ROUTE-REFRESH requests answered (every rule sent again).
-    pub route_refreshes: AtomicU64,
+    pub route_refreshes: Counter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +97,9 @@ pub async fn run(
             Ok(s) => session(s, &cfg, &peer, plan.clone(), &state).await,
             Err(e) => Err(e),
         };
-        state.established.store(false, Ordering::Relaxed);
-        state.announced.store(0, Ordering::Relaxed);
-        state.resets.fetch_add(1, Ordering::Relaxed);
+        state.established.set(0);
+        state.announced.set(0);
+        state.resets.inc();
         if let Err(e) = r {
             tracing::warn!(peer = %peer.address, error = %e, retry_in = ?wait, "BGP session down");
         }
@@ -178,7 +182,7 @@ async fn session(
         Ok(Ok(other)) => return Err(SessionError::Fsm(format!("expected KEEPALIVE, got {other:?}"))),
         Ok(Err(e)) => return Err(e),
     }
-    state.established.store(true, Ordering::Relaxed);
+    state.established.set(1);
     tracing::info!(peer = %peer.address, hold, "BGP session established");
 
     let mut announced: HashMap<Vec<u8>, FlowRule> = HashMap::new();
@@ -220,9 +224,9 @@ async fn session(
                     heard = Instant::now();
                     match wire::parse(&msg)? {
                         Msg::Keepalive => {}
-                        Msg::Update => { state.updates_received.fetch_add(1, Ordering::Relaxed); }
+                        Msg::Update => { state.updates_received.inc(); }
                         Msg::RouteRefresh => {
-                            state.route_refreshes.fetch_add(1, Ordering::Relaxed);
+                            state.route_refreshes.inc();
                             tracing::info!(peer = %peer.address, rules = announced.len(), "ROUTE-REFRESH: sending every rule again");
                             let all: Vec<&FlowRule> = announced.values().collect();
                             send(&mut s, cfg, &all, &[]).await?;
@@ -271,9 +275,9 @@ async fn sync(
     for r in new {
         announced.insert(r.nlri().expect("encoded above"), r.clone());
     }
-    state.announces.fetch_add(announced_now as u64, Ordering::Relaxed);
-    state.withdraws.fetch_add(gone_rules.len() as u64, Ordering::Relaxed);
-    state.announced.store(announced.len() as u64, Ordering::Relaxed);
+    state.announces.inc_by(announced_now as u64);
+    state.withdraws.inc_by(gone_rules.len() as u64);
+    state.announced.set(announced.len() as i64);
     Ok(())
 }
 

@@ -124,6 +124,8 @@ pub struct Engine {
     site_slow: f32,
     site_last: Secs,
     now: Secs,
+    /// The last second `expire` ran for (see [`Engine::advance`]).
+    expired_to: Option<Secs>,
     stats: Stats,
     scratch: Vec<Evidence>,
     /// The built-in signals' sources, made once (crawl, slow).
@@ -170,6 +172,7 @@ impl Engine {
             site_slow: 0.0,
             site_last: 0,
             now: 0,
+            expired_to: None,
             stats: Stats::default(),
             scratch: Vec::new(),
             sources: [Source::new(SourceKind::Behaviour, "crawl"), Source::new(SourceKind::Behaviour, "slow")],
@@ -709,11 +712,23 @@ impl Engine {
         }
     }
 
+    /// The one expiry policy for events fed in order (`roost replay`, each partition of
+    /// `roost score`, `roost up`'s logs): verdicts lapse as event time enters a new second. Call
+    /// it with each event's time before [`Engine::observe`] or [`Engine::apply`]; daemons also
+    /// call [`Engine::expire`] with the wall clock as it passes.
+    pub fn advance(&mut self, time: Timestamp) -> Vec<VerdictChange> {
+        if self.expired_to.is_some_and(|e| secs(time) <= e) {
+            return Vec::new();
+        }
+        self.expire(time)
+    }
+
     /// Lets verdicts whose time ran out lapse, and overrides whose time ran out end. Call it as
     /// time passes (each second live; as event time advances in a replay).
     pub fn expire(&mut self, now: Timestamp) -> Vec<VerdictChange> {
         let t = secs(now);
         self.now = self.now.max(t);
+        self.expired_to = Some(self.expired_to.map_or(t, |e| e.max(t)));
         let mut out = Vec::new();
         if !self.overrides.is_empty() {
             let lapsed: Vec<IpNetwork> =

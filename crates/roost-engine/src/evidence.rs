@@ -67,22 +67,6 @@ impl std::str::FromStr for SourceKind {
     }
 }
 
-impl Evidence {
-    /// Evidence from its wire form (`roost_event::wire::EvidenceEvent`, the requests topic).
-    pub fn from_event(e: &roost_event::wire::EvidenceEvent) -> Result<Evidence, String> {
-        let (kind, id) = e.source.split_once(':').ok_or_else(|| format!("source {:?} is not kind:id", e.source))?;
-        let verdict = match (&e.verdict, e.ttl_ms) {
-            (Some(c), Some(ttl)) => Some((c.parse::<Class>()?, Duration::from_millis(ttl))),
-            (Some(_), None) => return Err("a verdict without ttl_ms".into()),
-            _ => None,
-        };
-        if !e.penalty.is_finite() {
-            return Err("penalty is not a number".into());
-        }
-        Ok(Evidence { source: Source::new(kind.parse()?, id), penalty: e.penalty, verdict, detail: e.detail.clone() })
-    }
-}
-
 /// Where a piece of evidence came from: a kind and an id within it (`rule:R-1003`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Source {

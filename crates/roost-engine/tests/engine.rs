@@ -611,18 +611,6 @@ fn renewals_are_reported_when_the_expiry_moves_well_past_the_reported_one() {
     assert!(quiet.take_renewals().is_empty());
 }
 
-proptest! {
-    /// The Kafka key `roost tail` gives a client is the subject the engine files it under, so
-    /// one client's requests always meet in one partition's engine.
-    #[test]
-    fn the_wire_key_is_the_engines_subject(bits in any::<u128>(), v4 in any::<u32>(), prefix in 1u8..=128) {
-        let e = Engine::new(EngineConfig { ipv6_prefix: prefix, ..EngineConfig::default() }).unwrap();
-        for ip in [IpAddr::from(std::net::Ipv6Addr::from(bits)), IpAddr::from(std::net::Ipv4Addr::from(v4))] {
-            prop_assert_eq!(subject_name(e.subject_of(ip)), roost_event::wire::subject_key(ip, prefix));
-        }
-    }
-}
-
 /// An operator's block of one client that has not sent anything yet is published at once (the
 /// proxies and routers act on published verdicts); a wider prefix waits for its clients.
 #[test]

@@ -1,7 +1,7 @@
 //! The request event: one HTTP request as an access-log line described it.
 //!
 //! Parsers (`roost-logformat`) produce it, the engine (`roost-engine`) consumes it, and the
-//! Kafka pipeline carries it ([`wire`]: the versioned message schemas). Text fields borrow from
+//! Kafka pipeline carries it (`roost_wire`: the versioned message schemas). Text fields borrow from
 //! the line they were parsed from where possible ([`Cow`]), so parsing a line allocates only
 //! when it has to unescape something.
 
@@ -10,8 +10,6 @@ use std::fmt;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-
-pub mod wire;
 
 /// A point in time as Unix milliseconds (UTC).
 ///

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use roost_event::Timestamp;
-use roost_event::wire::EvidenceEvent;
+use roost_wire::requests::EvidenceEvent;
 use serde::{Deserialize, Serialize};
 
 use crate::FlowRecord;

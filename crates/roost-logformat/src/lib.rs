@@ -26,7 +26,7 @@ pub use roost_event::{RequestEvent, Timestamp};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FormatKind {
-    /// Guess from the first lines of each file ([`detect`]).
+    /// Guess from the first lines of each source ([`detect`] says how).
     #[default]
     Auto,
     /// nginx/Apache combined (also accepts common and vhost_combined).
@@ -125,21 +125,41 @@ fn parse_offset(z: &str) -> Option<i64> {
     (h < 24 && m < 60).then_some(sign * (h * 3600 + m * 60))
 }
 
-/// Picks the built-in format that parses most of `sample` (the first lines of a file).
-/// Returns `None` when none parses any line; ties go to the more common format.
-pub fn detect<'a>(sample: impl IntoIterator<Item = &'a str>) -> Option<Parser> {
+/// Lines [`detect`] looks at, at most: the first this many non-empty ones.
+pub const DETECT_LINES: usize = 20;
+
+/// No built-in format parses any of a source's first lines.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot tell the log format from its first lines ({lines} looked at); set the format (combined, common, json, haproxy) or an nginx log_format"
+)]
+pub struct Undetected {
+    /// Non-empty lines looked at.
+    pub lines: usize,
+}
+
+/// The one format-detection policy, for every reader of logs (`roost replay`, `roost tail`,
+/// `roost up`): a source whose format is `auto` is judged by the lines there are when it is first
+/// read — its first [`DETECT_LINES`] non-empty lines, or fewer when that is all it has — and
+/// gets the built-in format that parses most of them (ties to the more common format). When none
+/// parses any, [`Undetected`]: `roost replay` stops with it; the daemons log it and read the
+/// source as combined, so no line vanishes (each that does not parse is counted as malformed,
+/// and `roost tail` dead-letters it).
+pub fn detect<'a>(sample: impl IntoIterator<Item = &'a str>) -> Result<Parser, Undetected> {
     let candidates = [Parser::Clf, Parser::Json, Parser::Haproxy(Haproxy::default())];
     let mut ok = [0usize; 3];
-    for line in sample {
-        if line.trim().is_empty() {
-            continue;
-        }
+    let mut lines = 0;
+    for line in sample.into_iter().filter(|l| !l.trim().is_empty()).take(DETECT_LINES) {
+        lines += 1;
         for (i, p) in candidates.iter().enumerate() {
             ok[i] += p.parse(line).is_ok() as usize;
         }
     }
-    let best = (0..3).max_by_key(|&i| (ok[i], std::cmp::Reverse(i)))?;
-    (ok[best] > 0).then(|| candidates[best].clone())
+    let best = (0..3).max_by_key(|&i| (ok[i], std::cmp::Reverse(i))).expect("three candidates");
+    if ok[best] == 0 {
+        return Err(Undetected { lines });
+    }
+    Ok(candidates[best].clone())
 }
 
 #[cfg(test)]
@@ -152,11 +172,14 @@ mod tests {
         let json = r#"{"remote_addr":"1.2.3.4","time_local":"10/Oct/2000:13:55:36 +0000","request":"GET / HTTP/1.1","status":200}"#;
         let hap =
             r#"1.2.3.4:5 [06/Feb/2009:12:14:14.655] fe be/s 1/2/3/4/5 200 1 - - ---- 1/1/1/1/0 0/0 "GET / HTTP/1.1""#;
-        assert!(matches!(detect([clf, clf, "junk"]), Some(Parser::Clf)));
-        assert!(matches!(detect([json, "", json]), Some(Parser::Json)));
-        assert!(matches!(detect([hap]), Some(Parser::Haproxy(_))));
-        assert!(detect(["junk", "more junk"]).is_none());
-        assert!(detect([]).is_none());
+        assert!(matches!(detect([clf, clf, "junk"]), Ok(Parser::Clf)));
+        assert!(matches!(detect([json, "", json]), Ok(Parser::Json)));
+        assert!(matches!(detect([hap]), Ok(Parser::Haproxy(_))));
+        assert_eq!(detect(["junk", "more junk"]).unwrap_err(), Undetected { lines: 2 });
+        assert_eq!(detect([]).unwrap_err(), Undetected { lines: 0 });
+        // the window is the first DETECT_LINES non-empty lines: what comes after does not count
+        let late: Vec<&str> = std::iter::repeat_n("junk", DETECT_LINES).chain([clf, clf]).collect();
+        assert_eq!(detect(late).unwrap_err(), Undetected { lines: DETECT_LINES });
     }
 
     #[test]

@@ -118,5 +118,5 @@ fn real_apache_log_parses_completely() {
         n += 1;
     }
     assert_eq!(n, 4525);
-    assert!(roost_logformat::detect(text.lines().take(20)).is_some_and(|p| matches!(p, Parser::Clf)));
+    assert!(roost_logformat::detect(text.lines()).is_ok_and(|p| matches!(p, Parser::Clf)));
 }

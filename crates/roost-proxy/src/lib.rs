@@ -28,7 +28,7 @@ pub mod service;
 pub mod sync;
 
 pub use config::ProxyConfig;
-pub use server::{MetricsAt, Proxy, RunOptions, StopWhen, UpstreamHealth, Verdicts, build, run, secret};
+pub use server::{MetricsAt, Proxy, RunOptions, StopWhen, UpstreamHealth, VerdictSource, build, run, secret};
 
 /// Wall-clock time, Unix ms: the proxy lives at the edge and judges requests as they arrive.
 pub fn now_ms() -> i64 {

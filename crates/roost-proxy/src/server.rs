@@ -63,7 +63,7 @@ pub struct RunOptions {
 }
 
 /// Where the proxy's verdicts come from.
-pub enum Verdicts {
+pub enum VerdictSource {
     /// Follow a Redis verdict store (`roost proxy`); empty URL: none, every client is unknown.
     Redis(RedisConfig),
     /// The caller applies verdicts to [`Proxy::cache`] itself (`roost up`: straight from its
@@ -146,7 +146,7 @@ fn refresh_upstream_health(metrics: &Metrics, upstreams: &LoadBalancer<RoundRobi
 /// Runs the proxy until it is told to stop. Never returns on success: pingora exits the process.
 pub fn run(cfg: ProxyConfig, redis: RedisConfig, ipv6_prefix: u8, opts: RunOptions) -> Result<(), Error> {
     let s = secret(&cfg)?;
-    let p = build(cfg, Verdicts::Redis(redis), ipv6_prefix, &opts, s, MetricsAt::Listener)?;
+    let p = build(cfg, VerdictSource::Redis(redis), ipv6_prefix, &opts, s, MetricsAt::Listener)?;
     p.server.run_forever();
 }
 
@@ -155,7 +155,7 @@ pub fn run(cfg: ProxyConfig, redis: RedisConfig, ipv6_prefix: u8, opts: RunOptio
 /// ([`secret`] reads it from the config).
 pub fn build(
     cfg: ProxyConfig,
-    verdicts: Verdicts,
+    verdicts: VerdictSource,
     ipv6_prefix: u8,
     opts: &RunOptions,
     secret: Vec<u8>,
@@ -180,17 +180,17 @@ pub fn build(
     let outcomes = Arc::new(crate::outcomes::Outcomes::default());
     let threads = Threads::default();
     match verdicts {
-        Verdicts::Redis(redis) if redis.url.is_empty() => {
+        VerdictSource::Redis(redis) if redis.url.is_empty() => {
             tracing::warn!("redis.url is empty: no verdicts; every client follows proxy.unknown");
         }
-        Verdicts::Redis(redis) => {
+        VerdictSource::Redis(redis) => {
             let (o, c, m) = (outcomes.clone(), cache.clone(), metrics.clone());
             let r = redis.clone();
             threads
                 .add("the challenge outcomes thread", move |stop| crate::outcomes::spawn_flush(r, o, stop).map(drop));
             threads.add("the Redis follower thread", move |stop| crate::sync::spawn(redis, c, m, stop).map(drop));
         }
-        Verdicts::Fed => {
+        VerdictSource::Fed => {
             metrics.redis_up.set(1);
         }
     }

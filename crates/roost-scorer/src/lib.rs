@@ -10,7 +10,8 @@
 //! - [`run`]: the loop around it: poll a batch, write its outputs to Redis and the verdicts
 //!   topic, and only then commit the offsets. A Redis that comes back empty gets every current
 //!   verdict again.
-//! - [`wire`] (from `roost-event`): the requests-topic and dead-letter message schemas.
+//!
+//! The messages it reads and writes are `roost_wire`'s.
 
 pub mod overrides;
 pub mod population;
@@ -22,7 +23,7 @@ use ipnetwork::IpNetwork;
 use roost_engine::{Engine, Explanation, Override, Timestamp, VerdictChange};
 
 pub use population::PopulationMetrics;
-pub use roost_event::wire;
+use roost_wire::requests as wire;
 pub use run::{Metrics, Settings, run};
 
 /// Builds a fresh engine (rules, feeds and GeoIP attached) for a partition.
@@ -35,7 +36,6 @@ struct Partition {
     /// Records before this offset were handled by an earlier owner: replay them silently.
     live_from: i64,
     live: bool,
-    last_expire: i64,
 }
 
 /// What the scorer asks to be written.
@@ -85,8 +85,7 @@ impl Scorer {
             for (net, ov) in &self.overrides {
                 engine.set_override(*net, ov.clone(), Timestamp(0));
             }
-            let mut part =
-                Partition { engine, next: 0, live_from: committed.unwrap_or(0), live: false, last_expire: i64::MIN };
+            let mut part = Partition { engine, next: 0, live_from: committed.unwrap_or(0), live: false };
             Self::maybe_live(p, &mut part, &mut self.outputs);
             self.parts.insert(p, part);
         }
@@ -135,19 +134,15 @@ impl Scorer {
                     wire::Record::Request(ev) => ev.time,
                     wire::Record::Evidence(e) => e.time,
                 };
-                // as `roost replay` does: verdicts lapse as event time passes each second
-                let t = time.secs();
-                if t > part.last_expire {
-                    for c in part.engine.expire(time) {
-                        if live {
-                            self.outputs.push(Output::Change { partition: p, now: part.engine.now(), change: c });
-                        }
+                // the one expiry policy, as `roost replay`'s: verdicts lapse as event time passes
+                for c in part.engine.advance(time) {
+                    if live {
+                        self.outputs.push(Output::Change { partition: p, now: part.engine.now(), change: c });
                     }
-                    part.last_expire = t;
                 }
                 let change = match &rec {
                     wire::Record::Request(ev) => Ok(part.engine.observe(ev)),
-                    wire::Record::Evidence(e) => match roost_engine::Evidence::from_event(e) {
+                    wire::Record::Evidence(e) => match e.evidence() {
                         Ok(ev) => Ok(part.engine.apply(e.client, e.time, &[ev])),
                         Err(why) => Err(wire::Error::Evidence(why)),
                     },

@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use roost_engine::{Override, VerdictChange, subject_name};
+use roost_engine::{Override, subject_name};
 use roost_kafka::{GroupConsumer, GroupEvent, KafkaConfig, Producer};
 use roost_verdicts::{OverrideEntry, RedisConfig, Store, VerdictRecord, Write};
 use serde::{Deserialize, Serialize};
@@ -128,14 +128,6 @@ pub enum Error {
     Kafka(#[from] roost_kafka::Error),
     #[error(transparent)]
     Redis(#[from] roost_verdicts::Error),
-}
-
-/// A verdict change as a verdicts-topic value: `{"v":1, …VerdictChange}`.
-pub fn encode_change(c: &VerdictChange) -> Vec<u8> {
-    let json = serde_json::to_vec(c).expect("a change serializes");
-    let mut out = b"{\"v\":1,".to_vec();
-    out.extend_from_slice(&json[1..]);
-    out
 }
 
 /// Runs until `stop`: joins the group, scores, writes, commits. Overrides arrive on
@@ -306,7 +298,7 @@ fn write(
                 .iter()
                 .filter_map(|o| match o {
                     Output::Change { change, .. } => {
-                        Some((subject_name(change.subject).into_bytes(), Some(encode_change(change))))
+                        Some((roost_wire::verdicts::key(change), Some(roost_wire::verdicts::encode(change))))
                     }
                     Output::Resync { .. } => None,
                 })

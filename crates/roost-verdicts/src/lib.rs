@@ -20,13 +20,18 @@
 //! Redis that came back empty (its `run_id` changed): the scorer then writes every verdict again.
 
 pub mod follow;
+mod local;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redis::{Commands, Connection, RedisError};
-use roost_engine::{Class, Explanation, Timestamp, VerdictChange, subject_name};
+use roost_engine::{Class, Timestamp};
 use serde::{Deserialize, Serialize};
+
+pub use local::{HISTORIES_KEPT, LocalVerdicts};
+/// The values under the keys below: their schema is `roost_wire::redis`.
+pub use roost_wire::redis::{HistoryEntry, OverrideEntry, ProxyOutcomes, VerdictRecord};
 
 /// The `[redis]` config section.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,49 +63,6 @@ impl Default for RedisConfig {
     }
 }
 
-/// What Redis holds for a client whose verdict is not good.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct VerdictRecord {
-    pub v: u32,
-    pub subject: String,
-    pub verdict: Class,
-    pub reputation: f32,
-    /// When the verdict was reached (event time, Unix ms).
-    pub at: Timestamp,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires: Option<Timestamp>,
-    pub requests: u32,
-    pub reasons: Vec<String>,
-}
-
-impl VerdictRecord {
-    pub fn from_change(c: &VerdictChange) -> VerdictRecord {
-        VerdictRecord {
-            v: 1,
-            subject: subject_name(c.subject),
-            verdict: c.to,
-            reputation: (c.reputation * 1000.0).round() / 1000.0,
-            at: c.at,
-            expires: c.expires,
-            requests: c.requests,
-            reasons: c.reasons.iter().map(|r| r.text.clone()).collect(),
-        }
-    }
-
-    pub fn from_explanation(x: &Explanation) -> VerdictRecord {
-        VerdictRecord {
-            v: 1,
-            subject: subject_name(x.subject),
-            verdict: x.class,
-            reputation: (x.reputation * 1000.0).round() / 1000.0,
-            at: x.since.unwrap_or(x.last_seen),
-            expires: x.expires,
-            requests: x.requests,
-            reasons: x.reasons.iter().map(|r| r.text.clone()).collect(),
-        }
-    }
-}
-
 /// One write: a verdict as of `now` (event time, for its TTL).
 #[derive(Clone, Debug)]
 pub struct Write {
@@ -111,102 +73,6 @@ pub struct Write {
     pub announce: bool,
     /// Requests kept as examples, for the history (the admin UI shows them).
     pub samples: Vec<roost_engine::Sample>,
-}
-
-/// One entry of a subject's history (`{prefix}h:{subject}`, newest first): the verdict as it
-/// was written, with sample requests.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    #[serde(flatten)]
-    pub record: VerdictRecord,
-    #[serde(default)]
-    pub samples: Vec<roost_engine::Sample>,
-}
-
-/// An operator's override as proxies read it (`{prefix}o:{prefix}`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OverrideEntry {
-    pub v: u32,
-    /// The address or prefix it covers (`203.0.113.0/24`, `198.51.100.7`).
-    pub prefix: String,
-    /// `good` for allow.
-    pub class: Class,
-    /// When it was put in force (Unix ms).
-    pub at: Timestamp,
-    /// When it ends (Unix ms); `None`: until removed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub until: Option<Timestamp>,
-    pub by: String,
-    pub comment: String,
-}
-
-impl OverrideEntry {
-    pub fn new(prefix: String, ov: &roost_engine::Override, at: Timestamp) -> OverrideEntry {
-        OverrideEntry {
-            v: 1,
-            prefix,
-            class: ov.class,
-            at,
-            until: ov.until,
-            by: ov.by.clone(),
-            comment: ov.comment.clone(),
-        }
-    }
-}
-
-/// What the proxies did with one client's challenges (`{prefix}px:{subject}`, a hash of counts
-/// and the last time, Unix ms; kept `OUTCOMES_TTL_MS` after the last).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProxyOutcomes {
-    /// Challenge pages served.
-    pub issued: u64,
-    /// Challenges solved (clearance cookie given).
-    pub passed: u64,
-    /// Answers refused: wrong, expired, replayed, for another address.
-    pub failed: u64,
-    /// Requests let through on a valid clearance cookie.
-    pub cleared: u64,
-    /// Clearance cookies refused (forged, expired, another address).
-    pub refused: u64,
-    pub last: i64,
-}
-
-impl ProxyOutcomes {
-    /// Counts one outcome as the proxy's access log names it (`issued`, `passed`,
-    /// `passed:wait`, `failed:REASON`, `cleared`, `cookie_refused:REASON`); false for others.
-    pub fn add(&mut self, outcome: &str, at: i64) -> bool {
-        let kind = outcome.split(':').next().unwrap_or("");
-        match kind {
-            "issued" => self.issued += 1,
-            "passed" => self.passed += 1,
-            "failed" => self.failed += 1,
-            "cleared" => self.cleared += 1,
-            "cookie_refused" => self.refused += 1,
-            _ => return false,
-        }
-        self.last = self.last.max(at);
-        true
-    }
-
-    /// Adds another's counts.
-    pub fn merge(&mut self, o: &ProxyOutcomes) {
-        self.issued += o.issued;
-        self.passed += o.passed;
-        self.failed += o.failed;
-        self.cleared += o.cleared;
-        self.refused += o.refused;
-        self.last = self.last.max(o.last);
-    }
-
-    fn counts(&self) -> [(&'static str, u64); 5] {
-        [
-            ("issued", self.issued),
-            ("passed", self.passed),
-            ("failed", self.failed),
-            ("cleared", self.cleared),
-            ("refused", self.refused),
-        ]
-    }
 }
 
 pub const OUTCOMES_TTL_MS: u64 = 7 * 24 * 3600 * 1000;

@@ -1,13 +1,22 @@
 //! The appliance's configuration: one typed struct per component, defaults in code, spelled out
 //! in the reference file `deploy/roost.toml`; a TOML file and `ROOST_…` environment variables
 //! override them (`ROOST_ENGINE__HALF_LIFE=5m` sets `engine.half_life`).
+//!
+//! Every section type lives here or in its library crate; the subcommand modules depend on this
+//! module, never it on them.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use roost_engine::EngineConfig;
+use roost_engine::alarm::DropConfig;
+use roost_feeds::Policy;
+use roost_feeds::fetch::FetchConfig;
 use roost_logformat::LogFormatConfig;
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +35,7 @@ pub struct Config {
     pub rules: RulesConfig,
     pub up: UpConfig,
     /// Threat feeds: definitions, local files, validation, fetching.
-    pub feeds: crate::feeds::FeedsConfig,
+    pub feeds: FeedsConfig,
     /// GeoIP/ASN databases and the policy that turns countries and networks into evidence.
     pub geo: roost_geo::GeoConfig,
     /// Kafka (unused while `brokers` is empty).
@@ -34,7 +43,7 @@ pub struct Config {
     /// The verdict store (`roost score` writes, proxies read).
     pub redis: roost_verdicts::RedisConfig,
     /// `roost tail`: logs to Kafka.
-    pub tail: crate::tail::TailConfig,
+    pub tail: TailConfig,
     /// `roost score`: the scorer consumer group.
     pub score: roost_scorer::Settings,
     /// `roost proxy`: Waffles, routing each request by its client's verdict.
@@ -42,9 +51,9 @@ pub struct Config {
     /// `roost bgp`: the flowspec controller.
     pub bgp: roost_bgp::BgpConfig,
     /// `roost up`'s own average-reputation drop alert.
-    pub alert: crate::alert::AlertConfig,
+    pub alert: AlertConfig,
     /// `roost flows`: the NetFlow/IPFIX collector.
-    pub flows: crate::flows::FlowsConfig,
+    pub flows: FlowsConfig,
     /// `roost admin`: the admin UI.
     pub admin: roost_admin::AdminConfig,
 }
@@ -121,6 +130,168 @@ impl Default for LogSource {
     fn default() -> Self {
         LogSource { path: "/var/log/nginx/access.log".into(), format: LogFormatConfig::default() }
     }
+}
+
+/// The `[tail]` config section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TailConfig {
+    /// Where reading positions are kept.
+    pub checkpoint: PathBuf,
+    /// Files that exist at the first start (no checkpoint yet) are read from their `end` or
+    /// `beginning`; files that appear later are always read whole.
+    pub start: LogStart,
+    /// How often files are checked for new lines.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Bytes read from each file per batch, about (one batch is in flight at a time: this bounds
+    /// memory while Kafka is away).
+    pub batch_bytes: u64,
+    /// Where /metrics listens.
+    pub listen: SocketAddr,
+}
+
+impl Default for TailConfig {
+    fn default() -> Self {
+        TailConfig {
+            checkpoint: PathBuf::from("/var/lib/roost/tail.json"),
+            start: LogStart::End,
+            poll_interval: Duration::from_millis(100),
+            batch_bytes: 1024 * 1024,
+            listen: "127.0.0.1:9753".parse().expect("valid"),
+        }
+    }
+}
+
+/// The `[flows]` config section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowsConfig {
+    /// UDP addresses to receive exports on (each takes v5, v9 and IPFIX).
+    pub listen: Vec<SocketAddr>,
+    /// The sockets' receive buffer (the kernel caps it at net.core.rmem_max).
+    pub receive_buffer_bytes: usize,
+    /// Templates not refreshed within this time are forgotten.
+    #[serde(with = "humantime_serde")]
+    pub template_ttl: Duration,
+    /// Exporters (address and observation domain) tracked at most.
+    pub max_exporters: usize,
+    /// Records waiting for Kafka at most; beyond, records are dropped and counted.
+    pub queue: usize,
+    /// Partitions of the flows topic when roost creates it.
+    pub partitions: i32,
+    /// Where /metrics listens.
+    pub metrics_listen: SocketAddr,
+    /// Network-level evidence from the flows.
+    pub features: roost_flows::features::FeaturesConfig,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        FlowsConfig {
+            listen: vec!["127.0.0.1:2055".parse().expect("valid")],
+            receive_buffer_bytes: 32 << 20,
+            template_ttl: Duration::from_secs(30 * 60),
+            max_exporters: 1024,
+            queue: 1_000_000,
+            partitions: 8,
+            metrics_listen: "127.0.0.1:9756".parse().expect("valid"),
+            features: roost_flows::features::FeaturesConfig::default(),
+        }
+    }
+}
+
+/// The `[feeds]` config section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedsConfig {
+    /// A directory of feed definitions (`*.toml`); empty: the built-in ones (`feeds/`).
+    pub dir: String,
+    /// Feeds to switch on that are off by default (e.g. `threatexchange`, which needs a token).
+    pub enable: Vec<String>,
+    /// Feeds to switch off.
+    pub disable: Vec<String>,
+    /// Feed files on disk, by feed name, loaded directly by `roost up` and `roost replay`.
+    pub files: BTreeMap<String, PathBuf>,
+    /// Where `roost feeds run` writes each accepted feed (`NAME.feed`) and `roost up` reads
+    /// them; empty: nowhere.
+    pub cache_dir: String,
+    /// Where `roost feeds run` serves /metrics.
+    pub listen: SocketAddr,
+    pub validation: Policy,
+    pub fetch: FetchConfig,
+}
+
+impl Default for FeedsConfig {
+    fn default() -> Self {
+        FeedsConfig {
+            dir: String::new(),
+            enable: Vec::new(),
+            disable: Vec::new(),
+            files: BTreeMap::new(),
+            cache_dir: String::new(),
+            listen: "127.0.0.1:9752".parse().expect("valid"),
+            validation: Policy::default(),
+            fetch: FetchConfig::default(),
+        }
+    }
+}
+
+/// The `[alert]` config section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Track the drop signal in `roost up`.
+    pub enabled: bool,
+    /// How often the population is sampled (Prometheus' evaluation interval, in effect).
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+    pub drop: DropConfig,
+    /// Where notifications go; none by default.
+    pub receivers: Vec<Receiver>,
+    /// While firing, the alert is sent again this often (an Alertmanager forgets alerts that
+    /// are not re-sent).
+    #[serde(with = "humantime_serde")]
+    pub resend: Duration,
+    /// The admin UI's base URL, for the link to the offending clients. Empty: this process's
+    /// own API (`http://{up.listen}`).
+    pub admin_url: String,
+    /// Labels added to the alert (`severity`, `team`…).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            enabled: true,
+            sample_interval: Duration::from_secs(15),
+            drop: DropConfig::default(),
+            receivers: Vec::new(),
+            resend: Duration::from_secs(60),
+            admin_url: String::new(),
+            labels: [("severity".to_owned(), "page".to_owned())].into(),
+        }
+    }
+}
+
+/// A notification target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receiver {
+    /// For `alertmanager`: the base URL (`http://127.0.0.1:9093`); for `webhook`: the URL.
+    pub url: String,
+    #[serde(default)]
+    pub format: ReceiverFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiverFormat {
+    /// Alertmanager's API: `POST {url}/api/v2/alerts`.
+    #[default]
+    Alertmanager,
+    /// The payload Alertmanager's `webhook_config` sends (`"version": "4"`).
+    Webhook,
 }
 
 impl Config {

@@ -6,19 +6,14 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod alert;
-mod bgp;
+mod cmd;
 mod config;
-mod demo_app;
-mod feeds;
-mod flows;
-mod generate;
-mod replay;
-mod rules;
-mod score;
-mod tail;
-mod up;
-mod up_store;
+mod engine;
+mod enrich;
+mod flowspec;
+mod logs;
+mod ruleset;
+mod runtime;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,7 +23,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use roost_logformat::{FormatKind, LogFormatConfig};
 
+use crate::cmd::{admin, bgp, feeds, flows, generate, replay, rules, score, tail, up};
 use crate::config::Config;
+use crate::engine::EngineBuilder;
 
 #[derive(Parser)]
 #[command(
@@ -72,7 +69,7 @@ enum Command {
         rules: Option<PathBuf>,
         /// Also score with this feed file: NAME=PATH, NAME one of `roost feeds list` (repeatable;
         /// adds to `feeds.files`).
-        #[arg(long = "feed", value_name = "NAME=PATH", value_parser = feeds::parse_feed_arg)]
+        #[arg(long = "feed", value_name = "NAME=PATH", value_parser = cmd::feeds::parse_feed_arg)]
         feed: Vec<(String, PathBuf)>,
     },
     /// Threat feeds: fetch and publish them, check a file, see which feeds list an address.
@@ -166,7 +163,7 @@ enum FeedsCmd {
     Lookup {
         ip: std::net::IpAddr,
         /// A feed file NAME=PATH to consult besides the configured ones (repeatable).
-        #[arg(long = "feed", value_name = "NAME=PATH", value_parser = feeds::parse_feed_arg)]
+        #[arg(long = "feed", value_name = "NAME=PATH", value_parser = cmd::feeds::parse_feed_arg)]
         feed: Vec<(String, PathBuf)>,
     },
 }
@@ -254,20 +251,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fmt.format = FormatKind::Nginx;
                 fmt.log_format = Some(def);
             }
-            let rule_set = if no_rules { None } else { Some(rules::compile(&cfg.rules, rules_dir.as_deref())?) };
-            let defs = feeds::definitions(&cfg.feeds)?;
-            let loaded = feeds::load_local(&cfg, &defs, &feed)?;
-            let enrich = feeds::Enrichment::new(&cfg, roost_feeds::local::index(&loaded))?;
-            let args = replay::ReplayArgs {
-                enrich: Some(enrich),
-                files,
-                format: fmt,
-                output,
-                changes,
-                rules: rule_set,
-                rules_max_clients: cfg.rules.max_clients,
-            };
-            let summary = replay::run(args, cfg.engine)?;
+            let defs = crate::enrich::definitions(&cfg.feeds)?;
+            let loaded = crate::enrich::load_local(&cfg, &defs, &feed)?;
+            let enrich = crate::enrich::Enrichment::new(&cfg, roost_feeds::local::index(&loaded))?;
+            let mut engine = EngineBuilder::new(cfg.engine.clone())?.enrich(enrich);
+            if !no_rules {
+                let set = crate::ruleset::compile(&cfg.rules, rules_dir.as_deref())?;
+                engine = engine.rules(roost_rules::handle(set), cfg.rules.max_clients);
+            }
+            let args = replay::ReplayArgs { files, format: fmt, output, changes, engine };
+            let summary = replay::run(args)?;
             summary.print(&mut std::io::stdout().lock())?;
         }
         Command::Generate { out, truth, lines, seed, format } => {
@@ -296,24 +289,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail => tail::run(cfg)?,
         Command::Score => score::run(cfg)?,
         Command::Flows => flows::run(cfg)?,
-        Command::Admin { cmd: Some(AdminCmd::HashPassword) } => {
-            let mut pw = String::new();
-            std::io::stdin().read_line(&mut pw)?;
-            let pw = pw.trim_end_matches(['\r', '\n']);
-            anyhow::ensure!(!pw.is_empty(), "no password on standard input");
-            println!("{}", roost_admin::auth::hash_password(pw));
-        }
-        Command::Admin { cmd: None } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            let backend = roost_admin::Distributed::connect(&cfg.redis, cfg.kafka.clone(), rt.handle().clone())?;
-            let users = roost_admin::auth::load_users(&cfg.admin.users_file)?;
-            let secret = roost_admin::read_secret(&cfg.proxy.challenge.secret_file)?;
-            let geo = feeds::open_geo(&cfg.geo)?;
-            let st = roost_admin::state(cfg.admin.clone(), users, std::sync::Arc::new(backend), secret, geo)?;
-            rt.block_on(roost_admin::serve(st, up::shutdown_signal()))?;
-        }
+        Command::Admin { cmd: Some(AdminCmd::HashPassword) } => admin::hash_password()?,
+        Command::Admin { cmd: None } => admin::run(cfg)?,
         Command::Bgp { cmd: None } => bgp::run(cfg)?,
         Command::Bgp { cmd: Some(BgpCmd::Show) } => print!("{}", bgp::show(&cfg)?),
+        // pingora's server: SIGTERM stops it gracefully, SIGINT at once, SIGQUIT hands over
         Command::Proxy { upgrade, daemon } => {
             roost_proxy::run(cfg.proxy, cfg.redis, cfg.engine.ipv6_prefix, roost_proxy::RunOptions { upgrade, daemon })?
         }
@@ -334,4 +314,151 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod layout {
+    //! The binary's module graph, read off its sources: no cycle, and no subcommand module
+    //! depending on another (the shared wiring is `config`, `runtime`, `engine`, `ruleset`,
+    //! `enrich`, `flowspec`).
+
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// Every `crate::a::b` path in a file, as the module it names (`a`, or `cmd::b`).
+    fn uses(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("crate::") {
+            rest = &rest[i + "crate::".len()..];
+            let word = |s: &str| s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>();
+            let first = word(rest);
+            if first == "cmd" {
+                let after = &rest["cmd".len()..];
+                if let Some(x) = after.strip_prefix("::{") {
+                    for m in x.split('}').next().unwrap_or("").split(',') {
+                        out.insert(format!("cmd::{}", word(m.trim())));
+                    }
+                } else if let Some(x) = after.strip_prefix("::") {
+                    out.insert(format!("cmd::{}", word(x)));
+                } else {
+                    out.insert("cmd".to_owned());
+                }
+            } else if !first.is_empty() {
+                out.insert(first);
+            }
+        }
+        out
+    }
+
+    /// Module name → the modules it uses, for every file under `src/` (a directory module's files
+    /// count as the module).
+    fn graph() -> BTreeMap<String, BTreeSet<String>> {
+        fn walk(dir: &Path, module: Option<String>, g: &mut BTreeMap<String, BTreeSet<String>>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+                if p.is_dir() {
+                    let m = match &module {
+                        Some(m) if m == "cmd" => format!("cmd::{stem}"),
+                        Some(m) => m.clone(),
+                        None => stem.clone(),
+                    };
+                    walk(&p, Some(m), g);
+                    continue;
+                }
+                let m = match (&module, stem.as_str()) {
+                    (None, "main") => "main".to_owned(),
+                    (None, _) => stem,
+                    (Some(m), "mod") => m.clone(),
+                    (Some(m), _) if m == "cmd" => format!("cmd::{stem}"),
+                    (Some(m), _) => m.clone(),
+                };
+                let text = std::fs::read_to_string(&p).unwrap();
+                // a test module may name anything; the tests below are in main.rs's
+                let text = text.split("#[cfg(test)]").next().unwrap();
+                // comments name modules without using them
+                let code: String =
+                    text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+                let used = uses(&code);
+                g.entry(m.clone()).or_default().extend(used.into_iter().filter(|u| *u != m));
+            }
+        }
+        let mut g = BTreeMap::new();
+        walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), None, &mut g);
+        g
+    }
+
+    /// What is wrong with a module graph: a subcommand that uses another, a shared module that
+    /// uses a subcommand, a cycle.
+    fn check(g: &BTreeMap<String, BTreeSet<String>>) -> Result<(), String> {
+        for (m, used) in g {
+            if m.starts_with("cmd::") {
+                let others: Vec<&String> = used.iter().filter(|u| u.starts_with("cmd")).collect();
+                if !others.is_empty() {
+                    return Err(format!("subcommand {m} uses {others:?}"));
+                }
+            } else if m != "main" && m != "cmd" && used.iter().any(|u| u.starts_with("cmd")) {
+                return Err(format!("shared module {m} uses a subcommand: {used:?}"));
+            }
+        }
+        // no cycle: depth-first, a module on the current path must not be reached again
+        fn visit<'a>(
+            m: &'a str,
+            g: &'a BTreeMap<String, BTreeSet<String>>,
+            path: &mut Vec<&'a str>,
+            done: &mut BTreeSet<&'a str>,
+        ) -> Result<(), String> {
+            if done.contains(m) {
+                return Ok(());
+            }
+            if path.contains(&m) {
+                return Err(format!("import cycle: {} -> {m}", path.join(" -> ")));
+            }
+            path.push(m);
+            for u in g.get(m).into_iter().flatten() {
+                visit(u, g, path, done)?;
+            }
+            path.pop();
+            done.insert(m);
+            Ok(())
+        }
+        let mut done = BTreeSet::new();
+        for m in g.keys() {
+            visit(m, g, &mut Vec::new(), &mut done)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn no_subcommand_uses_another_and_the_modules_form_no_cycle() {
+        let g = graph();
+        for m in ["config", "runtime", "engine", "ruleset", "enrich", "flowspec", "cmd::up", "cmd::bgp", "cmd::replay"]
+        {
+            assert!(g.contains_key(m), "no module {m} found: {:?}", g.keys());
+        }
+        assert!(g["cmd::up"].contains("flowspec") && g["cmd::score"].contains("engine"), "{g:?}");
+        check(&g).unwrap();
+    }
+
+    /// The check can fail: imports in every spelling are seen, and so are a cycle, a subcommand
+    /// using another and a shared module using a subcommand.
+    #[test]
+    fn the_layout_check_sees_what_it_forbids() {
+        assert_eq!(
+            uses("use crate::cmd::{bgp, up};\nuse crate::runtime::wall_now; crate::cmd::tail::run"),
+            ["cmd::bgp", "cmd::tail", "cmd::up", "runtime"].into_iter().map(String::from).collect()
+        );
+        let graph = |edges: &[(&str, &str)]| {
+            let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for (a, b) in edges {
+                g.entry((*a).into()).or_default().insert((*b).into());
+            }
+            g
+        };
+        assert!(check(&graph(&[("cmd::up", "engine"), ("engine", "config")])).is_ok());
+        assert!(check(&graph(&[("engine", "enrich"), ("enrich", "engine")])).unwrap_err().contains("cycle"));
+        assert!(check(&graph(&[("cmd::up", "cmd::bgp")])).unwrap_err().contains("subcommand cmd::up uses"));
+        assert!(check(&graph(&[("runtime", "cmd::up")])).unwrap_err().contains("shared module runtime"));
+    }
 }

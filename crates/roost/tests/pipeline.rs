@@ -204,7 +204,7 @@ impl Census {
             match self.follower.poll(Duration::from_millis(200)).unwrap() {
                 Some(r) => {
                     quiet_since = Instant::now();
-                    let ev = roost_scorer::wire::decode_request(r.value.as_deref().unwrap()).unwrap();
+                    let ev = roost_wire::requests::decode_request(r.value.as_deref().unwrap()).unwrap();
                     let mut it = ev.path.trim_start_matches("/item/").split('/');
                     match (
                         it.next().and_then(|f| f.parse::<usize>().ok()),
@@ -291,7 +291,7 @@ fn tail_loses_nothing_through_rotations_and_two_sigkills() {
     // the lines that did not parse went to the dead-letter topic, with their source
     let mut dead = Vec::new();
     roost_kafka::read_to_end(&s.kafka_cfg(), &s.deadletter, Duration::from_secs(60), |r| {
-        dead.push(serde_json::from_slice::<roost_scorer::wire::DeadLetter>(r.value.as_deref().unwrap()).unwrap())
+        dead.push(serde_json::from_slice::<roost_wire::requests::DeadLetter>(r.value.as_deref().unwrap()).unwrap())
     })
     .unwrap();
     let mut lines: Vec<&str> = dead.iter().map(|d| d.line.as_str()).collect();

@@ -445,3 +445,85 @@ fn demo_appliance_serves_the_proxy_and_the_admin_ui() {
     let code = eventually("roost up to exit", || up.child.try_wait().unwrap());
     assert!(code.success(), "{code:?}");
 }
+
+/// `roost replay` and `roost up` build their engines with one builder and expire by one policy:
+/// fed the same lines, they reach the same verdict changes, with the same reasons, in the same
+/// order.
+#[test]
+fn up_and_replay_reach_the_same_verdicts_for_the_same_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    // dated a second ago: up's engine judges by the wall clock, replay's by the log
+    let t = common::unix_now() - 1;
+    let line =
+        |ip: &str, method: &str, path: &str, status: u16, ua: &str| common::clf_line(ip, method, path, status, ua, t);
+    let mut lines = String::new();
+    for i in 0..40u32 {
+        // readers
+        for r in 1..=12 {
+            lines.push_str(&line(&format!("192.0.2.{r}"), "GET", &format!("/blog/post-{}", i % 7), 200, "Mozilla/5.0"));
+        }
+        // scanners, with rule hits and 404s
+        for (s, p) in [(1, "/.env"), (2, "/.git/config"), (3, "/phpmyadmin/index.php"), (4, "/wp-login.php")] {
+            lines.push_str(&line(&format!("198.51.100.{s}"), "GET", &format!("{p}?x={i}"), 404, "Mozilla/5.0"));
+        }
+        // a brute-forcer, a scanner user agent, a traversal probe
+        lines.push_str(&line("203.0.113.9", "POST", "/login", 401, "Mozilla/5.0"));
+        lines.push_str(&line(
+            "203.0.113.10",
+            "GET",
+            &format!("/page/{i}"),
+            200,
+            "sqlmap/1.7.2#stable (https://sqlmap.org)",
+        ));
+        if i % 5 == 0 {
+            lines.push_str(&line("203.0.113.11", "GET", "/download?file=../../../../etc/passwd", 400, "curl/8.0"));
+        }
+        // an IPv6 client (aggregated by /64)
+        lines.push_str(&line(&format!("2001:db8:7::{i:x}"), "GET", "/xmlrpc.php", 404, "Mozilla/5.0"));
+    }
+    std::fs::write(&log, &lines).unwrap();
+
+    let changes = dir.path().join("changes.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_roost"))
+        .args(["replay", "--format", "combined", "--changes", changes.to_str().unwrap(), log.to_str().unwrap()])
+        .env_remove("ROOST_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replayed: Vec<serde_json::Value> =
+        std::fs::read_to_string(&changes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(replayed.len() >= 6, "the scenario flags clients: {replayed:?}");
+
+    let cfg = dir.path().join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n[up]\nlisten = \"127.0.0.1:0\"\nproxy = false\nadmin = false\n\
+             start = \"beginning\"\npoll_interval = \"50ms\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let up = start(&cfg);
+    let n = lines.lines().count();
+    eventually("roost up to score every line", || {
+        let (_, m) = get(up.addr, "/metrics");
+        m.contains(&format!("roost_events_total {n}\n")).then_some(())
+    });
+    let (_, body) = get(up.addr, "/api/v1/changes?limit=1000");
+    let mut live: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    live.reverse(); // newest first there
+    // what both must agree on (samples are examples, not the verdict)
+    let key = |c: &serde_json::Value| {
+        let mut c = c.clone();
+        c.as_object_mut().unwrap().remove("samples");
+        c
+    };
+    let replayed: Vec<serde_json::Value> = replayed.iter().map(key).collect();
+    let live: Vec<serde_json::Value> = live.iter().map(key).collect();
+    assert_eq!(live.len(), replayed.len(), "up: {live:#?}\nreplay: {replayed:#?}");
+    for (l, r) in live.iter().zip(&replayed) {
+        assert_eq!(l, r);
+    }
+}

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use roost_engine::{Class, Engine, EngineConfig, Reason, Timestamp, VerdictChange};
+use roost_engine::{Class, Engine, Reason, Timestamp, VerdictChange};
 use roost_logformat::{ErrorKind, LogFormatConfig, Parser};
 use serde::Serialize;
+
+use crate::engine::EngineBuilder;
 
 /// What a replay is asked to do.
 pub struct ReplayArgs {
@@ -18,11 +20,8 @@ pub struct ReplayArgs {
     pub format: LogFormatConfig,
     pub output: Option<PathBuf>,
     pub changes: Option<PathBuf>,
-    /// Known-bad rules to score with, if any.
-    pub rules: Option<roost_rules::RuleSet>,
-    pub rules_max_clients: usize,
-    /// Threat feeds and GeoIP/ASN, if any.
-    pub enrich: Option<crate::feeds::Enrichment>,
+    /// The engine: rules, feeds and GeoIP/ASN as configured.
+    pub engine: EngineBuilder,
 }
 
 /// One client's line in the output file.
@@ -105,32 +104,21 @@ fn parser_for(cfg: &LogFormatConfig, path: &Path, head: &[String]) -> anyhow::Re
     if cfg.format != roost_logformat::FormatKind::Auto {
         return Parser::from_config(cfg).map_err(Into::into);
     }
-    roost_logformat::detect(head.iter().map(String::as_str)).with_context(|| {
-        format!("{}: cannot tell the log format from its first lines; set --format (combined, json, haproxy) or --log-format", path.display())
-    })
+    roost_logformat::detect(head.iter().map(String::as_str))
+        .with_context(|| format!("{} (--format or --log-format say which)", path.display()))
 }
 
-pub fn run(mut args: ReplayArgs, engine_cfg: EngineConfig) -> anyhow::Result<Summary> {
+pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let mut engine = Engine::new(engine_cfg)?;
-    let mut rules_version = None;
-    if let Some(set) = args.rules.take() {
-        rules_version = Some(format!("{} ({} rules)", set.version(), set.rules().len()));
-        engine.add_inspector(Box::new(roost_rules::RulesInspector::new(
-            roost_rules::handle(set),
-            args.rules_max_clients,
-        )));
-    }
-    if let Some(e) = &args.enrich {
-        e.attach(&mut engine);
-    }
+    let mut engine = args.engine.build();
+    let rules_version = args.engine.rule_set().map(|set| format!("{} ({} rules)", set.version(), set.rules().len()));
     let mut changes_out = match &args.changes {
         Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
         None => None,
     };
     let mut peaks: std::collections::HashMap<ipnetwork::IpNetwork, Peak> = std::collections::HashMap::new();
     let mut malformed = Malformed::default();
-    let (mut lines, mut last_expire) = (0u64, i64::MIN);
+    let mut lines = 0u64;
     let mut record = |c: VerdictChange, out: &mut Option<BufWriter<File>>| -> anyhow::Result<()> {
         if let Some(w) = out {
             serde_json::to_writer(&mut *w, &c)?;
@@ -155,7 +143,7 @@ pub fn run(mut args: ReplayArgs, engine_cfg: EngineConfig) -> anyhow::Result<Sum
         // Read the head first, to detect the format if asked to.
         let mut head: Vec<String> = Vec::new();
         let mut head_done = false;
-        while head.len() < 20 {
+        while head.len() < roost_logformat::DETECT_LINES {
             buf.clear();
             if reader.read_until(b'\n', &mut buf).with_context(|| format!("reading {}", path.display()))? == 0 {
                 head_done = true;
@@ -169,12 +157,8 @@ pub fn run(mut args: ReplayArgs, engine_cfg: EngineConfig) -> anyhow::Result<Sum
             |line: &str, line_no: u64, engine: &mut Engine, malformed: &mut Malformed| -> anyhow::Result<()> {
                 match parser.parse(line) {
                     Ok(ev) => {
-                        let t = ev.time.secs();
-                        if t > last_expire {
-                            for c in engine.expire(ev.time) {
-                                record(c, &mut changes_out)?;
-                            }
-                            last_expire = t;
+                        for c in engine.advance(ev.time) {
+                            record(c, &mut changes_out)?;
                         }
                         if let Some(c) = engine.observe(&ev) {
                             record(c, &mut changes_out)?;

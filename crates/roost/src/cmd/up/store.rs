@@ -1,10 +1,11 @@
-//! What `roost up` keeps of its verdicts, for the admin UI and the proxy in the same process:
-//! the current verdict of every flagged client (the records `roost score` would write to
-//! Redis), each client's history with sample requests, and the audit log. With `redis.url`
-//! set, every verdict and audit entry is also written to Redis (in the key schema `roost score`
-//! uses), so `roost proxy` instances elsewhere follow this appliance.
+//! Where `roost up`'s verdicts go besides its memory (`roost_verdicts::LocalVerdicts` in
+//! [`super::state`]): with `redis.url` set, every verdict, override and audit entry is also
+//! written to Redis (in the key schema `roost score` uses), so `roost proxy` instances elsewhere
+//! follow this appliance ([`RedisMirror`]); with `kafka.brokers` set, verdict changes and audit
+//! entries go to the verdicts and audit topics ([`KafkaMirror`]). And [`UpBackend`], the admin
+//! UI's view of this process.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,64 +13,15 @@ use std::time::{Duration, Instant};
 use ipnetwork::IpNetwork;
 use prometheus_client::metrics::counter::Counter;
 use roost_admin::{AuditEntry, Backend, Health};
-use roost_engine::{Override, Timestamp, VerdictChange};
-use roost_verdicts::{HistoryEntry, OverrideEntry, RedisConfig, VerdictRecord, Write};
+use roost_engine::{Override, VerdictChange};
+use roost_verdicts::{HistoryEntry, OverrideEntry, RedisConfig, Write};
 
-use super::up::Shared;
+use super::state::{AUDIT_KEPT, Appliance, record};
+use crate::runtime::wall_now;
 
-/// Audit entries kept in memory (Redis keeps its own stream when configured).
-const AUDIT_KEPT: usize = 10_000;
-/// Subjects with a history, at most; the least recently changed go first.
-const HISTORIES_KEPT: usize = 200_000;
 /// Writes waiting for Redis while it is unreachable, at most (then the oldest are dropped and
 /// counted; a full resync follows when it is back).
 const PENDING_MAX: usize = 100_000;
-
-#[derive(Default)]
-pub struct Verdicts {
-    current: HashMap<String, VerdictRecord>,
-    histories: HashMap<String, (i64, VecDeque<HistoryEntry>)>,
-    audit: VecDeque<AuditEntry>,
-}
-
-impl Verdicts {
-    /// Records verdict changes: the current record, the history.
-    pub fn record(&mut self, changes: &[VerdictChange]) -> Vec<Write> {
-        let mut writes = Vec::with_capacity(changes.len());
-        for c in changes {
-            let rec = VerdictRecord::from_change(c);
-            let (last, h) = self.histories.entry(rec.subject.clone()).or_default();
-            *last = c.at.0;
-            h.push_front(HistoryEntry { record: rec.clone(), samples: c.samples.clone() });
-            h.truncate(roost_verdicts::HISTORY_LEN as usize);
-            if rec.verdict == roost_engine::Class::Good {
-                self.current.remove(&rec.subject);
-            } else {
-                self.current.insert(rec.subject.clone(), rec.clone());
-            }
-            writes.push(Write { record: rec, now: c.at, announce: true, samples: c.samples.clone() });
-        }
-        writes
-    }
-
-    /// Drops expired verdicts and old histories.
-    pub fn sweep(&mut self, now: Timestamp) {
-        self.current.retain(|_, r| r.expires.is_none_or(|e| e > now));
-        let oldest = now.0 - roost_verdicts::HISTORY_TTL_MS as i64;
-        self.histories.retain(|_, (at, _)| *at > oldest);
-        if self.histories.len() > HISTORIES_KEPT {
-            let mut ages: Vec<i64> = self.histories.values().map(|(at, _)| *at).collect();
-            let cut = ages.len() - HISTORIES_KEPT;
-            let (_, nth, _) = ages.select_nth_unstable(cut);
-            let nth = *nth;
-            self.histories.retain(|_, (at, _)| *at >= nth);
-        }
-    }
-
-    pub fn current(&self) -> Vec<VerdictRecord> {
-        self.current.values().cloned().collect()
-    }
-}
 
 /// Mirrors verdicts and audit entries to Redis, off the scorer's thread.
 pub struct RedisMirror {
@@ -81,7 +33,7 @@ pub struct RedisMirror {
 }
 
 impl RedisMirror {
-    pub fn start(cfg: &RedisConfig, dropped: Counter, shared: Arc<Shared>) -> anyhow::Result<RedisMirror> {
+    pub fn start(cfg: &RedisConfig, dropped: Counter, shared: Arc<Appliance>) -> anyhow::Result<RedisMirror> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1024);
         let store = roost_verdicts::Store::new(cfg)?;
         let writer = roost_verdicts::Store::new(cfg)?;
@@ -133,7 +85,7 @@ fn write_loop(
     mut store: roost_verdicts::Store,
     rx: Receiver<Vec<Write>>,
     dropped: Counter,
-    shared: Arc<Shared>,
+    shared: Arc<Appliance>,
     requested: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut pending: VecDeque<Write> = VecDeque::new();
@@ -153,7 +105,7 @@ fn write_loop(
         }
         if resync && failing_since.is_none() {
             // the store missed writes: every override and current verdict again (no announcements)
-            let now = super::up::wall_now();
+            let now = wall_now();
             let overrides: Vec<(String, Option<OverrideEntry>)> = {
                 let engine = shared.engine.lock().expect("engine lock");
                 engine
@@ -236,7 +188,7 @@ impl KafkaMirror {
             .iter()
             .map(|c| {
                 let key = roost_engine::subject_name(c.subject).into_bytes();
-                (self.verdicts.clone(), key, Some(roost_scorer::run::encode_change(c)))
+                (self.verdicts.clone(), key, Some(roost_wire::verdicts::encode(c)))
             })
             .collect();
         self.send(batch);
@@ -293,7 +245,7 @@ fn kafka_loop(producer: roost_kafka::Producer, rx: Receiver<Vec<TopicRecord>>, d
 
 /// The admin UI's backend in `roost up`: this process's engine and records.
 pub struct UpBackend {
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Appliance>,
 }
 
 impl Backend for UpBackend {
@@ -303,8 +255,7 @@ impl Backend for UpBackend {
     }
 
     fn history(&self, subject: &str) -> Vec<HistoryEntry> {
-        let v = self.shared.verdicts.lock().expect("verdicts lock");
-        v.histories.get(subject).map(|(_, h)| h.iter().cloned().collect()).unwrap_or_default()
+        self.shared.verdicts.lock().expect("verdicts lock").history(subject)
     }
 
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), String> {
@@ -317,11 +268,11 @@ impl Backend for UpBackend {
         }
         tracing::info!(target: "roost::audit", by = %entry.by, from = %entry.from, action = %entry.action,
             prefix = %entry.prefix, class = ?entry.class, until = ?entry.until, comment = %entry.comment, "audit");
-        let mut v = self.shared.verdicts.lock().expect("verdicts lock");
-        if v.audit.len() >= AUDIT_KEPT {
-            v.audit.pop_back();
+        let mut audit = self.shared.audit.lock().expect("audit lock");
+        if audit.len() >= AUDIT_KEPT {
+            audit.pop_back();
         }
-        v.audit.push_front(entry.clone());
+        audit.push_front(entry.clone());
         Ok(())
     }
 
@@ -330,12 +281,12 @@ impl Backend for UpBackend {
             let v = r.store.lock().expect("store lock").recent_audit(n).map_err(|e| e.to_string())?;
             return Ok(v.into_iter().filter_map(|(_, j)| serde_json::from_str(&j).ok()).collect());
         }
-        Ok(self.shared.verdicts.lock().expect("verdicts lock").audit.iter().take(n).cloned().collect())
+        Ok(self.shared.audit.lock().expect("audit lock").iter().take(n).cloned().collect())
     }
 
     fn apply_override(&self, prefix: IpNetwork, ov: Option<Override>) -> Result<(), String> {
         let name = roost_engine::subject_name(prefix);
-        let entry = ov.as_ref().map(|o| OverrideEntry::new(name.clone(), o, super::up::wall_now()));
+        let entry = ov.as_ref().map(|o| OverrideEntry::new(name.clone(), o, wall_now()));
         // the in-process proxy and flowspec controller act on it before any client is judged
         if let Some(c) = self.shared.cache.get() {
             c.set_override(prefix, entry.as_ref());
@@ -348,25 +299,23 @@ impl Backend for UpBackend {
             };
         }
         if let Some(bgp) = self.shared.bgp.get() {
-            let _ = bgp.send(crate::bgp::Input::Override(prefix, ov.clone()));
+            let _ = bgp.send(vec![roost_bgp::Input::Override(prefix, ov.clone())]);
         }
         let changes = {
             let mut engine = self.shared.engine.lock().expect("engine lock");
-            let now = super::up::clock(&self.shared, &engine);
+            let now = self.shared.clock(&engine);
             match ov {
                 Some(o) => engine.set_override(prefix, o, now),
                 None => engine.remove_override(prefix, now),
             }
         };
-        super::up::record(&self.shared, changes);
+        record(&self.shared, changes);
         if let Some(r) = self.shared.redis.get() {
             // other proxies following this Redis
-            r.store.lock().expect("store lock").write_overrides(&[(name, entry)], super::up::wall_now().0).map_err(
-                |e| {
-                    r.resync(); // the writer puts it there once Redis answers
-                    format!("the override is in force here, but not yet in Redis: {e}")
-                },
-            )?;
+            r.store.lock().expect("store lock").write_overrides(&[(name, entry)], wall_now().0).map_err(|e| {
+                r.resync(); // the writer puts it there once Redis answers
+                format!("the override is in force here, but not yet in Redis: {e}")
+            })?;
         }
         Ok(())
     }
@@ -376,7 +325,7 @@ impl Backend for UpBackend {
     }
 
     fn overrides(&self) -> Vec<OverrideEntry> {
-        let now = super::up::wall_now();
+        let now = wall_now();
         let held = self.shared.overrides.lock().expect("overrides lock");
         held.values().filter(|e| e.until.is_none_or(|u| u > now)).cloned().collect()
     }

@@ -31,47 +31,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use roost_flows::{Decoder, DecoderConfig, FlowRecord};
-use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
-
-/// The `[flows]` config section.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FlowsConfig {
-    /// UDP addresses to receive exports on (each takes v5, v9 and IPFIX).
-    pub listen: Vec<SocketAddr>,
-    /// The sockets' receive buffer (the kernel caps it at net.core.rmem_max).
-    pub receive_buffer_bytes: usize,
-    /// Templates not refreshed within this time are forgotten.
-    #[serde(with = "humantime_serde")]
-    pub template_ttl: Duration,
-    /// Exporters (address and observation domain) tracked at most.
-    pub max_exporters: usize,
-    /// Records waiting for Kafka at most; beyond, records are dropped and counted.
-    pub queue: usize,
-    /// Partitions of the flows topic when roost creates it.
-    pub partitions: i32,
-    /// Where /metrics listens.
-    pub metrics_listen: SocketAddr,
-    /// Network-level evidence from the flows.
-    pub features: roost_flows::features::FeaturesConfig,
-}
-
-impl Default for FlowsConfig {
-    fn default() -> Self {
-        FlowsConfig {
-            listen: vec!["127.0.0.1:2055".parse().expect("valid")],
-            receive_buffer_bytes: 32 << 20,
-            template_ttl: Duration::from_secs(30 * 60),
-            max_exporters: 1024,
-            queue: 1_000_000,
-            partitions: 8,
-            metrics_listen: "127.0.0.1:9756".parse().expect("valid"),
-            features: roost_flows::features::FeaturesConfig::default(),
-        }
-    }
-}
+use crate::config::{Config, FlowsConfig};
+use crate::runtime::{self, Shutdown};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExporterLabel {
@@ -95,8 +57,8 @@ struct ErrorLabel {
 /// What the receiver hands to the publisher.
 enum Out {
     Flow(FlowRecord),
-    Evidence(roost_event::wire::EvidenceEvent),
-    DeadLetter { exporter: SocketAddr, letter: roost_scorer::wire::DeadLetter },
+    Evidence(roost_wire::requests::EvidenceEvent),
+    DeadLetter { exporter: SocketAddr, letter: roost_wire::requests::DeadLetter },
 }
 
 /// Undecodable datagrams kept on the dead-letter topic per second, at most.
@@ -167,10 +129,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         // as `roost tail` makes it: the scorers' partitions
         roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.requests, cfg.score.partitions, false)?;
     }
+    let rt = runtime::tokio(1)?;
+    let shutdown = Shutdown::on_signals(&rt)?;
+    let listener = rt.block_on(runtime::bind(f.metrics_listen))?;
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = sync_channel::<Vec<Out>>(f.queue.div_ceil(256).max(4));
     let queued = Arc::new(std::sync::atomic::AtomicI64::new(0));
 
@@ -178,7 +142,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     for addr in &f.listen {
         let sock = bind(*addr, f.receive_buffer_bytes)?;
         tracing::info!(listen = %addr, "roost flows: receiving NetFlow v5/v9 and IPFIX");
-        let (tx, metrics, stop, queued, f) = (tx.clone(), metrics.clone(), stop.clone(), queued.clone(), f.clone());
+        let (tx, metrics, stop, queued, f) = (tx.clone(), metrics.clone(), shutdown.flag(), queued.clone(), f.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("roost-flows-recv".into())
@@ -187,7 +151,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     drop(tx);
     {
-        let (kafka, metrics, stop, queued) = (cfg.kafka.clone(), metrics.clone(), stop.clone(), queued.clone());
+        let (kafka, metrics, stop, queued) = (cfg.kafka.clone(), metrics.clone(), shutdown.flag(), queued.clone());
         let ipv6_prefix = cfg.engine.ipv6_prefix;
         threads.push(
             std::thread::Builder::new()
@@ -195,21 +159,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 .spawn(move || publish(&kafka, ipv6_prefix, rx, &metrics, &stop, &queued))?,
         );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let registry = Arc::new(registry);
-    let listen = f.metrics_listen;
     rt.block_on(async {
-        let app = axum::Router::new()
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-            .route("/metrics", axum::routing::get(move || std::future::ready(crate::up::encode_metrics(&registry))));
-        let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
-        tracing::info!("roost flows: /metrics on http://{listen}");
-        let server = tokio::spawn(async move { axum::serve(l, app).await });
-        crate::up::shutdown_signal().await;
-        server.abort();
-        anyhow::Ok(())
-    })?;
-    stop.store(true, Ordering::Relaxed);
+        let server =
+            runtime::serve("roost flows: /metrics", listener, runtime::metrics_router(Arc::new(registry)), &shutdown);
+        shutdown.stopped().await;
+        let _ = server.await;
+    });
     for t in threads {
         let _ = t.join();
     }
@@ -263,13 +218,13 @@ fn receive(
     let mut batch: Vec<Out> = Vec::with_capacity(256);
     let mut features = f.features.enabled.then(|| roost_flows::features::FlowFeatures::new(f.features.clone()));
     let mut found = Vec::new();
-    let host = crate::tail::hostname();
+    let host = runtime::hostname();
     let (mut letters, mut letters_since) = (0u32, Instant::now());
     let mut last_send = Instant::now();
     let mut last_prune = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let got = sock.recv_from(&mut buf);
-        let now = crate::up::wall_now();
+        let now = runtime::wall_now();
         if let Ok((n, from)) = got {
             let ex = labels.of(from.ip());
             m.datagrams.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc();
@@ -299,7 +254,7 @@ fn receive(
                     let (e, _) = out.errors[0];
                     batch.push(Out::DeadLetter {
                         exporter: from,
-                        letter: roost_scorer::wire::DeadLetter {
+                        letter: roost_wire::requests::DeadLetter {
                             v: 1,
                             host: host.clone(),
                             file: format!("udp://{from}"),
@@ -407,8 +362,8 @@ fn publish(
             match r {
                 Out::Flow(f) => flows.push((f.src.to_string().into_bytes(), Some(f.encode()))),
                 Out::Evidence(e) => evidence.push((
-                    roost_scorer::wire::subject_key(e.client, ipv6_prefix).into_bytes(),
-                    Some(roost_scorer::wire::encode_evidence(e)),
+                    roost_wire::subject_key(e.client, ipv6_prefix).into_bytes(),
+                    Some(roost_wire::requests::encode_evidence(e)),
                 )),
                 Out::DeadLetter { exporter, letter } => letters.push((
                     exporter.to_string().into_bytes(),

@@ -10,7 +10,6 @@
 //! checkpoint records each partition's offset, and the restart reads back what lies beyond.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,41 +24,10 @@ use roost_ingest::checkpoint::Checkpoint;
 use roost_ingest::tail::{LineAt, Position, Start, Tail};
 use roost_kafka::OutRecord;
 use roost_logformat::{FormatKind, Parser};
-use roost_scorer::wire::{DeadLetter, Origin, encode_request_from, origin_of, subject_key};
-use serde::{Deserialize, Serialize};
+use roost_wire::requests::{DeadLetter, Origin, encode_request_from, origin_of, subject_key};
 
 use crate::config::{Config, LogSource, LogStart};
-
-/// The `[tail]` config section.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TailConfig {
-    /// Where reading positions are kept.
-    pub checkpoint: PathBuf,
-    /// Files that exist at the first start (no checkpoint yet) are read from their `end` or
-    /// `beginning`; files that appear later are always read whole.
-    pub start: LogStart,
-    /// How often files are checked for new lines.
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
-    /// Bytes read from each file per batch, about (one batch is in flight at a time: this bounds
-    /// memory while Kafka is away).
-    pub batch_bytes: u64,
-    /// Where /metrics listens.
-    pub listen: SocketAddr,
-}
-
-impl Default for TailConfig {
-    fn default() -> Self {
-        TailConfig {
-            checkpoint: PathBuf::from("/var/lib/roost/tail.json"),
-            start: LogStart::End,
-            poll_interval: Duration::from_millis(100),
-            batch_bytes: 1024 * 1024,
-            listen: "127.0.0.1:9753".parse().expect("valid"),
-        }
-    }
-}
+use crate::runtime::{self, Shutdown};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -115,12 +83,6 @@ struct Source {
     parser: Option<Parser>,
 }
 
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     anyhow::ensure!(cfg.kafka.enabled(), "roost tail publishes to Kafka: set kafka.brokers");
     anyhow::ensure!(!cfg.logs.is_empty(), "no logs configured ([[logs]] path = …)");
@@ -128,35 +90,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(dir) = t.checkpoint.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let rt = runtime::tokio(1)?;
+    let shutdown = Shutdown::on_signals(&rt)?;
+    let listener = rt.block_on(runtime::bind(t.listen))?;
     roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.requests, cfg.score.partitions, false)?;
     roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.deadletter, 1, false)?;
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let stop = Arc::new(AtomicBool::new(false));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let listen = t.listen;
-    let registry = Arc::new(registry);
-    rt.spawn(async move {
-        let app = axum::Router::new()
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-            .route("/metrics", axum::routing::get(move || std::future::ready(crate::up::encode_metrics(&registry))));
-        match tokio::net::TcpListener::bind(listen).await {
-            Ok(l) => {
-                tracing::info!("roost tail: /metrics on http://{listen}");
-                let _ = axum::serve(l, app).await;
-            }
-            Err(e) => tracing::error!(error = %e, %listen, "cannot serve /metrics"),
-        }
-    });
-    {
-        let stop = stop.clone();
-        rt.spawn(async move {
-            crate::up::shutdown_signal().await;
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
-    rt.block_on(pump(&cfg, &metrics, &stop))
+    rt.block_on(async {
+        let server =
+            runtime::serve("roost tail: /metrics", listener, runtime::metrics_router(Arc::new(registry)), &shutdown);
+        let r = pump(&cfg, &metrics, &shutdown.flag()).await;
+        shutdown.stop();
+        let _ = server.await;
+        r
+    })
 }
 
 async fn pump(cfg: &Config, m: &Metrics, stop: &AtomicBool) -> anyhow::Result<()> {
@@ -172,7 +121,7 @@ async fn pump(cfg: &Config, m: &Metrics, stop: &AtomicBool) -> anyhow::Result<()
     let fresh = saved.is_none();
     let saved = saved.unwrap_or_default();
     tracing::info!(checkpoint = %t.checkpoint.display(), files = saved.files.len(), "roost tail starting");
-    let host = hostname();
+    let host = runtime::hostname();
     // Where each partition stood at the last checkpoint; partitions never written to start at
     // their end now. Whatever lies beyond is the batch that was in flight (or other hosts').
     let mut kafka_next = saved.kafka.clone();
@@ -353,17 +302,13 @@ fn positions(sources: &[Source]) -> BTreeMap<PathBuf, Position> {
     sources.iter().flat_map(|s| s.tail.positions()).collect()
 }
 
-/// The parser for an `auto` source, from the first lines read.
+/// The parser for an `auto` source, from the first lines read (`crate::logs`).
 fn detect(src: &LogSource, lines: &[(PathBuf, LineAt, Vec<u8>)]) -> Parser {
-    let head: Vec<String> = lines.iter().take(20).map(|(_, _, l)| String::from_utf8_lossy(l).into_owned()).collect();
-    match roost_logformat::detect(head.iter().map(String::as_str)) {
-        Some(p) => {
-            tracing::info!(path = %src.path, format = p.name(), "detected log format");
-            p
-        }
-        None => {
-            tracing::warn!(path = %src.path, "cannot tell the log format; assuming combined (lines that do not parse go to the dead-letter topic)");
-            Parser::Clf
-        }
-    }
+    let head: Vec<String> = lines
+        .iter()
+        .filter(|(_, _, l)| !l.trim_ascii().is_empty())
+        .take(roost_logformat::DETECT_LINES)
+        .map(|(_, _, l)| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    crate::logs::detect_or_combined(&src.path, head.iter().map(String::as_str))
 }

@@ -6,71 +6,18 @@
 //! Alertmanager's webhook payload (version 4).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use roost_engine::Timestamp;
-use roost_engine::alarm::{DropConfig, DropStatus, Transition};
-use serde::{Deserialize, Serialize};
+use roost_engine::alarm::{DropStatus, Sample, Transition};
+use serde::Serialize;
+
+use super::state::{Appliance, SERIES_KEPT};
+use crate::config::{AlertConfig, ReceiverFormat};
 
 /// The alert's name, the same as the Prometheus rule's.
 pub const ALERT_NAME: &str = "RoostAverageReputationDrop";
-
-/// The `[alert]` config section.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlertConfig {
-    /// Track the drop signal in `roost up`.
-    pub enabled: bool,
-    /// How often the population is sampled (Prometheus' evaluation interval, in effect).
-    #[serde(with = "humantime_serde")]
-    pub sample_interval: Duration,
-    pub drop: DropConfig,
-    /// Where notifications go; none by default.
-    pub receivers: Vec<Receiver>,
-    /// While firing, the alert is sent again this often (an Alertmanager forgets alerts that
-    /// are not re-sent).
-    #[serde(with = "humantime_serde")]
-    pub resend: Duration,
-    /// The admin UI's base URL, for the link to the offending clients. Empty: this process's
-    /// own API (`http://{up.listen}`).
-    pub admin_url: String,
-    /// Labels added to the alert (`severity`, `team`…).
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Default for AlertConfig {
-    fn default() -> Self {
-        AlertConfig {
-            enabled: true,
-            sample_interval: Duration::from_secs(15),
-            drop: DropConfig::default(),
-            receivers: Vec::new(),
-            resend: Duration::from_secs(60),
-            admin_url: String::new(),
-            labels: [("severity".to_owned(), "page".to_owned())].into(),
-        }
-    }
-}
-
-/// A notification target.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Receiver {
-    /// For `alertmanager`: the base URL (`http://127.0.0.1:9093`); for `webhook`: the URL.
-    pub url: String,
-    #[serde(default)]
-    pub format: ReceiverFormat,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReceiverFormat {
-    /// Alertmanager's API: `POST {url}/api/v2/alerts`.
-    #[default]
-    Alertmanager,
-    /// The payload Alertmanager's `webhook_config` sends (`"version": "4"`).
-    Webhook,
-}
 
 /// What the alert says: labels and annotations, the same as the Prometheus rule's.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -229,6 +176,42 @@ impl Notifier {
                 Err(e) => tracing::warn!(%url, error = %e, "cannot send the alert"),
             }
         }
+    }
+}
+
+/// Samples the population into the drop signal every `alert.sample_interval` and notifies.
+pub async fn sample_drop_signal(sh: Arc<Appliance>) {
+    let mut notifier = Notifier::new(sh.alert.clone(), sh.admin_url.clone());
+    let mut tick = tokio::time::interval(sh.alert.sample_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if sh.shutdown.is_stopping() {
+            return;
+        }
+        let (now, a) = {
+            let engine = sh.engine.lock().expect("engine lock");
+            let now = sh.clock(&engine);
+            (now, engine.aggregates(now))
+        };
+        let (transition, status) = {
+            let mut d = sh.drop.lock().expect("drop signal lock");
+            let t = d.push(Sample { at: now, mean: a.mean_by_request, weight: a.request_weight });
+            (t, d.status().clone())
+        };
+        if a.request_weight > 0.0 && a.mean_by_request.is_finite() {
+            let mut series = sh.series.lock().expect("series lock");
+            if series.len() >= SERIES_KEPT {
+                series.pop_front();
+            }
+            series.push_back((now.0 as f64 / 1000.0, a.mean_by_request));
+        }
+        let m = &sh.metrics;
+        m.drop_state.set(status.state as i64);
+        m.drop_short.set(status.short_mean.unwrap_or(f64::NAN));
+        m.drop_baseline.set(status.baseline.unwrap_or(f64::NAN));
+        m.drop_spread.set(status.spread.unwrap_or(f64::NAN));
+        notifier.handle(transition, &status, now).await;
     }
 }
 

@@ -1,4 +1,4 @@
-//! Message schemas on the requests and dead-letter topics (version 1).
+//! The requests and dead-letter topics (version 1).
 //!
 //! - `roost.requests`: key = the client's subject ([`subject_key`]: the IPv4 address, or the
 //!   IPv6 prefix clients are aggregated by, so one client always lands in one partition);
@@ -18,7 +18,8 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::RequestEvent;
+use roost_engine::{Class, Evidence, Source};
+use roost_event::{RequestEvent, Timestamp};
 
 const V1: &[u8] = b"{\"v\":1,";
 
@@ -122,11 +123,11 @@ const V1_EVIDENCE: &[u8] = b"{\"v\":1,\"kind\":\"evidence\",";
 /// Evidence about a client that did not come with a request (see the module docs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvidenceEvent {
-    pub time: crate::Timestamp,
+    pub time: Timestamp,
     pub client: IpAddr,
     /// `kind:id`, e.g. `flow:portscan`.
     pub source: String,
-    /// Pseudo-requests of negative evidence (as `roost_engine::Evidence::penalty`).
+    /// Pseudo-requests of negative evidence (as [`Evidence::penalty`]).
     pub penalty: f32,
     /// An immediate verdict (`dubious`, `bad`) for `ttl_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +136,29 @@ pub struct EvidenceEvent {
     pub ttl_ms: Option<u64>,
     /// The reason in words and numbers.
     pub detail: String,
+}
+
+impl EvidenceEvent {
+    /// The engine's evidence, checked: a known source kind, a verdict only with its time to live,
+    /// a finite penalty.
+    pub fn evidence(&self) -> Result<Evidence, String> {
+        let (kind, id) =
+            self.source.split_once(':').ok_or_else(|| format!("source {:?} is not kind:id", self.source))?;
+        let verdict = match (&self.verdict, self.ttl_ms) {
+            (Some(c), Some(ttl)) => Some((c.parse::<Class>()?, std::time::Duration::from_millis(ttl))),
+            (Some(_), None) => return Err("a verdict without ttl_ms".into()),
+            _ => None,
+        };
+        if !self.penalty.is_finite() {
+            return Err("penalty is not a number".into());
+        }
+        Ok(Evidence {
+            source: Source::new(kind.parse()?, id),
+            penalty: self.penalty,
+            verdict,
+            detail: self.detail.clone(),
+        })
+    }
 }
 
 /// An evidence event as a requests-topic value.
@@ -190,7 +214,7 @@ mod evidence_tests {
     #[test]
     fn evidence_round_trips_and_is_told_from_requests() {
         let e = EvidenceEvent {
-            time: crate::Timestamp(1_764_000_000_000),
+            time: Timestamp(1_764_000_000_000),
             client: "203.0.113.7".parse().unwrap(),
             source: "flow:portscan".into(),
             penalty: 10.0,
@@ -206,13 +230,44 @@ mod evidence_tests {
         }
         // a request event is not mistaken for evidence, and evidence is not a request event
         assert!(decode_request(&v).is_err());
+        let ev = e.evidence().unwrap();
+        assert_eq!(ev.source.to_string(), "flow:portscan");
+        assert_eq!(ev.verdict, Some((Class::Dubious, std::time::Duration::from_secs(1800))));
+        let bad = |f: fn(&mut EvidenceEvent)| {
+            let mut x = e.clone();
+            f(&mut x);
+            x.evidence().unwrap_err()
+        };
+        assert!(bad(|x| x.source = "portscan".into()).contains("kind:id"));
+        assert!(bad(|x| x.source = "nonsense:x".into()).contains("unknown evidence source kind"));
+        assert!(bad(|x| x.ttl_ms = None).contains("without ttl_ms"));
+        assert!(bad(|x| x.penalty = f32::NAN).contains("not a number"));
+    }
+}
+
+#[cfg(test)]
+mod subject_tests {
+    use proptest::prelude::*;
+    use roost_engine::{Engine, EngineConfig, subject_name};
+
+    use super::subject_key;
+
+    proptest! {
+        /// The Kafka key `roost tail` gives a client is the subject the engine files it under, so
+        /// one client's requests always meet in one partition's engine.
+        #[test]
+        fn the_wire_key_is_the_engines_subject(bits in any::<u128>(), v4 in any::<u32>(), prefix in 1u8..=128) {
+            let e = Engine::new(EngineConfig { ipv6_prefix: prefix, ..EngineConfig::default() }).unwrap();
+            for ip in [std::net::IpAddr::from(std::net::Ipv6Addr::from(bits)), std::net::IpAddr::from(std::net::Ipv4Addr::from(v4))] {
+                prop_assert_eq!(subject_name(e.subject_of(ip)), subject_key(ip, prefix));
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Timestamp;
 
     #[test]
     fn round_trips_and_refuses_other_versions() {

@@ -1,5 +1,7 @@
-//! `roost rules`: lint, test and list the known-bad behaviour rules; and loading them for the
-//! daemons (built-in, or a directory that is watched for changes).
+//! The known-bad behaviour rules as every scoring process loads them: built in, or a directory
+//! (`rules.dir`, `--rules`) that is watched for changes and reloaded on SIGHUP, with the
+//! `roost_rules` and `roost_rule_reloads_total` metrics. `roost rules` (the subcommand) lints,
+//! tests and lists what this loads.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,8 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use roost_engine::{EngineConfig, Scoring};
-use roost_rules::{Options, RuleSet, RuleSource, RulesError, examples, load};
+use roost_rules::{Options, RuleSet, RuleSource, RulesError, load};
 
 use crate::config::RulesConfig;
 
@@ -33,48 +34,6 @@ pub fn options(cfg: &RulesConfig) -> Options {
 pub fn compile(cfg: &RulesConfig, dir: Option<&Path>) -> anyhow::Result<RuleSet> {
     let (src, from) = sources(cfg, dir)?;
     RuleSet::compile(&src, &options(cfg)).map_err(|e: RulesError| anyhow::anyhow!("{from} do not lint:\n{e}"))
-}
-
-pub fn lint(cfg: &RulesConfig, dir: Option<&Path>) -> anyhow::Result<String> {
-    let set = compile(cfg, dir)?;
-    Ok(format!("{} rules in {} files: no problems (version {})", set.rules().len(), set.files(), set.version()))
-}
-
-pub fn test(cfg: &RulesConfig, engine: &EngineConfig, dir: Option<&Path>) -> anyhow::Result<String> {
-    // Disabled rules are tested too: their examples must stay true.
-    let everything = RulesConfig { disable: Vec::new(), disable_tags: Vec::new(), ..cfg.clone() };
-    let set = compile(&everything, dir)?;
-    let (n, failures) = examples::run(&set, &Scoring::new(engine));
-    if failures.is_empty() {
-        return Ok(format!("{} rules, {n} examples: all pass (version {})", set.rules().len(), set.version()));
-    }
-    let list: Vec<String> = failures.iter().map(|f| format!("  {f}")).collect();
-    anyhow::bail!("{} of {n} examples fail:\n{}", failures.len(), list.join("\n"))
-}
-
-pub fn list(cfg: &RulesConfig, dir: Option<&Path>) -> anyhow::Result<String> {
-    let set = compile(cfg, dir)?;
-    let mut out = String::new();
-    for r in set.rules() {
-        let effect = match r.effect.verdict {
-            Some((c, ttl)) => format!(
-                "{} +{} for {}",
-                r.effect.penalty,
-                if c == roost_engine::Class::Bad { "block" } else { "challenge" },
-                humantime::format_duration(ttl)
-            ),
-            None => format!("{}", r.effect.penalty),
-        };
-        out.push_str(&format!(
-            "{:<8} {:<9} {:<11} {:<28} {}\n",
-            r.id,
-            r.severity.as_str(),
-            r.category,
-            effect,
-            r.title
-        ));
-    }
-    Ok(out)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]

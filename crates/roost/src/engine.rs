@@ -1,0 +1,59 @@
+//! The one engine builder: `roost replay`, `roost score` (one engine per partition) and
+//! `roost up` get their engines here, so the same configuration gives the same verdicts in
+//! each. Evidence sources are attached in one order — the known-bad rules, then the threat
+//! feeds, then GeoIP/ASN — and every engine expires verdicts by one policy,
+//! [`roost_engine::Engine::advance`] as event time passes (daemons also expire by the wall clock).
+//! Network-level evidence (`roost flows`) needs no source of its own: it arrives as evidence
+//! records on the requests topic.
+
+use roost_engine::{Engine, EngineConfig};
+use roost_rules::{RuleSet, RulesHandle, RulesInspector};
+
+use crate::enrich::Enrichment;
+
+/// Everything an engine is made of. Cloning shares the rule and feed handles: a reload is in
+/// force for every engine built from it.
+#[derive(Clone)]
+pub struct EngineBuilder {
+    cfg: EngineConfig,
+    rules: Option<(RulesHandle, usize)>,
+    enrich: Option<Enrichment>,
+}
+
+impl EngineBuilder {
+    /// Checks the engine's configuration once, so that [`EngineBuilder::build`] cannot fail.
+    pub fn new(cfg: EngineConfig) -> anyhow::Result<EngineBuilder> {
+        Engine::new(cfg.clone())?;
+        Ok(EngineBuilder { cfg, rules: None, enrich: None })
+    }
+
+    /// Scores with these known-bad rules (a handle: reloads reach every engine), tracking
+    /// sliding windows for at most `max_clients` clients.
+    pub fn rules(mut self, rules: RulesHandle, max_clients: usize) -> EngineBuilder {
+        self.rules = Some((rules, max_clients));
+        self
+    }
+
+    /// Scores with these threat feeds and GeoIP/ASN policy.
+    pub fn enrich(mut self, enrich: Enrichment) -> EngineBuilder {
+        self.enrich = Some(enrich);
+        self
+    }
+
+    /// The rule set in force, when scoring with rules.
+    pub fn rule_set(&self) -> Option<std::sync::Arc<RuleSet>> {
+        self.rules.as_ref().map(|(h, _)| h.load_full())
+    }
+
+    /// A fresh engine with every source attached, in the one order.
+    pub fn build(&self) -> Engine {
+        let mut e = Engine::new(self.cfg.clone()).expect("validated by EngineBuilder::new");
+        if let Some((rules, max_clients)) = &self.rules {
+            e.add_inspector(Box::new(RulesInspector::new(rules.clone(), *max_clients)));
+        }
+        if let Some(enrich) = &self.enrich {
+            enrich.attach(&mut e);
+        }
+        e
+    }
+}
