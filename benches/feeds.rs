@@ -11,7 +11,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ipnetwork::IpNetwork;
 use roost_event::Timestamp;
 use roost_feeds::store::Listed;
-use roost_feeds::{FeedContents, FeedIndex, Format, IndexedFeed};
+use roost_feeds::{FeedContents, FeedFormat, FeedIndex, IndexedFeed};
 
 fn feed(name: &str) -> IndexedFeed {
     IndexedFeed { name: name.into(), penalty: 3.0, verdict: None, entries: 0, fetched_at: None }
@@ -22,7 +22,7 @@ fn snapshots() -> Vec<(String, FeedContents)> {
     let mut out = Vec::new();
     for f in ["firehol_level1", "firehol_level2", "firehol_webclient", "spamhaus_drop", "et_block", "dshield"] {
         let body = std::fs::read(dir.join(format!("{f}.netset"))).expect("shared feed snapshots");
-        let parsed = roost_feeds::parse::parse(Format::Netset, None, &body);
+        let parsed = roost_feeds::parse::parse(FeedFormat::Netset, None, &body);
         let mut c = FeedContents::default();
         for e in parsed.entries {
             c.entries.insert(e.net, Listed { since: Timestamp(0), detail: None });

@@ -4,14 +4,14 @@
 
 use libfuzzer_sys::fuzz_target;
 use roost_event::Timestamp;
-use roost_feeds::def::{CsvLayout, Format};
+use roost_feeds::def::{CsvLayout, FeedFormat};
 use roost_feeds::store::FeedContents;
 use roost_feeds::validate::{Policy, validate};
-use roost_feeds::{FeedIndex, IndexedFeed, Record};
+use roost_feeds::{FeedIndex, FeedRecord, IndexedFeed};
 
 fuzz_target!(|data: &[u8]| {
     let csv = CsvLayout { column: 1, detail_column: Some(5) };
-    for format in [Format::Netset, Format::Spamhaus, Format::SpamhausJson, Format::Csv, Format::Threatexchange] {
+    for format in [FeedFormat::Netset, FeedFormat::Spamhaus, FeedFormat::SpamhausJson, FeedFormat::Csv, FeedFormat::Threatexchange] {
         let mut parsed = roost_feeds::parse::parse(format, Some(&csv), data);
         for e in &parsed.entries {
             assert_eq!(e.net.ip(), e.net.network(), "host bits cleared");
@@ -26,11 +26,11 @@ fuzz_target!(|data: &[u8]| {
         for e in parsed.entries.iter().take(16) {
             assert!(!index.lookup(e.net.ip()).is_empty(), "a listed network is found");
         }
-        for r in Record::publish("f", &diff, Default::default()).into_iter().take(16) {
-            let back = Record::decode(r.key().as_bytes(), r.value().as_deref()).expect("own records decode");
+        for r in FeedRecord::publish("f", &diff, Default::default()).into_iter().take(16) {
+            let back = FeedRecord::decode(r.key().as_bytes(), r.value().as_deref()).expect("own records decode");
             assert_eq!(back.key(), r.key());
         }
     }
     // And the bytes as a topic record.
-    let _ = Record::decode(data, Some(data));
+    let _ = FeedRecord::decode(data, Some(data));
 });

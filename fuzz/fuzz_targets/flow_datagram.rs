@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
         }
         for e in found.drain(..) {
             let v = roost_wire::requests::encode_evidence(&e);
-            assert!(matches!(roost_wire::requests::decode_record(&v), Ok(roost_wire::requests::Record::Evidence(_))));
+            assert!(matches!(roost_wire::requests::decode_message(&v), Ok(roost_wire::requests::Message::Evidence(_))));
         }
         i += 1;
     }

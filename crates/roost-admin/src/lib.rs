@@ -126,7 +126,7 @@ pub enum VerdictUpdate {
 pub struct Distributed {
     store: Mutex<Store>,
     /// Follows the change stream: after the first load, a list reads only what changed.
-    follower: Mutex<roost_verdicts::follow::Follower>,
+    follower: Mutex<roost_verdicts::follow::StoreFollower>,
     producer: Option<roost_kafka::Producer>,
     kafka: roost_kafka::KafkaConfig,
     rt: tokio::runtime::Handle,
@@ -147,7 +147,7 @@ impl Distributed {
         }
         Ok(Distributed {
             store: Mutex::new(Store::new(redis)?),
-            follower: Mutex::new(roost_verdicts::follow::Follower::new(redis)?),
+            follower: Mutex::new(roost_verdicts::follow::StoreFollower::new(redis)?),
             producer,
             kafka,
             rt,
@@ -218,7 +218,7 @@ pub struct AppState {
     auth: Auth,
     backend: Arc<dyn Backend>,
     cache: Mutex<ItemCache>,
-    metrics: metrics::Metrics,
+    metrics: metrics::AdminMetrics,
     registry: prometheus_client::registry::Registry,
     /// The GeoIP databases (`[geo]`): where each client is.
     geo: Option<roost_geo::GeoHandle>,
@@ -262,7 +262,7 @@ pub fn state(
             None
         }
     };
-    let metrics = metrics::Metrics::default();
+    let metrics = metrics::AdminMetrics::default();
     let registry = metrics.registry();
     Ok(Arc::new(AppState {
         signer,
@@ -671,7 +671,7 @@ pub struct ListQuery {
     pub per_page: usize,
 }
 
-pub struct Listing {
+pub struct ClientPage {
     pub total: usize,
     pub page: usize,
     pub per_page: usize,
@@ -679,7 +679,7 @@ pub struct Listing {
     pub counts: BTreeMap<&'static str, usize>,
 }
 
-fn list(all: &[Arc<Item>], q: &ListQuery) -> Result<Listing, Refusal> {
+fn list(all: &[Arc<Item>], q: &ListQuery) -> Result<ClientPage, Refusal> {
     let want = match q.verdict.as_str() {
         "" | "flagged" => None,
         v => Some(v.parse::<Class>().map_err(Refusal::Bad)?),
@@ -720,7 +720,7 @@ fn list(all: &[Arc<Item>], q: &ListQuery) -> Result<Listing, Refusal> {
     let per_page = if q.per_page == 0 { 50 } else { q.per_page.min(500) };
     let total = hits.len();
     let items = hits.into_iter().skip(q.page * per_page).take(per_page).cloned().collect();
-    Ok(Listing { total, page: q.page, per_page, items, counts })
+    Ok(ClientPage { total, page: q.page, per_page, items, counts })
 }
 
 async fn api_clients(State(st): State<Arc<AppState>>, h: HeaderMap, Query(q): Query<ListQuery>) -> Response {

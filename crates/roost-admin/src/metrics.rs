@@ -23,7 +23,7 @@ pub struct CodeLabels {
 }
 
 #[derive(Default)]
-pub struct Metrics {
+pub struct AdminMetrics {
     /// Sign-ins by outcome: `ok`, `invalid` (wrong name or password), `limited`.
     pub sign_ins: Family<OutcomeLabels, Counter>,
     /// Overrides put in force or removed, by action (allow, challenge, block, remove).
@@ -38,7 +38,7 @@ pub struct Metrics {
     pub verdict_store_errors: Counter,
 }
 
-impl Metrics {
+impl AdminMetrics {
     pub fn registry(&self) -> Registry {
         let mut reg = Registry::default();
         let r = reg.sub_registry_with_prefix("roost_admin");

@@ -6,7 +6,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use roost_verdicts::HistoryEntry;
 
 use crate::auth::{Principal, Role};
-use crate::{AuditEntry, Detail, Health, Item, ListQuery, Listing, Tops};
+use crate::{AuditEntry, ClientPage, Detail, Health, Item, ListQuery, Tops};
 
 fn time(ms: i64) -> String {
     roost_engine::Timestamp(ms).to_string()
@@ -147,8 +147,8 @@ fn health_cards(h: &Health) -> Markup {
 
 pub fn overview(
     p: &Principal,
-    recent: &Listing,
-    worst: &Listing,
+    recent: &ClientPage,
+    worst: &ClientPage,
     audit: &[AuditEntry],
     top: &Tops,
     health: &Health,
@@ -212,7 +212,7 @@ fn top_links(rows: &[(String, usize)], field: &str) -> Markup {
     }
 }
 
-pub fn clients(p: &Principal, q: &ListQuery, l: &Listing) -> String {
+pub fn clients(p: &Principal, q: &ListQuery, l: &ClientPage) -> String {
     let pages = l.total.div_ceil(l.per_page).max(1);
     let link = |page: usize| {
         format!(

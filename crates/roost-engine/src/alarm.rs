@@ -66,7 +66,7 @@ impl Default for DropConfig {
 
 /// One sample of the population (from [`crate::Aggregates`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Sample {
+pub struct Reading {
     pub at: Timestamp,
     /// Request-weighted mean reputation.
     pub mean: f64,
@@ -132,7 +132,7 @@ pub enum Transition {
 #[derive(Clone, Debug)]
 pub struct DropDetector {
     cfg: DropConfig,
-    samples: VecDeque<Sample>,
+    samples: VecDeque<Reading>,
     status: DropStatus,
 }
 
@@ -150,7 +150,7 @@ impl DropDetector {
     }
 
     /// Adds a sample (times must not go backwards; an older one is ignored) and re-evaluates.
-    pub fn push(&mut self, s: Sample) -> Option<Transition> {
+    pub fn push(&mut self, s: Reading) -> Option<Transition> {
         if self.samples.back().is_some_and(|last| last.at > s.at) || !s.mean.is_finite() {
             return None;
         }
@@ -162,7 +162,7 @@ impl DropDetector {
         self.evaluate(s)
     }
 
-    fn evaluate(&mut self, now: Sample) -> Option<Transition> {
+    fn evaluate(&mut self, now: Reading) -> Option<Transition> {
         let short_from = now.at.millis() - self.cfg.short.as_millis() as i64;
         let (mut n_short, mut sum_short) = (0usize, 0.0f64);
         let mut sorted: Vec<f64> = Vec::with_capacity(self.samples.len());
@@ -248,7 +248,7 @@ mod tests {
     fn feed(d: &mut DropDetector, from: i64, to: i64, mean: impl Fn(i64) -> f64, weight: f64) -> Vec<Transition> {
         (from..to)
             .step_by(15)
-            .filter_map(|t| d.push(Sample { at: Timestamp::from_secs(t), mean: mean(t), weight }))
+            .filter_map(|t| d.push(Reading { at: Timestamp::from_secs(t), mean: mean(t), weight }))
             .collect()
     }
 
@@ -272,7 +272,7 @@ mod tests {
         let mut states = Vec::new();
         let mut transitions = Vec::new();
         for t in (1800..2400).step_by(15) {
-            transitions.extend(d.push(Sample { at: Timestamp::from_secs(t), mean: attack(t), weight: 5000.0 }));
+            transitions.extend(d.push(Reading { at: Timestamp::from_secs(t), mean: attack(t), weight: 5000.0 }));
             states.push(d.status().state);
         }
         let first_pending = states.iter().position(|s| *s == AlertState::Pending).expect("pending");

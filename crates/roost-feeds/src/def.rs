@@ -16,7 +16,7 @@ mod embedded {
 /// How a feed's body is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Format {
+pub enum FeedFormat {
     /// One address or CIDR per line; `#` or `;` comments, also after an entry (FireHOL netset
     /// and ipset files, Tor's bulk exit list, blocklist.de, Emerging Threats).
     #[serde(alias = "ipset", alias = "list")]
@@ -34,7 +34,7 @@ pub enum Format {
 /// What a listing does to a client's reputation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Effect {
+pub struct FeedEffect {
     /// Negative evidence in pseudo-requests, entering the reputation average and decaying with it.
     #[serde(default)]
     pub penalty: f32,
@@ -66,7 +66,7 @@ pub struct FeedDef {
     pub description: String,
     /// Where to fetch it. `{token}` is replaced by the value of `token_env`.
     pub url: String,
-    pub format: Format,
+    pub format: FeedFormat,
     #[serde(default)]
     pub csv: Option<CsvLayout>,
     /// How often to fetch it.
@@ -75,7 +75,7 @@ pub struct FeedDef {
     /// Listings stop counting when the last successful fetch is older than this.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
-    pub effect: Effect,
+    pub effect: FeedEffect,
     /// The publisher's terms, in a line.
     pub licence: String,
     /// Fetched by `roost feeds` unless disabled here or in the config.
@@ -117,7 +117,7 @@ impl FeedDef {
         {
             return Err(format!("name {:?}: use 1 to 64 lowercase letters, digits and _", self.name));
         }
-        if self.format == Format::Csv && self.csv.is_none() {
+        if self.format == FeedFormat::Csv && self.csv.is_none() {
             return Err("format = \"csv\" needs a [csv] table with `column`".into());
         }
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {

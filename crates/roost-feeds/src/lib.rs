@@ -19,10 +19,10 @@ pub mod store;
 pub mod validate;
 
 pub use annotate::FeedAnnotator;
-pub use def::{Effect, FeedDef, Format};
+pub use def::{FeedDef, FeedEffect, FeedFormat};
 pub use index::{FeedHandle, FeedIndex, IndexedFeed, Listing};
-pub use parse::{Entry, Parsed};
-pub use store::{FeedContents, FeedStore, Record};
+pub use parse::{FeedEntry, Parsed};
+pub use store::{FeedContents, FeedRecord, FeedStore};
 pub use validate::{Policy, Refusal};
 
 /// Errors reading definitions or files.

@@ -7,11 +7,11 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
-use crate::def::{CsvLayout, Format};
+use crate::def::{CsvLayout, FeedFormat};
 
 /// One listed network and what the publisher says about it (an SBL id, a malware family).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub struct FeedEntry {
     /// Normalised: the network address with the host bits cleared.
     pub net: IpNetwork,
     pub detail: Option<Box<str>>,
@@ -57,7 +57,7 @@ impl fmt::Display for LineError {
 #[derive(Clone, Debug, Default)]
 pub struct Parsed {
     /// In the body's order, duplicates removed (the first wins).
-    pub entries: Vec<Entry>,
+    pub entries: Vec<FeedEntry>,
     /// Lines that held something: entries, errors and duplicates (comments and blanks excluded).
     pub records: usize,
     pub duplicates: usize,
@@ -82,7 +82,7 @@ impl Parsed {
     fn entry(&mut self, seen: &mut hashbrown::HashSet<IpNetwork>, net: IpNetwork, detail: Option<&str>) {
         self.records += 1;
         if seen.insert(net) {
-            self.entries.push(Entry { net, detail: detail.filter(|d| !d.is_empty()).map(Into::into) });
+            self.entries.push(FeedEntry { net, detail: detail.filter(|d| !d.is_empty()).map(Into::into) });
         } else {
             self.duplicates += 1;
         }
@@ -110,11 +110,11 @@ impl Parsed {
 }
 
 /// Parses one body (one page) in `format`.
-pub fn parse(format: Format, csv: Option<&CsvLayout>, body: &[u8]) -> Parsed {
+pub fn parse(format: FeedFormat, csv: Option<&CsvLayout>, body: &[u8]) -> Parsed {
     let text = String::from_utf8_lossy(body);
     match format {
-        Format::Netset => lines(&text, |l| (strip_comment(l, &['#', ';']), None)),
-        Format::Spamhaus => lines(&text, |l| {
+        FeedFormat::Netset => lines(&text, |l| (strip_comment(l, &['#', ';']), None)),
+        FeedFormat::Spamhaus => lines(&text, |l| {
             let l = l.trim();
             if l.starts_with(';') || l.starts_with('#') {
                 return ("", None);
@@ -124,9 +124,9 @@ pub fn parse(format: Format, csv: Option<&CsvLayout>, body: &[u8]) -> Parsed {
                 None => (l, None),
             }
         }),
-        Format::SpamhausJson => spamhaus_json(&text),
-        Format::Csv => parse_csv(&text, csv.cloned().unwrap_or_default()),
-        Format::Threatexchange => threatexchange(body),
+        FeedFormat::SpamhausJson => spamhaus_json(&text),
+        FeedFormat::Csv => parse_csv(&text, csv.cloned().unwrap_or_default()),
+        FeedFormat::Threatexchange => threatexchange(body),
     }
 }
 
@@ -296,7 +296,7 @@ mod tests {
     #[test]
     fn netset_with_comments_v6_and_trailing_notes() {
         let body = b"# header\n\n1.2.3.4\n10.0.0.0/8 ; private\n2001:db8::/32\n5.6.7.8 # note\n5.6.7.8\n1.2.3.300\n9.9.9.9/33\n\r\n";
-        let p = parse(Format::Netset, None, body);
+        let p = parse(FeedFormat::Netset, None, body);
         assert_eq!(nets(&p), ["1.2.3.4/32", "10.0.0.0/8", "2001:db8::/32", "5.6.7.8/32"]);
         assert_eq!((p.records, p.duplicates, p.errors), (7, 1, 2));
         assert_eq!(p.samples[0].kind, LineErrorKind::NotAnAddress);
@@ -312,7 +312,7 @@ mod tests {
     #[test]
     fn spamhaus_text() {
         let body = b"; Spamhaus DROP List 2026/11/20 - (c) 2026 The Spamhaus Project SLU\n; Last-Modified: Thu, 20 Nov 2026 08:00:00 GMT\n; Expires: Thu, 20 Nov 2026 09:00:00 GMT\n1.10.16.0/20 ; SBL256894\n1.19.0.0/16 ; SBL434604\n2a06:e480::/29 ; SBL301771\n";
-        let p = parse(Format::Spamhaus, None, body);
+        let p = parse(FeedFormat::Spamhaus, None, body);
         assert_eq!(nets(&p), ["1.10.16.0/20", "1.19.0.0/16", "2a06:e480::/29"]);
         assert_eq!(p.entries[0].detail.as_deref(), Some("SBL256894"));
         assert_eq!(p.errors, 0);
@@ -325,7 +325,7 @@ mod tests {
 {"cidr":"nope","sblid":"SBL1","rir":"x"}
 {"type":"metadata","timestamp":1763625600,"size":2,"records":2,"copyright":"(c) 2026 The Spamhaus Project SLU"}
 "#;
-        let p = parse(Format::SpamhausJson, None, body);
+        let p = parse(FeedFormat::SpamhausJson, None, body);
         assert_eq!(nets(&p), ["1.10.16.0/20", "2a06:e480::/29"]);
         assert_eq!(p.errors, 1);
     }
@@ -334,7 +334,7 @@ mod tests {
     fn abuse_ch_csv() {
         let body = b"################################################################\n# abuse.ch Feodo Tracker Botnet C2 IP Blocklist (CSV)          #\n#\n# \"first_seen_utc\",\"dst_ip\",\"dst_port\",\"c2_status\",\"last_online\",\"malware\"\n\"2026-11-17 07:30:05\",\"67.213.75.205\",\"443\",\"online\",\"2026-11-20\",\"QakBot\"\n\"2026-11-18 10:00:00\",\"2001:db8::7\",\"8080\",\"offline\",\"2026-11-19\",\"Emotet\"\n\"2026-11-18 10:00:00\",\"not-an-ip\",\"8080\",\"offline\",\"2026-11-19\",\"Emotet\"\n# Number of entries: 3\n";
         let layout = CsvLayout { column: 1, detail_column: Some(5) };
-        let p = parse(Format::Csv, Some(&layout), body);
+        let p = parse(FeedFormat::Csv, Some(&layout), body);
         assert_eq!(nets(&p), ["67.213.75.205/32", "2001:db8::7/128"]);
         assert_eq!(p.entries[0].detail.as_deref(), Some("QakBot"));
         assert_eq!(p.errors, 1);
@@ -350,19 +350,19 @@ mod tests {
  {"id":"4","raw_indicator":"evil.example","type":"DOMAIN","status":"MALICIOUS"},
  {"id":"5","type":"IP_ADDRESS","status":"MALICIOUS"}
 ],"paging":{"cursors":{"before":"a","after":"b"},"next":"https://graph.facebook.com/v21.0/threat_descriptors?after=b"}}"#;
-        let p = parse(Format::Threatexchange, None, body);
+        let p = parse(FeedFormat::Threatexchange, None, body);
         assert_eq!(nets(&p), ["203.0.113.9/32", "2001:db8::/48"]);
         assert_eq!(p.entries[0].detail.as_deref(), Some("MALICIOUS: SSH brute force"));
         assert_eq!(p.errors, 1);
         assert!(p.next_page.as_deref().unwrap().contains("after=b"));
-        let html = parse(Format::Threatexchange, None, b"<html>captive portal</html>");
+        let html = parse(FeedFormat::Threatexchange, None, b"<html>captive portal</html>");
         assert_eq!((html.entries.len(), html.errors), (0, 1));
     }
 
     #[test]
     fn pages_extend_without_duplicates() {
-        let mut a = parse(Format::Netset, None, b"1.1.1.1\n2.2.2.2\n");
-        let b = parse(Format::Netset, None, b"2.2.2.2\n3.3.3.3\nx\n");
+        let mut a = parse(FeedFormat::Netset, None, b"1.1.1.1\n2.2.2.2\n");
+        let b = parse(FeedFormat::Netset, None, b"2.2.2.2\n3.3.3.3\nx\n");
         a.extend(b);
         assert_eq!(nets(&a), ["1.1.1.1/32", "2.2.2.2/32", "3.3.3.3/32"]);
         assert_eq!((a.records, a.duplicates, a.errors), (5, 1, 1));

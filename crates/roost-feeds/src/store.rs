@@ -18,7 +18,7 @@ use ipnetwork::IpNetwork;
 use roost_event::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::parse::Entry;
+use crate::parse::FeedEntry;
 
 /// Schema version of the topic's values.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -70,9 +70,9 @@ impl Diff {
 impl FeedContents {
     /// What changes if the feed now lists `entries` (fetched at `now`): new entries are listed
     /// since `now`, kept ones keep their `since`.
-    pub fn diff(&self, entries: &[Entry], now: Timestamp) -> Diff {
+    pub fn diff(&self, entries: &[FeedEntry], now: Timestamp) -> Diff {
         let mut diff = Diff::default();
-        let mut fresh: BTreeMap<IpNetwork, &Entry> = BTreeMap::new();
+        let mut fresh: BTreeMap<IpNetwork, &FeedEntry> = BTreeMap::new();
         for e in entries {
             fresh.insert(e.net, e);
         }
@@ -107,7 +107,7 @@ pub struct FeedStore {
 
 /// One record of the feeds topic.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Record {
+pub enum FeedRecord {
     Entry { feed: String, net: IpNetwork, listed: Listed },
     Removed { feed: String, net: IpNetwork },
     Meta(Meta),
@@ -133,18 +133,18 @@ pub enum RecordError {
     Value { key: String, why: String },
 }
 
-impl Record {
+impl FeedRecord {
     pub fn key(&self) -> String {
         match self {
-            Record::Entry { feed, net, .. } | Record::Removed { feed, net } => format!("entry/{feed}/{net}"),
-            Record::Meta(m) => format!("meta/{}", m.feed),
+            FeedRecord::Entry { feed, net, .. } | FeedRecord::Removed { feed, net } => format!("entry/{feed}/{net}"),
+            FeedRecord::Meta(m) => format!("meta/{}", m.feed),
         }
     }
 
     /// The value, or `None` for a tombstone.
     pub fn value(&self) -> Option<Vec<u8>> {
         match self {
-            Record::Entry { feed, net, listed } => serde_json::to_vec(&EntryValue {
+            FeedRecord::Entry { feed, net, listed } => serde_json::to_vec(&EntryValue {
                 v: SCHEMA_VERSION,
                 feed: Cow::Borrowed(feed),
                 prefix: *net,
@@ -152,70 +152,70 @@ impl Record {
                 detail: listed.detail.as_deref().map(Cow::Borrowed),
             })
             .ok(),
-            Record::Removed { .. } => None,
-            Record::Meta(m) => serde_json::to_vec(m).ok(),
+            FeedRecord::Removed { .. } => None,
+            FeedRecord::Meta(m) => serde_json::to_vec(m).ok(),
         }
     }
 
-    pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Record, RecordError> {
+    pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<FeedRecord, RecordError> {
         let key = String::from_utf8_lossy(key);
         let bad = |why: String| RecordError::Value { key: key.to_string(), why };
         if let Some(rest) = key.strip_prefix("entry/") {
             let (feed, net) = rest.split_once('/').ok_or_else(|| RecordError::Key(key.to_string()))?;
             let net: IpNetwork = net.parse().map_err(|_| RecordError::Key(key.to_string()))?;
             let Some(value) = value else {
-                return Ok(Record::Removed { feed: feed.to_owned(), net });
+                return Ok(FeedRecord::Removed { feed: feed.to_owned(), net });
             };
             let v: EntryValue<'_> = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
             if v.feed != feed || v.prefix != net {
                 return Err(bad("the value names another entry than the key".into()));
             }
-            Ok(Record::Entry {
+            Ok(FeedRecord::Entry {
                 feed: feed.to_owned(),
                 net,
                 listed: Listed { since: Timestamp(v.since), detail: v.detail.map(|d| d.into()) },
             })
         } else if let Some(feed) = key.strip_prefix("meta/") {
             let Some(value) = value else {
-                return Ok(Record::Meta(Meta { v: SCHEMA_VERSION, feed: feed.to_owned(), ..Meta::default() }));
+                return Ok(FeedRecord::Meta(Meta { v: SCHEMA_VERSION, feed: feed.to_owned(), ..Meta::default() }));
             };
             let m: Meta = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
             if m.feed != feed {
                 return Err(bad("the value names another feed than the key".into()));
             }
-            Ok(Record::Meta(m))
+            Ok(FeedRecord::Meta(m))
         } else {
             Err(RecordError::Key(key.to_string()))
         }
     }
 
     /// The records that publish `diff` for `feed`, the meta record last.
-    pub fn publish(feed: &str, diff: &Diff, meta: Meta) -> Vec<Record> {
+    pub fn publish(feed: &str, diff: &Diff, meta: Meta) -> Vec<FeedRecord> {
         let mut out = Vec::with_capacity(diff.added.len() + diff.changed.len() + diff.removed.len() + 1);
         for (net, listed) in diff.added.iter().chain(&diff.changed) {
-            out.push(Record::Entry { feed: feed.to_owned(), net: *net, listed: listed.clone() });
+            out.push(FeedRecord::Entry { feed: feed.to_owned(), net: *net, listed: listed.clone() });
         }
         for net in &diff.removed {
-            out.push(Record::Removed { feed: feed.to_owned(), net: *net });
+            out.push(FeedRecord::Removed { feed: feed.to_owned(), net: *net });
         }
-        out.push(Record::Meta(meta));
+        out.push(FeedRecord::Meta(meta));
         out
     }
 }
 
 impl FeedStore {
     /// Applies one topic record.
-    pub fn apply(&mut self, record: Record) {
+    pub fn apply(&mut self, record: FeedRecord) {
         match record {
-            Record::Entry { feed, net, listed } => {
+            FeedRecord::Entry { feed, net, listed } => {
                 self.feeds.entry(feed).or_default().entries.insert(net, listed);
             }
-            Record::Removed { feed, net } => {
+            FeedRecord::Removed { feed, net } => {
                 if let Some(c) = self.feeds.get_mut(&feed) {
                     c.entries.remove(&net);
                 }
             }
-            Record::Meta(m) => {
+            FeedRecord::Meta(m) => {
                 let c = self.feeds.entry(m.feed.clone()).or_default();
                 c.meta = (m.fetched_at != 0).then_some(m);
             }
@@ -235,17 +235,17 @@ impl FeedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::def::Format;
+    use crate::def::FeedFormat;
     use crate::parse::parse;
 
     #[test]
     fn diff_keeps_since_and_records_round_trip() {
         let mut c = FeedContents::default();
-        let first = parse(Format::Spamhaus, None, b"1.10.16.0/20 ; SBL1\n1.19.0.0/16 ; SBL2\n").entries;
+        let first = parse(FeedFormat::Spamhaus, None, b"1.10.16.0/20 ; SBL1\n1.19.0.0/16 ; SBL2\n").entries;
         let d1 = c.diff(&first, Timestamp(1000));
         assert_eq!((d1.added.len(), d1.removed.len()), (2, 0));
         c.apply(&d1);
-        let second = parse(Format::Spamhaus, None, b"1.10.16.0/20 ; SBL1b\n5.0.0.0/16 ; SBL3\n").entries;
+        let second = parse(FeedFormat::Spamhaus, None, b"1.10.16.0/20 ; SBL1b\n5.0.0.0/16 ; SBL3\n").entries;
         let d2 = c.diff(&second, Timestamp(2000));
         assert_eq!(
             d2.added,
@@ -259,9 +259,11 @@ mod tests {
         // Publishing both diffs through records rebuilds the same contents.
         let meta = Meta { v: 1, feed: "drop".into(), entries: 2, fetched_at: 2000, ..Meta::default() };
         let mut store = FeedStore::default();
-        for r in Record::publish("drop", &d1, meta.clone()).into_iter().chain(Record::publish("drop", &d2, meta)) {
+        for r in
+            FeedRecord::publish("drop", &d1, meta.clone()).into_iter().chain(FeedRecord::publish("drop", &d2, meta))
+        {
             let (k, v) = (r.key(), r.value());
-            let back = Record::decode(k.as_bytes(), v.as_deref()).unwrap();
+            let back = FeedRecord::decode(k.as_bytes(), v.as_deref()).unwrap();
             assert_eq!(back, r);
             store.apply(back);
         }
@@ -271,20 +273,20 @@ mod tests {
 
     #[test]
     fn details_with_escapes_round_trip() {
-        let r = Record::Entry {
+        let r = FeedRecord::Entry {
             feed: "te".into(),
             net: "192.0.2.1/32".parse().unwrap(),
             listed: Listed { since: Timestamp(5), detail: Some("MALICIOUS: \"quoted\" \u{e9}\n".into()) },
         };
-        assert_eq!(Record::decode(r.key().as_bytes(), r.value().as_deref()).unwrap(), r);
+        assert_eq!(FeedRecord::decode(r.key().as_bytes(), r.value().as_deref()).unwrap(), r);
     }
 
     #[test]
     fn bad_records_are_errors() {
-        assert!(Record::decode(b"what/x", Some(b"{}")).is_err());
-        assert!(Record::decode(b"entry/drop/not-a-net", None).is_err());
-        assert!(Record::decode(b"entry/drop/1.2.3.4/32", Some(b"{")).is_err());
+        assert!(FeedRecord::decode(b"what/x", Some(b"{}")).is_err());
+        assert!(FeedRecord::decode(b"entry/drop/not-a-net", None).is_err());
+        assert!(FeedRecord::decode(b"entry/drop/1.2.3.4/32", Some(b"{")).is_err());
         let other = br#"{"v":1,"feed":"other","prefix":"1.2.3.4/32","since":1}"#;
-        assert!(Record::decode(b"entry/drop/1.2.3.4/32", Some(other)).is_err());
+        assert!(FeedRecord::decode(b"entry/drop/1.2.3.4/32", Some(other)).is_err());
     }
 }

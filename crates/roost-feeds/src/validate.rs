@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use crate::parse::{Entry, Parsed};
+use crate::parse::{FeedEntry, Parsed};
 
 /// The validation policy (from the config; `max_shrink` also per feed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,7 +95,7 @@ pub fn validate(
     let before = parsed.entries.len();
     parsed.entries.retain(|e| !is_special(e.net));
     let accepted = Accepted { reserved: before - parsed.entries.len() };
-    for Entry { net, .. } in &parsed.entries {
+    for FeedEntry { net, .. } in &parsed.entries {
         let min = if net.is_ipv4() { policy.min_prefix_v4 } else { policy.min_prefix_v6 };
         if net.prefix() < min {
             return Err(Refusal::TooBroad { net: *net, min });
@@ -192,11 +192,11 @@ fn covered_v4(start: u32, len: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::def::Format;
+    use crate::def::FeedFormat;
     use crate::parse::parse;
 
     fn p(body: &str) -> Parsed {
-        parse(Format::Netset, None, body.as_bytes())
+        parse(FeedFormat::Netset, None, body.as_bytes())
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use roost_feeds::def::{self, Format};
+use roost_feeds::def::{self, FeedFormat};
 use roost_feeds::local::{self, LoadError};
 use roost_feeds::parse::parse;
 use roost_feeds::validate::{Policy, validate};
@@ -33,7 +33,7 @@ fn entry_counts_match_the_headers() {
     ];
     for (file, entries, cidrs) in files {
         let body = std::fs::read(data(file)).unwrap();
-        let p = parse(Format::Netset, None, &body);
+        let p = parse(FeedFormat::Netset, None, &body);
         assert_eq!(p.entries.len(), header_entries(&String::from_utf8_lossy(&body)), "{file}");
         assert_eq!(p.entries.len(), entries, "{file}");
         let multi = p.entries.iter().filter(|e| e.net.prefix() < 32).count();
@@ -46,7 +46,7 @@ fn entry_counts_match_the_headers() {
 fn validation_on_real_snapshots() {
     let policy = Policy::default();
     let body = std::fs::read(data("firehol_level1.netset")).unwrap();
-    let mut p = parse(Format::Netset, None, &body);
+    let mut p = parse(FeedFormat::Netset, None, &body);
     let ok = validate(&mut p, None, false, None, &policy, &["127.0.0.0/8".parse().unwrap()]).unwrap();
     // 0.0.0.0/8, 10/8, 100.64/10, 127/8, 169.254/16, 172.16/12, 192.0.0.0/24, 192.0.2.0/24,
     // 192.168/16, 198.18/15, 198.51.100/24, 203.0.113/24, 224.0.0.0/3 are bogons, listed on purpose.
@@ -55,11 +55,11 @@ fn validation_on_real_snapshots() {
     assert_eq!(p.entries.len(), 2744 - ok.reserved);
 
     // An empty fetch over a published list is refused, even for a feed allowed to be empty.
-    let mut empty = parse(Format::Netset, None, &std::fs::read(data("feodo.ipset")).unwrap());
+    let mut empty = parse(FeedFormat::Netset, None, &std::fs::read(data("feodo.ipset")).unwrap());
     assert_eq!(validate(&mut empty, Some(926), true, None, &policy, &[]).unwrap_err().label(), "shrunk");
     assert_eq!(validate(&mut empty, None, false, None, &policy, &[]).unwrap_err().label(), "empty");
     // Replacing level2 (18k entries) with spamhaus_drop (926) is a shrink, refused.
-    let mut drop = parse(Format::Netset, None, &std::fs::read(data("spamhaus_drop.netset")).unwrap());
+    let mut drop = parse(FeedFormat::Netset, None, &std::fs::read(data("spamhaus_drop.netset")).unwrap());
     assert_eq!(validate(&mut drop, Some(18_112), false, None, &policy, &[]).unwrap_err().label(), "shrunk");
 }
 
@@ -99,7 +99,7 @@ fn every_snapshot_in_one_index_with_reasons() {
         ("et_compromised", "et_block.netset"),
     ] {
         let mut d = by(feed);
-        d.format = Format::Netset;
+        d.format = FeedFormat::Netset;
         loaded.push(local::load_file(&d, &data(file), &policy, &allow).unwrap());
     }
     // The empty Feodo snapshot loads (the feed may be empty) and lists nothing.

@@ -1,6 +1,6 @@
 //! Following access logs as web servers write and rotate them.
 //!
-//! A [`Follower`] reads one path from where it left off each time it is polled, and copes with
+//! A [`FileFollower`] reads one path from where it left off each time it is polled, and copes with
 //! both rotation styles: rename-and-create (logrotate's default; the old file is read to its end
 //! before the new one is opened) and copytruncate (the file shrinks or its first bytes change
 //! under us: what we had not read yet is read from the copy, found beside it by its first bytes,
@@ -137,7 +137,7 @@ impl PollStats {
 }
 
 /// Follows one path.
-pub struct Follower {
+pub struct FileFollower {
     path: PathBuf,
     file: Option<(File, FileId)>,
     offset: u64,
@@ -147,7 +147,7 @@ pub struct Follower {
     partial_at: u64,
     cutting: bool,
     buf: Box<[u8]>,
-    /// Set by [`Follower::resume`] when the checkpointed file could not be found; reported once.
+    /// Set by [`FileFollower::resume`] when the checkpointed file could not be found; reported once.
     lost_at_start: bool,
     /// Length and checksum of the current file's first bytes (up to [`HEAD`]) as last read:
     /// if they change, the file was truncated and rewritten (copytruncate).
@@ -157,12 +157,12 @@ pub struct Follower {
     alias: Option<FileId>,
 }
 
-impl Follower {
+impl FileFollower {
     /// Follows `path`. `start` applies if the file exists now; files that appear later (after a
     /// rotation, say) are always read from their beginning.
     /// The file is opened (and, for [`Start::End`], its end noted) right away.
-    pub fn new(path: impl Into<PathBuf>, start: Start) -> Follower {
-        let mut f = Follower {
+    pub fn new(path: impl Into<PathBuf>, start: Start) -> FileFollower {
+        let mut f = FileFollower {
             path: path.into(),
             file: None,
             offset: 0,
@@ -234,8 +234,8 @@ impl Follower {
     /// one the position names (it rotated while nobody was reading), the old file is looked for
     /// in the same directory by its inode and read to its end first; then the file now at `path`
     /// is read from its beginning.
-    pub fn resume(path: impl Into<PathBuf>, pos: Position) -> Follower {
-        let mut f = Follower {
+    pub fn resume(path: impl Into<PathBuf>, pos: Position) -> FileFollower {
+        let mut f = FileFollower {
             path: path.into(),
             file: None,
             offset: 0,
@@ -304,13 +304,13 @@ impl Follower {
         self.poll_max(u64::MAX, sink)
     }
 
-    /// Like [`Follower::poll`], but stops after reading about `max_bytes` (whole 64 KiB reads):
+    /// Like [`FileFollower::poll`], but stops after reading about `max_bytes` (whole 64 KiB reads):
     /// callers that must hold what they read until it is safe elsewhere stay bounded.
     pub fn poll_max(&mut self, max_bytes: u64, sink: &mut dyn FnMut(&[u8])) -> io::Result<PollStats> {
         self.poll_lines(max_bytes, &mut |_, l| sink(l))
     }
 
-    /// Like [`Follower::poll_max`], also telling where each line began.
+    /// Like [`FileFollower::poll_max`], also telling where each line began.
     pub fn poll_lines(&mut self, max_bytes: u64, sink: &mut dyn FnMut(LineAt, &[u8])) -> io::Result<PollStats> {
         let mut stats = PollStats::default();
         if std::mem::take(&mut self.lost_at_start) {
@@ -531,7 +531,7 @@ fn strip_cr(b: &[u8]) -> &[u8] {
 pub struct Tail {
     pattern: String,
     start: Start,
-    followers: BTreeMap<PathBuf, Follower>,
+    followers: BTreeMap<PathBuf, FileFollower>,
     first_scan: bool,
     /// Checkpointed positions, used by the first scan.
     resume: BTreeMap<PathBuf, Position>,
@@ -543,7 +543,7 @@ impl Tail {
     }
 
     /// Follows the glob again from checkpointed positions (see [`Tail::positions`]): files with a
-    /// position go on from it (even if they rotated meanwhile, see [`Follower::resume`]); other
+    /// position go on from it (even if they rotated meanwhile, see [`FileFollower::resume`]); other
     /// files that exist now start at `start`.
     pub fn resume(
         pattern: impl Into<String>,
@@ -569,7 +569,7 @@ impl Tail {
             // checkpointed files first, whether or not their path exists right now
             for (p, pos) in std::mem::take(&mut self.resume) {
                 tracing::info!(path = %p.display(), offset = pos.offset, "resuming log");
-                self.followers.insert(p.clone(), Follower::resume(p, pos));
+                self.followers.insert(p.clone(), FileFollower::resume(p, pos));
             }
         }
         self.first_scan = false;
@@ -580,12 +580,12 @@ impl Tail {
         let literal = !self.pattern.contains(['*', '?', '[']);
         if literal && !self.followers.contains_key(Path::new(&self.pattern)) {
             // a plain path is followed even before it exists
-            self.followers.insert(PathBuf::from(&self.pattern), Follower::new(&self.pattern, start));
+            self.followers.insert(PathBuf::from(&self.pattern), FileFollower::new(&self.pattern, start));
         }
         for p in paths {
             if !self.followers.contains_key(&p) {
                 tracing::info!(path = %p.display(), "following log");
-                self.followers.insert(p.clone(), Follower::new(p, start));
+                self.followers.insert(p.clone(), FileFollower::new(p, start));
             }
         }
     }
@@ -619,7 +619,7 @@ mod tests {
 
     use super::*;
 
-    fn lines(f: &mut Follower) -> Vec<String> {
+    fn lines(f: &mut FileFollower) -> Vec<String> {
         let mut out = Vec::new();
         f.poll(&mut |l| out.push(String::from_utf8_lossy(l).into_owned())).unwrap();
         out
@@ -634,13 +634,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("access.log");
         append(&p, "old 1\nold 2\n");
-        let mut f = Follower::new(&p, Start::End);
+        let mut f = FileFollower::new(&p, Start::End);
         assert!(lines(&mut f).is_empty());
         append(&p, "new 1\nnew ");
         assert_eq!(lines(&mut f), ["new 1"]);
         append(&p, "2\r\n");
         assert_eq!(lines(&mut f), ["new 2"]);
-        let mut g = Follower::new(&p, Start::Beginning);
+        let mut g = FileFollower::new(&p, Start::Beginning);
         assert_eq!(lines(&mut g), ["old 1", "old 2", "new 1", "new 2"]);
     }
 
@@ -648,7 +648,7 @@ mod tests {
     fn waits_for_a_file_that_does_not_exist_yet() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("later.log");
-        let mut f = Follower::new(&p, Start::End);
+        let mut f = FileFollower::new(&p, Start::End);
         assert!(lines(&mut f).is_empty());
         append(&p, "first\n");
         assert_eq!(lines(&mut f), ["first"], "a file created after start is read from its beginning");
@@ -659,7 +659,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("access.log");
         append(&p, "");
-        let mut f = Follower::new(&p, Start::End);
+        let mut f = FileFollower::new(&p, Start::End);
         append(&p, "a\n");
         assert_eq!(lines(&mut f), ["a"]);
         // the server writes more to the old file after it was renamed, then reopens
@@ -676,7 +676,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("access.log");
         append(&p, "a\nb\n");
-        let mut f = Follower::new(&p, Start::Beginning);
+        let mut f = FileFollower::new(&p, Start::Beginning);
         assert_eq!(lines(&mut f), ["a", "b"]);
         fs::File::create(&p).unwrap(); // truncate in place
         append(&p, "c\n");
@@ -694,7 +694,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("access.log");
         append(&p, "a\nb\n");
-        let mut f = Follower::new(&p, Start::Beginning);
+        let mut f = FileFollower::new(&p, Start::Beginning);
         assert_eq!(lines(&mut f), ["a", "b"]);
         append(&p, "c\nd\n"); // written, not read yet, when the copy is taken
         copytruncate(&p, &d.path().join("access.log.1"));
@@ -710,7 +710,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("access.log");
         append(&p, "first line of the old file\n");
-        let mut f = Follower::new(&p, Start::Beginning);
+        let mut f = FileFollower::new(&p, Start::Beginning);
         assert_eq!(lines(&mut f), ["first line of the old file"]);
         copytruncate(&p, &d.path().join("access.log.1"));
         // between two polls the new file grows longer than what was read of the old one
@@ -723,14 +723,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("access.log");
         append(&p, "a\nb\n");
-        let mut f = Follower::new(&p, Start::Beginning);
+        let mut f = FileFollower::new(&p, Start::Beginning);
         assert_eq!(lines(&mut f), ["a", "b"]);
         let pos = f.position().unwrap();
         drop(f);
         append(&p, "c\n");
         copytruncate(&p, &d.path().join("access.log.1"));
         append(&p, "d is longer than what was read before\n");
-        let mut f = Follower::resume(&p, pos);
+        let mut f = FileFollower::resume(&p, pos);
         let mut got = Vec::new();
         let st = f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned())).unwrap();
         assert_eq!(got, ["c", "d is longer than what was read before"]);
@@ -744,7 +744,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("access.log");
         append(&p, "a\nb\n");
-        let mut f = Follower::new(&p, Start::Beginning);
+        let mut f = FileFollower::new(&p, Start::Beginning);
         let mut first = Vec::new();
         f.poll_lines(u64::MAX, &mut |at, _| first.push(at)).unwrap();
         let original = first[0].file;
@@ -757,13 +757,13 @@ mod tests {
         assert!(live.iter().all(|(at, _)| at.file == original), "{live:?}");
         // the same lines after a restart from the position before them
         let mut again = Vec::new();
-        let mut r = Follower::resume(&p, pos);
+        let mut r = FileFollower::resume(&p, pos);
         r.poll_lines(u64::MAX, &mut |at, l| again.push((at, String::from_utf8_lossy(l).into_owned()))).unwrap();
         assert_eq!(again, live);
         // and from a position taken while reading the copy (more than one read's worth in it)
         let q = d.path().join("big.log");
         append(&q, "first\n");
-        let mut f = Follower::new(&q, Start::Beginning);
+        let mut f = FileFollower::new(&q, Start::Beginning);
         let mut seen = Vec::new();
         f.poll_lines(u64::MAX, &mut |at, _| seen.push(at)).unwrap();
         let original = seen[0].file;
@@ -773,7 +773,7 @@ mod tests {
         let mid = f.position().unwrap();
         assert_eq!(mid.alias, Some(original));
         let mut rest = 0;
-        Follower::resume(&q, mid)
+        FileFollower::resume(&q, mid)
             .poll_lines(u64::MAX, &mut |at, _| {
                 assert_eq!(at.file, original);
                 rest += 1;
@@ -793,7 +793,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("access.log");
         append(&p, "g1 a\n");
-        let mut f = Follower::new(&p, Start::Beginning);
+        let mut f = FileFollower::new(&p, Start::Beginning);
         assert_eq!(lines(&mut f), ["g1 a"]);
         let pos = f.position().unwrap();
         drop(f);
@@ -810,7 +810,7 @@ mod tests {
         append(&d.path().join("access.log.3.gz"), "zz\n");
         append(&d.path().join("access.log.4"), "old\n");
         touch(&d.path().join("access.log.4"), 500);
-        let mut f = Follower::resume(&p, pos);
+        let mut f = FileFollower::resume(&p, pos);
         let mut got = Vec::new();
         for _ in 0..4 {
             f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned())).unwrap();
@@ -823,7 +823,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("access.log");
         append(&p, "aa\nbbbb\ncc");
-        let mut f = Follower::new(&p, Start::Beginning);
+        let mut f = FileFollower::new(&p, Start::Beginning);
         let mut got = Vec::new();
         f.poll_lines(u64::MAX, &mut |at, l| got.push((at.offset, String::from_utf8_lossy(l).into_owned()))).unwrap();
         assert_eq!(got, [(0, "aa".to_owned()), (3, "bbbb".to_owned())]);
@@ -833,7 +833,7 @@ mod tests {
         f.poll_lines(u64::MAX, &mut |at, l| first.push((at, String::from_utf8_lossy(l).into_owned()))).unwrap();
         assert_eq!(first.iter().map(|(at, _)| at.offset).collect::<Vec<_>>(), [8, 12], "the partial line began at 8");
         let mut again = Vec::new();
-        Follower::resume(&p, pos)
+        FileFollower::resume(&p, pos)
             .poll_lines(u64::MAX, &mut |at, l| again.push((at, String::from_utf8_lossy(l).into_owned())))
             .unwrap();
         assert_eq!(again, first);
@@ -843,7 +843,7 @@ mod tests {
     fn overlong_lines_are_cut_not_buffered_forever() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("access.log");
-        let mut f = Follower::new(&p, Start::Beginning);
+        let mut f = FileFollower::new(&p, Start::Beginning);
         append(&p, &"x".repeat(MAX_LINE * 2 + 10));
         append(&p, "\nnext\n");
         let mut got = Vec::new();
@@ -875,14 +875,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("access.log");
         append(&p, "a\nb\npart");
-        let mut f = Follower::new(&p, Start::Beginning);
+        let mut f = FileFollower::new(&p, Start::Beginning);
         assert_eq!(lines(&mut f), ["a", "b"]);
         let pos = f.position().unwrap();
         assert_eq!(pos.offset, 4, "the partial line is not past the position");
         drop(f);
         // same file, more written
         append(&p, "ial\nc\n");
-        let mut f = Follower::resume(&p, pos);
+        let mut f = FileFollower::resume(&p, pos);
         assert_eq!(lines(&mut f), ["partial", "c"]);
         let pos = f.position().unwrap();
         drop(f);
@@ -890,21 +890,21 @@ mod tests {
         append(&p, "d\n");
         fs::rename(&p, d.path().join("access.log.1")).unwrap();
         append(&p, "e\n");
-        let mut f = Follower::resume(&p, pos);
+        let mut f = FileFollower::resume(&p, pos);
         assert_eq!(lines(&mut f), ["d", "e"]);
         // copytruncate while stopped: start over (noticed when the file is now shorter)
         let pos = f.position().unwrap();
         drop(f);
         fs::File::create(&p).unwrap();
         append(&p, "f\n");
-        let mut f = Follower::resume(&p, Position { offset: pos.offset + 1, ..pos });
+        let mut f = FileFollower::resume(&p, Position { offset: pos.offset + 1, ..pos });
         assert_eq!(lines(&mut f), ["f"]);
         // the old file is gone: counted, and the new one is read whole
         let pos = f.position().unwrap();
         drop(f);
         fs::remove_file(&p).unwrap();
         append(&p, "g\n");
-        let mut f = Follower::resume(&p, pos);
+        let mut f = FileFollower::resume(&p, pos);
         let mut got = Vec::new();
         let stats = f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned())).unwrap();
         assert_eq!(got, ["g"]);
@@ -917,7 +917,7 @@ mod tests {
         let p = d.path().join("access.log");
         let body: String = (0..50_000).map(|i| format!("line {i}\n")).collect();
         append(&p, &body);
-        let mut f = Follower::new(&p, Start::Beginning);
+        let mut f = FileFollower::new(&p, Start::Beginning);
         let mut got = Vec::new();
         let mut polls = 0;
         loop {

@@ -5,7 +5,7 @@
 //!   was acknowledged: callers checkpoint only after that.
 //! - [`ensure_topic`]: creates a topic (compacted where asked) if it does not exist.
 //! - [`read_to_end`] replays a topic from the beginning up to its end at the time of the call;
-//!   [`Follower`] keeps reading it afterwards. Both read every partition without a consumer
+//!   [`TopicFollower`] keeps reading it afterwards. Both read every partition without a consumer
 //!   group: topics such as `roost.feeds` are read whole by every instance.
 //! - [`GroupConsumer`]: a consumer-group member that replays each partition it is given from the
 //!   beginning (state rebuild) and commits only when told.
@@ -272,26 +272,26 @@ pub struct OutRecord {
 }
 
 /// Reads a whole topic from the beginning, every partition, without a consumer group.
-pub struct Follower {
+pub struct TopicFollower {
     consumer: BaseConsumer,
     topic: String,
     /// Where each partition's reading began (absent: at its beginning).
     start: BTreeMap<i32, i64>,
 }
 
-impl Follower {
-    pub fn new(cfg: &KafkaConfig, topic: &str, client_id: &str) -> Result<Follower, Error> {
-        Follower::from(cfg, topic, client_id, &BTreeMap::new())
+impl TopicFollower {
+    pub fn new(cfg: &KafkaConfig, topic: &str, client_id: &str) -> Result<TopicFollower, Error> {
+        TopicFollower::from(cfg, topic, client_id, &BTreeMap::new())
     }
 
-    /// Like [`Follower::new`], starting each partition named in `start` at its offset there
+    /// Like [`TopicFollower::new`], starting each partition named in `start` at its offset there
     /// (the others at their beginning).
     pub fn from(
         cfg: &KafkaConfig,
         topic: &str,
         client_id: &str,
         start: &BTreeMap<i32, i64>,
-    ) -> Result<Follower, Error> {
+    ) -> Result<TopicFollower, Error> {
         let consumer: BaseConsumer = cfg
             .client(client_id)
             .set("group.id", format!("{client_id}-unused"))
@@ -320,7 +320,7 @@ impl Follower {
             return Err(Error::Timeout(format!("topic {topic} has no partitions (does it exist?)")));
         }
         consumer.assign(&tpl).map_err(kafka(format!("assigning {topic}")))?;
-        Ok(Follower { consumer, topic: topic.to_owned(), start: start.clone() })
+        Ok(TopicFollower { consumer, topic: topic.to_owned(), start: start.clone() })
     }
 
     /// The end offsets of every partition now.
@@ -386,5 +386,5 @@ impl Follower {
 
 /// Reads `topic` whole, once.
 pub fn read_to_end(cfg: &KafkaConfig, topic: &str, timeout: Duration, f: impl FnMut(Record)) -> Result<usize, Error> {
-    Follower::new(cfg, topic, "roost-reader")?.read_to_end(timeout, f)
+    TopicFollower::new(cfg, topic, "roost-reader")?.read_to_end(timeout, f)
 }

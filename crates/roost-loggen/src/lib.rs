@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 /// What a client really is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Role {
+pub enum Persona {
     Reader,
     /// Several readers behind one office NAT address.
     Office,
@@ -29,19 +29,19 @@ pub enum Role {
     SlowHammerer,
 }
 
-impl Role {
+impl Persona {
     pub fn is_attacker(self) -> bool {
-        matches!(self, Role::Scanner | Role::BruteForcer | Role::Crawler | Role::SlowHammerer)
+        matches!(self, Persona::Scanner | Persona::BruteForcer | Persona::Crawler | Persona::SlowHammerer)
     }
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Reader => "reader",
-            Role::Office => "office",
-            Role::SearchBot => "search_bot",
-            Role::Scanner => "scanner",
-            Role::BruteForcer => "brute_forcer",
-            Role::Crawler => "crawler",
-            Role::SlowHammerer => "slow_hammerer",
+            Persona::Reader => "reader",
+            Persona::Office => "office",
+            Persona::SearchBot => "search_bot",
+            Persona::Scanner => "scanner",
+            Persona::BruteForcer => "brute_forcer",
+            Persona::Crawler => "crawler",
+            Persona::SlowHammerer => "slow_hammerer",
         }
     }
 }
@@ -212,12 +212,12 @@ const TOPICS: &[&str] = &["rust", "kafka", "nginx", "bgp", "redis", "linux", "se
 
 /// A client acting out its role.
 struct Actor {
-    role: Role,
+    role: Persona,
     ip: IpAddr,
     ua: &'static str,
     rng: ChaCha8Rng,
     next_ms: i64,
-    /// Role-specific progress counter.
+    /// Persona-specific progress counter.
     step: u32,
     /// Requests queued to go out at `next_ms` and just after (a page's assets).
     burst: Vec<(i64, Request)>,
@@ -281,7 +281,7 @@ impl Actor {
         }
         let mut out: Vec<(i64, Request)> = Vec::new();
         match self.role {
-            Role::Reader | Role::Office => {
+            Persona::Reader | Persona::Office => {
                 // one page view: the page, then its assets within a second
                 let topic = TOPICS[self.rng.random_range(0..TOPICS.len())];
                 let page = match self.rng.random_range(0..10) {
@@ -333,11 +333,11 @@ impl Actor {
                 let pause = if self.rng.random_bool(0.1) {
                     self.exp(600.0)
                 } else {
-                    3000 + self.exp(if self.role == Role::Office { 20.0 } else { 30.0 })
+                    3000 + self.exp(if self.role == Persona::Office { 20.0 } else { 30.0 })
                 };
                 self.next_ms = t + pause + out.last().map_or(0, |(x, _)| x - t);
             }
-            Role::SearchBot => {
+            Persona::SearchBot => {
                 let target = if self.step.is_multiple_of(200) {
                     "/robots.txt".to_owned()
                 } else {
@@ -360,7 +360,7 @@ impl Actor {
                 self.step += 1;
                 self.next_ms = t + 2000 + self.exp(6.0);
             }
-            Role::Scanner => {
+            Persona::Scanner => {
                 let (path, status) = SCAN_PATHS[self.step as usize % SCAN_PATHS.len()];
                 let mut r = self.req(t, "GET", path.to_owned(), status);
                 r.request_time = 0.003;
@@ -373,7 +373,7 @@ impl Actor {
                     150 + self.exp(0.5)
                 };
             }
-            Role::BruteForcer => {
+            Persona::BruteForcer => {
                 let (method, target, status) = if self.step.is_multiple_of(25) {
                     ("GET", "/login", 200)
                 } else if self.rng.random_bool(0.05) {
@@ -387,7 +387,7 @@ impl Actor {
                 self.step += 1;
                 self.next_ms = t + 400 + self.exp(1.5);
             }
-            Role::Crawler => {
+            Persona::Crawler => {
                 let target = match self.step % 3 {
                     0 => format!("/blog/{}/{}", TOPICS[self.step as usize % TOPICS.len()], self.step / 3),
                     1 => format!("/tag/{}?page={}", TOPICS[self.step as usize % TOPICS.len()], self.step / 3),
@@ -401,7 +401,7 @@ impl Actor {
                 self.step += 1;
                 self.next_ms = t + 80 + self.exp(0.15);
             }
-            Role::SlowHammerer => {
+            Persona::SlowHammerer => {
                 let target = if self.rng.random_bool(0.5) {
                     format!(
                         "/search?q={}&sort=relevance&page={}",
@@ -429,7 +429,7 @@ impl Actor {
 
 /// Generates a scenario, calling `emit` with each request in time order. Returns the ground
 /// truth: the address and role of each client that sent at least one request.
-pub fn generate(s: &Scenario, mut emit: impl FnMut(&Request) -> io::Result<()>) -> io::Result<Vec<(IpAddr, Role)>> {
+pub fn generate(s: &Scenario, mut emit: impl FnMut(&Request) -> io::Result<()>) -> io::Result<Vec<(IpAddr, Persona)>> {
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
     let start_ms = s.start * 1000;
     let end_ms = start_ms + s.duration_s * 1000;
@@ -437,32 +437,32 @@ pub fn generate(s: &Scenario, mut emit: impl FnMut(&Request) -> io::Result<()>) 
     let mut truth = Vec::new();
     let mut used = std::collections::HashSet::new();
     let roles = [
-        (Role::Reader, s.readers),
-        (Role::Office, s.offices),
-        (Role::SearchBot, s.search_bots),
-        (Role::Scanner, s.scanners),
-        (Role::BruteForcer, s.brute_forcers),
-        (Role::Crawler, s.crawlers),
-        (Role::SlowHammerer, s.slow_hammerers),
+        (Persona::Reader, s.readers),
+        (Persona::Office, s.offices),
+        (Persona::SearchBot, s.search_bots),
+        (Persona::Scanner, s.scanners),
+        (Persona::BruteForcer, s.brute_forcers),
+        (Persona::Crawler, s.crawlers),
+        (Persona::SlowHammerer, s.slow_hammerers),
     ];
     for (role, n) in roles {
         for _ in 0..n {
-            let ip = if role == Role::Reader && rng.random_bool(s.ipv6_share) {
+            let ip = if role == Persona::Reader && rng.random_bool(s.ipv6_share) {
                 v6_in_own_64(&mut rng, &mut used)
             } else {
                 client_v4(&mut rng, &mut used)
             };
             truth.push((ip, role));
             // offices are several readers on one address
-            let people = if role == Role::Office { rng.random_range(5..15) } else { 1 };
+            let people = if role == Persona::Office { rng.random_range(5..15) } else { 1 };
             for _ in 0..people {
                 let ua = match role {
-                    Role::Reader | Role::Office => BROWSERS[rng.random_range(0..BROWSERS.len())],
-                    Role::SearchBot => SEARCH_BOT,
-                    Role::Scanner => SCANNER_UAS[rng.random_range(0..SCANNER_UAS.len())],
-                    Role::BruteForcer => BRUTE_UAS[rng.random_range(0..BRUTE_UAS.len())],
-                    Role::Crawler => CRAWLER_UAS[rng.random_range(0..CRAWLER_UAS.len())],
-                    Role::SlowHammerer => BROWSERS[rng.random_range(0..BROWSERS.len())],
+                    Persona::Reader | Persona::Office => BROWSERS[rng.random_range(0..BROWSERS.len())],
+                    Persona::SearchBot => SEARCH_BOT,
+                    Persona::Scanner => SCANNER_UAS[rng.random_range(0..SCANNER_UAS.len())],
+                    Persona::BruteForcer => BRUTE_UAS[rng.random_range(0..BRUTE_UAS.len())],
+                    Persona::Crawler => CRAWLER_UAS[rng.random_range(0..CRAWLER_UAS.len())],
+                    Persona::SlowHammerer => BROWSERS[rng.random_range(0..BROWSERS.len())],
                 };
                 // attackers start in the first third so they are in full swing by the end
                 let span = if role.is_attacker() { s.duration_s / 3 } else { s.duration_s };
@@ -562,7 +562,7 @@ pub fn subject(ip: IpAddr, ipv6_prefix: u8) -> String {
 mod tests {
     use super::*;
 
-    fn render(s: &Scenario, f: Format) -> (Vec<u8>, Vec<(IpAddr, Role)>) {
+    fn render(s: &Scenario, f: Format) -> (Vec<u8>, Vec<(IpAddr, Persona)>) {
         let mut out = Vec::new();
         let truth = generate(s, |r| write_line(&mut out, r, f)).unwrap();
         (out, truth)

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use roost_event::{TimeLocal, Timestamp, nginx_escaped};
 
-use crate::metrics::Metrics;
+use crate::metrics::ProxyMetrics;
 
 /// The format of the lines, to give `roost tail` (`logs.log_format`).
 pub const LOG_FORMAT: &str = r#"log_format roost '$remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_time route=$roost_route challenge=$roost_challenge ref=$roost_ref';"#;
@@ -60,19 +60,19 @@ impl Entry {
 #[derive(Clone)]
 pub struct AccessLog {
     tx: Option<SyncSender<Entry>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl AccessLog {
     /// No log.
-    pub fn off(metrics: Arc<Metrics>) -> AccessLog {
+    pub fn off(metrics: Arc<ProxyMetrics>) -> AccessLog {
         AccessLog { tx: None, metrics }
     }
 
     /// Appends to `path` (created if missing; reopened when it is rotated away). The file is
     /// opened now; its writer thread starts when the returned [`Writer`] is started (entries
     /// wait in the queue until then).
-    pub fn open(path: PathBuf, metrics: Arc<Metrics>) -> std::io::Result<(AccessLog, Writer)> {
+    pub fn open(path: PathBuf, metrics: Arc<ProxyMetrics>) -> std::io::Result<(AccessLog, Writer)> {
         let file = open(&path)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
         let m = metrics.clone();
@@ -100,7 +100,7 @@ pub struct Writer {
     path: PathBuf,
     file: std::fs::File,
     rx: Receiver<Entry>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl Writer {
@@ -116,7 +116,7 @@ fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new().create(true).append(true).open(path)
 }
 
-fn writer(path: PathBuf, file: std::fs::File, rx: Receiver<Entry>, m: &Metrics) {
+fn writer(path: PathBuf, file: std::fs::File, rx: Receiver<Entry>, m: &ProxyMetrics) {
     use std::os::unix::fs::MetadataExt;
     let mut ino = file.metadata().map(|md| md.ino()).unwrap_or(0);
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);

@@ -23,7 +23,7 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Why a challenge answer or a cookie was refused (a bounded set: metric label and log field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub enum ChallengeRefusal {
     #[error("malformed")]
     Malformed,
     #[error("signature does not match (forged, or from another address)")]
@@ -40,16 +40,16 @@ pub enum Refusal {
     Busy,
 }
 
-impl Refusal {
+impl ChallengeRefusal {
     pub fn as_str(self) -> &'static str {
         match self {
-            Refusal::Malformed => "malformed",
-            Refusal::Signature => "signature",
-            Refusal::Expired => "expired",
-            Refusal::TooEarly => "too_early",
-            Refusal::Work => "work",
-            Refusal::Replayed => "replayed",
-            Refusal::Busy => "busy",
+            ChallengeRefusal::Malformed => "malformed",
+            ChallengeRefusal::Signature => "signature",
+            ChallengeRefusal::Expired => "expired",
+            ChallengeRefusal::TooEarly => "too_early",
+            ChallengeRefusal::Work => "work",
+            ChallengeRefusal::Replayed => "replayed",
+            ChallengeRefusal::Busy => "busy",
         }
     }
 }
@@ -112,33 +112,33 @@ impl Signer {
     }
 
     /// Checks a token's signature (for this binding) and age; not the work, not replay.
-    pub fn check(&self, token: &str, bind: &str, now: u64, valid_for: u64) -> Result<Verified, Refusal> {
+    pub fn check(&self, token: &str, bind: &str, now: u64, valid_for: u64) -> Result<Verified, ChallengeRefusal> {
         if token.len() > 200 {
-            return Err(Refusal::Malformed);
+            return Err(ChallengeRefusal::Malformed);
         }
-        let (head, tag) = token.rsplit_once('.').ok_or(Refusal::Malformed)?;
+        let (head, tag) = token.rsplit_once('.').ok_or(ChallengeRefusal::Malformed)?;
         let mut it = head.split('.');
         let (k, issued, param, nonce) = match (it.next(), it.next(), it.next(), it.next(), it.next()) {
             (Some(k), Some(i), Some(p), Some(n), None) => (k, i, p, n),
-            _ => return Err(Refusal::Malformed),
+            _ => return Err(ChallengeRefusal::Malformed),
         };
-        let issued: u64 = issued.parse().map_err(|_| Refusal::Malformed)?;
-        let param: u64 = param.parse().map_err(|_| Refusal::Malformed)?;
-        let nonce: [u8; 16] = unhex(nonce).ok_or(Refusal::Malformed)?;
+        let issued: u64 = issued.parse().map_err(|_| ChallengeRefusal::Malformed)?;
+        let param: u64 = param.parse().map_err(|_| ChallengeRefusal::Malformed)?;
+        let nonce: [u8; 16] = unhex(nonce).ok_or(ChallengeRefusal::Malformed)?;
         let kind = match k {
             "p" if param <= 64 => Kind::Work { bits: param as u8 },
             "w" => Kind::Wait { ms: param },
-            _ => return Err(Refusal::Malformed),
+            _ => return Err(ChallengeRefusal::Malformed),
         };
-        let tag = B64.decode(tag).map_err(|_| Refusal::Malformed)?;
+        let tag = B64.decode(tag).map_err(|_| ChallengeRefusal::Malformed)?;
         if tag.len() != 16 {
-            return Err(Refusal::Malformed);
+            return Err(ChallengeRefusal::Malformed);
         }
         self.mac(&[b"challenge", bind.as_bytes(), head.as_bytes()])
             .verify_truncated_left(&tag)
-            .map_err(|_| Refusal::Signature)?;
+            .map_err(|_| ChallengeRefusal::Signature)?;
         if now > issued.saturating_add(valid_for) || issued > now.saturating_add(60_000) {
-            return Err(Refusal::Expired);
+            return Err(ChallengeRefusal::Expired);
         }
         Ok(Verified { kind, issued, nonce })
     }
@@ -151,20 +151,20 @@ impl Signer {
         bind: &str,
         now: u64,
         valid_for: u64,
-    ) -> Result<Verified, Refusal> {
+    ) -> Result<Verified, ChallengeRefusal> {
         let v = self.check(token, bind, now, valid_for)?;
         match v.kind {
             Kind::Work { bits } => {
                 if counter.is_empty() || counter.len() > 20 || !counter.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(Refusal::Work);
+                    return Err(ChallengeRefusal::Work);
                 }
                 if leading_zero_bits(&work_hash(token, counter)) < u32::from(bits) {
-                    return Err(Refusal::Work);
+                    return Err(ChallengeRefusal::Work);
                 }
             }
             Kind::Wait { ms } => {
                 if now < v.issued.saturating_add(ms) {
-                    return Err(Refusal::TooEarly);
+                    return Err(ChallengeRefusal::TooEarly);
                 }
             }
         }
@@ -179,21 +179,21 @@ impl Signer {
     }
 
     /// Whether a clearance cookie is genuine, for this binding, and unexpired.
-    pub fn check_clearance(&self, value: &str, bind: &str, now: u64) -> Result<u64, Refusal> {
+    pub fn check_clearance(&self, value: &str, bind: &str, now: u64) -> Result<u64, ChallengeRefusal> {
         if value.len() > 100 {
-            return Err(Refusal::Malformed);
+            return Err(ChallengeRefusal::Malformed);
         }
-        let (e, tag) = value.split_once('.').ok_or(Refusal::Malformed)?;
-        let expires: u64 = e.parse().map_err(|_| Refusal::Malformed)?;
-        let tag = B64.decode(tag).map_err(|_| Refusal::Malformed)?;
+        let (e, tag) = value.split_once('.').ok_or(ChallengeRefusal::Malformed)?;
+        let expires: u64 = e.parse().map_err(|_| ChallengeRefusal::Malformed)?;
+        let tag = B64.decode(tag).map_err(|_| ChallengeRefusal::Malformed)?;
         if tag.len() != 16 {
-            return Err(Refusal::Malformed);
+            return Err(ChallengeRefusal::Malformed);
         }
         self.mac(&[b"clearance", bind.as_bytes(), e.as_bytes()])
             .verify_truncated_left(&tag)
-            .map_err(|_| Refusal::Signature)?;
+            .map_err(|_| ChallengeRefusal::Signature)?;
         if now >= expires {
-            return Err(Refusal::Expired);
+            return Err(ChallengeRefusal::Expired);
         }
         Ok(expires)
     }
@@ -240,7 +240,7 @@ pub fn difficulty(reputation: f32, min: u8, max: u8) -> u8 {
 }
 
 /// Nonces already redeemed, kept until their tokens could no longer be valid anyway; bounded:
-/// when full of live nonces, new redemptions are refused ([`Refusal::Busy`]) rather than
+/// when full of live nonces, new redemptions are refused ([`ChallengeRefusal::Busy`]) rather than
 /// forgetting one that could then be replayed.
 pub struct ReplayGuard {
     seen: Mutex<HashMap<[u8; 16], u64>>,
@@ -253,16 +253,16 @@ impl ReplayGuard {
     }
 
     /// Claims a nonce until `until` (Unix ms). Fails if it was claimed before.
-    pub fn claim(&self, nonce: [u8; 16], until: u64, now: u64) -> Result<(), Refusal> {
+    pub fn claim(&self, nonce: [u8; 16], until: u64, now: u64) -> Result<(), ChallengeRefusal> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= self.capacity {
             seen.retain(|_, u| *u > now);
             if seen.len() >= self.capacity {
-                return Err(Refusal::Busy);
+                return Err(ChallengeRefusal::Busy);
             }
         }
         match seen.entry(nonce) {
-            std::collections::hash_map::Entry::Occupied(_) => Err(Refusal::Replayed),
+            std::collections::hash_map::Entry::Occupied(_) => Err(ChallengeRefusal::Replayed),
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(until);
                 Ok(())
@@ -307,15 +307,15 @@ mod tests {
         let n = solve(&t, 8).to_string();
         let v = s.verify(&t, &n, "203.0.113.7", T0 + 1000, 300_000).unwrap();
         assert_eq!(v.kind, Kind::Work { bits: 8 });
-        assert_eq!(s.verify(&t, &n, "203.0.113.8", T0 + 1000, 300_000), Err(Refusal::Signature));
-        assert_eq!(s.verify(&t, &n, "203.0.113.7", T0 + 400_000, 300_000), Err(Refusal::Expired));
+        assert_eq!(s.verify(&t, &n, "203.0.113.8", T0 + 1000, 300_000), Err(ChallengeRefusal::Signature));
+        assert_eq!(s.verify(&t, &n, "203.0.113.7", T0 + 400_000, 300_000), Err(ChallengeRefusal::Expired));
         // a wrong counter: find one that does not meet the difficulty
         let wrong = (0u64..).find(|c| leading_zero_bits(&work_hash(&t, &c.to_string())) < 8).unwrap();
-        assert_eq!(s.verify(&t, &wrong.to_string(), "203.0.113.7", T0, 300_000), Err(Refusal::Work));
-        assert_eq!(s.verify(&t, "-1", "203.0.113.7", T0, 300_000), Err(Refusal::Work));
+        assert_eq!(s.verify(&t, &wrong.to_string(), "203.0.113.7", T0, 300_000), Err(ChallengeRefusal::Work));
+        assert_eq!(s.verify(&t, "-1", "203.0.113.7", T0, 300_000), Err(ChallengeRefusal::Work));
         let g = ReplayGuard::new(10);
         assert_eq!(g.claim(v.nonce, T0 + 300_000, T0), Ok(()));
-        assert_eq!(g.claim(v.nonce, T0 + 300_000, T0), Err(Refusal::Replayed));
+        assert_eq!(g.claim(v.nonce, T0 + 300_000, T0), Err(ChallengeRefusal::Replayed));
     }
 
     #[test]
@@ -323,11 +323,11 @@ mod tests {
         let s = Signer::new(b"secret");
         let t = s.issue(Kind::Work { bits: 20 }, "2001:db8::/64", T0, [1; 16]);
         let easier = t.replacen(".20.", ".1.", 1);
-        assert_eq!(s.check(&easier, "2001:db8::/64", T0, 300_000), Err(Refusal::Signature));
+        assert_eq!(s.check(&easier, "2001:db8::/64", T0, 300_000), Err(ChallengeRefusal::Signature));
         let other_key = Signer::new(b"other");
-        assert_eq!(other_key.check(&t, "2001:db8::/64", T0, 300_000), Err(Refusal::Signature));
+        assert_eq!(other_key.check(&t, "2001:db8::/64", T0, 300_000), Err(ChallengeRefusal::Signature));
         for bad in ["", "p.1.2", "p.x.20.00.AAAA", "q.1.2.00112233445566778899aabbccddeeff.AAAAAAAAAAAAAAAAAAAAAA"] {
-            assert_eq!(s.check(bad, "2001:db8::/64", T0, 300_000), Err(Refusal::Malformed), "{bad}");
+            assert_eq!(s.check(bad, "2001:db8::/64", T0, 300_000), Err(ChallengeRefusal::Malformed), "{bad}");
         }
     }
 
@@ -335,7 +335,7 @@ mod tests {
     fn the_wait_path_needs_the_wait() {
         let s = Signer::new(b"secret");
         let t = s.issue(Kind::Wait { ms: 5000 }, "198.51.100.1", T0, [2; 16]);
-        assert_eq!(s.verify(&t, "", "198.51.100.1", T0 + 4999, 300_000), Err(Refusal::TooEarly));
+        assert_eq!(s.verify(&t, "", "198.51.100.1", T0 + 4999, 300_000), Err(ChallengeRefusal::TooEarly));
         assert!(s.verify(&t, "", "198.51.100.1", T0 + 5000, 300_000).is_ok());
     }
 
@@ -344,12 +344,12 @@ mod tests {
         let s = Signer::new(b"secret");
         let c = s.clearance("203.0.113.7", T0 + 3_600_000);
         assert_eq!(s.check_clearance(&c, "203.0.113.7", T0), Ok(T0 + 3_600_000));
-        assert_eq!(s.check_clearance(&c, "203.0.113.8", T0), Err(Refusal::Signature));
-        assert_eq!(s.check_clearance(&c, "203.0.113.7", T0 + 3_600_000), Err(Refusal::Expired));
+        assert_eq!(s.check_clearance(&c, "203.0.113.8", T0), Err(ChallengeRefusal::Signature));
+        assert_eq!(s.check_clearance(&c, "203.0.113.7", T0 + 3_600_000), Err(ChallengeRefusal::Expired));
         let later = c.replacen(&(T0 + 3_600_000).to_string(), &(T0 + 7_200_000).to_string(), 1);
-        assert_eq!(s.check_clearance(&later, "203.0.113.7", T0), Err(Refusal::Signature));
-        assert_eq!(Signer::new(b"x").check_clearance(&c, "203.0.113.7", T0), Err(Refusal::Signature));
-        assert_eq!(s.check_clearance("garbage", "203.0.113.7", T0), Err(Refusal::Malformed));
+        assert_eq!(s.check_clearance(&later, "203.0.113.7", T0), Err(ChallengeRefusal::Signature));
+        assert_eq!(Signer::new(b"x").check_clearance(&c, "203.0.113.7", T0), Err(ChallengeRefusal::Signature));
+        assert_eq!(s.check_clearance("garbage", "203.0.113.7", T0), Err(ChallengeRefusal::Malformed));
     }
 
     #[test]
@@ -360,7 +360,7 @@ mod tests {
         let g = ReplayGuard::new(2);
         g.claim([1; 16], T0 + 10, T0).unwrap();
         g.claim([2; 16], T0 + 10, T0).unwrap();
-        assert_eq!(g.claim([3; 16], T0 + 10, T0), Err(Refusal::Busy));
+        assert_eq!(g.claim([3; 16], T0 + 10, T0), Err(ChallengeRefusal::Busy));
         // once the first two lapsed, room again
         g.claim([3; 16], T0 + 30, T0 + 20).unwrap();
         assert_eq!(g.len(), 1);

@@ -23,7 +23,7 @@ pub struct UpstreamLabels {
 }
 
 #[derive(Default)]
-pub struct Metrics {
+pub struct ProxyMetrics {
     pub requests: Family<RouteLabels, Counter>,
     /// issued, passed, failed_{reason}
     pub challenges: Family<OutcomeLabels, Counter>,
@@ -45,7 +45,7 @@ pub struct Metrics {
     pub access_log_errors: Counter,
 }
 
-impl Metrics {
+impl ProxyMetrics {
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("roost_proxy");
         r.register("requests", "Requests by route taken and the client's verdict", self.requests.clone());

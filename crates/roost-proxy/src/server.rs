@@ -32,7 +32,7 @@ use crate::accesslog::AccessLog;
 use crate::cache::VerdictCache;
 use crate::challenge::{ReplayGuard, Signer};
 use crate::config::{CertKey, ProxyConfig};
-use crate::metrics::{Metrics, OutcomeLabels, UpstreamLabels};
+use crate::metrics::{OutcomeLabels, ProxyMetrics, UpstreamLabels};
 use crate::service::Waffles;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,24 @@ pub enum Error {
     Upstreams(std::io::Error),
     #[error("starting: {0}")]
     Start(String),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Every configured listener can be had, or an error naming the first that cannot: pingora
+/// would wait for a taken address forever (it retries, for an upgrade's hand-over). Not asked
+/// when upgrading: the running proxy holds them and hands them over.
+fn check_listeners<'a>(addrs: impl IntoIterator<Item = &'a str>) -> Result<(), Error> {
+    for addr in addrs {
+        if let Err(source) = std::net::TcpListener::bind(addr) {
+            return Err(Error::Listen { addr: addr.to_owned(), source });
+        }
+    }
+    Ok(())
 }
 
 /// How this process starts.
@@ -86,7 +104,7 @@ pub struct Proxy {
     pub cache: Arc<VerdictCache>,
     /// Each client's challenge outcomes, as this process counted them.
     pub outcomes: Arc<crate::outcomes::Outcomes>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ProxyMetrics>,
     upstreams: Arc<LoadBalancer<RoundRobin>>,
 }
 
@@ -125,7 +143,7 @@ impl pingora::server::ShutdownSignalWatch for StopWhen {
 /// Refreshes the upstream health metric from outside the proxy's own runtime.
 #[derive(Clone)]
 pub struct UpstreamHealth {
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProxyMetrics>,
     upstreams: Arc<LoadBalancer<RoundRobin>>,
 }
 
@@ -135,7 +153,7 @@ impl UpstreamHealth {
     }
 }
 
-fn refresh_upstream_health(metrics: &Metrics, upstreams: &LoadBalancer<RoundRobin>) {
+fn refresh_upstream_health(metrics: &ProxyMetrics, upstreams: &LoadBalancer<RoundRobin>) {
     let backends = upstreams.backends();
     for b in backends.get_backend().iter() {
         let up = i64::from(backends.ready(b));
@@ -162,9 +180,16 @@ pub fn build(
     metrics_at: MetricsAt<'_>,
 ) -> Result<Proxy, Error> {
     cfg.validate()?;
+    if !opts.upgrade {
+        let metrics_listen = cfg.metrics_listen.to_string();
+        let own_metrics = matches!(metrics_at, MetricsAt::Listener).then_some(metrics_listen.as_str());
+        check_listeners(
+            cfg.listen.iter().chain(cfg.tls.iter().map(|t| &t.listen)).map(String::as_str).chain(own_metrics),
+        )?;
+    }
     let cfg = Arc::new(cfg);
     let signer = Signer::new(&secret);
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(ProxyMetrics::default());
     let mut own_registry = Registry::default();
     let listener = match metrics_at {
         MetricsAt::Listener => {
@@ -400,7 +425,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for Guarded<A> {
 struct ProxyHeaders {
     trusted: Vec<ipnetwork::IpNetwork>,
     timeout: Duration,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl ProxyHeaders {
@@ -557,7 +582,7 @@ impl TlsAccept for Certs {
 
 struct MetricsApp {
     registry: Registry,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProxyMetrics>,
     upstreams: Arc<LoadBalancer<RoundRobin>>,
 }
 

@@ -19,10 +19,10 @@ use roost_engine::{Class, Timestamp};
 
 use crate::accesslog::{AccessLog, Entry};
 use crate::cache::VerdictCache;
-use crate::challenge::{Kind, Refusal, ReplayGuard, Signer, difficulty};
+use crate::challenge::{ChallengeRefusal, Kind, ReplayGuard, Signer, difficulty};
 use crate::clientip::{self, canonical};
 use crate::config::{ProxyConfig, UnknownPolicy};
-use crate::metrics::{Metrics, OutcomeLabels, RouteLabels};
+use crate::metrics::{OutcomeLabels, ProxyMetrics, RouteLabels};
 use crate::now_ms;
 use crate::pages::{self, ChallengePage};
 
@@ -34,7 +34,7 @@ pub struct Waffles {
     pub cache: Arc<VerdictCache>,
     pub signer: Signer,
     pub replay: ReplayGuard,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ProxyMetrics>,
     pub log: AccessLog,
     pub upstreams: Arc<LoadBalancer<RoundRobin>>,
     pub outcomes: Arc<crate::outcomes::Outcomes>,
@@ -109,7 +109,7 @@ impl Waffles {
         }
     }
 
-    fn clearance_ok(&self, session: &Session, bind: &str, now: i64) -> Result<bool, Refusal> {
+    fn clearance_ok(&self, session: &Session, bind: &str, now: i64) -> Result<bool, ChallengeRefusal> {
         let name = &self.cfg.challenge.cookie;
         let mut result = Ok(false);
         for v in session.req_header().headers.get_all("cookie") {
@@ -217,17 +217,17 @@ impl Waffles {
             }
             Err(r) => {
                 let label: &'static str = match r {
-                    Refusal::Malformed => "failed_malformed",
-                    Refusal::Signature => "failed_signature",
-                    Refusal::Expired => "failed_expired",
-                    Refusal::TooEarly => "failed_too_early",
-                    Refusal::Work => "failed_work",
-                    Refusal::Replayed => "failed_replayed",
-                    Refusal::Busy => "failed_busy",
+                    ChallengeRefusal::Malformed => "failed_malformed",
+                    ChallengeRefusal::Signature => "failed_signature",
+                    ChallengeRefusal::Expired => "failed_expired",
+                    ChallengeRefusal::TooEarly => "failed_too_early",
+                    ChallengeRefusal::Work => "failed_work",
+                    ChallengeRefusal::Replayed => "failed_replayed",
+                    ChallengeRefusal::Busy => "failed_busy",
                 };
                 self.metrics.challenges.get_or_create(&OutcomeLabels { outcome: label }).inc();
                 ctx.challenge = format!("failed:{}", r.as_str());
-                if r == Refusal::Busy {
+                if r == ChallengeRefusal::Busy {
                     return respond_error(session, ctx, 429, &self.signer.reference("busy", now / 60_000)).await;
                 }
                 let rep = self.cache.lookup(ip, now).map_or(0.0, |v| v.reputation);

@@ -11,10 +11,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use roost_verdicts::RedisConfig;
-use roost_verdicts::follow::{Follower, Update};
+use roost_verdicts::follow::{StoreFollower, Update};
 
 use crate::cache::VerdictCache;
-use crate::metrics::Metrics;
+use crate::metrics::ProxyMetrics;
 use crate::now_ms;
 
 /// How long one stream read waits for changes.
@@ -25,7 +25,7 @@ const HOUSEKEEPING: Duration = Duration::from_secs(2);
 pub fn spawn(
     cfg: RedisConfig,
     cache: Arc<VerdictCache>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProxyMetrics>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("roost-proxy-sync".into()).spawn(move || {
@@ -59,10 +59,10 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
 fn follow(
     cfg: &RedisConfig,
     cache: &VerdictCache,
-    metrics: &Metrics,
+    metrics: &ProxyMetrics,
     stop: &AtomicBool,
 ) -> Result<(), roost_verdicts::Error> {
-    let mut f = Follower::new(cfg)?;
+    let mut f = StoreFollower::new(cfg)?;
     let mut housekeeping = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();

@@ -24,7 +24,7 @@ use roost_engine::{Engine, Explanation, Override, Timestamp, VerdictChange};
 
 pub use population::PopulationMetrics;
 use roost_wire::requests as wire;
-pub use run::{Metrics, Settings, run};
+pub use run::{ScorerMetrics, Settings, run};
 
 /// Builds a fresh engine (rules, feeds and GeoIP attached) for a partition.
 pub type EngineFactory = Box<dyn Fn() -> Engine + Send>;
@@ -125,14 +125,14 @@ impl Scorer {
             return Ok(());
         }
         part.next = offset + 1;
-        let result = match value.map(wire::decode_record) {
+        let result = match value.map(wire::decode_message) {
             None => Err(wire::Error::Empty),
             Some(Err(e)) => Err(e),
             Some(Ok(rec)) => {
                 let live = part.live;
                 let time = match &rec {
-                    wire::Record::Request(ev) => ev.time,
-                    wire::Record::Evidence(e) => e.time,
+                    wire::Message::Request(ev) => ev.time,
+                    wire::Message::Evidence(e) => e.time,
                 };
                 // the one expiry policy, as `roost replay`'s: verdicts lapse as event time passes
                 for c in part.engine.advance(time) {
@@ -141,8 +141,8 @@ impl Scorer {
                     }
                 }
                 let change = match &rec {
-                    wire::Record::Request(ev) => Ok(part.engine.observe(ev)),
-                    wire::Record::Evidence(e) => match e.evidence() {
+                    wire::Message::Request(ev) => Ok(part.engine.observe(ev)),
+                    wire::Message::Evidence(e) => match e.evidence() {
                         Ok(ev) => Ok(part.engine.apply(e.client, e.time, &[ev])),
                         Err(why) => Err(wire::Error::Evidence(why)),
                     },

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use roost_engine::Override;
-use roost_kafka::{Follower, KafkaConfig};
+use roost_kafka::{KafkaConfig, TopicFollower};
 
 /// Reads the overrides topic whole, then follows it, sending each override to `tx` until
 /// `stop` (or until the receiver is gone).
@@ -23,7 +23,7 @@ pub fn follow(
         while !stop.load(Ordering::Relaxed) {
             let f = match &follower {
                 Some(f) => f,
-                None => match Follower::new(&kafka, &topic, "roost-score-overrides") {
+                None => match TopicFollower::new(&kafka, &topic, "roost-score-overrides") {
                     Ok(f) => follower.insert(f),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the overrides topic yet");

@@ -64,7 +64,7 @@ struct PartitionLabel {
 
 /// `roost score`'s metrics.
 #[derive(Default)]
-pub struct Metrics {
+pub struct ScorerMetrics {
     events: Counter,
     rebuilt: Counter,
     bad_records: Counter,
@@ -80,7 +80,7 @@ pub struct Metrics {
     population: crate::PopulationMetrics,
 }
 
-impl Metrics {
+impl ScorerMetrics {
     pub fn register(&self, r: &mut Registry) {
         r.register("roost_score_events", "Request events scored", self.events.clone());
         r.register(
@@ -137,7 +137,7 @@ pub fn run(
     redis: &RedisConfig,
     s: &Settings,
     mut scorer: Scorer,
-    metrics: &Metrics,
+    metrics: &ScorerMetrics,
     stop: &AtomicBool,
     overrides: Receiver<(IpNetwork, Option<Override>)>,
 ) -> Result<(), Error> {
@@ -273,7 +273,7 @@ fn write(
     kafka: &KafkaConfig,
     scorer: &mut Scorer,
     outputs: &mut Vec<Output>,
-    metrics: &Metrics,
+    metrics: &ScorerMetrics,
     stop: &AtomicBool,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -378,7 +378,7 @@ fn to_writes(outputs: &[Output]) -> Vec<Write> {
     w
 }
 
-fn stats(consumer: &GroupConsumer, scorer: &Scorer, metrics: &Metrics) {
+fn stats(consumer: &GroupConsumer, scorer: &Scorer, metrics: &ScorerMetrics) {
     let positions = scorer.positions();
     metrics.partitions.set(positions.len() as i64);
     metrics.lag.clear();

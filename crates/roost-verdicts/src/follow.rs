@@ -29,17 +29,17 @@ pub enum Update {
     },
 }
 
-pub struct Follower {
+pub struct StoreFollower {
     store: Store,
     pos: StreamPos,
     loaded: bool,
     checked: Instant,
 }
 
-impl Follower {
-    /// Connects lazily; the first [`Follower::next`] loads everything.
-    pub fn new(cfg: &RedisConfig) -> Result<Follower, Error> {
-        Ok(Follower { store: Store::new(cfg)?, pos: StreamPos::default(), loaded: false, checked: Instant::now() })
+impl StoreFollower {
+    /// Connects lazily; the first [`StoreFollower::next`] loads everything.
+    pub fn new(cfg: &RedisConfig) -> Result<StoreFollower, Error> {
+        Ok(StoreFollower { store: Store::new(cfg)?, pos: StreamPos::default(), loaded: false, checked: Instant::now() })
     }
 
     /// The next update: a full load when one is due, otherwise the changes that come within

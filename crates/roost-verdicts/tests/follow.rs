@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use roost_engine::{Class, Timestamp};
-use roost_verdicts::follow::{Follower, Update};
+use roost_verdicts::follow::{StoreFollower, Update};
 use roost_verdicts::{OverrideEntry, RedisConfig, Store, VerdictRecord, Write};
 
 fn cfg(name: &str) -> RedisConfig {
@@ -49,7 +49,7 @@ fn flood(store: &mut Store, n: usize) {
     store.write(&writes).unwrap();
 }
 
-fn next(f: &mut Follower) -> Update {
+fn next(f: &mut StoreFollower) -> Update {
     f.next(Duration::from_millis(50), roost_now()).unwrap()
 }
 
@@ -58,7 +58,7 @@ fn loads_then_follows_and_loads_again_when_the_stream_was_trimmed_past_it() {
     let cfg = cfg("follow");
     let mut store = Store::new(&cfg).unwrap();
     store.write(&[write("203.0.113.1", Class::Bad)]).unwrap();
-    let mut f = Follower::new(&cfg).unwrap();
+    let mut f = StoreFollower::new(&cfg).unwrap();
     match next(&mut f) {
         Update::Full { verdicts, overrides } => assert_eq!((verdicts.len(), overrides.len()), (1, 0)),
         u => panic!("first a full load, not {u:?}"),
@@ -99,7 +99,7 @@ fn loads_then_follows_and_loads_again_when_the_stream_was_trimmed_past_it() {
 fn a_stream_empty_at_the_load_and_trimmed_before_the_next_read_loads_again() {
     let cfg = cfg("empty");
     let mut store = Store::new(&cfg).unwrap();
-    let mut f = Follower::new(&cfg).unwrap();
+    let mut f = StoreFollower::new(&cfg).unwrap();
     assert!(matches!(next(&mut f), Update::Full { .. }));
     flood(&mut store, 600);
     match next(&mut f) {

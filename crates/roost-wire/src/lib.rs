@@ -11,7 +11,7 @@
 //! | Redis `v:`, `h:`, `o:`, `px:` | current verdicts, histories, overrides, challenge outcomes | [`redis`] |
 //!
 //! Every value starts with its schema version (`{"v":1,…`); a reader refuses a version it does
-//! not know rather than guess. The feeds topic's records are `roost_feeds::Record` and the flows
+//! not know rather than guess. The feeds topic's records are `roost_feeds::FeedRecord` and the flows
 //! topic's `roost_flows::FlowRecord`: each has one producer and its consumers in its own crate.
 //! ARCHITECTURE.md ("Messages and keys") shows every schema in full.
 //!

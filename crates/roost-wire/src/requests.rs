@@ -9,7 +9,7 @@
 //!   is scored in offset order with its requests: `{"v":1,"kind":"evidence","time":…,
 //!   "client":"203.0.113.7","source":"flow:portscan","penalty":10.0,"verdict":"dubious",
 //!   "ttl_ms":1800000,"detail":"touched 312 ports on 192.0.2.0/24 in 60 s (NetFlow)"}`
-//!   ([`EvidenceEvent`]); [`decode_record`] tells the two apart.
+//!   ([`EvidenceEvent`]); [`decode_message`] tells the two apart.
 //! - `roost.deadletter`: key = the source file; value = [`DeadLetter`] as JSON.
 //!
 //! A reader refuses any other version rather than guess.
@@ -172,22 +172,22 @@ pub fn encode_evidence(e: &EvidenceEvent) -> Vec<u8> {
 
 /// What a requests-topic record holds.
 #[derive(Debug)]
-pub enum Record<'a> {
+pub enum Message<'a> {
     Request(RequestEvent<'a>),
     Evidence(EvidenceEvent),
 }
 
 /// A requests-topic value: a request event or an evidence event.
-pub fn decode_record(value: &[u8]) -> Result<Record<'_>, Error> {
+pub fn decode_message(value: &[u8]) -> Result<Message<'_>, Error> {
     if value.starts_with(V1_EVIDENCE) {
         #[derive(Deserialize)]
         struct Tagged {
             #[serde(flatten)]
             e: EvidenceEvent,
         }
-        return Ok(Record::Evidence(serde_json::from_slice::<Tagged>(value)?.e));
+        return Ok(Message::Evidence(serde_json::from_slice::<Tagged>(value)?.e));
     }
-    decode_request(value).map(Record::Request)
+    decode_request(value).map(Message::Request)
 }
 
 /// A line that did not parse, kept with where it came from.
@@ -224,8 +224,8 @@ mod evidence_tests {
         };
         let v = encode_evidence(&e);
         assert!(v.starts_with(b"{\"v\":1,\"kind\":\"evidence\","));
-        match decode_record(&v).unwrap() {
-            Record::Evidence(back) => assert_eq!(back, e),
+        match decode_message(&v).unwrap() {
+            Message::Evidence(back) => assert_eq!(back, e),
             r => panic!("{r:?}"),
         }
         // a request event is not mistaken for evidence, and evidence is not a request event

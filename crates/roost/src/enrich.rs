@@ -18,10 +18,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use roost_engine::{Engine, Timestamp};
 use roost_feeds::local::{self, Loaded};
-use roost_feeds::store::{FeedContents, Record};
-use roost_feeds::{FeedAnnotator, FeedDef, FeedHandle, FeedIndex, FeedStore, Format, IndexedFeed};
+use roost_feeds::store::{FeedContents, FeedRecord};
+use roost_feeds::{FeedAnnotator, FeedDef, FeedFormat, FeedHandle, FeedIndex, FeedStore, IndexedFeed};
 use roost_geo::{GeoAnnotator, GeoHandle, GeoInspector, GeoPolicy};
-use roost_kafka::Follower;
+use roost_kafka::TopicFollower;
 
 use crate::config::{Config, FeedsConfig};
 use crate::runtime::wall_now;
@@ -72,7 +72,7 @@ pub fn load_local(cfg: &Config, defs: &[FeedDef], extra: &[(String, PathBuf)]) -
                 continue;
             }
             let mut d = def.clone();
-            d.format = Format::Spamhaus;
+            d.format = FeedFormat::Spamhaus;
             match local::load_file(&d, &path, &fc.validation, allow) {
                 Ok(l) => out.push(l),
                 Err(e) => tracing::warn!(feed = %def.name, error = %e, "cached feed not loaded"),
@@ -278,7 +278,7 @@ pub fn spawn_sync(
     });
     let mut stamps = stamp();
     let mut store = FeedStore::default();
-    let mut follower: Option<Follower> = None;
+    let mut follower: Option<TopicFollower> = None;
     let mut retry_at = Instant::now();
     if cfg.kafka.enabled() {
         connect(&cfg, &metrics, &mut store, &mut follower, &mut retry_at);
@@ -367,10 +367,10 @@ fn connect(
     cfg: &Config,
     metrics: &FeedMetrics,
     store: &mut FeedStore,
-    follower: &mut Option<Follower>,
+    follower: &mut Option<TopicFollower>,
     retry_at: &mut Instant,
 ) {
-    match Follower::new(&cfg.kafka, &cfg.kafka.topics.feeds, "roost-up-feeds") {
+    match TopicFollower::new(&cfg.kafka, &cfg.kafka.topics.feeds, "roost-up-feeds") {
         Ok(f) => {
             match f.read_to_end(Duration::from_secs(120), |r| apply(store, metrics, r)) {
                 Ok(n) => tracing::info!(records = n, topic = %cfg.kafka.topics.feeds, "feeds topic read"),
@@ -386,7 +386,7 @@ fn connect(
 }
 
 pub fn apply(store: &mut FeedStore, metrics: &FeedMetrics, r: roost_kafka::Record) {
-    match Record::decode(&r.key, r.value.as_deref()) {
+    match FeedRecord::decode(&r.key, r.value.as_deref()) {
         Ok(rec) => store.apply(rec),
         Err(e) => {
             metrics.bad_records.inc();

@@ -125,6 +125,22 @@ fn daemons() -> Vec<Daemon> {
                 )
             },
         },
+        Daemon {
+            name: "proxy",
+            args: &["proxy"],
+            config: |d, port| {
+                std::fs::write(d.join("secret"), "a proxy secret of at least sixteen bytes\n").unwrap();
+                let (listen, upstream) = (free_port(), free_port());
+                let d = d.display();
+                format!(
+                    "{}[proxy]\nlisten = [\"127.0.0.1:{listen}\"]\nupstreams = [\"127.0.0.1:{upstream}\"]\n\
+                     metrics_listen = \"127.0.0.1:{port}\"\nthreads = 1\ngrace_period = \"1s\"\nshutdown_timeout = \"1s\"\n\
+                     pid_file = \"{d}/proxy.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
+                     [proxy.challenge]\nsecret_file = \"{d}/secret\"\n",
+                    redis_section()
+                )
+            },
+        },
     ]
 }
 
@@ -155,7 +171,7 @@ fn exit_within(child: &mut std::process::Child, limit: Duration, what: &str) -> 
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what}: still running after {limit:?}");
+            panic!("{what}: still running after {limit:?}:\n{}", stderr_of(child));
         }
         std::thread::sleep(Duration::from_millis(100));
     }

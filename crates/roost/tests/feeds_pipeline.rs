@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use roost_feeds::{FeedStore, Record};
+use roost_feeds::{FeedRecord, FeedStore};
 
 fn kafka() -> String {
     std::env::var("ROOST_TEST_KAFKA")
@@ -87,7 +87,7 @@ fn read_topic(topic: &str) -> FeedStore {
     let cfg = roost_kafka::KafkaConfig { brokers: kafka(), ..Default::default() };
     let mut store = FeedStore::default();
     roost_kafka::read_to_end(&cfg, topic, Duration::from_secs(60), |r| {
-        store.apply(Record::decode(&r.key, r.value.as_deref()).unwrap())
+        store.apply(FeedRecord::decode(&r.key, r.value.as_deref()).unwrap())
     })
     .unwrap();
     store

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::*;
-use roost_kafka::{Follower, KafkaConfig};
+use roost_kafka::{KafkaConfig, TopicFollower};
 use roost_verdicts::{RedisConfig, Store};
 
 /// Topic and group names of one test, and the config file that uses them.
@@ -177,7 +177,7 @@ fn write_logs(dir: &Path, per_file: u64, rotate_every: u64, rate: u64, malformed
 
 /// Counts what reached the requests topic by content: per (file, line) how many copies.
 struct Census {
-    follower: Follower,
+    follower: TopicFollower,
     seen: [Vec<u8>; 2],
     unique: u64,
     dups: u64,
@@ -186,7 +186,7 @@ struct Census {
 
 impl Census {
     fn new(cfg: &KafkaConfig, topic: &str, per_file: u64) -> Census {
-        let follower = Follower::new(cfg, topic, &unique("census")).unwrap();
+        let follower = TopicFollower::new(cfg, topic, &unique("census")).unwrap();
         Census {
             follower,
             seen: [vec![0; per_file as usize], vec![0; per_file as usize]],

@@ -417,7 +417,7 @@ fn demo_appliance_serves_the_proxy_and_the_admin_ui() {
     // with Kafka configured, the verdicts and the audit log are on the pipeline's topics too
     let kafka = roost_kafka::KafkaConfig { brokers: common::kafka(), ..Default::default() };
     let on_topic = |topic: &str, want: &dyn Fn(&str, &str) -> bool| {
-        let f = roost_kafka::Follower::new(&kafka, topic, "up-test").unwrap();
+        let f = roost_kafka::TopicFollower::new(&kafka, topic, "up-test").unwrap();
         let end = Instant::now() + Duration::from_secs(20);
         while Instant::now() < end {
             if let Ok(Some(r)) = f.poll(Duration::from_millis(200)) {

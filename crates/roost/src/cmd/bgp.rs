@@ -62,7 +62,7 @@ fn follow(
             batch.push(Input::Override(net, ov));
         }
         if follower.is_none() {
-            match roost_kafka::Follower::new(kafka, &kafka.topics.verdicts, "roost-bgp") {
+            match roost_kafka::TopicFollower::new(kafka, &kafka.topics.verdicts, "roost-bgp") {
                 Ok(f) => follower = Some(f),
                 Err(e) => {
                     controller.set_source_up(false);

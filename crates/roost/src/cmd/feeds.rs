@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use prometheus_client::registry::Registry;
 use roost_engine::Timestamp;
 use roost_feeds::fetch::{Conditional, Fetched, Fetcher};
-use roost_feeds::store::{FeedContents, Meta, Record, SCHEMA_VERSION};
+use roost_feeds::store::{FeedContents, FeedRecord, Meta, SCHEMA_VERSION};
 use roost_feeds::{FeedDef, FeedStore};
 use roost_kafka::Producer;
 
@@ -174,10 +174,10 @@ async fn refresh(
             // Still a successful fetch: publish the new time so scorers know the feed is fresh.
             if let Some(m) = &current.meta {
                 let meta = Meta { fetched_at: now.millis(), ..m.clone() };
-                if let Err(e) = publish(cfg, producer, vec![Record::Meta(meta.clone())]).await {
+                if let Err(e) = publish(cfg, producer, vec![FeedRecord::Meta(meta.clone())]).await {
                     return Outcome::Failed(e.to_string());
                 }
-                store.apply(Record::Meta(meta));
+                store.apply(FeedRecord::Meta(meta));
             }
             return Outcome::NotModified;
         }
@@ -211,7 +211,7 @@ async fn refresh(
         last_modified: validators.last_modified,
         sha256: validators.sha256,
     };
-    let records = Record::publish(&def.name, &diff, meta);
+    let records = FeedRecord::publish(&def.name, &diff, meta);
     if let Err(e) = publish(cfg, producer, records.clone()).await {
         metrics.error(&def.name, "publish");
         return Outcome::Failed(e.to_string());
@@ -232,7 +232,7 @@ async fn refresh(
     }
 }
 
-async fn publish(cfg: &Config, producer: Option<&Producer>, records: Vec<Record>) -> anyhow::Result<()> {
+async fn publish(cfg: &Config, producer: Option<&Producer>, records: Vec<FeedRecord>) -> anyhow::Result<()> {
     let Some(p) = producer else { return Ok(()) };
     let topic = &cfg.kafka.topics.feeds;
     p.send_all(topic, records.iter().map(|r| (r.key().into_bytes(), r.value()))).await?;

@@ -14,6 +14,9 @@ use crate::enrich::{self, Enrichment, FeedMetrics};
 use crate::ruleset::{self, RuleMetrics};
 use crate::runtime::{self, Shutdown};
 
+/// How long a stopping scorer may take to leave its group.
+const LEAVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     anyhow::ensure!(cfg.kafka.enabled(), "roost score reads Kafka: set kafka.brokers");
     anyhow::ensure!(!cfg.redis.url.is_empty(), "roost score writes verdicts to Redis: set redis.url");
@@ -33,7 +36,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let rules = roost_rules::handle(rule_set);
     let enrich = Enrichment::new(&cfg, roost_feeds::FeedIndex::default())?;
     let mut registry = Registry::default();
-    let metrics = Arc::new(roost_scorer::Metrics::default());
+    let metrics = Arc::new(roost_scorer::ScorerMetrics::default());
     metrics.register(&mut registry);
     rule_metrics.register(&mut registry);
     let feed_metrics = FeedMetrics::default();
@@ -56,7 +59,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let make: roost_scorer::EngineFactory = Box::new(move || builder.build());
     let (tx, rx) = std::sync::mpsc::channel();
     threads.push(roost_scorer::overrides::follow(cfg.kafka.clone(), tx, shutdown.flag()));
-    let scorer_thread = {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    {
         let (cfg, metrics, shutdown) = (cfg.clone(), metrics.clone(), shutdown.clone());
         std::thread::Builder::new().name("roost-score".into()).spawn(move || {
             let r = roost_scorer::run(
@@ -70,9 +74,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             );
             // a scorer that gave up stops the process (and a stopping process the scorer)
             shutdown.stop();
-            r
-        })?
-    };
+            let _ = done_tx.send(r);
+        })?;
+    }
     rt.block_on(async {
         ruleset::reload_on_sighup(reload_rules).context("handling SIGHUP")?;
         tracing::info!(group = %cfg.score.group, "roost score: scoring");
@@ -82,7 +86,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = server.await;
         anyhow::Ok(())
     })?;
-    let r = scorer_thread.join().map_err(|_| anyhow::anyhow!("the scorer thread panicked"))?;
+    // Leaving the group can hang in librdkafka when the stop comes while the group is still
+    // forming; nothing is lost by not waiting: offsets are committed only after the writes.
+    let r = match done_rx.recv_timeout(LEAVE_WITHIN) {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(waited = ?LEAVE_WITHIN, "the scorer did not leave the group in time; exiting without it (nothing is lost: offsets are committed after the writes)");
+            Ok(())
+        }
+    };
     for t in threads {
         let _ = t.join();
     }

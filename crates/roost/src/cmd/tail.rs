@@ -126,7 +126,7 @@ async fn pump(cfg: &Config, m: &Metrics, stop: &AtomicBool) -> anyhow::Result<()
     // their end now. Whatever lies beyond is the batch that was in flight (or other hosts').
     let mut kafka_next = saved.kafka.clone();
     for topic in &topics {
-        let ends = roost_kafka::Follower::new(&cfg.kafka, topic, "roost-tail-ends").and_then(|f| f.ends());
+        let ends = roost_kafka::TopicFollower::new(&cfg.kafka, topic, "roost-tail-ends").and_then(|f| f.ends());
         match ends {
             Ok(ends) => {
                 let next = kafka_next.entry(topic.clone()).or_default();
@@ -267,7 +267,7 @@ fn read_back(cfg: &Config, host: &str, from: &BTreeMap<String, BTreeMap<i32, i64
     const MAX_RECORDS: usize = 2_000_000;
     let mut out = HashSet::new();
     for (topic, start) in from {
-        let follower = match roost_kafka::Follower::from(&cfg.kafka, topic, "roost-tail-readback", start) {
+        let follower = match roost_kafka::TopicFollower::from(&cfg.kafka, topic, "roost-tail-readback", start) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(%topic, error = %e, "cannot read back the last batch; it may be sent twice");

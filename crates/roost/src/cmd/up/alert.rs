@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use roost_engine::Timestamp;
-use roost_engine::alarm::{DropStatus, Sample, Transition};
+use roost_engine::alarm::{DropStatus, Reading, Transition};
 use serde::Serialize;
 
 use super::state::{Appliance, SERIES_KEPT};
@@ -196,7 +196,7 @@ pub async fn sample_drop_signal(sh: Arc<Appliance>) {
         };
         let (transition, status) = {
             let mut d = sh.drop.lock().expect("drop signal lock");
-            let t = d.push(Sample { at: now, mean: a.mean_by_request, weight: a.request_weight });
+            let t = d.push(Reading { at: now, mean: a.mean_by_request, weight: a.request_weight });
             (t, d.status().clone())
         };
         if a.request_weight > 0.0 && a.mean_by_request.is_finite() {

@@ -27,7 +27,7 @@ use roost_engine::RequestEvent;
 use roost_engine::alarm::DropDetector;
 use roost_ingest::tail::{Start, Tail};
 
-use self::state::{Appliance, Metrics};
+use self::state::{Appliance, UpMetrics};
 use crate::config::{Config, LogStart};
 use crate::engine::EngineBuilder;
 use crate::enrich::{self, Enrichment, FeedMetrics};
@@ -50,7 +50,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
 
     let rule_set = ruleset::compile(&cfg.rules, None)?;
     tracing::info!(version = rule_set.version(), rules = rule_set.rules().len(), "known-bad rules loaded");
-    let metrics = Metrics::default();
+    let metrics = UpMetrics::default();
     metrics.rules.in_force(&rule_set);
     let rules = roost_rules::handle(rule_set);
     let feed_defs = enrich::definitions(&cfg.feeds)?;

@@ -34,7 +34,7 @@ pub struct KindLabel {
 }
 
 #[derive(Default)]
-pub struct Metrics {
+pub struct UpMetrics {
     pub lines: Counter,
     pub parse_errors: Family<KindLabel, Counter>,
     pub events: Counter,
@@ -49,7 +49,7 @@ pub struct Metrics {
     pub drop_spread: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
-impl Metrics {
+impl UpMetrics {
     pub fn register(&self, r: &mut Registry) {
         r.register("roost_log_lines", "Access-log lines read", self.lines.clone());
         r.register("roost_log_parse_errors", "Access-log lines that did not parse, by kind", self.parse_errors.clone());
@@ -94,7 +94,7 @@ impl Metrics {
 pub struct Appliance {
     pub engine: Mutex<Engine>,
     pub recent: Mutex<VecDeque<VerdictChange>>,
-    pub metrics: Metrics,
+    pub metrics: UpMetrics,
     pub registry: Registry,
     /// While the demo replays, time follows its events rather than the wall clock.
     pub demo_running: AtomicBool,
