@@ -117,19 +117,63 @@ struct Session {
     expires: Instant,
 }
 
-/// Users, sessions, tokens and the login limiter.
+/// How sign-in attempts are limited (`[admin.sign_in]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignInConfig {
+    /// Failed attempts on one user name from one address within `window`, then that pair waits
+    /// out the window. Counted before the password is checked, so concurrent guesses cannot
+    /// pass the limit together.
+    pub max_failures: u32,
+    /// Failed attempts from one address within `window`, whatever the name (higher: colleagues
+    /// behind one NAT should not lock each other out).
+    pub max_failures_per_address: u32,
+    /// Failed attempts on one user name from anywhere within `window`, then attempts on that
+    /// name are slowed to one a second (never locked: a stranger cannot lock an operator out).
+    pub max_failures_per_user: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Password checks (argon2, about 19 MiB each) at once, at most.
+    pub hash_workers: usize,
+    /// Sign-ins waiting for a password check, at most; more are answered 429 at once.
+    pub hash_queue: usize,
+}
+
+impl Default for SignInConfig {
+    fn default() -> Self {
+        SignInConfig {
+            max_failures: 5,
+            max_failures_per_address: 20,
+            max_failures_per_user: 100,
+            window: Duration::from_secs(15 * 60),
+            hash_workers: 2,
+            hash_queue: 8,
+        }
+    }
+}
+
+/// Attempts on one name are this far apart at least, once it is being guessed at from many
+/// addresses.
+const SLOWED_SPACING: Duration = Duration::from_secs(1);
+
+struct Failures {
+    n: u32,
+    since: Instant,
+    last: Instant,
+}
+
+/// Users, sessions, tokens and the sign-in limiter.
 pub struct Auth {
     users: HashMap<String, User>,
     tokens: HashMap<String, Token>,
     sessions: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    failures: Mutex<HashMap<String, Failures>>,
     session_ttl: Duration,
-    /// Failures within `failure_window` that lock a user name out, and an address.
-    max_user_failures: u32,
-    max_ip_failures: u32,
-    failure_window: Duration,
+    limits: SignInConfig,
     /// Verified against when the user does not exist, so both cases take as long.
     dummy_hash: String,
+    /// Password hashes checked (argon2 runs), for metrics and tests.
+    checks: std::sync::atomic::AtomicU64,
 }
 
 /// Why a login was refused.
@@ -140,19 +184,25 @@ pub enum LoginError {
     Limited(Duration),
 }
 
+/// A sign-in attempt counted as failed before its password is checked ([`Auth::reserve`]);
+/// [`Auth::login`] takes it back if the password is right.
+#[derive(Debug)]
+pub struct Attempt {
+    name: String,
+    keys: [String; 3],
+}
+
 impl Auth {
-    pub fn new(users: Vec<User>, tokens: Vec<Token>, session_ttl: Duration) -> Auth {
+    pub fn new(users: Vec<User>, tokens: Vec<Token>, session_ttl: Duration, limits: SignInConfig) -> Auth {
         Auth {
             users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
             tokens: tokens.into_iter().map(|t| (t.sha256.to_ascii_lowercase(), t)).collect(),
             sessions: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             session_ttl,
-            max_user_failures: 5,
-            // higher: colleagues behind one NAT should not lock each other out
-            max_ip_failures: 20,
-            failure_window: Duration::from_secs(15 * 60),
+            limits,
             dummy_hash: hash_password("not a password anyone has"),
+            checks: Default::default(),
         }
     }
 
@@ -160,32 +210,61 @@ impl Auth {
         self.users.len()
     }
 
-    fn limited(&self, keys: &[String]) -> Option<Duration> {
-        let mut f = self.failures.lock().expect("failures lock");
-        let now = Instant::now();
-        f.retain(|_, (_, since)| now.duration_since(*since) < self.failure_window);
-        keys.iter()
-            .filter_map(|k| {
-                let max = if k.starts_with("ip:") { self.max_ip_failures } else { self.max_user_failures };
-                f.get(k).filter(|(n, _)| *n >= max)
-            })
-            .map(|(_, since)| self.failure_window.saturating_sub(now.duration_since(*since)))
-            .max()
+    /// Password hashes checked so far.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Checks a password; on success opens a session and returns its cookie value.
-    pub fn login(&self, name: &str, password: &str, from: IpAddr) -> Result<(String, Principal), LoginError> {
-        let keys = [format!("ip:{from}"), format!("user:{name}")];
-        if let Some(wait) = self.limited(&keys) {
-            return Err(LoginError::Limited(wait));
+    /// Counts an attempt on `name` from `from` as failed, at once and atomically, unless a limit
+    /// is reached: then how long to wait. A limited attempt never reaches a password check.
+    pub fn reserve(&self, name: &str, from: IpAddr) -> Result<Attempt, LoginError> {
+        let l = &self.limits;
+        let keys = [format!("ip:{from}"), format!("pair:{name}\u{0}{from}"), format!("user:{name}")];
+        let mut f = self.failures.lock().expect("failures lock");
+        let now = Instant::now();
+        f.retain(|_, e| now.duration_since(e.since) < l.window);
+        for (k, max) in [(&keys[0], l.max_failures_per_address), (&keys[1], l.max_failures)] {
+            if let Some(e) = f.get(k).filter(|e| e.n >= max) {
+                return Err(LoginError::Limited(l.window.saturating_sub(now.duration_since(e.since))));
+            }
         }
-        let user = self.users.get(name);
+        if let Some(e) = f.get(&keys[2]).filter(|e| e.n >= l.max_failures_per_user) {
+            let since_last = now.duration_since(e.last);
+            if since_last < SLOWED_SPACING {
+                return Err(LoginError::Limited(SLOWED_SPACING - since_last));
+            }
+        }
+        for k in &keys {
+            let e = f.entry(k.clone()).or_insert(Failures { n: 0, since: now, last: now });
+            e.n += 1;
+            e.last = now;
+        }
+        Ok(Attempt { name: name.to_owned(), keys })
+    }
+
+    /// Takes back an attempt that was not made (no password was checked).
+    pub fn release(&self, a: Attempt) {
+        let mut f = self.failures.lock().expect("failures lock");
+        for k in &a.keys {
+            if let Some(e) = f.get_mut(k) {
+                e.n = e.n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Checks the password of a reserved attempt; on success takes the attempt back, opens a
+    /// session and returns its cookie value. Slow on purpose (argon2): call it off the async
+    /// threads, a bounded number at once.
+    pub fn login(&self, a: Attempt, password: &str) -> Result<(String, Principal), LoginError> {
+        let user = self.users.get(&a.name);
         let hash = user.map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
+        self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = PasswordHash::new(hash)
             .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
             .unwrap_or(false);
         match user {
             Some(u) if ok => {
+                self.release(a);
                 let principal = Principal { name: u.name.clone(), role: u.role, csrf: Some(random_token()) };
                 let id = random_token();
                 self.sessions.lock().expect("sessions lock").insert(
@@ -194,14 +273,7 @@ impl Auth {
                 );
                 Ok((id, principal))
             }
-            _ => {
-                let mut f = self.failures.lock().expect("failures lock");
-                for k in keys {
-                    let e = f.entry(k).or_insert((0, Instant::now()));
-                    e.0 += 1;
-                }
-                Err(LoginError::Invalid)
-            }
+            _ => Err(LoginError::Invalid),
         }
     }
 
@@ -238,44 +310,82 @@ mod tests {
         let users =
             vec![User { name: "ana".into(), role: Role::Operator, password_hash: hash_password("correct horse") }];
         let tokens = vec![Token { name: "ci".into(), role: Role::Viewer, sha256: sha256_hex("s3cr3t-token") }];
-        Auth::new(users, tokens, Duration::from_secs(3600))
+        Auth::new(users, tokens, Duration::from_secs(3600), SignInConfig::default())
+    }
+
+    fn login(a: &Auth, name: &str, password: &str, from: IpAddr) -> Result<(String, Principal), LoginError> {
+        a.login(a.reserve(name, from)?, password)
     }
 
     #[test]
     fn passwords_sessions_and_tokens() {
         let a = auth();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let (cookie, p) = a.login("ana", "correct horse", ip).unwrap();
+        let (cookie, p) = login(&a, "ana", "correct horse", ip).unwrap();
         assert_eq!(p.role, Role::Operator);
         assert!(p.csrf.as_ref().unwrap().len() == 64);
         assert_eq!(a.session(&cookie).unwrap().name, "ana");
         a.logout(&cookie);
         assert!(a.session(&cookie).is_none());
-        assert_eq!(a.login("ana", "wrong", ip).unwrap_err(), LoginError::Invalid);
-        assert_eq!(a.login("nobody", "correct horse", ip).unwrap_err(), LoginError::Invalid);
+        assert_eq!(login(&a, "ana", "wrong", ip).unwrap_err(), LoginError::Invalid);
+        assert_eq!(login(&a, "nobody", "correct horse", ip).unwrap_err(), LoginError::Invalid);
         assert_eq!(a.token("s3cr3t-token").unwrap().role, Role::Viewer);
         assert!(a.token("guess").is_none());
+        assert_eq!(a.checks(), 3);
     }
 
     #[test]
-    fn repeated_failures_lock_the_address_and_the_user_out() {
+    fn failures_lock_the_pair_and_the_address_but_a_stranger_cannot_lock_an_operator_out() {
         let a = auth();
-        let ip: IpAddr = "192.0.2.2".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.66".parse().unwrap();
         for _ in 0..5 {
-            assert_eq!(a.login("ana", "nope", ip).unwrap_err(), LoginError::Invalid);
+            assert_eq!(login(&a, "ana", "nope", stranger).unwrap_err(), LoginError::Invalid);
         }
-        // even the right password is refused now for that user, from anywhere
-        assert!(matches!(a.login("ana", "correct horse", ip), Err(LoginError::Limited(_))));
-        assert!(matches!(
-            a.login("ana", "correct horse", "198.51.100.1".parse().unwrap()),
-            Err(LoginError::Limited(_))
-        ));
+        // that address may not try the name again, not even with the right password…
+        assert!(matches!(login(&a, "ana", "correct horse", stranger), Err(LoginError::Limited(_))));
+        // …but the operator, from their own address, signs in
+        assert!(login(&a, "ana", "correct horse", "192.0.2.10".parse().unwrap()).is_ok());
         // an address guessing many names is locked out after 20
         let ip2: IpAddr = "192.0.2.3".parse().unwrap();
         for i in 0..20 {
-            assert_eq!(a.login(&format!("u{i}"), "x", ip2).unwrap_err(), LoginError::Invalid);
+            assert_eq!(login(&a, &format!("u{i}"), "x", ip2).unwrap_err(), LoginError::Invalid);
         }
-        assert!(matches!(a.login("u99", "x", ip2), Err(LoginError::Limited(_))));
+        assert!(matches!(login(&a, "u99", "x", ip2), Err(LoginError::Limited(_))));
+    }
+
+    #[test]
+    fn attempts_are_counted_before_the_check_so_a_burst_cannot_pass_the_limit_together() {
+        let a = auth();
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        // 50 attempts reserved at once, none checked yet: only the first 5 get a check
+        let reserved: Vec<_> = (0..50).filter_map(|_| a.reserve("ana", ip).ok()).collect();
+        assert_eq!(reserved.len(), 5);
+        // one not made is given back
+        let mut it = reserved.into_iter();
+        a.release(it.next().unwrap());
+        assert!(a.reserve("ana", ip).is_ok());
+        assert!(a.reserve("ana", ip).is_err());
+    }
+
+    #[test]
+    fn a_name_guessed_from_many_addresses_is_slowed_not_locked() {
+        let limits = SignInConfig { max_failures_per_user: 10, ..SignInConfig::default() };
+        let a = Auth::new(
+            vec![User { name: "ana".into(), role: Role::Operator, password_hash: hash_password("correct horse") }],
+            Vec::new(),
+            Duration::from_secs(3600),
+            limits,
+        );
+        for i in 0..10u8 {
+            let ip = IpAddr::from([203, 0, 113, i]);
+            a.release(a.reserve("ana", ip).unwrap()); // counted, then given back: no hashing here
+            let _ = a.reserve("ana", ip).unwrap();
+        }
+        // past 10 failures on the name: one attempt a second, from anywhere
+        let op: IpAddr = "192.0.2.10".parse().unwrap();
+        assert!(matches!(a.reserve("ana", op), Err(LoginError::Limited(w)) if w <= SLOWED_SPACING));
+        std::thread::sleep(SLOWED_SPACING);
+        assert!(login(&a, "ana", "correct horse", op).is_ok());
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! Security, all of it on every route: sign-in with argon2-hashed passwords or API tokens
 //! (`Authorization: Bearer`), roles (viewer, operator), server-side sessions behind an
 //! HttpOnly SameSite=Strict cookie, a CSRF token on every state change (cookie sessions), a
-//! cross-origin `Origin` refused, login attempts rate-limited per address and per user, every
+//! cross-origin `Origin` refused, sign-in attempts counted before the password is checked (per
+//! user and address, per address; a name guessed at from many addresses is slowed, never
+//! locked) with a bounded pool of password checks (the rest 429), the client address from
+//! `X-Forwarded-For` only when the peer is a trusted proxy, every
 //! string rendered through maud (escaped: paths, user agents, reasons are attacker-controlled),
 //! and a Content-Security-Policy without inline scripts or styles.
 
@@ -59,6 +62,11 @@ pub struct AdminConfig {
     /// `roost bgp`'s address (`http://127.0.0.1:9755`): client pages then say whether the
     /// client's traffic is diverted, by which rule. Empty: not shown.
     pub bgp_url: String,
+    /// Peers whose `X-Forwarded-For` is believed (a TLS terminator in front of the admin): the
+    /// client address for sign-in limits and the audit log is then read from it, as the proxy
+    /// does. From anyone else the header is ignored.
+    pub trusted_proxies: Vec<ipnetwork::IpNetwork>,
+    pub sign_in: auth::SignInConfig,
     /// The prefix length IPv6 clients are judged by (`engine.ipv6_prefix`; set by the binary).
     #[serde(skip)]
     pub ipv6_prefix: u8,
@@ -76,6 +84,8 @@ impl Default for AdminConfig {
             min_prefix_v6: 32,
             prometheus_url: String::new(),
             bgp_url: String::new(),
+            trusted_proxies: Vec::new(),
+            sign_in: auth::SignInConfig::default(),
             ipv6_prefix: 64,
         }
     }
@@ -224,6 +234,10 @@ pub struct AppState {
     geo: Option<roost_geo::GeoHandle>,
     /// The proxies' signer: references are recomputed from it.
     signer: Option<roost_proxy::challenge::Signer>,
+    /// Password checks running at once (`sign_in.hash_workers`), and sign-ins holding or
+    /// waiting for one.
+    hashing: tokio::sync::Semaphore,
+    hashing_wanted: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +268,8 @@ pub fn state(
     if users.is_empty() && cfg.tokens.is_empty() {
         tracing::warn!(file = %cfg.users_file.display(), "no users and no tokens: nobody can sign in");
     }
-    let auth = Auth::new(users, cfg.tokens.clone(), cfg.session_ttl);
+    let auth = Auth::new(users, cfg.tokens.clone(), cfg.session_ttl, cfg.sign_in.clone());
+    let hashing = tokio::sync::Semaphore::new(cfg.sign_in.hash_workers.max(1));
     let signer = match proxy_secret {
         Some(s) => Some(roost_proxy::challenge::Signer::new(&s)),
         None => {
@@ -266,6 +281,8 @@ pub fn state(
     let registry = metrics.registry();
     Ok(Arc::new(AppState {
         signer,
+        hashing,
+        hashing_wanted: Default::default(),
         cfg,
         auth,
         backend,
@@ -438,19 +455,62 @@ struct LoginForm {
     password: String,
 }
 
+/// The client's address: the peer, or, from a peer in `admin.trusted_proxies`, what
+/// `X-Forwarded-For` says (read as the proxy reads it; a malformed header counts as the peer).
+fn client_addr(st: &AppState, peer: SocketAddr, h: &HeaderMap) -> IpAddr {
+    let xff = h.get_all("x-forwarded-for").into_iter().map(|v| v.as_bytes()).collect::<Vec<_>>();
+    roost_proxy::clientip::client_ip(peer.ip(), xff.into_iter(), &st.cfg.trusted_proxies).unwrap_or(peer.ip())
+}
+
+/// Holds a place among the password checks while it lives.
+struct HashingPlace<'a>(&'a AppState);
+
+impl Drop for HashingPlace<'_> {
+    fn drop(&mut self) {
+        self.0.hashing_wanted.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn login(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
-    let st2 = st.clone();
+    let from = client_addr(&st, peer, &h);
     let (name, password) = (f.name.chars().take(100).collect::<String>(), f.password);
-    // argon2 is deliberately slow: off the async threads
-    let r = tokio::task::spawn_blocking(move || st2.auth.login(&name, &password, peer.ip())).await;
+    // 1. counted as a failure at once, atomically: a limited attempt never reaches a check
+    let attempt = match st.auth.reserve(&name, from) {
+        Ok(a) => a,
+        Err(e) => return sign_in_refused(&st, e, from),
+    };
+    // 2. a place among the password checks, or 429 at once: argon2 holds ~19 MiB per run
+    let sl = &st.cfg.sign_in;
+    let wanted = st.hashing_wanted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let place = HashingPlace(&st);
+    if wanted >= sl.hash_workers.max(1) + sl.hash_queue {
+        drop(place);
+        st.auth.release(attempt); // no password was checked: no attempt was made
+        st.metrics.sign_ins.get_or_create(&metrics::OutcomeLabels { outcome: "busy" }).inc();
+        tracing::warn!(%from, "sign-in refused: too many at once");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            Html(pages::login(Some("Too many sign-ins at once. Try again in a moment."))),
+        )
+            .into_response();
+    }
+    let Ok(permit) = st.hashing.acquire().await else { return StatusCode::SERVICE_UNAVAILABLE.into_response() };
+    // 3. the check, off the async threads
+    let st2 = st.clone();
+    let r = tokio::task::spawn_blocking(move || st2.auth.login(attempt, &password)).await;
+    drop(permit);
+    drop(place);
+    st.metrics.password_checks.inc();
     match r {
         Ok(Ok((cookie, p))) => {
             st.metrics.sign_ins.get_or_create(&metrics::OutcomeLabels { outcome: "ok" }).inc();
-            tracing::info!(user = %p.name, from = %peer.ip(), "signed in");
+            tracing::info!(user = %p.name, %from, "signed in");
             let secure = if st.cfg.cookie_secure { "; Secure" } else { "" };
             let set = format!(
                 "{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
@@ -458,9 +518,16 @@ async fn login(
             );
             ([(header::SET_COOKIE, set)], Redirect::to("/")).into_response()
         }
-        Ok(Err(LoginError::Limited(wait))) => {
+        Ok(Err(e)) => sign_in_refused(&st, e, from),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn sign_in_refused(st: &AppState, e: LoginError, from: IpAddr) -> Response {
+    match e {
+        LoginError::Limited(wait) => {
             st.metrics.sign_ins.get_or_create(&metrics::OutcomeLabels { outcome: "limited" }).inc();
-            tracing::warn!(from = %peer.ip(), "sign-in refused: too many failures");
+            tracing::warn!(%from, "sign-in refused: too many failures");
             let secs = wait.as_secs().max(1).to_string();
             (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -469,12 +536,11 @@ async fn login(
             )
                 .into_response()
         }
-        Ok(Err(LoginError::Invalid)) => {
+        LoginError::Invalid => {
             st.metrics.sign_ins.get_or_create(&metrics::OutcomeLabels { outcome: "invalid" }).inc();
-            tracing::warn!(from = %peer.ip(), "sign-in failed");
+            tracing::warn!(%from, "sign-in failed");
             (StatusCode::UNAUTHORIZED, Html(pages::login(Some("Wrong name or password.")))).into_response()
         }
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
@@ -1122,7 +1188,8 @@ async fn api_override(
         return e.api();
     }
     let st2 = st.clone();
-    match tokio::task::spawn_blocking(move || apply_override(&st2, &p, peer.ip(), &req)).await {
+    let from = client_addr(&st, peer, &h);
+    match tokio::task::spawn_blocking(move || apply_override(&st2, &p, from, &req)).await {
         Ok(Ok(entry)) => (StatusCode::CREATED, Json(entry)).into_response(),
         Ok(Err(e)) => e.api(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -1141,7 +1208,8 @@ async fn override_form(
     }
     let st2 = st.clone();
     let p2 = p.clone();
-    match tokio::task::spawn_blocking(move || apply_override(&st2, &p2, peer.ip(), &req)).await {
+    let from = client_addr(&st, peer, &h);
+    match tokio::task::spawn_blocking(move || apply_override(&st2, &p2, from, &req)).await {
         Ok(Ok(entry)) => Html(pages::override_done(&p, &entry)).into_response(),
         Ok(Err(e)) => e.page(Some(&p)),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),

@@ -24,8 +24,11 @@ pub struct CodeLabels {
 
 #[derive(Default)]
 pub struct AdminMetrics {
-    /// Sign-ins by outcome: `ok`, `invalid` (wrong name or password), `limited`.
+    /// Sign-ins by outcome: `ok`, `invalid` (wrong name or password), `limited` (too many
+    /// failures), `busy` (the password checks' queue was full).
     pub sign_ins: Family<OutcomeLabels, Counter>,
+    /// Passwords checked (argon2 runs).
+    pub password_checks: Counter,
     /// Overrides put in force or removed, by action (allow, challenge, block, remove).
     pub overrides: Family<ActionLabels, Counter>,
     /// Responses by status code (401, 403 and 429 are refusals).
@@ -42,7 +45,8 @@ impl AdminMetrics {
     pub fn registry(&self) -> Registry {
         let mut reg = Registry::default();
         let r = reg.sub_registry_with_prefix("roost_admin");
-        r.register("sign_ins", "Sign-ins by outcome (ok, invalid, limited)", self.sign_ins.clone());
+        r.register("sign_ins", "Sign-ins by outcome (ok, invalid, limited, busy)", self.sign_ins.clone());
+        r.register("password_checks", "Passwords checked (argon2 runs)", self.password_checks.clone());
         r.register("overrides", "Overrides by action (allow, challenge, block, remove)", self.overrides.clone());
         r.register("responses", "Responses by status code", self.responses.clone());
         r.register("verdicts", "Current verdicts the admin lists", self.verdicts.clone());

@@ -96,6 +96,10 @@ pub struct UpConfig {
     pub proxy: bool,
     /// Serve the admin UI (`[admin]`) in this process, over this engine's verdicts.
     pub admin: bool,
+    /// Host names the API may be reached by, besides IP addresses and `localhost` (a name a
+    /// reverse proxy in front of it uses). Any other `Host` is refused: a web page cannot read
+    /// the API by pointing a name of its own at this machine (DNS rebinding).
+    pub hosts: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +117,7 @@ impl Default for UpConfig {
             poll_interval: std::time::Duration::from_millis(250),
             proxy: true,
             admin: true,
+            hosts: Vec::new(),
         }
     }
 }

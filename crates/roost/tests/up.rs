@@ -62,9 +62,14 @@ fn spawn_up(
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    get_as(addr, &addr.to_string(), path)
+}
+
+/// GET with a `Host` header of the caller's choosing.
+fn get_as(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let status = resp[9..12].parse().unwrap();
@@ -104,6 +109,9 @@ fn follows_logs_flags_attackers_and_explains_them() {
     .unwrap();
     let up = start(&cfg);
     assert_eq!(get(up.addr, "/healthz"), (200, "ok\n".into()));
+    // a page of another site pointing its own name at this machine cannot read the API
+    assert_eq!(get_as(up.addr, &format!("rebind.example:{}", up.addr.port()), "/api/v1/clients").0, 421);
+    assert_eq!(get_as(up.addr, &format!("localhost:{}", up.addr.port()), "/api/v1/clients").0, 200);
 
     // a scanner and a reader
     let mut lines = String::new();

@@ -15,8 +15,9 @@ use serde::Deserialize;
 use super::state::{Appliance, RECENT};
 use crate::runtime;
 
-/// The API's routes.
-pub fn router(sh: Arc<Appliance>) -> Router {
+/// The API's routes, for requests whose `Host` is an address, `localhost` or one of `hosts`.
+pub fn router(sh: Arc<Appliance>, hosts: Vec<String>) -> Router {
+    let hosts: Arc<Vec<String>> = Arc::new(hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect());
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -27,6 +28,34 @@ pub fn router(sh: Arc<Appliance>) -> Router {
         .route("/api/v1/changes", get(changes))
         .route("/api/v1/alerts", get(alerts))
         .with_state(sh)
+        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let allowed = host_allowed(req.headers().get(axum::http::header::HOST), &hosts);
+            async move {
+                if !allowed {
+                    return (StatusCode::MISDIRECTED_REQUEST, "roost up: this Host is not one of up.hosts\n")
+                        .into_response();
+                }
+                next.run(req).await
+            }
+        }))
+}
+
+/// An IP address, `localhost`, or a configured name (any port); no `Host` at all (HTTP/1.0
+/// tools) is let through, as no browser sends such a request.
+fn host_allowed(host: Option<&axum::http::HeaderValue>, hosts: &[String]) -> bool {
+    let Some(h) = host else { return true };
+    let Ok(h) = h.to_str() else { return false };
+    let h = h.trim().to_ascii_lowercase();
+    // "[::1]:9750", "127.0.0.1:9750", "name:9750", "name"
+    let name = if let Some(rest) = h.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((addr, _)) => return addr.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        }
+    } else {
+        h.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(h.as_str(), |(n, _)| n)
+    };
+    name.parse::<IpAddr>().is_ok() || name == "localhost" || hosts.iter().any(|a| a == name)
 }
 
 async fn index() -> &'static str {
@@ -104,6 +133,27 @@ async fn alerts(State(sh): State<Arc<Appliance>>) -> Response {
         "runbook_url": super::alert::RUNBOOK,
     }]))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::host_allowed;
+
+    #[test]
+    fn only_addresses_localhost_and_configured_names_may_reach_the_api() {
+        let hosts = vec!["roost.internal".to_owned()];
+        let ok = |h: &str| host_allowed(Some(&HeaderValue::from_str(h).unwrap()), &hosts);
+        for h in ["127.0.0.1:9750", "[::1]:9750", "localhost:9750", "LOCALHOST", "10.1.2.3", "roost.internal:9750"] {
+            assert!(ok(h), "{h}");
+        }
+        // a name of the attacker's pointed at this machine
+        for h in ["evil.example:9750", "evil.example", "127.0.0.1.evil.example:9750", "[::1", "localhost.evil:9750"] {
+            assert!(!ok(h), "{h}");
+        }
+        assert!(host_allowed(None, &hosts));
+    }
 }
 
 #[derive(Deserialize)]

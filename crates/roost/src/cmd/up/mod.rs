@@ -202,7 +202,12 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         if shared.alert.enabled {
             tokio::spawn(alert::sample_drop_signal(shared.clone()));
         }
-        let api = runtime::serve("roost up: API and /metrics", api_listener, api::router(shared.clone()), &shutdown);
+        let api = runtime::serve(
+            "roost up: API and /metrics",
+            api_listener,
+            api::router(shared.clone(), cfg.up.hosts.clone()),
+            &shutdown,
+        );
         shutdown.stopped().await;
         tracing::info!("roost up: stopping");
         let _ = api.await;

@@ -1,0 +1,111 @@
+//! The admin's sign-in under attack, against a real `roost admin` (Redis and the broker from
+//! scripts/services.sh): a burst of concurrent wrong passwords gets at most the configured
+//! number of password checks and the rest 429, memory stays bounded, and a stranger cannot lock
+//! out an operator who signs in from their own address.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{Proc, free_port, hash_password, http_get, kafka, redis, request, unique, wait_for};
+
+/// A metric that must be there: a missing one fails the test rather than reading as 0.
+fn metric(port: u16, name: &str) -> f64 {
+    common::metric(port, name).unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+fn sign_in(port: u16, from: &str, name: &str, password: &str) -> u16 {
+    request(
+        port,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("X-Forwarded-For", from)],
+        &format!("name={name}&password={password}"),
+    )
+    .status
+}
+
+#[test]
+fn a_burst_of_wrong_passwords_is_bounded_and_cannot_lock_the_operator_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let users = dir.path().join("users.toml");
+    std::fs::write(
+        &users,
+        format!("[[user]]\nname = \"ana\"\nrole = \"operator\"\npassword_hash = \"{}\"\n", hash_password("right")),
+    )
+    .unwrap();
+    let t = unique("signin");
+    let cfg = dir.path().join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nverdicts = \"{t}-verdicts\"\noverrides = \"{t}-overrides\"\naudit = \"{t}-audit\"\n\
+             [redis]\nurl = \"{}\"\nprefix = \"{t}:\"\n\
+             [admin]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"{}\"\ncookie_secure = false\n\
+             trusted_proxies = [\"127.0.0.1/32\"]\n[admin.sign_in]\nmax_failures = 5\nhash_workers = 2\nhash_queue = 8\n",
+            kafka(),
+            redis(),
+            users.display()
+        ),
+    )
+    .unwrap();
+    let admin = Proc::roost("roost admin", &cfg, "admin");
+    wait_for(Duration::from_secs(30), "roost admin", || http_get(port, "/healthz").is_some());
+    let rss_before = admin.rss_kib();
+    assert!(rss_before > 0, "the admin's memory cannot be read");
+
+    // 200 wrong passwords at once, for one user from one address (behind the trusted proxy)
+    let peak = Arc::new(AtomicU64::new(rss_before));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (peak, done, pid) = (peak.clone(), done.clone(), admin.pid());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                if let Some(kib) = s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let burst: Vec<_> = (0..200)
+        .map(|i| std::thread::spawn(move || sign_in(port, "198.51.100.66", "ana", &format!("guess{i}"))))
+        .collect();
+    let statuses: Vec<u16> = burst.into_iter().map(|t| t.join().unwrap()).collect();
+    let checks = metric(port, "roost_admin_password_checks_total");
+    // and 100 at once from as many addresses, each for a name of its own: none is limited, so
+    // they meet the bounded pool of password checks, and what does not fit is told 429 at once
+    let spread: Vec<_> = (0..100u8)
+        .map(|i| std::thread::spawn(move || sign_in(port, &format!("203.0.113.{i}"), &format!("u{i}"), "x")))
+        .collect();
+    let spread: Vec<u16> = spread.into_iter().map(|t| t.join().unwrap()).collect();
+    done.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    let busy = spread.iter().filter(|s| **s == 429).count();
+    eprintln!("[test] 100 at once from 100 addresses: {busy} told 429 (busy)");
+    assert!(spread.iter().all(|s| *s == 401 || *s == 429), "{spread:?}");
+    assert!(busy >= 1 && metric(port, "roost_admin_sign_ins_total{outcome=\"busy\"}") >= 1.0);
+    let wrong = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    eprintln!("[test] burst of 200: {wrong} checked and wrong, {refused} refused with 429");
+    assert_eq!(wrong + refused, 200, "{statuses:?}");
+    assert!((1..=5).contains(&wrong), "at most max_failures guesses are checked: {wrong}");
+    assert!(checks <= 5.0, "{checks} argon2 runs for a limit of 5");
+    let grew_mib = (peak.load(Ordering::Relaxed) - rss_before) / 1024;
+    eprintln!("[test] the admin's RSS grew by {grew_mib} MiB at most during the burst");
+    assert!(grew_mib < 150, "two password checks at a time hold ~40 MiB; grew {grew_mib} MiB");
+
+    // the stranger's address may not try again, not even with the right password…
+    assert_eq!(sign_in(port, "198.51.100.66", "ana", "right"), 429);
+    // …but the operator, from their own address, signs in
+    assert_eq!(sign_in(port, "192.0.2.10", "ana", "right"), 303);
+    assert!(metric(port, "roost_admin_sign_ins_total{outcome=\"limited\"}") >= 190.0);
+}
