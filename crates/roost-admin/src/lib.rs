@@ -1077,7 +1077,8 @@ pub struct AuditEntry {
     pub at: i64,
     pub by: String,
     pub from: String,
-    /// `override` or `remove_override`.
+    /// `override` or `remove_override`; `override_failed` or `remove_override_failed` right
+    /// after one that could not be put in force (its comment says why).
     pub action: String,
     pub prefix: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1165,11 +1166,22 @@ fn apply_override(st: &AppState, p: &Principal, from: IpAddr, req: &OverrideRequ
         until,
         comment: comment.to_owned(),
     };
-    // the audit entry first: nothing takes effect that is not on record
+    // the audit entry first: nothing takes effect that is not on record; and when it could not
+    // take effect, that is on record too
     st.backend.append_audit(&entry).map_err(|e| Refusal::Unavailable(format!("cannot write the audit log: {e}")))?;
-    st.backend
-        .apply_override(net, ov)
-        .map_err(|e| Refusal::Unavailable(format!("cannot put the override in force: {e}")))?;
+    if let Err(e) = st.backend.apply_override(net, ov) {
+        let failed = AuditEntry {
+            at: now_ms(),
+            action: format!("{}_failed", entry.action),
+            comment: format!("not in force: {e}"),
+            ..entry.clone()
+        };
+        if let Err(e2) = st.backend.append_audit(&failed) {
+            tracing::error!(error = %e2, prefix = %net, "cannot write that the override failed to the audit log");
+        }
+        st.metrics.overrides.get_or_create(&metrics::ActionLabels { action: "failed".into() }).inc();
+        return Err(Refusal::Unavailable(format!("cannot put the override in force: {e}")));
+    }
     // the next page shows it
     st.cache.lock().expect("cache lock").at = None;
     st.metrics.overrides.get_or_create(&metrics::ActionLabels { action: req.action.clone() }).inc();

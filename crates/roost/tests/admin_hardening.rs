@@ -1,7 +1,8 @@
-//! The admin's sign-in under attack, against a real `roost admin` (Redis and the broker from
+//! The admin under attack and failure, against a real `roost admin` (Redis and the broker from
 //! scripts/services.sh): a burst of concurrent wrong passwords gets at most the configured
 //! number of password checks and the rest 429, memory stays bounded, and a stranger cannot lock
-//! out an operator who signs in from their own address.
+//! out an operator who signs in from their own address; an override that cannot be put in force
+//! leaves a failed entry in the audit log.
 
 mod common;
 
@@ -108,4 +109,51 @@ fn a_burst_of_wrong_passwords_is_bounded_and_cannot_lock_the_operator_out() {
     // …but the operator, from their own address, signs in
     assert_eq!(sign_in(port, "192.0.2.10", "ana", "right"), 303);
     assert!(metric(port, "roost_admin_sign_ins_total{outcome=\"limited\"}") >= 190.0);
+}
+
+#[test]
+fn an_override_that_cannot_take_effect_is_on_record_as_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let users = dir.path().join("users.toml");
+    std::fs::write(
+        &users,
+        format!("[[user]]\nname = \"ana\"\nrole = \"operator\"\npassword_hash = \"{}\"\n", hash_password("right")),
+    )
+    .unwrap();
+    // Redis for the audit log, and no broker: overrides cannot reach the scorers
+    let cfg = dir.path().join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[redis]\nurl = \"{}\"\nprefix = \"{}:\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"{}\"\ncookie_secure = false\n",
+            redis(),
+            unique("auditfail"),
+            users.display()
+        ),
+    )
+    .unwrap();
+    let _admin = Proc::roost("roost admin", &cfg, "admin");
+    wait_for(Duration::from_secs(30), "roost admin", || http_get(port, "/healthz").is_some());
+    let r = common::login(port, "ana", "right");
+    assert_eq!(r.status, 303);
+    let cookie = common::session_cookie(&r);
+    let me: serde_json::Value =
+        serde_json::from_str(&request(port, "GET", "/api/v1/me", &[("Cookie", &cookie)], "").body).unwrap();
+    let csrf = me["csrf"].as_str().expect("a CSRF token").to_owned();
+    let body = r#"{"prefix":"203.0.113.9","action":"block","expires_in":"1h","comment":"scanner"}"#;
+    let r = request(
+        port,
+        "POST",
+        "/api/v1/overrides",
+        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf), ("Content-Type", "application/json")],
+        body,
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    let audit = request(port, "GET", "/api/v1/audit?limit=10", &[("Cookie", &cookie)], "");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&audit.body).unwrap();
+    let actions: Vec<&str> = entries.iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(actions, ["override_failed", "override"], "{}", audit.body);
+    assert!(entries[0]["comment"].as_str().unwrap().contains("not in force"), "{}", audit.body);
+    assert!(common::metric(port, "roost_admin_overrides_total{action=\"failed\"}").is_some_and(|v| v == 1.0));
 }
