@@ -418,10 +418,13 @@ fn lists_page_through_a_hundred_thousand_verdicts() {
     cleared.record.verdict = roost_engine::Class::Good;
     cleared.announce = true;
     store.write(&[added, cleared]).unwrap();
-    std::thread::sleep(Duration::from_millis(1100));
-    let (changed, changed_t) = get("/api/v1/clients?q=10.200.0.1");
-    let c: serde_json::Value = serde_json::from_str(&changed.body).unwrap();
-    assert_eq!(c["total"], 1, "{}", changed.body);
+    // the admin re-reads at most once a second: wait for the change, bounded
+    let mut changed_t = Duration::ZERO;
+    wait_for(Duration::from_secs(10), "the new verdict in the list", || {
+        let (changed, t) = get("/api/v1/clients?q=10.200.0.1");
+        changed_t = t;
+        serde_json::from_str::<serde_json::Value>(&changed.body).is_ok_and(|c| c["total"] == 1)
+    });
     let (_, after_t) = get("/api/v1/clients?per_page=1");
     let (all, _) = get("/api/v1/clients?per_page=1");
     let all: serde_json::Value = serde_json::from_str(&all.body).unwrap();

@@ -170,10 +170,11 @@ protocol bgp roost {{
     (p, ctl)
 }
 
+/// A `birdc` that keeps failing fails the test (its empty output would pass a "withdrawn" wait).
 fn birdc(ctl: &Path, args: &[&str]) -> String {
-    let out =
-        Command::new("/usr/sbin/birdc").arg("-s").arg(ctl).args(args).output().expect("birdc (Debian package bird2)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut cmd = Command::new("/usr/sbin/birdc");
+    cmd.arg("-s").arg(ctl).args(args);
+    common::output_of(cmd)
 }
 
 #[test]

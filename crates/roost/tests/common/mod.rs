@@ -79,13 +79,15 @@ impl Proc {
         self.child.try_wait().unwrap().is_none()
     }
 
-    /// Resident memory in KiB.
+    /// Resident memory in KiB; a process whose memory cannot be read fails the test (a 0 would
+    /// pass every "memory stays bounded" check).
     pub fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("{}: /proc status: {e}", self.name));
         s.lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+            .unwrap_or_else(|| panic!("{}: no VmRSS in /proc status", self.name))
     }
 }
 
@@ -259,12 +261,31 @@ pub fn gobgpd(dir: &Path, bgp_port: u16, api_port: u16) -> Proc {
 }
 
 /// gobgpd's table for `family` (`ipv4-flowspec`), as `gobgp global rib` prints it.
+/// A command that keeps failing fails the test (tried for up to 5 s): an empty table read off a
+/// failed command would pass every "rule withdrawn" wait.
 pub fn rib(api_port: u16, family: &str) -> String {
-    let out = Command::new("/usr/bin/gobgp")
-        .args(["-p", &api_port.to_string(), "global", "rib", "-a", family])
-        .output()
-        .expect("gobgp (Debian package gobgpd)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut cmd = Command::new("/usr/bin/gobgp");
+    cmd.args(["-p", &api_port.to_string(), "global", "rib", "-a", family]);
+    output_of(cmd)
+}
+
+/// The standard output of a command that succeeds within 5 s of tries (a daemon's control
+/// socket may still be coming up); one that keeps failing fails the test.
+pub fn output_of(mut cmd: Command) -> String {
+    let start = Instant::now();
+    loop {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The shipped Prometheus rules (deploy/prometheus/roost.rules.yml) written to
