@@ -1147,7 +1147,9 @@ fn apply_override(st: &AppState, p: &Principal, from: IpAddr, req: &OverrideRequ
         "" => None,
         d => {
             let d = humantime::parse_duration(d).map_err(|e| Refusal::Bad(format!("expires_in: {e}")))?;
-            Some(now + d.as_millis() as i64)
+            // checked: an attacker-sized duration must not wrap into the past
+            let until = i64::try_from(d.as_millis()).ok().and_then(|ms| now.checked_add(ms));
+            Some(until.ok_or_else(|| Refusal::Bad(format!("expires_in: {d:?} is too far away")))?)
         }
     };
     let ov = class.map(|c| Override {

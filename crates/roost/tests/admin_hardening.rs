@@ -141,6 +141,12 @@ fn an_override_that_cannot_take_effect_is_on_record_as_failed() {
     let me: serde_json::Value =
         serde_json::from_str(&request(port, "GET", "/api/v1/me", &[("Cookie", &cookie)], "").body).unwrap();
     let csrf = me["csrf"].as_str().expect("a CSRF token").to_owned();
+    // a duration past what time can hold is refused, not wrapped into the past
+    let huge = r#"{"prefix":"203.0.113.9","action":"block","expires_in":"500000000000y","comment":"forever"}"#;
+    let headers = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("Content-Type", "application/json")];
+    let r = request(port, "POST", "/api/v1/overrides", &headers, huge);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("too far away"), "{}", r.body);
     let body = r#"{"prefix":"203.0.113.9","action":"block","expires_in":"1h","comment":"scanner"}"#;
     let r = request(
         port,
