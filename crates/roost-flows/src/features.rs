@@ -122,7 +122,7 @@ impl FlowFeatures {
             self.evict(t);
         }
         let w = self.sources.entry(f.src).or_insert_with(|| Window { start: t, ..Window::default() });
-        if t >= w.start + win {
+        if t >= w.start.saturating_add(win) {
             *w = Window { start: t, ..Window::default() };
         }
         w.last = w.last.max(t);
@@ -177,7 +177,7 @@ impl FlowFeatures {
     /// Drops windows that ended before `now`.
     pub fn expire(&mut self, now: Timestamp) {
         let win = self.cfg.window.as_millis() as i64;
-        self.sources.retain(|_, w| w.start + win > now.millis());
+        self.sources.retain(|_, w| w.start.saturating_add(win) > now.millis());
     }
 
     /// At capacity: the windows that ended go, else the tenth least recently active.

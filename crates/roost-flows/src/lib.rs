@@ -317,6 +317,16 @@ fn ipfix_id(f: &IPFixField) -> u16 {
 }
 
 /// A field value as an unsigned number (counters, ports, times, flags, protocol).
+/// A time field as Unix ms; one past what an `i64` holds (only a forged record has it) is no time.
+fn millis(x: u64) -> Option<i64> {
+    i64::try_from(x).ok()
+}
+
+/// `base` + `up` ms, checked: exporter-given values must not wrap into another time.
+fn since(base: Option<i64>, up: Option<i64>) -> Option<i64> {
+    base?.checked_add(up?)
+}
+
 fn num(v: &FieldValue) -> Option<u64> {
     Some(match v {
         FieldValue::DataNumber(d) => match d {
@@ -398,18 +408,18 @@ fn record<'a>(
             1 => bytes = num(v).unwrap_or(0),
             2 => packets = num(v).unwrap_or(0),
             // flowStart/EndSeconds, -Milliseconds (absolute)
-            150 | 152 => start = num(v).map(|x| x as i64),
-            151 | 153 => end = num(v).map(|x| x as i64),
+            150 | 152 => start = num(v).and_then(millis),
+            151 | 153 => end = num(v).and_then(millis),
             // flowStart/EndSysUpTime (v9 FIRST/LAST_SWITCHED): ms since the exporter booted
-            22 => start_up = num(v).map(|x| x as i64),
-            21 => end_up = num(v).map(|x| x as i64),
-            160 => init = num(v).map(|x| x as i64),
+            22 => start_up = num(v).and_then(millis),
+            21 => end_up = num(v).and_then(millis),
+            160 => init = num(v).and_then(millis),
             _ => {}
         }
     }
     let base = init.or(boot);
-    let start = start.or_else(|| Some(base? + start_up?));
-    let end = end.or_else(|| Some(base? + end_up?));
+    let start = start.or_else(|| since(base, start_up));
+    let end = end.or_else(|| since(base, end_up));
     Some(FlowRecord {
         exporter,
         version,
@@ -432,6 +442,15 @@ fn record<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exporter_times_never_wrap() {
+        assert_eq!(millis(u64::MAX), None);
+        assert_eq!(millis(1_700_000_000_000), Some(1_700_000_000_000));
+        assert_eq!(since(Some(i64::MAX - 5), Some(10)), None, "a forged uptime past what time can hold");
+        assert_eq!(since(Some(1_000), Some(500)), Some(1_500));
+        assert_eq!(since(None, Some(500)), None);
+    }
 
     fn exporter() -> SocketAddr {
         "192.0.2.1:40000".parse().unwrap()
