@@ -205,7 +205,7 @@ impl Backend for Distributed {
 
     fn recent_audit(&self, n: usize) -> Result<Vec<AuditEntry>, String> {
         let v = self.store.lock().expect("store lock").recent_audit(n).map_err(|e| e.to_string())?;
-        Ok(v.into_iter().filter_map(|(_, j)| serde_json::from_str(&j).ok()).collect())
+        Ok(v.into_iter().map(|(id, j)| AuditEntry::read(&id, &j)).collect())
     }
 
     fn proxy_outcomes(&self, subject: &str) -> Option<roost_verdicts::ProxyOutcomes> {
@@ -1088,6 +1088,23 @@ pub struct AuditEntry {
     pub comment: String,
 }
 
+impl AuditEntry {
+    /// What an audit-log record says; one that does not read as an entry is kept as an
+    /// `unreadable` entry (its time from the stream ID, its text as the comment), never dropped.
+    pub fn read(stream_id: &str, json: &str) -> AuditEntry {
+        serde_json::from_str(json).unwrap_or_else(|e| AuditEntry {
+            at: stream_id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0),
+            by: String::new(),
+            from: String::new(),
+            action: "unreadable".into(),
+            prefix: String::new(),
+            class: None,
+            until: None,
+            comment: format!("{e}: {}", json.chars().take(500).collect::<String>()),
+        })
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub struct OverrideRequest {
     /// An address or prefix.
@@ -1232,7 +1249,14 @@ async fn override_form(
 
 fn recent_audit(st: &AppState, n: usize) -> Vec<AuditEntry> {
     match st.backend.recent_audit(n) {
-        Ok(v) => v,
+        Ok(v) => {
+            let unreadable = v.iter().filter(|e| e.action == "unreadable").count();
+            if unreadable > 0 {
+                st.metrics.audit_unreadable.inc_by(unreadable as u64);
+                tracing::warn!(unreadable, "audit-log records that do not read as entries (kept, shown as unreadable)");
+            }
+            v
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the audit log");
             Vec::new()

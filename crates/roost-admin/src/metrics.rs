@@ -29,6 +29,8 @@ pub struct AdminMetrics {
     pub sign_ins: Family<OutcomeLabels, Counter>,
     /// Passwords checked (argon2 runs).
     pub password_checks: Counter,
+    /// Audit-log records read that did not read as entries (kept and shown as `unreadable`).
+    pub audit_unreadable: Counter,
     /// Overrides put in force or removed, by action (allow, challenge, block, remove).
     pub overrides: Family<ActionLabels, Counter>,
     /// Responses by status code (401, 403 and 429 are refusals).
@@ -47,6 +49,11 @@ impl AdminMetrics {
         let r = reg.sub_registry_with_prefix("roost_admin");
         r.register("sign_ins", "Sign-ins by outcome (ok, invalid, limited, busy)", self.sign_ins.clone());
         r.register("password_checks", "Passwords checked (argon2 runs)", self.password_checks.clone());
+        r.register(
+            "audit_unreadable_reads",
+            "Audit-log records read that did not read as entries (kept, shown as unreadable)",
+            self.audit_unreadable.clone(),
+        );
         r.register("overrides", "Overrides by action (allow, challenge, block, remove)", self.overrides.clone());
         r.register("responses", "Responses by status code", self.responses.clone());
         r.register("verdicts", "Current verdicts the admin lists", self.verdicts.clone());

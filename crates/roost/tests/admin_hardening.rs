@@ -122,13 +122,13 @@ fn an_override_that_cannot_take_effect_is_on_record_as_failed() {
     )
     .unwrap();
     // Redis for the audit log, and no broker: overrides cannot reach the scorers
+    let prefix = format!("{}:", unique("auditfail"));
     let cfg = dir.path().join("roost.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[redis]\nurl = \"{}\"\nprefix = \"{}:\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"{}\"\ncookie_secure = false\n",
+            "[redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"{}\"\ncookie_secure = false\n",
             redis(),
-            unique("auditfail"),
             users.display()
         ),
     )
@@ -162,4 +162,16 @@ fn an_override_that_cannot_take_effect_is_on_record_as_failed() {
     assert_eq!(actions, ["override_failed", "override"], "{}", audit.body);
     assert!(entries[0]["comment"].as_str().unwrap().contains("not in force"), "{}", audit.body);
     assert!(common::metric(port, "roost_admin_overrides_total{action=\"failed\"}").is_some_and(|v| v == 1.0));
+
+    // a record in the audit stream that is not an entry is kept and shown, and counted
+    let mut store =
+        roost_verdicts::Store::new(&roost_verdicts::RedisConfig { url: redis(), prefix, ..Default::default() })
+            .unwrap();
+    store.append_audit("{\"by\": \"a half-written entr").unwrap();
+    let audit = request(port, "GET", "/api/v1/audit?limit=10", &[("Cookie", &cookie)], "");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&audit.body).unwrap();
+    assert_eq!(entries.len(), 3, "{}", audit.body);
+    assert_eq!(entries[0]["action"], "unreadable", "{}", audit.body);
+    assert!(entries[0]["comment"].as_str().unwrap().contains("a half-written entr"), "{}", audit.body);
+    assert!(common::metric(port, "roost_admin_audit_unreadable_reads_total").is_some_and(|v| v >= 1.0));
 }

@@ -279,7 +279,7 @@ impl Backend for UpBackend {
     fn recent_audit(&self, n: usize) -> Result<Vec<AuditEntry>, String> {
         if let Some(r) = self.shared.redis.get() {
             let v = r.store.lock().expect("store lock").recent_audit(n).map_err(|e| e.to_string())?;
-            return Ok(v.into_iter().filter_map(|(_, j)| serde_json::from_str(&j).ok()).collect());
+            return Ok(v.into_iter().map(|(id, j)| roost_admin::AuditEntry::read(&id, &j)).collect());
         }
         Ok(self.shared.audit.lock().expect("audit lock").iter().take(n).cloned().collect())
     }
