@@ -234,10 +234,10 @@ pub struct AppState {
     geo: Option<roost_geo::GeoHandle>,
     /// The proxies' signer: references are recomputed from it.
     signer: Option<roost_proxy::challenge::Signer>,
-    /// Password checks running at once (`sign_in.hash_workers`), and sign-ins holding or
-    /// waiting for one.
+    /// Sign-ins admitted to a password check, running or waiting (`hash_workers + hash_queue`),
+    /// and the checks running at once (`hash_workers`).
+    admitted: tokio::sync::Semaphore,
     hashing: tokio::sync::Semaphore,
-    hashing_wanted: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +269,9 @@ pub fn state(
         tracing::warn!(file = %cfg.users_file.display(), "no users and no tokens: nobody can sign in");
     }
     let auth = Auth::new(users, cfg.tokens.clone(), cfg.session_ttl, cfg.sign_in.clone());
-    let hashing = tokio::sync::Semaphore::new(cfg.sign_in.hash_workers.max(1));
+    let workers = cfg.sign_in.hash_workers.max(1);
+    let (admitted, hashing) =
+        (tokio::sync::Semaphore::new(workers + cfg.sign_in.hash_queue), tokio::sync::Semaphore::new(workers));
     let signer = match proxy_secret {
         Some(s) => Some(roost_proxy::challenge::Signer::new(&s)),
         None => {
@@ -277,12 +279,13 @@ pub fn state(
             None
         }
     };
-    let metrics = metrics::AdminMetrics::default();
+    // one count of password checks: the one `Auth` keeps
+    let metrics = metrics::AdminMetrics { password_checks: auth.checks(), ..Default::default() };
     let registry = metrics.registry();
     Ok(Arc::new(AppState {
         signer,
+        admitted,
         hashing,
-        hashing_wanted: Default::default(),
         cfg,
         auth,
         backend,
@@ -458,17 +461,8 @@ struct LoginForm {
 /// The client's address: the peer, or, from a peer in `admin.trusted_proxies`, what
 /// `X-Forwarded-For` says (read as the proxy reads it; a malformed header counts as the peer).
 fn client_addr(st: &AppState, peer: SocketAddr, h: &HeaderMap) -> IpAddr {
-    let xff = h.get_all("x-forwarded-for").into_iter().map(|v| v.as_bytes()).collect::<Vec<_>>();
-    roost_proxy::clientip::client_ip(peer.ip(), xff.into_iter(), &st.cfg.trusted_proxies).unwrap_or(peer.ip())
-}
-
-/// Holds a place among the password checks while it lives.
-struct HashingPlace<'a>(&'a AppState);
-
-impl Drop for HashingPlace<'_> {
-    fn drop(&mut self) {
-        self.0.hashing_wanted.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
+    let xff = h.get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
+    roost_proxy::clientip::client_ip(peer.ip(), xff, &st.cfg.trusted_proxies).unwrap_or(peer.ip())
 }
 
 async fn login(
@@ -485,11 +479,7 @@ async fn login(
         Err(e) => return sign_in_refused(&st, e, from),
     };
     // 2. a place among the password checks, or 429 at once: argon2 holds ~19 MiB per run
-    let sl = &st.cfg.sign_in;
-    let wanted = st.hashing_wanted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let place = HashingPlace(&st);
-    if wanted >= sl.hash_workers.max(1) + sl.hash_queue {
-        drop(place);
+    let Ok(place) = st.admitted.try_acquire() else {
         st.auth.release(attempt); // no password was checked: no attempt was made
         st.metrics.sign_ins.get_or_create(&metrics::OutcomeLabels { outcome: "busy" }).inc();
         tracing::warn!(%from, "sign-in refused: too many at once");
@@ -499,14 +489,12 @@ async fn login(
             Html(pages::login(Some("Too many sign-ins at once. Try again in a moment."))),
         )
             .into_response();
-    }
-    let Ok(permit) = st.hashing.acquire().await else { return StatusCode::SERVICE_UNAVAILABLE.into_response() };
+    };
+    let Ok(running) = st.hashing.acquire().await else { return StatusCode::SERVICE_UNAVAILABLE.into_response() };
     // 3. the check, off the async threads
     let st2 = st.clone();
     let r = tokio::task::spawn_blocking(move || st2.auth.login(attempt, &password)).await;
-    drop(permit);
-    drop(place);
-    st.metrics.password_checks.inc();
+    drop((running, place));
     match r {
         Ok(Ok((cookie, p))) => {
             st.metrics.sign_ins.get_or_create(&metrics::OutcomeLabels { outcome: "ok" }).inc();

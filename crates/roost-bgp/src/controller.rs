@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use ipnetwork::IpNetwork;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -89,11 +88,6 @@ impl Planner {
         self.dirty = true;
     }
 
-    /// Inputs arrived since the last plan.
-    pub fn dirty(&self) -> bool {
-        self.dirty
-    }
-
     /// A new plan when something changed or a second passed since the last one (at `now`, Unix
     /// ms); `None` otherwise.
     pub fn plan(&mut self, cfg: &BgpConfig, now: i64) -> Option<Plan> {
@@ -122,11 +116,9 @@ pub struct Controller {
     /// The current plan: sessions subscribe to it.
     plan: tokio::sync::watch::Sender<Arc<Plan>>,
     peers: Vec<(String, Arc<PeerState>)>,
-    /// Whether the verdict source answers (an outage freezes the plan).
-    source_up: AtomicBool,
     /// Verdict-source records that were not a verdict change.
     pub bad_records: Counter,
-    registry_parts: Parts,
+    metrics: Parts,
 }
 
 /// The series registered for the controller.
@@ -165,21 +157,20 @@ impl Controller {
                 (l.peer, Arc::new(state))
             })
             .collect();
-        for r in ["allowlisted", "too_short", "other"] {
+        for r in policy::REFUSAL_KINDS {
             let _ = m.refused.get_or_create(&ReasonLabel { reason: r });
         }
         Arc::new(Controller {
             plan: tokio::sync::watch::Sender::new(Arc::new(Plan::default())),
             peers,
-            source_up: AtomicBool::new(false),
             bad_records: Counter::default(),
-            registry_parts: m,
+            metrics: m,
         })
     }
 
     /// The controller's series: `roost_bgp_*`.
     pub fn register(&self, r: &mut Registry) {
-        let m = &self.registry_parts;
+        let m = &self.metrics;
         let r = r.sub_registry_with_prefix("roost_bgp");
         r.register("session_up", "1 while the BGP session to the peer is established", m.session_up.clone());
         r.register("rules_announced", "Flowspec rules in the peer's table", m.announced.clone());
@@ -197,24 +188,24 @@ impl Controller {
 
     /// Whether the verdict source answers.
     pub fn source_up(&self) -> bool {
-        self.source_up.load(Ordering::Relaxed)
+        self.metrics.source_up.get() == 1
     }
 
+    /// Whether the verdict source answers (an outage freezes the plan).
     pub fn set_source_up(&self, up: bool) {
-        self.source_up.store(up, Ordering::Relaxed);
-        self.registry_parts.source_up.set(i64::from(up));
+        self.metrics.source_up.set(i64::from(up));
     }
 
     /// Puts a new plan in force (the sessions send the difference); no-op when it is the same.
     pub fn publish(&self, p: Plan) {
-        let m = &self.registry_parts;
+        let m = &self.metrics;
         m.planned.set(p.rules.len() as i64);
         m.capped.set(p.capped as i64);
         let mut refused: HashMap<&'static str, i64> = HashMap::new();
         for (_, why) in &p.refused {
             *refused.entry(policy::refusal_kind(why)).or_default() += 1;
         }
-        for r in ["allowlisted", "too_short", "other"] {
+        for r in policy::REFUSAL_KINDS {
             m.refused.get_or_create(&ReasonLabel { reason: r }).set(refused.get(r).copied().unwrap_or(0));
         }
         let p = Arc::new(p);

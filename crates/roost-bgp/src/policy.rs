@@ -42,6 +42,9 @@ pub struct Plan {
 }
 
 /// Why a verdict gets no rule (a bounded set: metric label).
+/// Every kind [`refusal_kind`] tells.
+pub const REFUSAL_KINDS: [&str; 3] = ["allowlisted", "too_short", "other"];
+
 pub fn refusal_kind(why: &str) -> &'static str {
     if why.starts_with("allowlisted") {
         "allowlisted"

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -28,26 +29,24 @@ fn sign_in(port: u16, from: &str, name: &str, password: &str) -> u16 {
     .status
 }
 
-#[test]
-fn a_burst_of_wrong_passwords_is_bounded_and_cannot_lock_the_operator_out() {
-    let dir = tempfile::tempdir().unwrap();
+/// `roost admin` with one operator, `ana` (password `right`), Redis under `prefix`, the test
+/// process as its trusted proxy (so `X-Forwarded-For` says who signs in), the sign-in limits
+/// spelled out, and `config` added to the file; ready when this returns, on the port returned.
+fn admin(dir: &Path, prefix: &str, config: &str) -> (Proc, u16) {
     let port = free_port();
-    let users = dir.path().join("users.toml");
+    let users = dir.join("users.toml");
     std::fs::write(
         &users,
         format!("[[user]]\nname = \"ana\"\nrole = \"operator\"\npassword_hash = \"{}\"\n", hash_password("right")),
     )
     .unwrap();
-    let t = unique("signin");
-    let cfg = dir.path().join("roost.toml");
+    let cfg = dir.join("roost.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nverdicts = \"{t}-verdicts\"\noverrides = \"{t}-overrides\"\naudit = \"{t}-audit\"\n\
-             [redis]\nurl = \"{}\"\nprefix = \"{t}:\"\n\
+            "{config}[redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
              [admin]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"{}\"\ncookie_secure = false\n\
              trusted_proxies = [\"127.0.0.1/32\"]\n[admin.sign_in]\nmax_failures = 5\nhash_workers = 2\nhash_queue = 8\n",
-            kafka(),
             redis(),
             users.display()
         ),
@@ -55,14 +54,29 @@ fn a_burst_of_wrong_passwords_is_bounded_and_cannot_lock_the_operator_out() {
     .unwrap();
     let admin = Proc::roost("roost admin", &cfg, "admin");
     wait_for(Duration::from_secs(30), "roost admin", || http_get(port, "/healthz").is_some());
+    (admin, port)
+}
+
+#[test]
+fn a_burst_of_wrong_passwords_is_bounded_and_cannot_lock_the_operator_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = unique("signin");
+    let (admin, port) = admin(
+        dir.path(),
+        &format!("{t}:"),
+        &format!(
+            "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nverdicts = \"{t}-verdicts\"\noverrides = \"{t}-overrides\"\naudit = \"{t}-audit\"\n",
+            kafka()
+        ),
+    );
     let rss_before = admin.rss_kib();
-    assert!(rss_before > 0, "the admin's memory cannot be read");
 
     // 200 wrong passwords at once, for one user from one address (behind the trusted proxy)
     let peak = Arc::new(AtomicU64::new(rss_before));
+    let samples = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let (peak, done, pid) = (peak.clone(), done.clone(), admin.pid());
+        let (peak, samples, done, pid) = (peak.clone(), samples.clone(), done.clone(), admin.pid());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -72,6 +86,7 @@ fn a_burst_of_wrong_passwords_is_bounded_and_cannot_lock_the_operator_out() {
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
                 {
                     peak.fetch_max(kib, Ordering::Relaxed);
+                    samples.fetch_add(1, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -100,6 +115,8 @@ fn a_burst_of_wrong_passwords_is_bounded_and_cannot_lock_the_operator_out() {
     assert_eq!(wrong + refused, 200, "{statuses:?}");
     assert!((1..=5).contains(&wrong), "at most max_failures guesses are checked: {wrong}");
     assert!(checks <= 5.0, "{checks} argon2 runs for a limit of 5");
+    // a watcher that could not read the memory would report no growth: it must have read it
+    assert!(samples.load(Ordering::Relaxed) >= 10, "the admin's memory was not read during the burst");
     let grew_mib = (peak.load(Ordering::Relaxed) - rss_before) / 1024;
     eprintln!("[test] the admin's RSS grew by {grew_mib} MiB at most during the burst");
     assert!(grew_mib < 150, "two password checks at a time hold ~40 MiB; grew {grew_mib} MiB");
@@ -114,27 +131,9 @@ fn a_burst_of_wrong_passwords_is_bounded_and_cannot_lock_the_operator_out() {
 #[test]
 fn an_override_that_cannot_take_effect_is_on_record_as_failed() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let users = dir.path().join("users.toml");
-    std::fs::write(
-        &users,
-        format!("[[user]]\nname = \"ana\"\nrole = \"operator\"\npassword_hash = \"{}\"\n", hash_password("right")),
-    )
-    .unwrap();
     // Redis for the audit log, and no broker: overrides cannot reach the scorers
     let prefix = format!("{}:", unique("auditfail"));
-    let cfg = dir.path().join("roost.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"{}\"\ncookie_secure = false\n",
-            redis(),
-            users.display()
-        ),
-    )
-    .unwrap();
-    let _admin = Proc::roost("roost admin", &cfg, "admin");
-    wait_for(Duration::from_secs(30), "roost admin", || http_get(port, "/healthz").is_some());
+    let (_admin, port) = admin(dir.path(), &prefix, "");
     let r = common::login(port, "ana", "right");
     assert_eq!(r.status, 303);
     let cookie = common::session_cookie(&r);
