@@ -16,7 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
   # services some of them bring (the tests run their own on loopback ports) are not wanted
-  $SUDO systemctl disable --now haproxy bird gobgpd prometheus prometheus-alertmanager prometheus-node-exporter softflowd nfdump >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now haproxy bird gobgpd prometheus prometheus-alertmanager prometheus-node-exporter softflowd nfdump stunnel4 >/dev/null 2>&1 || true
 fi
 command -v cargo >/dev/null || {
   echo "install-build-deps: cargo is missing: install Rust with rustup (https://rustup.rs), then run this again" >&2

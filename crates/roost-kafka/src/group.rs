@@ -17,6 +17,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
+use crate::context::LastError;
 use crate::{Error, KafkaConfig, Record, kafka};
 
 /// What a poll brought.
@@ -37,9 +38,14 @@ struct Ctx {
     /// Records not yet committed per assigned partition, from librdkafka's statistics (emitted
     /// every few seconds from within `poll`: reading them never waits on the broker).
     lag: Mutex<BTreeMap<i32, i64>>,
+    last: LastError,
 }
 
 impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.last.note(&error, reason);
+    }
+
     fn stats(&self, stats: Statistics) {
         let Some(t) = stats.topics.get(&self.topic) else { return };
         let lag: BTreeMap<i32, i64> = t
@@ -125,7 +131,7 @@ impl GroupConsumer {
         instance: Option<&str>,
         client_id: &str,
     ) -> Result<GroupConsumer, Error> {
-        let mut c = cfg.client(client_id);
+        let mut c = cfg.client(client_id)?;
         if let Some(id) = instance {
             c.set("group.instance.id", id);
         }
@@ -142,8 +148,12 @@ impl GroupConsumer {
         for (k, v) in &cfg.properties {
             c.set(k, v);
         }
-        let ctx =
-            Ctx { topic: topic.to_owned(), events: Mutex::new(VecDeque::new()), lag: Mutex::new(BTreeMap::new()) };
+        let ctx = Ctx {
+            topic: topic.to_owned(),
+            events: Mutex::new(VecDeque::new()),
+            lag: Mutex::new(BTreeMap::new()),
+            last: LastError::default(),
+        };
         let consumer: BaseConsumer<Ctx> = c.create_with_context(ctx).map_err(kafka("creating the group consumer"))?;
         consumer.subscribe(&[topic]).map_err(kafka(format!("subscribing to {topic}")))?;
         Ok(GroupConsumer { consumer, topic: topic.to_owned() })
@@ -158,7 +168,7 @@ impl GroupConsumer {
         // a rebalance during this poll comes before the record it returned
         let rec = match polled {
             None | Some(Err(KafkaError::PartitionEOF(_))) => None,
-            Some(Err(e)) => return Err(Error::Kafka { what: format!("reading {}", self.topic), source: e }),
+            Some(Err(e)) => return Err(self.consumer.context().last.fail(format!("reading {}", self.topic))(e)),
             Some(Ok(m)) => Some(Record {
                 partition: m.partition(),
                 offset: m.offset(),
@@ -205,7 +215,7 @@ impl GroupConsumer {
         let md = self
             .consumer
             .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
-            .map_err(kafka(format!("reading metadata of {}", self.topic)))?;
+            .map_err(|e| self.consumer.context().last.fail(format!("reading metadata of {}", self.topic))(e))?;
         Ok(md.topics().iter().map(|t| t.partitions().len()).sum())
     }
 }

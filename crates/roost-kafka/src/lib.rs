@@ -10,11 +10,13 @@
 //! - [`GroupConsumer`]: a consumer-group member that replays each partition it is given from the
 //!   beginning (state rebuild) and commits only when told.
 
+mod context;
 mod group;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use context::Context;
 pub use group::{GroupConsumer, GroupEvent};
 
 use rdkafka::ClientConfig;
@@ -70,8 +72,14 @@ pub struct KafkaConfig {
     /// `host:port,host:port`.
     pub brokers: String,
     pub topics: Topics,
-    /// Extra librdkafka properties (`client.id`, `socket.*`, …); built without TLS and SASL.
+    /// Extra librdkafka properties (`client.id`, `socket.*`, `security.protocol`, `ssl.*`,
+    /// `sasl.*`, …). librdkafka is built with TLS (OpenSSL) and SASL PLAIN, SCRAM-SHA-256/512
+    /// and OAUTHBEARER; not GSSAPI.
     pub properties: BTreeMap<String, String>,
+    /// A file whose content (one trailing newline dropped) is the SASL password
+    /// (`sasl.password`), read each time a client is made; "" = none. Keeps the secret out of
+    /// the config file and out of `roost config`.
+    pub sasl_password_file: String,
 }
 
 impl KafkaConfig {
@@ -79,13 +87,36 @@ impl KafkaConfig {
         !self.brokers.trim().is_empty()
     }
 
-    fn client(&self, client_id: &str) -> ClientConfig {
+    fn client(&self, client_id: &str) -> Result<ClientConfig, Error> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers).set("client.id", client_id);
         for (k, v) in &self.properties {
             c.set(k, v);
         }
-        c
+        if let Some(password) = self.sasl_password()? {
+            c.set("sasl.password", password);
+        }
+        Ok(c)
+    }
+
+    /// The password `sasl_password_file` holds, if one is named.
+    fn sasl_password(&self) -> Result<Option<String>, Error> {
+        let file = self.sasl_password_file.trim();
+        if file.is_empty() {
+            return Ok(None);
+        }
+        if self.properties.contains_key("sasl.password") {
+            return Err(Error::Config(
+                "both kafka.sasl_password_file and kafka.properties.\"sasl.password\" are set: keep one".into(),
+            ));
+        }
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Error::Config(format!("reading kafka.sasl_password_file {file}: {e}")))?;
+        let password = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+        if password.is_empty() {
+            return Err(Error::Config(format!("kafka.sasl_password_file {file} is empty")));
+        }
+        Ok(Some(password.to_owned()))
     }
 }
 
@@ -100,6 +131,8 @@ pub enum Error {
     },
     #[error("kafka: {0}")]
     Timeout(String),
+    #[error("kafka: {0}")]
+    Config(String),
 }
 
 fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
@@ -110,19 +143,25 @@ fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
 /// Creates `topic` if it does not exist; `compact` sets `cleanup.policy=compact`.
 pub fn ensure_topic(cfg: &KafkaConfig, topic: &str, partitions: i32, compact: bool) -> Result<(), Error> {
     let admin: AdminClient<DefaultClientContext> =
-        cfg.client("roost-admin").create().map_err(kafka("creating the admin client"))?;
+        cfg.client("roost-admin")?.create().map_err(kafka("creating the admin client"))?;
     let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     if compact {
         t = t.set("cleanup.policy", "compact");
     }
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
     let fut = admin.create_topics([&t], &opts);
-    let results = block_on(fut).map_err(kafka(format!("creating {topic}")))?;
+    let results = block_on(fut).map_err(|source| Error::Kafka {
+        what: context::explained(format!("creating {topic}"), context::diagnose(cfg)),
+        source,
+    })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
-                return Err(Error::Kafka { what: format!("creating {name}"), source: KafkaError::AdminOp(code) });
+                let what = context::explained(format!("creating {name}"), context::diagnose(cfg));
+                return Err(Error::Kafka { what, source: KafkaError::AdminOp(code) });
             }
         }
     }
@@ -138,7 +177,8 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// An idempotent producer.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: FutureProducer<Context>,
+    last: std::sync::Arc<context::LastError>,
 }
 
 impl Producer {
@@ -157,11 +197,13 @@ impl Producer {
         for (k, v) in props {
             c.set(*k, *v);
         }
-        for (k, v) in cfg.client(client_id).config_map() {
+        for (k, v) in cfg.client(client_id)?.config_map() {
             c.set(k, v);
         }
-        let inner = c.create().map_err(kafka("creating the producer"))?;
-        Ok(Producer { inner })
+        let ctx = Context::default();
+        let last = ctx.last.clone();
+        let inner = c.create_with_context(ctx).map_err(kafka("creating the producer"))?;
+        Ok(Producer { inner, last })
     }
 
     /// Sends one record (`None` value: a tombstone) and waits for its acknowledgement.
@@ -174,7 +216,7 @@ impl Producer {
             .send(rec, Duration::from_secs(30))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| Error::Kafka { what: format!("producing to {topic}"), source: e })
+            .map_err(|(e, _)| self.fail(format!("producing to {topic}"))(e))
     }
 
     /// Sends many records concurrently and waits for all acknowledgements; the first failure is
@@ -191,21 +233,17 @@ impl Producer {
             if let Some(v) = &value {
                 rec = rec.payload(v);
             }
-            pending.push(
-                self.inner
-                    .send_result(rec)
-                    .map_err(|(e, _)| Error::Kafka { what: format!("queueing for {topic}"), source: e })?,
-            );
+            pending.push(self.inner.send_result(rec).map_err(|(e, _)| self.fail(format!("queueing for {topic}"))(e))?);
             // Keep the local queue bounded: wait for the oldest half when it grows.
             if pending.len() >= 50_000 {
                 for p in pending.drain(..25_000) {
-                    ack(topic, p.await)?;
+                    self.ack(topic, p.await)?;
                 }
             }
         }
         let n = pending.len();
         for p in pending {
-            ack(topic, p.await)?;
+            self.ack(topic, p.await)?;
         }
         Ok(n)
     }
@@ -221,11 +259,7 @@ impl Producer {
             if let Some(v) = &r.value {
                 rec = rec.payload(v);
             }
-            pending.push(
-                self.inner
-                    .send_result(rec)
-                    .map_err(|(e, _)| Error::Kafka { what: format!("queueing for {topic}"), source: e })?,
-            );
+            pending.push(self.inner.send_result(rec).map_err(|(e, _)| self.fail(format!("queueing for {topic}"))(e))?);
         }
         for p in pending {
             match p.await {
@@ -233,7 +267,7 @@ impl Producer {
                     let e = next.entry(d.partition).or_insert(0);
                     *e = (*e).max(d.offset + 1);
                 }
-                Ok(Err((e, _))) => return Err(Error::Kafka { what: format!("producing to {topic}"), source: e }),
+                Ok(Err((e, _))) => return Err(self.fail(format!("producing to {topic}"))(e)),
                 Err(_) => return Err(Error::Timeout(format!("producing to {topic}: the delivery report was lost"))),
             }
         }
@@ -242,15 +276,23 @@ impl Producer {
 
     /// Waits until every queued record is acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<(), Error> {
-        self.inner.flush(timeout).map_err(kafka("flushing the producer"))
+        self.inner.flush(timeout).map_err(self.fail("flushing the producer"))
     }
-}
 
-fn ack<E>(topic: &str, r: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, E>) -> Result<(), Error> {
-    match r {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(Error::Kafka { what: format!("producing to {topic}"), source: e }),
-        Err(_) => Err(Error::Timeout(format!("producing to {topic}: the delivery report was lost"))),
+    fn fail(&self, what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
+        self.last.fail(what)
+    }
+
+    fn ack<E>(
+        &self,
+        topic: &str,
+        r: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, E>,
+    ) -> Result<(), Error> {
+        match r {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(self.fail(format!("producing to {topic}"))(e)),
+            Err(_) => Err(Error::Timeout(format!("producing to {topic}: the delivery report was lost"))),
+        }
     }
 }
 
@@ -273,7 +315,7 @@ pub struct OutRecord {
 
 /// Reads a whole topic from the beginning, every partition, without a consumer group.
 pub struct TopicFollower {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Context>,
     topic: String,
     /// Where each partition's reading began (absent: at its beginning).
     start: BTreeMap<i32, i64>,
@@ -292,17 +334,18 @@ impl TopicFollower {
         client_id: &str,
         start: &BTreeMap<i32, i64>,
     ) -> Result<TopicFollower, Error> {
-        let consumer: BaseConsumer = cfg
-            .client(client_id)
+        let consumer: BaseConsumer<Context> = cfg
+            .client(client_id)?
             .set("group.id", format!("{client_id}-unused"))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .create()
+            .create_with_context(Context::default())
             .map_err(kafka("creating a consumer"))?;
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(kafka(format!("reading metadata of {topic}")))?;
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(|e| {
+            context::serve(&consumer);
+            consumer.context().last.fail(format!("reading metadata of {topic}"))(e)
+        })?;
         let mut tpl = TopicPartitionList::new();
         for t in md.topics() {
             if let Some(e) = t.error() {
@@ -342,7 +385,7 @@ impl TopicFollower {
         match self.consumer.poll(timeout) {
             None => Ok(None),
             Some(Err(KafkaError::PartitionEOF(_))) => Ok(None),
-            Some(Err(e)) => Err(Error::Kafka { what: format!("reading {}", self.topic), source: e }),
+            Some(Err(e)) => Err(self.consumer.context().last.fail(format!("reading {}", self.topic))(e)),
             Some(Ok(m)) => Ok(Some(Record {
                 partition: m.partition(),
                 offset: m.offset(),
@@ -387,4 +430,60 @@ impl TopicFollower {
 /// Reads `topic` whole, once.
 pub fn read_to_end(cfg: &KafkaConfig, topic: &str, timeout: Duration, f: impl FnMut(Record)) -> Result<usize, Error> {
     TopicFollower::new(cfg, topic, "roost-reader")?.read_to_end(timeout, f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(props: &[(&str, &str)]) -> KafkaConfig {
+        KafkaConfig {
+            // nothing listens there: clients are made without connecting
+            brokers: "127.0.0.1:9".into(),
+            properties: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// TLS and the SASL mechanisms managed clusters use are built in; GSSAPI is not, and says so.
+    #[test]
+    fn tls_and_sasl_plain_scram_oauthbearer_are_built_in_and_gssapi_is_refused() {
+        for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] {
+            let cfg = with(&[
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", mechanism),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+            ]);
+            Producer::new(&cfg, "test").unwrap_or_else(|e| panic!("{mechanism}: {e}"));
+        }
+        Producer::new(&with(&[("security.protocol", "SSL"), ("ssl.ca.location", "probe")]), "test").expect("TLS");
+        let e = Producer::new(&with(&[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "GSSAPI")]), "test")
+            .err()
+            .expect("GSSAPI is not built in");
+        assert!(e.to_string().contains("GSSAPI"), "{e}");
+    }
+
+    #[test]
+    fn the_sasl_password_comes_from_its_file_without_the_trailing_newline() {
+        let dir = std::env::temp_dir().join(format!("roost-kafka-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        let mut cfg = with(&[("sasl.username", "u")]);
+        cfg.sasl_password_file = file.display().to_string();
+        for (content, want) in [("s3cret\n", "s3cret"), ("s3cret\r\n", "s3cret"), ("s3 cret", "s3 cret")] {
+            std::fs::write(&file, content).unwrap();
+            let c = cfg.client("test").unwrap();
+            assert_eq!(c.get("sasl.password"), Some(want), "{content:?}");
+        }
+        std::fs::write(&file, "\n").unwrap();
+        assert!(cfg.client("test").unwrap_err().to_string().contains("is empty"));
+        std::fs::remove_file(&file).unwrap();
+        assert!(cfg.client("test").unwrap_err().to_string().contains("reading kafka.sasl_password_file"));
+        cfg.properties.insert("sasl.password".into(), "also".into());
+        assert!(cfg.client("test").unwrap_err().to_string().contains("keep one"));
+        cfg.sasl_password_file.clear();
+        assert_eq!(cfg.client("test").unwrap().get("sasl.password"), Some("also"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
