@@ -127,7 +127,7 @@ impl FlowFeatures {
         }
         w.last = w.last.max(t);
         w.flows += 1;
-        w.packets += f.packets;
+        w.packets = w.packets.saturating_add(f.packets);
         let cap = self.cfg.portscan_ports.max(self.cfg.hostscan_hosts) + 1;
         if w.ports.len() < cap {
             w.ports.insert(f.dst_port);
@@ -257,6 +257,51 @@ mod tests {
             f.observe(&flow("203.0.113.200", "192.0.2.21", p + 1, 0x02, 70_000 + i64::from(p)), &mut out);
         }
         assert_eq!(out.iter().filter(|e| e.source == "flow:portscan").count(), 1);
+    }
+
+    /// A SYN flood at one service: SYN-only flows (handshakes never completed) from one source
+    /// to one port of one host, so neither scan fires; the flood is reported once, with its
+    /// verdict, when the count reaches `synflood_flows`, and the incomplete-handshake share too.
+    #[test]
+    fn a_syn_flood_is_reported_once_with_its_verdict() {
+        let cfg = FeaturesConfig::default();
+        let mut f = FlowFeatures::new(cfg.clone());
+        let mut out = Vec::new();
+        for i in 0..cfg.synflood_flows - 1 {
+            f.observe(&flow("203.0.113.66", "192.0.2.10", 443, 0x02, 5_000 + i as i64), &mut out);
+        }
+        assert!(out.iter().all(|e| e.source != "flow:synflood"), "not before the threshold: {out:?}");
+        for i in 0..100 {
+            f.observe(&flow("203.0.113.66", "192.0.2.10", 443, 0x02, 6_000 + i), &mut out);
+        }
+        let floods: Vec<_> = out.iter().filter(|e| e.source == "flow:synflood").collect();
+        assert_eq!(floods.len(), 1, "{out:?}");
+        let e = floods[0];
+        assert_eq!(e.client, "203.0.113.66".parse::<IpAddr>().unwrap());
+        assert_eq!(e.verdict.as_deref(), Some("bad"));
+        assert_eq!(e.ttl_ms, Some(600_000));
+        assert!(e.detail.contains("500 SYN-only flows"), "{}", e.detail);
+        assert!(out.iter().any(|e| e.source == "flow:incomplete"), "{out:?}");
+        assert!(!out.iter().any(|e| e.source == "flow:portscan" || e.source == "flow:hostscan"), "{out:?}");
+        // the same flows with the handshake completed (SYN+ACK+FIN) are a busy client, not a flood
+        let mut f = FlowFeatures::new(cfg.clone());
+        let mut out = Vec::new();
+        for i in 0..cfg.synflood_flows * 2 {
+            f.observe(&flow("198.51.100.9", "192.0.2.10", 443, 0x13, 5_000 + i as i64), &mut out);
+        }
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    /// Exporter-given counters are attacker data: sums saturate instead of wrapping or panicking.
+    #[test]
+    fn huge_packet_counts_saturate() {
+        let mut f = FlowFeatures::new(FeaturesConfig::default());
+        let mut out = Vec::new();
+        let mut big = flow("203.0.113.7", "192.0.2.10", 443, 0x1b, 1_000);
+        big.packets = u64::MAX;
+        f.observe(&big, &mut out);
+        f.observe(&big, &mut out);
+        assert_eq!(f.sources[&big.src].packets, u64::MAX);
     }
 
     #[test]

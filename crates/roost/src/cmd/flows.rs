@@ -233,7 +233,10 @@ fn receive(
                 m.records
                     .get_or_create(&RecordLabel { exporter: ex.clone(), version: out.version.to_string() })
                     .inc_by(out.records.len() as u64);
-                let (p, b) = out.records.iter().fold((0u64, 0u64), |(p, b), r| (p + r.packets, b + r.bytes));
+                let (p, b) = out
+                    .records
+                    .iter()
+                    .fold((0u64, 0u64), |(p, b), r| (p.saturating_add(r.packets), b.saturating_add(r.bytes)));
                 m.packets.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc_by(p);
                 m.bytes.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc_by(b);
             }
