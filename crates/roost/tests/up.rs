@@ -535,3 +535,101 @@ fn up_and_replay_reach_the_same_verdicts_for_the_same_lines() {
         assert_eq!(l, r);
     }
 }
+
+/// With `redis.url` set, `roost up` mirrors what it decides into Redis in `roost score`'s key
+/// schema (so proxies elsewhere follow it): verdicts with their reasons, an operator's override
+/// from its admin UI and the verdict it forces, and the audit entry. A `[[geo.policy]]` on the
+/// MaxMind test database judges a client from its country in the running daemon.
+#[test]
+fn mirrors_verdicts_overrides_and_audit_to_redis_and_applies_a_geo_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    append(&log, "");
+    let users = dir.path().join("users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[[user]]\nname = \"ana\"\nrole = \"operator\"\npassword_hash = \"{}\"\n",
+            common::hash_password("right")
+        ),
+    )
+    .unwrap();
+    let prefix = format!("{}:", common::unique("up-mirror"));
+    let admin_port = common::free_port();
+    let mmdb = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mmdb");
+    let cfg = dir.path().join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n\
+             [up]\nlisten = \"127.0.0.1:0\"\nproxy = false\nadmin = true\npoll_interval = \"50ms\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\nusers_file = \"{}\"\ncookie_secure = false\n\
+             [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
+             [geo]\ncity_db = \"{}/GeoIP2-City-Test.mmdb\"\n\
+             [[geo.policy]]\nname = \"test-only country rule\"\ncountries = [\"GB\"]\nverdict = \"dubious\"\nttl = \"10m\"\n",
+            log.display(),
+            users.display(),
+            common::redis(),
+            mmdb.display()
+        ),
+    )
+    .unwrap();
+    let up = start(&cfg);
+    let mut lines = String::new();
+    for p in ["/.env", "/.git/config", "/phpmyadmin/", "/wp-login.php", "/backup.sql", "/admin.php", "/server-status"] {
+        lines.push_str(&clf_now("198.51.100.23", "GET", p, 404));
+        lines.push_str(&clf_now("192.0.2.50", "GET", "/blog/post", 200));
+        // London in the MaxMind test database
+        lines.push_str(&clf_now("81.2.69.160", "GET", "/blog/post", 200));
+    }
+    append(&log, &lines);
+
+    let mut store =
+        roost_verdicts::Store::new(&roost_verdicts::RedisConfig { url: common::redis(), prefix, ..Default::default() })
+            .unwrap();
+    let held = eventually("the scanner and the GB client in Redis", || {
+        let all = store.load_all().ok()?;
+        (all.get("198.51.100.23").is_some_and(|v| v.verdict.to_string() == "bad")
+            && all.get("81.2.69.160").is_some_and(|v| v.verdict.to_string() == "dubious"))
+        .then_some(all)
+    });
+    assert!(!held.contains_key("192.0.2.50") || held["192.0.2.50"].verdict.to_string() == "good", "{held:?}");
+    let geo = format!("{:?}", held["81.2.69.160"]);
+    assert!(geo.contains("test-only country rule"), "the geo policy is the reason: {geo}");
+    let (_, api) = get(up.addr, "/api/v1/clients/81.2.69.160");
+    assert!(api.contains("test-only country rule") && api.contains("\"class\":\"dubious\""), "{api}");
+    assert!(format!("{:?}", held["198.51.100.23"]).contains("R-1001"), "{:?}", held["198.51.100.23"]);
+
+    // an operator allows the scanner in up's admin UI: the override, the verdict it forces and
+    // the audit entry reach Redis
+    let r = common::login(admin_port, "ana", "right");
+    assert_eq!(r.status, 303, "{}", r.body);
+    let cookie = common::session_cookie(&r);
+    let me: serde_json::Value =
+        serde_json::from_str(&common::request(admin_port, "GET", "/api/v1/me", &[("Cookie", &cookie)], "").body)
+            .unwrap();
+    let csrf = me["csrf"].as_str().expect("a CSRF token").to_owned();
+    let r = common::request(
+        admin_port,
+        "POST",
+        "/api/v1/overrides",
+        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf), ("Content-Type", "application/json")],
+        r#"{"prefix":"198.51.100.23","action":"allow","expires_in":"1h","comment":"our pentest"}"#,
+    );
+    assert!(r.status == 200 || r.status == 201, "{} {}", r.status, r.body);
+    let ov = eventually("the override in Redis", || {
+        store.load_overrides().ok()?.into_iter().find(|o| format!("{o:?}").contains("198.51.100.23"))
+    });
+    assert!(format!("{ov:?}").contains("our pentest") && format!("{ov:?}").contains("ana"), "{ov:?}");
+    // (Redis holds the clients that are not good, as `roost score` writes it)
+    eventually("the scanner's verdict in Redis to follow the override", || {
+        let all = store.load_all().ok()?;
+        all.get("198.51.100.23").is_none_or(|v| v.verdict.to_string() == "good").then_some(())
+    });
+    assert!(store.load_all().unwrap().contains_key("81.2.69.160"), "the other verdicts stay");
+    let audit = store.recent_audit(10).unwrap();
+    assert!(
+        audit.iter().any(|(_, e)| e.contains("\"override\"") && e.contains("our pentest") && e.contains("ana")),
+        "{audit:?}"
+    );
+}
