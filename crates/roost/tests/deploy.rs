@@ -3,7 +3,9 @@
 //! HAProxy accept the log-format snippets and roost parses the lines they then write; BIRD and
 //! GoBGP accept the router examples; systemd accepts the units, the sysusers and tmpfiles
 //! files; and the proxy's reload script hands the listeners over to a new process. A missing
-//! tool fails its test (scripts/install-test-deps.sh installs them), never skips it.
+//! tool fails its test (scripts/install-test-deps.sh installs them), never skips it. docker-compose
+//! validates the compose file; the Kubernetes manifests and the Dockerfile get checks of our own
+//! (no kubeconform or hadolint in Debian).
 
 mod common;
 
@@ -439,4 +441,308 @@ fn the_proxy_reload_script_hands_the_listeners_to_a_new_process() {
     assert!(!gone(new_pid), "the new proxy serves on");
     assert_eq!(http_get(metrics, "/healthz").as_deref(), Some("ok\n"), "the new proxy has the metrics listener");
     assert!(TcpStream::connect(("127.0.0.1", port)).is_ok(), "the new proxy has the traffic listener");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The compose file, the Kubernetes manifests and the Dockerfile, each against what reads it
+
+/// docker-compose (Debian's, 1.29) validates the compose file against the Compose schema and
+/// resolves it, with and without the `bgp` profile; yamllint finds no syntax errors (duplicate
+/// keys, bad indentation) there or in the Kubernetes manifests.
+#[test]
+fn docker_compose_and_yamllint_accept_the_compose_file_and_manifests() {
+    let compose = deploy("docker-compose.yml");
+    for profile in [&[][..], &["--profile", "bgp"][..]] {
+        let mut args = vec!["-f", compose.to_str().unwrap()];
+        args.extend_from_slice(profile);
+        args.extend_from_slice(&["config", "-q"]);
+        let out = run("docker-compose", &args, "docker-compose");
+        assert!(out.status.success(), "docker-compose {profile:?} config: {}", text(&out));
+    }
+    // the check can fail: a service with an unknown key is refused
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("docker-compose.yml");
+    std::fs::write(
+        &broken,
+        read(&compose).replacen("  redis:\n    image:", "  redis:\n    restrat: always\n    image:", 1),
+    )
+    .unwrap();
+    let out = run("docker-compose", &["-f", broken.to_str().unwrap(), "config", "-q"], "docker-compose");
+    assert!(!out.status.success() && text(&out).contains("restrat"), "{}", text(&out));
+
+    let mut files = vec![compose.to_str().unwrap().to_owned()];
+    for e in std::fs::read_dir(deploy("k8s")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            files.push(p.to_str().unwrap().to_owned());
+        }
+    }
+    let mut args = vec!["-d", "{extends: relaxed, rules: {line-length: disable}}", "-f", "parsable"];
+    args.extend(files.iter().map(String::as_str));
+    let out = run("yamllint", &args, "yamllint");
+    assert!(out.status.success() && !text(&out).contains("[error]"), "yamllint: {}", text(&out));
+}
+
+fn yaml_docs(p: &Path) -> Vec<serde_yaml::Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(&read(p))
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn s<'a>(v: &'a serde_yaml::Value, path: &str) -> Option<&'a str> {
+    path.split('.').try_fold(v, |v, k| v.get(k)).and_then(|v| v.as_str())
+}
+
+fn list<'a>(v: &'a serde_yaml::Value, path: &str) -> Vec<&'a serde_yaml::Value> {
+    path.split('.')
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(|v| v.as_sequence())
+        .map(|s| s.iter().collect())
+        .unwrap_or_default()
+}
+
+/// What kubeconform would say of the manifests where it matters here, plus what only this
+/// repository knows: every object is a kind at its API version, in a namespace the kustomization
+/// creates; workloads' selectors match their pods; every container runs `roost` with the
+/// mounted config and a real subcommand, as the image's non-root user; probes and Services name
+/// declared ports; volumes, ConfigMaps and Secrets referred to exist; the metrics ports are
+/// where roost.toml listens.
+#[test]
+fn the_kubernetes_manifests_hang_together_with_each_other_and_roost_toml() {
+    let kust = &yaml_docs(&deploy("k8s/kustomization.yaml"))[0];
+    let mut objects = Vec::new();
+    for r in list(kust, "resources") {
+        objects.extend(yaml_docs(&deploy(&format!("k8s/{}", r.as_str().unwrap()))));
+    }
+    let secrets = yaml_docs(&deploy("k8s/secret.example.yaml"));
+    let version = |kind: &str| match kind {
+        "Namespace" | "Service" | "ConfigMap" | "Secret" | "ServiceAccount" => "v1",
+        "Deployment" | "DaemonSet" | "StatefulSet" => "apps/v1",
+        "PodDisruptionBudget" => "policy/v1",
+        "NetworkPolicy" => "networking.k8s.io/v1",
+        other => panic!("a kind this check does not know: {other}"),
+    };
+    let namespaces: Vec<&str> =
+        objects.iter().filter(|o| s(o, "kind") == Some("Namespace")).filter_map(|o| s(o, "metadata.name")).collect();
+    let config_maps: Vec<(&str, &str)> = list(kust, "configMapGenerator")
+        .into_iter()
+        .map(|g| (s(g, "namespace").unwrap(), s(g, "name").unwrap()))
+        .collect();
+    let secret_names: Vec<(&str, &str)> =
+        secrets.iter().map(|o| (s(o, "metadata.namespace").unwrap(), s(o, "metadata.name").unwrap())).collect();
+    let roost_toml = read(&deploy("k8s/roost.toml"));
+    let subcommands = ["tail", "score", "feeds", "proxy", "bgp", "flows", "admin", "up"];
+    let mut workloads = 0;
+    for o in objects.iter().chain(&secrets) {
+        let kind = s(o, "kind").expect("a kind");
+        let name = s(o, "metadata.name").expect("a name");
+        assert_eq!(s(o, "apiVersion"), Some(version(kind)), "{kind} {name}");
+        if kind != "Namespace" {
+            let ns = s(o, "metadata.namespace").unwrap_or_else(|| panic!("{kind} {name} has no namespace"));
+            assert!(namespaces.contains(&ns), "{kind} {name}: namespace {ns} is not created");
+        }
+    }
+    for o in &objects {
+        let (kind, name) = (s(o, "kind").unwrap(), s(o, "metadata.name").unwrap());
+        let ns = s(o, "metadata.namespace").unwrap_or_default();
+        if matches!(kind, "Deployment" | "DaemonSet" | "StatefulSet") {
+            workloads += 1;
+            let pod = &o["spec"]["template"];
+            let labels = &pod["metadata"]["labels"];
+            let selector = o["spec"]["selector"]["matchLabels"].as_mapping().expect("a selector");
+            for (k, v) in selector {
+                assert_eq!(labels.get(k), Some(v), "{name}: selector {k:?} does not match the pod's labels");
+            }
+            assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"].as_bool(), Some(true), "{name}");
+            assert_eq!(pod["spec"]["securityContext"]["runAsUser"].as_u64(), Some(10001), "{name}: the image's user");
+            let volumes: Vec<&str> = list(pod, "spec.volumes").into_iter().filter_map(|v| s(v, "name")).collect();
+            for v in list(pod, "spec.volumes") {
+                if let Some(cm) = s(v, "configMap.name") {
+                    assert!(config_maps.contains(&(ns, cm)), "{name}: ConfigMap {ns}/{cm} is not generated");
+                }
+                if let Some(sec) = s(v, "secret.secretName") {
+                    assert!(
+                        secret_names.contains(&(ns, sec)),
+                        "{name}: Secret {ns}/{sec} is not in secret.example.yaml"
+                    );
+                }
+            }
+            for c in list(pod, "spec.containers") {
+                let cname = s(c, "name").unwrap();
+                assert_eq!(s(c, "image"), Some("roost"), "{name}/{cname}: the image kustomize rewrites");
+                let args: Vec<&str> = list(c, "args").into_iter().filter_map(|a| a.as_str()).collect();
+                assert_eq!(&args[..2], ["--config", "/etc/roost/roost.toml"], "{name}/{cname}: {args:?}");
+                assert!(subcommands.contains(&args[2]), "{name}/{cname}: {args:?}");
+                let mounts: Vec<&serde_yaml::Value> = list(c, "volumeMounts");
+                assert!(
+                    mounts
+                        .iter()
+                        .any(|m| s(m, "mountPath").is_some_and(|p| p == "/etc/roost" || p == "/etc/roost/roost.toml")),
+                    "{name}/{cname}: roost.toml is not mounted"
+                );
+                for m in &mounts {
+                    let v = s(m, "name").unwrap();
+                    assert!(volumes.contains(&v), "{name}/{cname}: volume {v} is not declared");
+                }
+                let ports: Vec<(Option<&str>, u64)> = list(c, "ports")
+                    .into_iter()
+                    .map(|p| (s(p, "name"), p["containerPort"].as_u64().unwrap()))
+                    .collect();
+                for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+                    let p = &c[probe];
+                    let port = if p["httpGet"].is_mapping() { &p["httpGet"]["port"] } else { &p["tcpSocket"]["port"] };
+                    if port.is_null() {
+                        continue;
+                    }
+                    assert!(
+                        ports.iter().any(|(n, num)| port.as_str() == *n && n.is_some() || port.as_u64() == Some(*num)),
+                        "{name}/{cname}: {probe} names port {port:?}, not one of {ports:?}"
+                    );
+                }
+                for (n, num) in &ports {
+                    if *n == Some("metrics") {
+                        assert!(
+                            roost_toml.contains(&format!(":{num}\"")),
+                            "{name}/{cname}: nothing in roost.toml listens on {num}"
+                        );
+                    }
+                }
+                for e in list(c, "env") {
+                    if let Some(sec) = s(e, "valueFrom.secretKeyRef.name") {
+                        assert!(
+                            secret_names.contains(&(ns, sec)),
+                            "{name}/{cname}: Secret {ns}/{sec} is not in secret.example.yaml"
+                        );
+                    }
+                }
+            }
+        }
+        if kind == "Service" || kind == "PodDisruptionBudget" {
+            let selector =
+                if kind == "Service" { &o["spec"]["selector"] } else { &o["spec"]["selector"]["matchLabels"] };
+            let target = objects.iter().find(|w| {
+                matches!(s(w, "kind"), Some("Deployment" | "DaemonSet" | "StatefulSet"))
+                    && s(w, "metadata.namespace").unwrap_or_default() == ns
+                    && selector
+                        .as_mapping()
+                        .unwrap()
+                        .iter()
+                        .all(|(k, v)| w["spec"]["template"]["metadata"]["labels"].get(k) == Some(v))
+            });
+            let target = target.unwrap_or_else(|| panic!("{kind} {name} selects no workload"));
+            if kind == "Service" {
+                let declared: Vec<&serde_yaml::Value> = list(&target["spec"]["template"], "spec.containers")
+                    .into_iter()
+                    .flat_map(|c| list(c, "ports"))
+                    .collect();
+                for p in list(o, "spec.ports") {
+                    let t = &p["targetPort"];
+                    assert!(
+                        declared.iter().any(|d| d["name"] == *t || d["containerPort"] == *t),
+                        "Service {name}: targetPort {t:?} is not a container port"
+                    );
+                }
+            }
+        }
+    }
+    assert!(workloads >= 5, "only {workloads} workloads found");
+}
+
+/// The image's Dockerfile against what it builds and runs: everything it copies from the
+/// context exists and is not ignored; the runtime stage gets the binary the build stage
+/// installs; the shared libraries the roost binary needs are in the runtime stage (the slim
+/// base's or a package it installs); it runs as the uid the manifests expect; every port
+/// deploy/docker/roost.toml listens on is exposed.
+#[test]
+fn the_dockerfile_copies_what_exists_and_runs_what_it_built() {
+    let file = read(&deploy("docker/Dockerfile"));
+    let ignore = read(&deploy("docker/Dockerfile.dockerignore"));
+    let ignored: Vec<&str> = ignore.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
+    // join continuation lines
+    let joined = file.replace("\\\n", " ");
+    let lines: Vec<&str> = joined.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let stages: Vec<&str> = lines.iter().filter(|l| l.starts_with("FROM ")).copied().collect();
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    assert!(stages[0].ends_with(" AS build") && stages[1].contains("debian:bookworm-slim"), "{stages:?}");
+    let runtime_from = lines.iter().position(|l| l.starts_with("FROM ") && l.contains("bookworm-slim")).unwrap();
+    let (build, runtime) = lines.split_at(runtime_from);
+    assert!(build.iter().any(|l| l.contains("cargo build --release --locked -p roost")), "{build:?}");
+    assert!(repo().join("crates/roost/Cargo.toml").is_file() && repo().join("Cargo.lock").is_file());
+    for l in &lines {
+        let Some(rest) = l.strip_prefix("COPY ") else { continue };
+        let parts: Vec<&str> = rest.split_whitespace().collect();
+        if parts[0].starts_with("--from=build") {
+            let src = parts[1];
+            assert!(build.iter().any(|b| b.contains(src)), "COPY --from=build {src}: the build stage makes no {src}");
+            continue;
+        }
+        for src in &parts[..parts.len() - 1] {
+            if *src == "." {
+                continue;
+            }
+            assert!(repo().join(src).exists(), "COPY {src}: not in the build context");
+            let first = src.split('/').next().unwrap();
+            assert!(!ignored.contains(&first), "COPY {src}: excluded by Dockerfile.dockerignore");
+        }
+    }
+    // the packages the runtime stage installs, and what debian:bookworm-slim already has
+    let installed: Vec<&str> = runtime
+        .iter()
+        .filter_map(|l| l.split("--no-install-recommends").nth(1))
+        .flat_map(|p| p.split("&&").next().unwrap().split_whitespace())
+        .collect();
+    let provided_by = |lib: &str| -> Option<&str> {
+        let table = [
+            ("linux-vdso", "kernel"),
+            ("ld-linux", "base"),
+            ("libc.so", "base"),
+            ("libm.so", "base"),
+            ("libgcc_s", "base"),
+            ("libstdc++", "base"),
+            ("libz.so", "base"),
+            ("libssl.so", "libssl3"),
+            ("libcrypto.so", "libssl3"),
+            ("libcurl", "libcurl4"),
+            ("libsasl2", "libsasl2-2"),
+        ];
+        table.iter().find(|(prefix, _)| lib.starts_with(prefix)).map(|(_, p)| *p)
+    };
+    let ldd = run("ldd", &[env!("CARGO_BIN_EXE_roost")], "libc-bin");
+    assert!(ldd.status.success(), "{}", text(&ldd));
+    for lib in String::from_utf8_lossy(&ldd.stdout).lines().filter_map(|l| l.split_whitespace().next()) {
+        let lib = lib.rsplit('/').next().unwrap();
+        let package =
+            provided_by(lib).unwrap_or_else(|| panic!("roost links {lib}: which package has it in the image?"));
+        assert!(
+            matches!(package, "kernel" | "base") || installed.contains(&package),
+            "roost links {lib} ({package}), which the runtime stage does not install ({installed:?})"
+        );
+    }
+    assert!(runtime.contains(&"USER 10001:10001"), "{runtime:?}");
+    assert!(runtime.contains(&"ENTRYPOINT [\"/usr/local/bin/roost\"]"), "{runtime:?}");
+    let expose = runtime.iter().find(|l| l.starts_with("EXPOSE ")).expect("EXPOSE");
+    let exposed = |port: u16, udp: bool| {
+        expose.split_whitespace().skip(1).any(|e| {
+            let (range, proto) = e.split_once('/').unwrap_or((e, "tcp"));
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            (proto == "udp") == udp && (a.parse::<u16>().unwrap()..=b.parse().unwrap()).contains(&port)
+        })
+    };
+    let config = loads(&deploy("docker/roost.toml"));
+    let mut n = 0;
+    for l in config.lines() {
+        let Some((key, value)) = l.split_once(" = ") else { continue };
+        let Some(port) =
+            value.trim_matches(['"', '[', ']']).strip_prefix("0.0.0.0:").and_then(|p| p.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        let udp = key.trim() == "listen"
+            && config[..config.find(l).unwrap()].rfind("\n[").is_some_and(|i| config[i..].starts_with("\n[flows]"));
+        assert!(exposed(port, udp), "{key} = {value} is not exposed ({expose})");
+        n += 1;
+    }
+    assert!(n >= 5, "only {n} listening addresses found in deploy/docker/roost.toml");
 }
