@@ -34,6 +34,23 @@ fn parsers(c: &mut Criterion) {
             })
         });
     }
+    // what every reader calls since error logs: `parse_line` (a `Line`), on the same combined
+    // lines, and those lines inside an RFC 3164 syslog frame
+    let log = generated_log(LINES, Format::Combined);
+    let framed: String = log.lines().map(|l| format!("<190>Mar  3 10:15:02 web-1 nginx[812]: {l}\n")).collect();
+    let syslog = Parser::Syslog(Box::new(Parser::Clf));
+    for (name, parser, text) in [("combined_parse_line", &Parser::Clf, &log), ("combined_in_syslog", &syslog, &framed)]
+    {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut ok = 0u32;
+                for line in text.lines() {
+                    ok += matches!(parser.parse_line(line), Ok(roost_logformat::Line::Request(_))) as u32;
+                }
+                assert_eq!(ok as u64, LINES);
+            })
+        });
+    }
     g.finish();
 }
 

@@ -44,6 +44,50 @@ pub struct EngineConfig {
     /// Clients tracked at most (about 100 bytes each, more with a dossier). At the limit, the
     /// good clients idle longest are forgotten early.
     pub max_clients: usize,
+    /// What the web servers' error logs say, by kind: pseudo-requests of negative evidence each.
+    pub error_log: ErrorLogWeights,
+}
+
+/// Penalties of error-log evidence (`[engine.error_log]`), in pseudo-requests scored −1 each,
+/// entering the reputation like the access log's answers (a 401 scores −1 once).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ErrorLogWeights {
+    /// Basic auth naming a user that does not exist: guessing names.
+    pub unknown_user: f32,
+    /// Basic auth with a wrong password.
+    pub wrong_password: f32,
+    /// A request over a rate limit (`limit_req`, `limit_conn`).
+    pub rate_limited: f32,
+    /// A request no client sends by accident (invalid method or URI, too long a request line).
+    pub invalid_request: f32,
+    /// A failed login at nginx's mail proxy.
+    pub mail_login_failed: f32,
+}
+
+impl Default for ErrorLogWeights {
+    fn default() -> Self {
+        ErrorLogWeights {
+            unknown_user: 2.0,
+            wrong_password: 1.0,
+            rate_limited: 1.0,
+            invalid_request: 3.0,
+            mail_login_failed: 1.0,
+        }
+    }
+}
+
+impl ErrorLogWeights {
+    pub fn of(&self, kind: roost_event::ErrorLogKind) -> f32 {
+        use roost_event::ErrorLogKind as K;
+        match kind {
+            K::UnknownUser => self.unknown_user,
+            K::WrongPassword => self.wrong_password,
+            K::RateLimited => self.rate_limited,
+            K::InvalidRequest => self.invalid_request,
+            K::MailLoginFailed => self.mail_login_failed,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -82,6 +126,7 @@ impl Default for EngineConfig {
             max_dossiers: 200_000,
             forget_after: Duration::from_secs(3600),
             max_clients: 5_000_000,
+            error_log: ErrorLogWeights::default(),
         }
     }
 }

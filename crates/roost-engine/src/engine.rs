@@ -342,6 +342,30 @@ impl Engine {
         self.decide(key, t, Cause::Evidence)
     }
 
+    /// What an error log says of a client: evidence weighted by `[engine.error_log]`, with the
+    /// server's message (and the request, when logged) as the reason.
+    pub fn observe_error(&mut self, ev: &roost_event::ErrorLogEvent<'_>) -> Option<VerdictChange> {
+        let mut detail = format!("{} error log: {}", ev.server, ev.message);
+        if let Some(r) = &ev.request {
+            detail.push_str(&format!(" ({r})"));
+        }
+        if detail.len() > 300 {
+            let mut cut = 300;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+            detail.push('…');
+        }
+        let evidence = Evidence {
+            source: Source::new(SourceKind::ErrorLog, ev.kind.label()),
+            penalty: self.cfg.error_log.of(ev.kind),
+            verdict: None,
+            detail,
+        };
+        self.apply(ev.client, ev.time, &[evidence])
+    }
+
     /// Applies evidence that did not come with a request (netflow, a feed update, the proxy's
     /// challenge outcomes) at time `at`.
     pub fn apply(&mut self, ip: IpAddr, at: Timestamp, evidence: &[Evidence]) -> Option<VerdictChange> {

@@ -35,6 +35,9 @@ pub enum SourceKind {
     Proxy,
     /// An operator.
     Manual,
+    /// A web server's error log.
+    #[serde(rename = "errorlog")]
+    ErrorLog,
 }
 
 impl SourceKind {
@@ -47,6 +50,7 @@ impl SourceKind {
             SourceKind::Flow => "flow",
             SourceKind::Proxy => "proxy",
             SourceKind::Manual => "manual",
+            SourceKind::ErrorLog => "errorlog",
         }
     }
 }
@@ -62,6 +66,7 @@ impl std::str::FromStr for SourceKind {
             "flow" => SourceKind::Flow,
             "proxy" => SourceKind::Proxy,
             "manual" => SourceKind::Manual,
+            "errorlog" => SourceKind::ErrorLog,
             _ => return Err(format!("unknown evidence source kind {s:?}")),
         })
     }

@@ -22,7 +22,7 @@ mod scoring;
 mod state;
 mod verdict;
 
-pub use config::{BehaviourConfig, ConfigError, EngineConfig, PathConfig, SlowConfig, VerdictConfig};
+pub use config::{BehaviourConfig, ConfigError, EngineConfig, ErrorLogWeights, PathConfig, SlowConfig, VerdictConfig};
 pub use engine::{Aggregates, Engine, Override, Stats};
 pub use evidence::{Annotator, Evidence, Inspector, RequestContext, Source, SourceKind};
 pub use roost_event::{RequestEvent, Timestamp};

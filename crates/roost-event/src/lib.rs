@@ -224,3 +224,76 @@ mod tests {
         assert_eq!(ev.target(), "/a b?q=1");
     }
 }
+
+/// What a web server's error log says a client did wrong, by kind. A closed set: each has its
+/// weight in the engine's config (`[engine.error_log]`) and a stable label for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorLogKind {
+    /// HTTP basic auth named a user the password file does not have (nginx `user "x" was not
+    /// found in "…"`, Apache `AH01618`).
+    UnknownUser,
+    /// HTTP basic auth with a wrong password (nginx `password mismatch`, Apache `AH01617`).
+    WrongPassword,
+    /// A request over a rate limit (nginx `limiting requests, excess: … by zone`, `limiting
+    /// connections by zone`).
+    RateLimited,
+    /// A request no client sends by accident (nginx `client sent invalid request`, `… invalid
+    /// method`, `… too long URI`…; Apache `AH00126: Invalid URI in request`).
+    InvalidRequest,
+    /// A failed login at nginx's mail proxy (`client login failed`).
+    MailLoginFailed,
+}
+
+impl ErrorLogKind {
+    pub const ALL: [ErrorLogKind; 5] = [
+        ErrorLogKind::UnknownUser,
+        ErrorLogKind::WrongPassword,
+        ErrorLogKind::RateLimited,
+        ErrorLogKind::InvalidRequest,
+        ErrorLogKind::MailLoginFailed,
+    ];
+
+    /// A stable label (metrics, evidence sources: `errorlog:unknown_user`).
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorLogKind::UnknownUser => "unknown_user",
+            ErrorLogKind::WrongPassword => "wrong_password",
+            ErrorLogKind::RateLimited => "rate_limited",
+            ErrorLogKind::InvalidRequest => "invalid_request",
+            ErrorLogKind::MailLoginFailed => "mail_login_failed",
+        }
+    }
+}
+
+/// One error-log line that names a client and something it did wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorLogEvent<'a> {
+    pub time: Timestamp,
+    pub client: IpAddr,
+    /// (`"error"` on the wire: `"kind"` tells message kinds apart there.)
+    #[serde(rename = "error")]
+    pub kind: ErrorLogKind,
+    /// `nginx` or `apache`.
+    #[serde(borrow)]
+    pub server: Cow<'a, str>,
+    /// The server's message, as logged (without the client/server/request/host suffix).
+    #[serde(borrow)]
+    pub message: Cow<'a, str>,
+    /// The request line, when the server logged it.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Cow<'a, str>>,
+}
+
+impl ErrorLogEvent<'_> {
+    pub fn into_owned(self) -> ErrorLogEvent<'static> {
+        ErrorLogEvent {
+            time: self.time,
+            client: self.client,
+            kind: self.kind,
+            server: Cow::Owned(self.server.into_owned()),
+            message: Cow::Owned(self.message.into_owned()),
+            request: self.request.map(|r| Cow::Owned(r.into_owned())),
+        }
+    }
+}

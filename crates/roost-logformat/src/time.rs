@@ -220,3 +220,59 @@ mod tests {
         assert_eq!(parse_any("17/May/2015:10:05:03 +0000").unwrap().secs(), 1_431_857_103);
     }
 }
+
+/// nginx's error-log time, local and without a zone: `2026/03/03 10:15:02`.
+pub fn parse_nginx_error(s: &str, offset_s: i64) -> Option<Timestamp> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'/' || b[7] != b'/' || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (digits::<4>(b)?, digits::<2>(&b[5..])?, digits::<2>(&b[8..])?);
+    let (h, mi, sec) = (digits::<2>(&b[11..])?, digits::<2>(&b[14..])?, digits::<2>(&b[17..])?);
+    valid(y, mo, d, h, mi, sec).then(|| Timestamp(to_millis((y, mo, d), (h, mi, sec, 0), offset_s)))
+}
+
+/// Apache's error-log time, local and without a zone: `Tue Mar 03 10:15:02.123456 2026` (2.4)
+/// or `Tue Mar 03 10:15:02 2026` (2.2).
+pub fn parse_apache_error(s: &str, offset_s: i64) -> Option<Timestamp> {
+    let b = s.as_bytes();
+    if b.len() < 24 || b[3] != b' ' || b[7] != b' ' || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let mo = month(&b[4..7])?;
+    let d = if b[8] == b' ' { digits::<1>(&b[9..])? } else { digits::<2>(&b[8..])? };
+    let (h, mi, sec) = (digits::<2>(&b[11..])?, digits::<2>(&b[14..])?, digits::<2>(&b[17..])?);
+    let mut i = 19;
+    let mut ms = 0;
+    if b[i] == b'.' {
+        let end = b[i + 1..].iter().position(|c| !c.is_ascii_digit()).map_or(b.len(), |p| i + 1 + p);
+        ms = fraction_ms(&b[i + 1..end]);
+        i = end;
+    }
+    if b.get(i) != Some(&b' ') {
+        return None;
+    }
+    let y = digits::<4>(&b[i + 1..])?;
+    if b.len() != i + 5 {
+        return None;
+    }
+    valid(y, mo, d, h, mi, sec).then(|| Timestamp(to_millis((y, mo, d), (h, mi, sec, ms), offset_s)))
+}
+
+#[cfg(test)]
+mod error_log_tests {
+    use super::*;
+
+    #[test]
+    fn error_log_times() {
+        let t = Timestamp(to_millis((2026, 3, 3), (10, 15, 2, 0), 0));
+        assert_eq!(parse_nginx_error("2026/03/03 10:15:02", 0), Some(t));
+        assert_eq!(parse_nginx_error("2026/03/03 11:15:02", 3600), Some(t));
+        assert_eq!(parse_nginx_error("2026/13/03 10:15:02", 0), None);
+        assert_eq!(parse_apache_error("Tue Mar 03 10:15:02 2026", 0), Some(t));
+        assert_eq!(parse_apache_error("Tue Mar  3 10:15:02 2026", 0), Some(t));
+        assert_eq!(parse_apache_error("Tue Mar 03 10:15:02.123456 2026", 0), Some(Timestamp(t.0 + 123)));
+        assert_eq!(parse_apache_error("Tue Mar 03 10:15:02.123456 2026x", 0), None);
+        assert_eq!(parse_apache_error("Tue Foo 03 10:15:02 2026", 0), None);
+    }
+}

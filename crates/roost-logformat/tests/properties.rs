@@ -17,7 +17,13 @@ fn parsers() -> Vec<Parser> {
         haproxy_request_headers: vec!["host".into(), "user-agent".into()],
         ..Default::default()
     };
-    vec![Parser::Clf, Parser::Json, Parser::from_config(&haproxy).unwrap(), Parser::from_config(&nginx).unwrap()]
+    vec![
+        Parser::Clf,
+        Parser::Json,
+        Parser::from_config(&haproxy).unwrap(),
+        Parser::from_config(&nginx).unwrap(),
+        Parser::Syslog(Box::new(Parser::Clf)),
+    ]
 }
 
 const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
@@ -66,6 +72,28 @@ proptest! {
         for p in parsers() {
             let _ = p.parse(&line);
         }
+    }
+
+    /// Inside any syslog frame, a line parses to what it parses to bare; cut frames never panic.
+    #[test]
+    fn framed_lines_parse_as_bare_ones(
+        header in prop::sample::select(vec![
+            "<190>Mar  3 10:15:02 web-1 nginx: ",
+            "Dec 31 23:59:59 h nginx[1]: ",
+            "<13>Mar  3 10:15:02 nginx: ",
+            "2026-03-03T10:15:02.5+01:00 web-1 httpd[9]: ",
+            "<190>1 2026-03-03T10:15:02Z web-1 nginx 812 - - ",
+            "1 2026-03-03T10:15:02Z - - - - [a b=\"]\"] ",
+        ]),
+        cut in 0usize..120,
+        garbage in "[ -~]{0,20}",
+    ) {
+        let base = r#"1.2.3.4 - - [10/Oct/2000:13:55:36 +0000] "GET /a?b HTTP/1.1" 200 12 "-" "ua""#;
+        let framed = format!("{header}{base}");
+        let p = Parser::Syslog(Box::new(Parser::Clf));
+        prop_assert_eq!(p.parse(&framed).unwrap(), Parser::Clf.parse(base).unwrap());
+        let _ = p.parse(&framed[..cut.min(framed.len())]);
+        let _ = p.parse(&format!("{header}{garbage}"));
     }
 
     #[test]

@@ -464,6 +464,39 @@ impl RuleSet {
         self.has_ratio
     }
 
+    /// When rule `r` matched this request on a header rather than on the request target (a
+    /// `user_agent` rule, or an `anywhere` pattern found only in a header): which header, and
+    /// its value. Reasons then quote the header instead of citing the path.
+    pub fn matched_header(&self, r: u32, ev: &roost_event::RequestEvent<'_>) -> Option<(&'static str, String)> {
+        let mut view = View::new(
+            &ev.path,
+            ev.query.as_deref(),
+            ev.user_agent.as_deref(),
+            ev.referer.as_deref(),
+            ev.host.as_deref(),
+        );
+        let owned = |fs: &FieldSet, hay: &str| fs.set.matches(hay).iter().any(|pi| fs.owners[pi].0 == r);
+        let mut header = None;
+        for fs in &self.pos {
+            if !fs.owners.iter().any(|&(o, _)| o == r) {
+                continue;
+            }
+            let hay = view.get(fs.field).to_owned();
+            if !owned(fs, &hay) {
+                continue;
+            }
+            let name = match fs.field {
+                Field::UserAgent => "User-Agent",
+                Field::Referer => "Referer",
+                Field::Host => "Host",
+                // the request line matched: the usual reason, which cites it
+                _ => return None,
+            };
+            header.get_or_insert((name, hay));
+        }
+        header
+    }
+
     /// The rules one request matches (window conditions aside), by index.
     pub fn matching(&self, view: &mut View<'_>, facts: &RequestFacts<'_>, scratch: &mut Scratch, out: &mut Vec<u32>) {
         out.clear();

@@ -86,8 +86,9 @@ impl Evaluator {
     }
 }
 
-/// The reason text for a rule that fired.
-pub fn detail(rule: &Rule, ev: &RequestEvent<'_>, count: Option<u32>) -> String {
+/// The reason text for a rule that fired; `header`: the header it matched on, when it was not
+/// the request line (quoted then, and the request cited after it).
+pub fn detail(rule: &Rule, ev: &RequestEvent<'_>, count: Option<u32>, header: Option<(&str, &str)>) -> String {
     let mut target = ev.target().into_owned();
     if target.len() > 120 {
         let mut end = 120;
@@ -122,7 +123,16 @@ pub fn detail(rule: &Rule, ev: &RequestEvent<'_>, count: Option<u32>) -> String 
                 rule.id, rule.title, ev.status
             )
         }
-        _ => format!("{} {}: {method} {target} → {}", rule.id, rule.title, ev.status),
+        _ => match header {
+            Some((name, value)) => {
+                let mut v: String = value.chars().take(120).collect();
+                if v.len() < value.len() {
+                    v.push('…');
+                }
+                format!("{} {}: {name} {v:?} ({method} {target} → {})", rule.id, rule.title, ev.status)
+            }
+            None => format!("{} {}: {method} {target} → {}", rule.id, rule.title, ev.status),
+        },
     }
 }
 
@@ -209,11 +219,12 @@ impl Inspector for RulesInspector {
         eval.evaluate(current, client_key(ctx.subject), ctx.event, ctx.path_class, fired);
         for &(r, count) in fired.iter() {
             let rule = &current.rules()[r as usize];
+            let header = if count.is_none() { current.matched_header(r, ctx.event) } else { None };
             out.push(Evidence {
                 source: rule.source.clone(),
                 penalty: rule.effect.penalty,
                 verdict: rule.effect.verdict,
-                detail: detail(rule, ctx.event, count),
+                detail: detail(rule, ctx.event, count, header.as_ref().map(|(n, v)| (*n, v.as_str()))),
             });
         }
     }

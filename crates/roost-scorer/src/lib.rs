@@ -133,6 +133,7 @@ impl Scorer {
                 let time = match &rec {
                     wire::Message::Request(ev) => ev.time,
                     wire::Message::Evidence(e) => e.time,
+                    wire::Message::ErrorLog(e) => e.time,
                 };
                 // the one expiry policy, as `roost replay`'s: verdicts lapse as event time passes
                 for c in part.engine.advance(time) {
@@ -146,6 +147,7 @@ impl Scorer {
                         Ok(ev) => Ok(part.engine.apply(e.client, e.time, &[ev])),
                         Err(why) => Err(wire::Error::Evidence(why)),
                     },
+                    wire::Message::ErrorLog(e) => Ok(part.engine.observe_error(e)),
                 };
                 match change {
                     Ok(c) => {

@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use serde::{Deserialize, Serialize};
 
 use roost_engine::{Class, Evidence, Source};
-use roost_event::{RequestEvent, Timestamp};
+use roost_event::{ErrorLogEvent, RequestEvent, Timestamp};
 
 const V1: &[u8] = b"{\"v\":1,";
 
@@ -170,11 +170,29 @@ pub fn encode_evidence(e: &EvidenceEvent) -> Vec<u8> {
     out
 }
 
+const V1_ERRORLOG: &[u8] = b"{\"v\":1,\"kind\":\"errorlog\",";
+
+/// An error-log event as a requests-topic value, with the `origin` of its line (see [`Origin`]).
+pub fn encode_error_from(ev: &ErrorLogEvent<'_>, origin: Option<&Origin>) -> Vec<u8> {
+    let json = serde_json::to_vec(ev).expect("an event serializes");
+    let mut out = Vec::with_capacity(json.len() + V1_ERRORLOG.len() + 80);
+    out.extend_from_slice(V1_ERRORLOG);
+    if let Some(o) = origin {
+        out.extend_from_slice(b"\"origin\":");
+        serde_json::to_writer(&mut out, &o.to_string()).expect("a string serializes");
+        out.push(b',');
+    }
+    out.extend_from_slice(&json[1..]);
+    out
+}
+
 /// What a requests-topic record holds.
 #[derive(Debug)]
 pub enum Message<'a> {
     Request(RequestEvent<'a>),
     Evidence(EvidenceEvent),
+    /// What a web server's error log said of a client (`roost tail` reading an error log).
+    ErrorLog(ErrorLogEvent<'a>),
 }
 
 /// A requests-topic value: a request event or an evidence event.
@@ -186,6 +204,14 @@ pub fn decode_message(value: &[u8]) -> Result<Message<'_>, Error> {
             e: EvidenceEvent,
         }
         return Ok(Message::Evidence(serde_json::from_slice::<Tagged>(value)?.e));
+    }
+    if value.starts_with(V1_ERRORLOG) {
+        #[derive(Deserialize)]
+        struct Tagged<'a> {
+            #[serde(borrow, flatten)]
+            e: ErrorLogEvent<'a>,
+        }
+        return Ok(Message::ErrorLog(serde_json::from_slice::<Tagged<'_>>(value)?.e));
     }
     decode_request(value).map(Message::Request)
 }
@@ -210,6 +236,26 @@ pub struct DeadLetter {
 #[cfg(test)]
 mod evidence_tests {
     use super::*;
+
+    #[test]
+    fn error_log_events_round_trip_with_their_origin() {
+        let e = ErrorLogEvent {
+            time: roost_event::Timestamp(1_700_000_000_000),
+            client: "192.0.2.7".parse().unwrap(),
+            kind: roost_event::ErrorLogKind::WrongPassword,
+            server: "nginx".into(),
+            message: "user \"admin\": password mismatch".into(),
+            request: Some("GET /admin HTTP/1.1".into()),
+        };
+        let origin = Origin { host: "h".into(), file: "/var/log/nginx/error.log".into(), dev: 1, ino: 2, offset: 3 };
+        let v = encode_error_from(&e, Some(&origin));
+        match decode_message(&v).unwrap() {
+            Message::ErrorLog(back) => assert_eq!(back, e),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(origin_of(&v), Some(origin));
+        assert!(decode_request(&v).is_err(), "not a request");
+    }
 
     #[test]
     fn evidence_round_trips_and_is_told_from_requests() {

@@ -55,6 +55,10 @@ enum Command {
         /// A custom nginx `log_format` directive (implies --format nginx).
         #[arg(long)]
         log_format: Option<String>,
+        /// Every line is inside a syslog frame (RFC 3164 or 5424) around --format (`auto` finds
+        /// frames by itself).
+        #[arg(long)]
+        syslog: bool,
         /// Write one JSON object per client (ip, verdict, reputation, requests, reasons, …).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -208,6 +212,10 @@ enum FormatArg {
     Json,
     Haproxy,
     Nginx,
+    /// nginx's error log
+    NginxError,
+    /// Apache's error log
+    ApacheError,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -235,7 +243,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.cmd {
-        Command::Replay { files, format, log_format, output, changes, no_rules, rules: rules_dir, feed } => {
+        Command::Replay { files, format, log_format, syslog, output, changes, no_rules, rules: rules_dir, feed } => {
             let mut fmt: LogFormatConfig = cfg.logs.first().map(|l| l.format.clone()).unwrap_or_default();
             if let Some(f) = format {
                 fmt.format = match f {
@@ -245,12 +253,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     FormatArg::Json => FormatKind::Json,
                     FormatArg::Haproxy => FormatKind::Haproxy,
                     FormatArg::Nginx => FormatKind::Nginx,
+                    FormatArg::NginxError => FormatKind::NginxError,
+                    FormatArg::ApacheError => FormatKind::ApacheError,
                 };
             }
             if let Some(def) = log_format {
                 fmt.format = FormatKind::Nginx;
                 fmt.log_format = Some(def);
             }
+            fmt.syslog |= syslog;
             let defs = crate::enrich::definitions(&cfg.feeds)?;
             let loaded = crate::enrich::load_local(&cfg, &defs, &feed)?;
             let enrich = crate::enrich::Enrichment::new(&cfg, roost_feeds::local::index(&loaded))?;

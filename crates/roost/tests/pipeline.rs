@@ -622,3 +622,54 @@ fn a_scorer_takes_edited_rules_up_without_a_restart_and_reloads_on_sighup() {
     wait_for(Duration::from_secs(10), "the reload SIGHUP asked for", || reloads("ok") == Some(3.0));
     assert!(scorer.running(), "SIGHUP does not stop roost score");
 }
+
+/// An nginx error log through the pipeline: `roost tail` publishes what it says of each client,
+/// `roost score` judges it, and Redis ends with `roost replay`'s verdicts for the same file.
+#[test]
+fn an_error_log_through_tail_and_score_ends_with_replays_verdicts() {
+    let s = Setup::new("errorlog");
+    let t = unix_now() - 1;
+    let mut text = String::new();
+    for _ in 0..6 {
+        for (ip, msg) in ERROR_LOG_CASES {
+            text.push_str(&nginx_error_line(ip, msg, t));
+        }
+    }
+    text.push_str("2026/03/03 10:02:01 [notice] 1#1: signal process started\n");
+    std::fs::write(s.path("error.log"), &text).unwrap();
+    let tail_port = free_port();
+    let tail_cfg = s.config("tail", &["error.log"], tail_port);
+    let cfg_text = std::fs::read_to_string(&tail_cfg).unwrap().replace("format = \"combined\"", "format = \"auto\"");
+    std::fs::write(&tail_cfg, cfg_text).unwrap();
+    let score_cfg = s.config("score", &[], free_port());
+    let out = s.path("replayed.jsonl");
+    let o = Command::new(env!("CARGO_BIN_EXE_roost"))
+        .arg("--config")
+        .arg(&score_cfg)
+        .args(["replay", "-o"])
+        .arg(&out)
+        .arg(s.path("error.log"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want: BTreeMap<String, String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["verdict"] != "good")
+        .map(|v| (v["ip"].as_str().unwrap().to_owned(), v["verdict"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(want.len(), ERROR_LOG_CASES.len(), "replay flags every client the error log names: {want:?}");
+    let _tail = Proc::roost("tail", &tail_cfg, "tail");
+    let _score = Proc::roost("score", &score_cfg, "score");
+    converge(&mut s.store(), &want, Duration::from_secs(90));
+    let published = metric(tail_port, "roost_tail_events_total").expect("roost_tail_events_total");
+    assert_eq!(published, (ERROR_LOG_CASES.len() * 6) as f64);
+    assert_eq!(metric(tail_port, "roost_tail_unjudged_lines_total"), Some(1.0));
+    // the reasons in Redis quote the server's messages
+    let all = s.store().load_all().unwrap();
+    for (ip, msg) in ERROR_LOG_CASES {
+        let words = &msg[..msg.len().min(20)];
+        assert!(format!("{:?}", all[ip]).contains(&words.replace('"', "\\\"")), "{ip}: {:?}", all[ip]);
+    }
+}

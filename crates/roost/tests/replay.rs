@@ -126,6 +126,244 @@ fn json_and_custom_log_format_agree() {
     assert_eq!(std::fs::read_to_string(&o1).unwrap(), std::fs::read_to_string(&o2).unwrap());
 }
 
+/// The same log inside syslog frames — RFC 3164 as nginx's `access_log syslog:` and rsyslog write
+/// it, and RFC 5424 — is detected and judged exactly as the bare log, in combined and in a custom
+/// nginx `log_format` (`--syslog`); attackers are flagged.
+#[test]
+fn syslog_framed_logs_are_judged_as_the_bare_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, timed) = (dir.path().join("bare.log"), dir.path().join("timed.log"));
+    ok(&["generate", "--out", s(&bare), "--seed", "11", "--lines", "4000"]);
+    ok(&["generate", "--out", s(&timed), "--format", "timed", "--seed", "11", "--lines", "4000"]);
+    let frame = |src: &Path, name: &str, header: &dyn Fn(usize) -> String| -> PathBuf {
+        let out = dir.path().join(name);
+        let text: String = std::fs::read_to_string(src)
+            .unwrap()
+            .lines()
+            .enumerate()
+            .map(|(i, l)| format!("{}{l}\n", header(i)))
+            .collect();
+        std::fs::write(&out, text).unwrap();
+        out
+    };
+    let rfc3164 = |i: usize| {
+        if i.is_multiple_of(2) {
+            format!("<190>Mar  3 10:15:{:02} web-1 nginx: ", i % 60)
+        } else {
+            format!("Mar  3 10:15:{:02} web-2 nginx[812]: ", i % 60)
+        }
+    };
+    let rfc5424 = |i: usize| format!("<190>1 2026-03-03T10:15:{:02}.003Z web-1 nginx {i} - - ", i % 60);
+    let verdicts = |args: &[&str]| -> String {
+        let out = dir.path().join("out.jsonl");
+        let mut a = vec!["replay", "-o", s(&out)];
+        a.extend_from_slice(args);
+        ok(&a);
+        std::fs::read_to_string(&out).unwrap()
+    };
+    let want = verdicts(&[s(&bare)]);
+    assert!(want.contains("\"verdict\":\"bad\""), "the generated log has attackers");
+    for (name, header) in [("3164.log", &rfc3164 as &dyn Fn(usize) -> String), ("5424.log", &rfc5424)] {
+        let framed = frame(&bare, name, header);
+        let summary = ok(&["replay", "-o", s(&dir.path().join("x.jsonl")), s(&framed)]);
+        assert!(summary.contains("1 file(s) (combined in syslog)"), "{summary}");
+        assert_eq!(verdicts(&[s(&framed)]), want, "{name}: detected and judged as the bare log");
+        assert_eq!(verdicts(&["--format", "combined", "--syslog", s(&framed)]), want, "{name} with --syslog");
+        // without saying so, a named format does not read framed lines
+        let summary = ok(&["replay", "--format", "combined", s(&framed)]);
+        assert!(
+            summary.contains("(combined)")
+                && summary
+                    .contains(&format!("malformed   {}", std::fs::read_to_string(&framed).unwrap().lines().count())),
+            "{summary}"
+        );
+    }
+    let want = verdicts(&["--log-format", TIMED, s(&timed)]);
+    let framed = frame(&timed, "timed-5424.log", &rfc5424);
+    assert_eq!(verdicts(&["--log-format", TIMED, "--syslog", s(&framed)]), want, "a custom log_format inside RFC 5424");
+}
+
+/// Real-looking nginx and Apache error-log lines, one client per message, six lines each (five
+/// negative answers are the least evidence the engine judges on): every one ends dubious or bad
+/// with the server's message as the reason, readers in the same logs stay good, and lines about
+/// nothing roost judges are counted, not malformed. Detected, in syslog frames too.
+#[test]
+fn error_logs_flag_the_clients_they_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let nginx = |t: u32, client: &str, msg: &str| {
+        format!(
+            "2026/03/03 10:{:02}:{:02} [error] 812#812: *{t} {msg}, client: {client}, server: example.com, request: \"GET /admin HTTP/1.1\", host: \"example.com\"\n",
+            t / 60,
+            t % 60
+        )
+    };
+    let apache = |t: u32, client: &str, msg: &str| {
+        format!(
+            "[Tue Mar 03 10:{:02}:{:02}.123456 2026] [auth_basic:error] [pid 812:tid 140] [client {client}:51234] {msg}\n",
+            t / 60,
+            t % 60
+        )
+    };
+    let nginx_cases = [
+        ("203.0.113.1", r#"user "admin" was not found in "/etc/nginx/.htpasswd""#, "was not found in"),
+        ("203.0.113.2", r#"user "admin": password mismatch"#, "password mismatch"),
+        ("203.0.113.3", r#"limiting requests, excess: 10.520 by zone "one""#, "limiting requests"),
+        ("203.0.113.4", "client sent invalid request while reading client request line", "client sent invalid request"),
+        (
+            "2001:db8:5::1",
+            r#"client login failed: "authentication failed" while in http auth state"#,
+            "client login failed",
+        ),
+    ];
+    let apache_cases = [
+        ("198.51.100.1", "AH01618: user admin not found: /admin", "AH01618"),
+        ("198.51.100.2", r#"AH01617: user admin: authentication failure for "/admin": Password Mismatch"#, "AH01617"),
+        ("198.51.100.3", "AH00126: Invalid URI in request GET /..%2f..%2fetc/passwd HTTP/1.1", "AH00126"),
+    ];
+    let (mut n_text, mut a_text) = (String::new(), String::new());
+    for i in 0..6u32 {
+        for (k, (ip, msg, _)) in nginx_cases.iter().enumerate() {
+            n_text.push_str(&nginx(i * 10 + k as u32, ip, msg));
+        }
+        for (k, (ip, msg, _)) in apache_cases.iter().enumerate() {
+            a_text.push_str(&apache(i * 10 + k as u32, ip, msg));
+        }
+    }
+    // a reader's one mistyped password, and lines about nothing roost judges
+    n_text.push_str(&nginx(100, "192.0.2.10", r#"user "ana": password mismatch"#));
+    n_text.push_str(r#"2026/03/03 10:02:00 [error] 812#812: *90 open() "/srv/www/favicon.ico" failed (2: No such file or directory), client: 192.0.2.10, server: example.com, request: "GET /favicon.ico HTTP/1.1""#);
+    n_text.push_str("\n2026/03/03 10:02:01 [notice] 1#1: signal process started\n");
+    a_text.push_str("[Tue Mar 03 10:02:00.000001 2026] [mpm_event:notice] [pid 1:tid 2] AH00489: Apache/2.4.57 configured -- resuming normal operations\n");
+    let (nlog, alog) = (dir.path().join("error.log"), dir.path().join("apache-error.log"));
+    std::fs::write(&nlog, &n_text).unwrap();
+    std::fs::write(&alog, &a_text).unwrap();
+    let framed = dir.path().join("error-syslog.log");
+    let text: String = n_text.lines().map(|l| format!("<187>Mar  3 10:15:02 web-1 nginx: {l}\n")).collect();
+    std::fs::write(&framed, text).unwrap();
+
+    for (log, cases, format) in [
+        (&nlog, &nginx_cases[..], "nginx error log"),
+        (&framed, &nginx_cases[..], "nginx error log in syslog"),
+        (&alog, &apache_cases[..], "apache error log"),
+    ] {
+        let out = dir.path().join("v.jsonl");
+        let summary = ok(&["replay", "-o", s(&out), s(log)]);
+        assert!(summary.contains(&format!("({format})")), "{summary}");
+        assert!(summary.contains("malformed   0"), "{summary}");
+        let unjudged = if format.starts_with("apache") { 1 } else { 2 };
+        assert!(
+            summary.contains("about nothing judged") && summary.contains(&format!(", {unjudged} about")),
+            "{summary}"
+        );
+        let verdicts = read_jsonl(&out);
+        for (ip, _, words) in cases {
+            let subject = if ip.contains(':') { "2001:db8:5::/64" } else { ip };
+            let v = verdicts.iter().find(|v| v["ip"] == *subject).unwrap_or_else(|| panic!("{subject}: {verdicts:?}"));
+            assert_ne!(v["verdict"], "good", "{format}: {v}");
+            let reasons = v["reasons"].to_string();
+            assert!(reasons.contains(words) && reasons.contains("error log:"), "{format}: {v}");
+        }
+        if !format.starts_with("apache") {
+            let reader = verdicts.iter().find(|v| v["ip"] == "192.0.2.10").unwrap();
+            assert_eq!(reader["verdict"], "good", "{reader}");
+        }
+    }
+}
+
+/// An IDOR enumerator walking `/projects/N/todos/M` at four requests a minute for an hour, half
+/// of them answered 403/404, beside readers: flagged within its first hour by the slow
+/// enumeration rule, while its error rate alone (50 %) and its pace (far below any crawl rate)
+/// would leave it good; the readers stay good.
+#[test]
+fn a_slow_enumerator_is_flagged_within_its_first_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let t0 = 1_772_532_000u64; // 2026-03-03 10:00:00 UTC
+    let line = |ip: &str, path: &str, status: u16, t: u64| {
+        let secs = t - t0;
+        format!(
+            "{ip} - - [03/Mar/2026:{:02}:{:02}:{:02} +0000] \"GET {path} HTTP/1.1\" {status} 512 \"-\" \"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\"\n",
+            10 + secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )
+    };
+    let mut text = String::new();
+    for m in 0..60u64 {
+        for k in 0..4u64 {
+            let n = m * 4 + k;
+            let status = match k {
+                0 | 2 => 200,
+                1 => 403,
+                _ => 404,
+            };
+            text.push_str(&line(
+                "203.0.113.77",
+                &format!("/projects/{}/todos/{}", 1000 + n, n % 9),
+                status,
+                t0 + m * 60 + k * 15,
+            ));
+        }
+        // readers: a page a minute each, one broken link now and then
+        for r in 1..=5u64 {
+            let status = if (m + r) % 20 == 0 { 404 } else { 200 };
+            text.push_str(&line(
+                &format!("192.0.2.{r}"),
+                &format!("/projects/{r}/board?day={m}"),
+                status,
+                t0 + m * 60 + r,
+            ));
+        }
+    }
+    std::fs::write(&log, text).unwrap();
+    let out = dir.path().join("v.jsonl");
+    ok(&["replay", "-o", s(&out), s(&log)]);
+    let verdicts = read_jsonl(&out);
+    let e = verdicts.iter().find(|v| v["ip"] == "203.0.113.77").unwrap();
+    assert_ne!(e["worst"], "good", "{e}");
+    let flagged_at = e["flagged_at"].as_str().unwrap();
+    assert!(flagged_at < "2026-03-03T11:00:00Z", "flagged within the first hour: {e}");
+    assert!(e["reasons"].to_string().contains("R-5011 slow enumeration"), "{e}");
+    for r in 1..=5 {
+        let v = verdicts.iter().find(|v| v["ip"] == format!("192.0.2.{r}").as_str()).unwrap();
+        assert_eq!(v["worst"], "good", "{v}");
+    }
+}
+
+/// A rule that matched a header says so and quotes it; a rule that matched the request line
+/// cites the request as before.
+#[test]
+fn reasons_name_the_header_a_rule_matched() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let ua = "<script>alert(document.domain)</script>";
+    let mut text = String::new();
+    for i in 0..3 {
+        text.push_str(&format!(
+            "203.0.113.9 - - [03/Mar/2026:10:00:0{i} +0000] \"GET /wp-config.php.bak HTTP/1.1\" 404 0 \"-\" \"{ua}\"\n"
+        ));
+    }
+    text.push_str("203.0.113.10 - - [03/Mar/2026:10:00:05 +0000] \"GET /search?q=<script>alert(1)</script> HTTP/1.1\" 200 10 \"-\" \"Mozilla/5.0\"\n");
+    std::fs::write(&log, text).unwrap();
+    let out = dir.path().join("v.jsonl");
+    ok(&["replay", "-o", s(&out), s(&log)]);
+    let verdicts = read_jsonl(&out);
+    let by_ua = verdicts.iter().find(|v| v["ip"] == "203.0.113.9").unwrap().to_string();
+    assert!(
+        by_ua.contains(r#"User-Agent \"<script>alert(document.domain)</script>\" (GET /wp-config.php.bak → 404)"#),
+        "{by_ua}"
+    );
+    assert!(
+        by_ua.contains("probe for credentials and keys: GET /wp-config.php.bak → 404"),
+        "a path rule cites the path: {by_ua}"
+    );
+    let in_query = verdicts.iter().find(|v| v["ip"] == "203.0.113.10").unwrap().to_string();
+    assert!(
+        in_query.contains("GET /search?q=<script>alert(1)</script> → 200") && !in_query.contains("User-Agent"),
+        "{in_query}"
+    );
+}
+
 /// A real public web server's log: 890 clients, mostly readers and search crawlers, and a few
 /// bots probing for WordPress and Joomla logins on a site that runs neither. Exactly those are
 /// flagged, and only challenged; no reader or crawler is.

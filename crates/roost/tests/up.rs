@@ -459,6 +459,17 @@ fn demo_appliance_serves_the_proxy_and_the_admin_ui() {
 /// order.
 #[test]
 fn up_and_replay_reach_the_same_verdicts_for_the_same_lines() {
+    up_matches_replay(None);
+}
+
+/// The same, with `roost up` reading the lines inside RFC 3164 syslog frames (detected, as
+/// `format = "auto"` does) while replay reads them bare.
+#[test]
+fn up_reads_syslog_framed_lines_as_replay_reads_bare_ones() {
+    up_matches_replay(Some(|i| format!("<190>Mar  3 10:15:{:02} web-{} nginx[812]: ", i % 60, i % 3)));
+}
+
+fn up_matches_replay(frame: Option<fn(usize) -> String>) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     // dated a second ago: up's engine judges by the wall clock, replay's by the log
@@ -503,13 +514,22 @@ fn up_and_replay_reach_the_same_verdicts_for_the_same_lines() {
         std::fs::read_to_string(&changes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(replayed.len() >= 6, "the scenario flags clients: {replayed:?}");
 
+    let (up_log, format) = match frame {
+        None => (log.clone(), "combined"),
+        Some(header) => {
+            let framed = dir.path().join("framed.log");
+            let text: String = lines.lines().enumerate().map(|(i, l)| format!("{}{l}\n", header(i))).collect();
+            std::fs::write(&framed, text).unwrap();
+            (framed, "auto")
+        }
+    };
     let cfg = dir.path().join("roost.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n[up]\nlisten = \"127.0.0.1:0\"\nproxy = false\nadmin = false\n\
+            "[[logs]]\npath = \"{}\"\nformat = \"{format}\"\n\n[up]\nlisten = \"127.0.0.1:0\"\nproxy = false\nadmin = false\n\
              start = \"beginning\"\npoll_interval = \"50ms\"\n",
-            log.display()
+            up_log.display()
         ),
     )
     .unwrap();
@@ -632,4 +652,61 @@ fn mirrors_verdicts_overrides_and_audit_to_redis_and_applies_a_geo_policy() {
         audit.iter().any(|(_, e)| e.contains("\"override\"") && e.contains("our pentest") && e.contains("ana")),
         "{audit:?}"
     );
+}
+
+/// `roost up` following an nginx error log (detected) beside an access log judges the clients
+/// it names as `roost replay` does, and says why.
+#[test]
+fn follows_an_error_log_and_judges_as_replay_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (access, error) = (dir.path().join("access.log"), dir.path().join("error.log"));
+    let t = common::unix_now() - 1;
+    let mut text = String::new();
+    for _ in 0..6 {
+        for (ip, msg) in common::ERROR_LOG_CASES {
+            text.push_str(&common::nginx_error_line(ip, msg, t));
+        }
+    }
+    text.push_str("2026/03/03 10:02:01 [notice] 1#1: signal process started\n");
+    std::fs::write(&error, &text).unwrap();
+    std::fs::write(&access, common::clf_line("192.0.2.50", "GET", "/", 200, "Mozilla/5.0", t)).unwrap();
+    let out = dir.path().join("v.jsonl");
+    let o = Command::new(env!("CARGO_BIN_EXE_roost"))
+        .args(["replay", "-o", out.to_str().unwrap(), error.to_str().unwrap()])
+        .env_remove("ROOST_CONFIG")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let replayed: Vec<serde_json::Value> =
+        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let cfg = dir.path().join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[logs]]\npath = \"{}\"\n[[logs]]\npath = \"{}\"\n\n[up]\nlisten = \"127.0.0.1:0\"\nproxy = false\nadmin = false\n\
+             start = \"beginning\"\npoll_interval = \"50ms\"\n",
+            access.display(),
+            error.display()
+        ),
+    )
+    .unwrap();
+    let up = start(&cfg);
+    for (ip, msg) in common::ERROR_LOG_CASES {
+        let want = replayed.iter().find(|v| v["ip"] == ip).unwrap();
+        assert_ne!(want["verdict"], "good", "{want}");
+        let body = eventually(&format!("{ip} judged"), || {
+            let (status, body) = get(up.addr, &format!("/api/v1/clients/{ip}"));
+            (status == 200 && body.contains(&format!("\"class\":\"{}\"", want["verdict"].as_str().unwrap())))
+                .then_some(body)
+        });
+        let quoted = serde_json::to_string(msg).unwrap();
+        assert!(body.contains(&quoted[1..quoted.len() - 1]), "the reason quotes the message: {body}");
+    }
+    let metrics = eventually("the error-log metrics", || {
+        let (_, m) = get(up.addr, "/metrics");
+        m.contains("roost_error_log_unjudged_lines_total 1").then_some(m)
+    });
+    assert!(metrics.contains("roost_error_log_events_total{kind=\"wrong_password\"} 6"), "{metrics}");
+    let (_, reader) = get(up.addr, "/api/v1/clients/192.0.2.50");
+    assert!(reader.contains("\"class\":\"good\""), "{reader}");
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use roost_engine::{Class, Engine, Reason, Timestamp, VerdictChange};
-use roost_logformat::{ErrorKind, LogFormatConfig, Parser};
+use roost_logformat::{ErrorKind, Line, LogFormatConfig, Parser};
 use serde::Serialize;
 
 use crate::engine::EngineBuilder;
@@ -74,6 +74,12 @@ impl Malformed {
 /// What a replay found, for the summary.
 pub struct Summary {
     pub files: usize,
+    /// The formats the files were read in (detected or configured), each once, in order.
+    pub formats: Vec<&'static str>,
+    /// Error-log lines that named a client and what it did wrong.
+    pub error_events: u64,
+    /// Error-log lines about nothing roost judges.
+    pub unjudged: u64,
     pub lines: u64,
     pub events: u64,
     pub malformed: Malformed,
@@ -118,6 +124,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
     };
     let mut peaks: std::collections::HashMap<ipnetwork::IpNetwork, Peak> = std::collections::HashMap::new();
     let mut malformed = Malformed::default();
+    let mut formats = Vec::new();
+    let (mut error_events, mut unjudged) = (0u64, 0u64);
     let mut lines = 0u64;
     let mut record = |c: VerdictChange, out: &mut Option<BufWriter<File>>| -> anyhow::Result<()> {
         if let Some(w) = out {
@@ -152,11 +160,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
             head.push(String::from_utf8_lossy(trim_newline(&buf)).into_owned());
         }
         let parser = parser_for(&args.format, path, &head)?;
+        if !formats.contains(&parser.name()) {
+            formats.push(parser.name());
+        }
         let mut line_no = 0u64;
         let mut handle =
             |line: &str, line_no: u64, engine: &mut Engine, malformed: &mut Malformed| -> anyhow::Result<()> {
-                match parser.parse(line) {
-                    Ok(ev) => {
+                match parser.parse_line(line) {
+                    Ok(Line::Request(ev)) => {
                         for c in engine.advance(ev.time) {
                             record(c, &mut changes_out)?;
                         }
@@ -164,6 +175,16 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
                             record(c, &mut changes_out)?;
                         }
                     }
+                    Ok(Line::Error(ev)) => {
+                        error_events += 1;
+                        for c in engine.advance(ev.time) {
+                            record(c, &mut changes_out)?;
+                        }
+                        if let Some(c) = engine.observe_error(&ev) {
+                            record(c, &mut changes_out)?;
+                        }
+                    }
+                    Ok(Line::Unjudged) => unjudged += 1,
                     Err(e) => malformed.add(path, line_no, e.kind, e.to_string(), line),
                 }
                 Ok(())
@@ -238,6 +259,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
     top_reasons.truncate(10);
     Ok(Summary {
         files: args.files.len(),
+        formats,
+        error_events,
+        unjudged,
         lines,
         events: engine.stats().events,
         malformed,
@@ -268,10 +292,17 @@ impl Summary {
         let rate = self.lines as f64 / self.seconds.max(1e-9);
         writeln!(
             w,
-            "roost replay: {} file(s), {} lines in {:.2} s ({:.0} lines/s)",
-            self.files, self.lines, self.seconds, rate
+            "roost replay: {} file(s) ({}), {} lines in {:.2} s ({:.0} lines/s)",
+            self.files,
+            self.formats.join(", "),
+            self.lines,
+            self.seconds,
+            rate
         )?;
         writeln!(w, "  events      {}  (allowlisted, not judged: {})", self.events, self.allowlisted)?;
+        if self.error_events + self.unjudged > 0 {
+            writeln!(w, "  error log   {} about clients, {} about nothing judged", self.error_events, self.unjudged)?;
+        }
         writeln!(w, "  rules       {}", self.rules.as_deref().unwrap_or("none (--no-rules)"))?;
         write!(w, "  malformed   {}", self.malformed.total)?;
         if self.malformed.total > 0 {

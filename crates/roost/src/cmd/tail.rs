@@ -23,8 +23,8 @@ use prometheus_client::registry::Registry;
 use roost_ingest::checkpoint::Checkpoint;
 use roost_ingest::tail::{LineAt, Position, Start, Tail};
 use roost_kafka::OutRecord;
-use roost_logformat::{FormatKind, Parser};
-use roost_wire::requests::{DeadLetter, Origin, encode_request_from, origin_of, subject_key};
+use roost_logformat::{FormatKind, Line, Parser};
+use roost_wire::requests::{DeadLetter, Origin, encode_error_from, encode_request_from, origin_of, subject_key};
 
 use crate::config::{Config, LogSource, LogStart};
 use crate::runtime::{self, Shutdown};
@@ -39,6 +39,7 @@ struct Metrics {
     lines: Counter,
     events: Counter,
     parse_errors: Family<KindLabel, Counter>,
+    unjudged: Counter,
     rotations: Counter,
     lost_rotations: Counter,
     cut: Counter,
@@ -50,8 +51,17 @@ struct Metrics {
 
 impl Metrics {
     fn register(&self, r: &mut Registry) {
-        r.register("roost_tail_lines", "Access-log lines read", self.lines.clone());
-        r.register("roost_tail_events", "Request events published to the requests topic", self.events.clone());
+        r.register("roost_tail_lines", "Log lines read", self.lines.clone());
+        r.register(
+            "roost_tail_events",
+            "Request and error-log events published to the requests topic",
+            self.events.clone(),
+        );
+        r.register(
+            "roost_tail_unjudged_lines",
+            "Error-log lines about nothing roost judges (not published)",
+            self.unjudged.clone(),
+        );
         r.register(
             "roost_tail_parse_errors",
             "Lines that did not parse (sent to the dead-letter topic), by kind",
@@ -196,11 +206,18 @@ async fn pump(cfg: &Config, m: &Metrics, stop: &AtomicBool) -> anyhow::Result<()
                     continue;
                 }
                 let line = String::from_utf8_lossy(raw);
-                match parser.parse(&line) {
-                    Ok(ev) => requests.push(OutRecord {
+                match parser.parse_line(&line) {
+                    Ok(Line::Request(ev)) => requests.push(OutRecord {
                         key: subject_key(ev.client, v6).into_bytes(),
                         value: Some(encode_request_from(&ev, Some(&origin))),
                     }),
+                    Ok(Line::Error(ev)) => requests.push(OutRecord {
+                        key: subject_key(ev.client, v6).into_bytes(),
+                        value: Some(encode_error_from(&ev, Some(&origin))),
+                    }),
+                    Ok(Line::Unjudged) => {
+                        m.unjudged.inc();
+                    }
                     Err(e) => {
                         m.parse_errors.get_or_create(&KindLabel { kind: e.kind.label().into() }).inc();
                         let d = DeadLetter {

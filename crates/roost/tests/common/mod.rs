@@ -351,3 +351,24 @@ match.path = ['^/probe-b$']
 effect = { penalty = 1.0, verdict = "challenge", ttl = "10m" }
 examples.match = ["GET /probe-b 404"]
 "#;
+
+/// An nginx error-log line at `unix_secs` (UTC) about `client`.
+pub fn nginx_error_line(client: &str, message: &str, unix_secs: u64) -> String {
+    // "Wed, 02 Dec 2026 09:00:00 GMT" → "2026/12/02 09:00:00"
+    let t = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(unix_secs));
+    let p: Vec<&str> = t.split(' ').collect();
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = MONTHS.iter().position(|m| *m == p[2]).unwrap() + 1;
+    format!(
+        "{}/{month:02}/{} {} [error] 812#812: *1 {message}, client: {client}, server: example.com, request: \"GET /admin HTTP/1.1\", host: \"example.com\"\n",
+        p[3], p[1], p[4]
+    )
+}
+
+/// Error-log messages, one per kind roost judges, each for its own client.
+pub const ERROR_LOG_CASES: [(&str, &str); 4] = [
+    ("203.0.113.41", r#"user "admin" was not found in "/etc/nginx/.htpasswd""#),
+    ("203.0.113.42", r#"user "admin": password mismatch"#),
+    ("203.0.113.43", r#"limiting requests, excess: 10.520 by zone "one""#),
+    ("203.0.113.44", "client sent invalid request while reading client request line"),
+];

@@ -20,7 +20,7 @@ use crate::runtime::wall_now;
 /// before now at once (the scorer takes it in seconds), the last minute as it happens. Event
 /// time then never runs ahead of the wall clock nor far behind it, so the verdicts the proxy and
 /// the admin UI judge by the wall clock are the scenario's own.
-pub fn demo_loop(tx: SyncSender<Vec<RequestEvent<'static>>>, sh: Arc<Appliance>) {
+pub fn demo_loop(tx: SyncSender<Vec<super::ingest::Ingested>>, sh: Arc<Appliance>) {
     const LIVE_S: i64 = 60;
     let scenario = roost_loggen::Scenario::golden(1);
     let shift = wall_now().secs() + LIVE_S - scenario.start - scenario.duration_s;
@@ -40,7 +40,7 @@ pub fn demo_loop(tx: SyncSender<Vec<RequestEvent<'static>>>, sh: Arc<Appliance>)
         } else if batch.len() >= BATCH {
             tx.send(std::mem::take(&mut batch)).map_err(|_| std::io::Error::other("scorer gone"))?;
         }
-        batch.push(ev);
+        batch.push(super::ingest::Ingested::Request(ev));
         Ok(())
     });
     if !batch.is_empty() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use roost_engine::RequestEvent;
 use roost_ingest::tail::Tail;
-use roost_logformat::{FormatKind, Parser};
+use roost_logformat::{ErrorLogEvent, FormatKind, Line, Parser};
 
 use super::state::{Appliance, KindLabel, record};
 use crate::config::LogSource;
@@ -18,14 +18,23 @@ use crate::runtime;
 /// Lines per batch handed from a tail to the scorer.
 pub const BATCH: usize = 1024;
 
+/// What a log line gave the scorer.
+pub enum Ingested {
+    Request(RequestEvent<'static>),
+    Error(ErrorLogEvent<'static>),
+}
+
+impl Ingested {
+    fn time(&self) -> roost_engine::Timestamp {
+        match self {
+            Ingested::Request(r) => r.time,
+            Ingested::Error(e) => e.time,
+        }
+    }
+}
+
 /// Follows one log source (already opened, its first rescan done) until the shutdown.
-pub fn tail_loop(
-    src: LogSource,
-    mut tail: Tail,
-    poll: Duration,
-    tx: SyncSender<Vec<RequestEvent<'static>>>,
-    sh: Arc<Appliance>,
-) {
+pub fn tail_loop(src: LogSource, mut tail: Tail, poll: Duration, tx: SyncSender<Vec<Ingested>>, sh: Arc<Appliance>) {
     let mut parser: Option<Parser> = match src.format.format {
         FormatKind::Auto => None,
         _ => match Parser::from_config(&src.format) {
@@ -38,16 +47,19 @@ pub fn tail_loop(
     };
     let mut errors_logged = 0u64;
     let mut last_scan = Instant::now(); // the caller scanned first
-    tracing::info!(path = %src.path, format = ?src.format.format, "following access log");
+    tracing::info!(path = %src.path, format = ?src.format.format, "following log");
     while !sh.shutdown.is_stopping() {
         if last_scan.elapsed() >= Duration::from_secs(5) {
             tail.rescan();
             last_scan = Instant::now();
         }
         let mut batch = Vec::new();
-        let mut handle = |parser: &Parser, line: &str, batch: &mut Vec<RequestEvent<'static>>| match parser.parse(line)
-        {
-            Ok(ev) => batch.push(ev.into_owned()),
+        let mut handle = |parser: &Parser, line: &str, batch: &mut Vec<Ingested>| match parser.parse_line(line) {
+            Ok(Line::Request(ev)) => batch.push(Ingested::Request(ev.into_owned())),
+            Ok(Line::Error(ev)) => batch.push(Ingested::Error(ev.into_owned())),
+            Ok(Line::Unjudged) => {
+                sh.metrics.unjudged_lines.inc();
+            }
             Err(e) => {
                 sh.metrics.parse_errors.get_or_create(&KindLabel { kind: e.kind.label().to_owned() }).inc();
                 errors_logged += 1;
@@ -89,7 +101,7 @@ pub fn tail_loop(
 
 /// Scores what the tails hand over, and once a second expires verdicts by the wall clock
 /// (the demo's own time while it replays) and refreshes the population metrics.
-pub fn scorer_loop(rx: Receiver<Vec<RequestEvent<'static>>>, sh: Arc<Appliance>) {
+pub fn scorer_loop(rx: Receiver<Vec<Ingested>>, sh: Arc<Appliance>) {
     let mut last_tick = Instant::now();
     let mut ticks = 0u64;
     loop {
@@ -100,11 +112,21 @@ pub fn scorer_loop(rx: Receiver<Vec<RequestEvent<'static>>>, sh: Arc<Appliance>)
                     let mut engine = sh.engine.lock().expect("engine lock");
                     for ev in &batch {
                         // the one expiry policy, as `roost replay`'s: verdicts lapse as event time passes
-                        changes.extend(engine.advance(ev.time));
-                        changes.extend(engine.observe(ev));
+                        changes.extend(engine.advance(ev.time()));
+                        match ev {
+                            Ingested::Request(r) => changes.extend(engine.observe(r)),
+                            Ingested::Error(e) => {
+                                sh.metrics
+                                    .error_events
+                                    .get_or_create(&KindLabel { kind: e.kind.label().to_owned() })
+                                    .inc();
+                                changes.extend(engine.observe_error(e))
+                            }
+                        }
                     }
                 }
-                sh.metrics.events.inc_by(batch.len() as u64);
+                let requests = batch.iter().filter(|e| matches!(e, Ingested::Request(_))).count();
+                sh.metrics.events.inc_by(requests as u64);
                 record(&sh, changes);
             }
             Err(RecvTimeoutError::Timeout) => {}

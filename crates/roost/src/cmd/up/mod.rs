@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
-use roost_engine::RequestEvent;
 use roost_engine::alarm::DropDetector;
 use roost_ingest::tail::{Start, Tail};
 
@@ -131,7 +130,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         let stop = shutdown.subscribe();
         threads.push(std::thread::Builder::new().name("roost-proxy".into()).spawn(move || p.run_until(stop))?);
     }
-    let (tx, rx) = sync_channel::<Vec<RequestEvent<'static>>>(64);
+    let (tx, rx) = sync_channel::<Vec<ingest::Ingested>>(64);
     for src in &cfg.logs {
         let (src, tx, sh) = (src.clone(), tx.clone(), shared.clone());
         let start = match cfg.up.start {

@@ -38,6 +38,10 @@ pub struct UpMetrics {
     pub lines: Counter,
     pub parse_errors: Family<KindLabel, Counter>,
     pub events: Counter,
+    /// Error-log lines that named a client, by kind.
+    pub error_events: Family<KindLabel, Counter>,
+    /// Error-log lines about nothing roost judges.
+    pub unjudged_lines: Counter,
     pub rotations: Counter,
     pub rules: crate::ruleset::RuleMetrics,
     pub redis_dropped: Counter,
@@ -51,8 +55,18 @@ pub struct UpMetrics {
 
 impl UpMetrics {
     pub fn register(&self, r: &mut Registry) {
-        r.register("roost_log_lines", "Access-log lines read", self.lines.clone());
-        r.register("roost_log_parse_errors", "Access-log lines that did not parse, by kind", self.parse_errors.clone());
+        r.register("roost_log_lines", "Log lines read", self.lines.clone());
+        r.register("roost_log_parse_errors", "Log lines that did not parse, by kind", self.parse_errors.clone());
+        r.register(
+            "roost_error_log_events",
+            "Error-log lines that named a client and what it did wrong, by kind",
+            self.error_events.clone(),
+        );
+        r.register(
+            "roost_error_log_unjudged_lines",
+            "Error-log lines about nothing roost judges (a missing file, a notice)",
+            self.unjudged_lines.clone(),
+        );
         r.register("roost_log_rotations", "Log rotations and truncations followed", self.rotations.clone());
         r.register("roost_events", "Requests scored", self.events.clone());
         self.rules.register(r);
