@@ -330,6 +330,60 @@ fn a_slow_enumerator_is_flagged_within_its_first_hour() {
     }
 }
 
+/// One-shot exploit probes of known-exploited vulnerabilities (rules/kev.toml): one request
+/// makes the client dubious with the CVE in the reason, whatever the answer; a second, different
+/// probe within the hour makes it bad (R-6999); the same product's normal pages do nothing.
+#[test]
+fn one_shot_exploit_probes_name_their_cve() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let line = |ip: &str, method: &str, target: &str, status: u16, sec: u32| {
+        format!(
+            "{ip} - - [03/Mar/2026:10:{:02}:{:02} +0000] \"{method} {target} HTTP/1.1\" {status} 0 \"-\" \"Mozilla/5.0\"\n",
+            sec / 60,
+            sec % 60
+        )
+    };
+    let probes = [
+        (
+            "203.0.113.1",
+            "/server-info.action?bootstrapStatusProvider.applicationConfig.setupComplete=false",
+            404,
+            "CVE-2023-22515",
+        ),
+        ("203.0.113.2", "/php/ztp_gate.php/.js.map", 404, "CVE-2024-0012"),
+        ("203.0.113.3", "/Telerik.Web.UI.WebResource.axd?type=rau", 200, "CVE-2019-18935"),
+    ];
+    let mut text = String::new();
+    for (ip, target, status, _) in probes {
+        text.push_str(&line(ip, "GET", target, status, 1));
+    }
+    // one client tries two of them
+    text.push_str(&line("203.0.113.9", "GET", probes[0].1, 404, 10));
+    text.push_str(&line("203.0.113.9", "GET", probes[1].1, 404, 70));
+    // the products' users
+    text.push_str(&line("192.0.2.1", "GET", "/server-info.action", 200, 5));
+    text.push_str(&line("192.0.2.1", "GET", "/display/DOC/Home", 200, 6));
+    text.push_str(&line("192.0.2.2", "POST", "/Telerik.Web.UI.WebResource.axd?type=rau", 200, 7));
+    text.push_str(&line("192.0.2.3", "GET", "/php/login.php", 200, 8));
+    std::fs::write(&log, text).unwrap();
+    let out = dir.path().join("v.jsonl");
+    ok(&["replay", "-o", s(&out), s(&log)]);
+    let verdicts = read_jsonl(&out);
+    let get = |ip: &str| verdicts.iter().find(|v| v["ip"] == ip).unwrap_or_else(|| panic!("{ip}")).clone();
+    for (ip, _, _, cve) in probes {
+        let v = get(ip);
+        assert_eq!(v["verdict"], "dubious", "{v}");
+        assert!(v["reasons"].to_string().contains(cve), "the reason names {cve}: {v}");
+    }
+    let twice = get("203.0.113.9");
+    assert_eq!(twice["verdict"], "bad", "{twice}");
+    assert!(twice["reasons"].to_string().contains("R-6999"), "{twice}");
+    for ip in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        assert_eq!(get(ip)["verdict"], "good", "{}", get(ip));
+    }
+}
+
 /// A rule that matched a header says so and quotes it; a rule that matched the request line
 /// cites the request as before.
 #[test]
