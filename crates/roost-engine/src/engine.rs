@@ -277,9 +277,17 @@ impl Engine {
         Key::of(ip, self.cfg.ipv6_prefix).subject(self.cfg.ipv6_prefix)
     }
 
-    /// Whether an address is on the allowlist (never judged).
+    /// Whether an address is on the allowlist (never judged), as verdicts are keyed: an
+    /// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is its IPv4 address, and an IPv6 client is
+    /// judged per `ipv6_prefix` subject, so an allowlist entry anywhere in that subject (a single
+    /// address of a /64) exempts the whole subject: a verdict on it would block the allowlisted
+    /// address too.
     pub fn is_allowlisted(&self, ip: IpAddr) -> bool {
-        !self.cfg.allowlist.is_empty() && self.allowlist.get_lpm(&IpNetwork::from(ip)).is_some()
+        if self.cfg.allowlist.is_empty() {
+            return false;
+        }
+        let subject = Key::of(ip, self.cfg.ipv6_prefix).subject(self.cfg.ipv6_prefix);
+        self.allowlist.get_lpm(&subject).is_some() || self.allowlist.children(&subject).next().is_some()
     }
 
     /// Scores one request. Returns the verdict change it caused, if any.

@@ -171,6 +171,28 @@ fn allowlisted_clients_are_never_judged() {
     assert_eq!(e.tracked(), 0);
 }
 
+/// The allowlist is checked as verdicts are keyed: an allowlisted IPv4 client logged as an
+/// IPv4-mapped IPv6 address is still allowlisted, and an allowlisted IPv6 address exempts its
+/// whole /64 (a verdict on the /64 would block it); a neighbouring /64 is judged.
+#[test]
+fn the_allowlist_is_checked_on_the_subject_verdicts_are_keyed_by() {
+    let mut cfg = EngineConfig::default();
+    cfg.allowlist.push("198.51.100.7/32".parse().unwrap());
+    cfg.allowlist.push("2001:db8:1:2::5/128".parse().unwrap());
+    let mut e = Engine::new(cfg).unwrap();
+    for i in 0..60 {
+        for ip in ["::ffff:198.51.100.7", "2001:db8:1:2::5", "2001:db8:1:2::99"] {
+            assert!(e.observe(&ev(ip, T0 + i, "GET", "/.env", 404)).is_none(), "{ip} is judged");
+        }
+        e.observe(&ev("2001:db8:1:3::99", T0 + i, "GET", "/.env", 404));
+    }
+    assert_eq!(e.stats().allowlisted, 180);
+    assert!(e.is_allowlisted("198.51.100.7".parse().unwrap()));
+    assert!(!e.is_allowlisted("198.51.100.8".parse().unwrap()));
+    assert!(!e.is_allowlisted("::ffff:198.51.100.8".parse().unwrap()));
+    assert_ne!(class_of(&e, "2001:db8:1:3::99", T0 + 60), Class::Good, "the next /64 is judged");
+}
+
 #[test]
 fn ipv6_clients_are_judged_per_64_when_configured() {
     let mut e = engine();
