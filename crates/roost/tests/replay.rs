@@ -167,6 +167,9 @@ fn syslog_framed_logs_are_judged_as_the_bare_ones() {
         let framed = frame(&bare, name, header);
         let summary = ok(&["replay", "-o", s(&dir.path().join("x.jsonl")), s(&framed)]);
         assert!(summary.contains("1 file(s) (combined in syslog)"), "{summary}");
+        // the senders are kept: host and program
+        let senders = if name == "3164.log" { "web-1/nginx 2000, web-2/nginx 2000" } else { "web-1/nginx 4000" };
+        assert!(summary.contains(&format!("lines by sender (host/program): {senders}")), "{summary}");
         assert_eq!(verdicts(&[s(&framed)]), want, "{name}: detected and judged as the bare log");
         assert_eq!(verdicts(&["--format", "combined", "--syslog", s(&framed)]), want, "{name} with --syslog");
         // without saying so, a named format does not read framed lines

@@ -60,6 +60,9 @@ pub struct Malformed {
 
 const MAX_SAMPLES: usize = 5;
 
+/// Syslog senders (host/program) a replay summary counts lines of, at most.
+pub const MAX_SENDERS: usize = 20;
+
 impl Malformed {
     fn add(&mut self, file: &Path, line_no: u64, kind: ErrorKind, msg: String, line: &str) {
         self.total += 1;
@@ -80,6 +83,8 @@ pub struct Summary {
     pub error_events: u64,
     /// Error-log lines about nothing roost judges.
     pub unjudged: u64,
+    /// Syslog-framed lines by sender (`host/program`), at most [`MAX_SENDERS`] senders.
+    pub senders: BTreeMap<String, u64>,
     pub lines: u64,
     pub events: u64,
     pub malformed: Malformed,
@@ -126,6 +131,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
     let mut malformed = Malformed::default();
     let mut formats = Vec::new();
     let (mut error_events, mut unjudged) = (0u64, 0u64);
+    let mut senders: BTreeMap<String, u64> = BTreeMap::new();
     let mut lines = 0u64;
     let mut record = |c: VerdictChange, out: &mut Option<BufWriter<File>>| -> anyhow::Result<()> {
         if let Some(w) = out {
@@ -164,8 +170,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
             formats.push(parser.name());
         }
         let mut line_no = 0u64;
+        let framed = matches!(parser, Parser::Syslog(_));
         let mut handle =
             |line: &str, line_no: u64, engine: &mut Engine, malformed: &mut Malformed| -> anyhow::Result<()> {
+                if framed && let Some(f) = roost_logformat::syslog::frame(line) {
+                    let sender = format!("{}/{}", f.host.unwrap_or("-"), f.program.unwrap_or("-"));
+                    if senders.len() < MAX_SENDERS || senders.contains_key(&sender) {
+                        *senders.entry(sender).or_default() += 1;
+                    }
+                }
                 match parser.parse_line(line) {
                     Ok(Line::Request(ev)) => {
                         for c in engine.advance(ev.time) {
@@ -262,6 +275,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
         formats,
         error_events,
         unjudged,
+        senders,
         lines,
         events: engine.stats().events,
         malformed,
@@ -300,6 +314,10 @@ impl Summary {
             rate
         )?;
         writeln!(w, "  events      {}  (allowlisted, not judged: {})", self.events, self.allowlisted)?;
+        if !self.senders.is_empty() {
+            let list: Vec<String> = self.senders.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            writeln!(w, "  syslog      lines by sender (host/program): {}", list.join(", "))?;
+        }
         if self.error_events + self.unjudged > 0 {
             writeln!(w, "  error log   {} about clients, {} about nothing judged", self.error_events, self.unjudged)?;
         }
