@@ -116,6 +116,9 @@ pub struct Engine {
     /// Non-good verdicts by expiry; stale entries are skipped when popped.
     expiry: BinaryHeap<Reverse<(Secs, Key)>>,
     allowlist: JointPrefixMap<IpNetwork, ()>,
+    /// Whether an IPv6 allowlist entry is narrower than a subject (then a subject's entries
+    /// inside it are looked for too).
+    narrow_v6_allow: bool,
     overrides: JointPrefixMap<IpNetwork, Override>,
     inspectors: Vec<Box<dyn Inspector>>,
     annotators: Vec<Box<dyn Annotator>>,
@@ -164,6 +167,7 @@ impl Engine {
             states: States::default(),
             dossiers: HashMap::new(),
             expiry: BinaryHeap::new(),
+            narrow_v6_allow: cfg.allowlist.iter().any(|n| n.is_ipv6() && n.prefix() > cfg.ipv6_prefix),
             allowlist,
             overrides: JointPrefixMap::new(),
             inspectors: Vec::new(),
@@ -287,7 +291,8 @@ impl Engine {
             return false;
         }
         let subject = Key::of(ip, self.cfg.ipv6_prefix).subject(self.cfg.ipv6_prefix);
-        self.allowlist.get_lpm(&subject).is_some() || self.allowlist.children(&subject).next().is_some()
+        self.allowlist.get_lpm(&subject).is_some()
+            || (self.narrow_v6_allow && subject.is_ipv6() && self.allowlist.children(&subject).next().is_some())
     }
 
     /// Scores one request. Returns the verdict change it caused, if any.

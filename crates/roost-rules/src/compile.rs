@@ -123,9 +123,10 @@ impl Compiled {
 struct FieldSet {
     field: Field,
     set: RegexSet,
-    /// Pattern index → (rule index, the condition bit it satisfies). `anywhere` patterns sit in
+    /// Pattern index → the (rule index, condition bit) pairs it satisfies: a pattern several rules
+    /// share (R-6999 repeats every KEV probe's) is in the set once. `anywhere` patterns sit in
     /// the target, user-agent, referer and host sets, each setting the `Anywhere` bit.
-    owners: Vec<(u32, u16)>,
+    owners: Vec<Vec<(u32, u16)>>,
 }
 
 /// A compiled, immutable rule set. Cheap to share; swapped whole on reload.
@@ -420,12 +421,24 @@ impl RuleSet {
                 if list.is_empty() {
                     continue;
                 }
-                let set = RegexSetBuilder::new(list.iter().map(|(p, _, _)| p))
+                // identical patterns once, owned by every rule that has them
+                let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+                let mut patterns: Vec<&str> = Vec::new();
+                let mut owners: Vec<Vec<(u32, u16)>> = Vec::new();
+                for (p, r, b) in &list {
+                    let i = *index.entry(p.as_str()).or_insert_with(|| {
+                        patterns.push(p);
+                        owners.push(Vec::new());
+                        patterns.len() - 1
+                    });
+                    owners[i].push((*r, *b));
+                }
+                let set = RegexSetBuilder::new(&patterns)
                     .size_limit(REGEX_SIZE_LIMIT * 64)
                     .dfa_size_limit(REGEX_SIZE_LIMIT * 16)
                     .build()
                     .map_err(|e| format!("{}: {e}", field.name()))?;
-                out.push(FieldSet { field, set, owners: list.iter().map(|(_, r, b)| (*r, *b)).collect() });
+                out.push(FieldSet { field, set, owners });
             }
             Ok(out)
         };
@@ -468,6 +481,33 @@ impl RuleSet {
     /// `user_agent` rule, or an `anywhere` pattern found only in a header): which header, and
     /// its value. Reasons then quote the header instead of citing the path.
     pub fn matched_header(&self, r: u32, ev: &roost_event::RequestEvent<'_>) -> Option<(&'static str, String)> {
+        const HEADERS: u16 = (1 << Field::UserAgent as u16) | (1 << Field::Referer as u16) | (1 << Field::Host as u16);
+        let anywhere = 1u16 << Field::Anywhere as u16;
+        let fields = self.rules.get(r as usize)?.cond.fields;
+        // most rules look at the request line only: nothing to find (this runs per fired rule)
+        if fields & (HEADERS | anywhere) == 0 {
+            return None;
+        }
+        let name_of = |f: Field| match f {
+            Field::UserAgent => "User-Agent",
+            Field::Referer => "Referer",
+            _ => "Host",
+        };
+        let value_of = |f: Field| {
+            match f {
+                Field::UserAgent => ev.user_agent.as_deref(),
+                Field::Referer => ev.referer.as_deref(),
+                _ => ev.host.as_deref(),
+            }
+            .unwrap_or_default()
+            .to_owned()
+        };
+        // a rule on one header and nothing else: it fired, so that header matched
+        if fields.count_ones() == 1 && fields & HEADERS != 0 {
+            let f =
+                [Field::UserAgent, Field::Referer, Field::Host].into_iter().find(|f| fields & (1 << *f as u16) != 0)?;
+            return Some((name_of(f), value_of(f)));
+        }
         let mut view = View::new(
             &ev.path,
             ev.query.as_deref(),
@@ -475,26 +515,30 @@ impl RuleSet {
             ev.referer.as_deref(),
             ev.host.as_deref(),
         );
-        let owned = |fs: &FieldSet, hay: &str| fs.set.matches(hay).iter().any(|pi| fs.owners[pi].0 == r);
-        let mut header = None;
-        for fs in &self.pos {
-            if !fs.owners.iter().any(|&(o, _)| o == r) {
-                continue;
+        let hit = |fs: &FieldSet, view: &mut View<'_>| {
+            fs.owners.iter().flatten().any(|&(o, _)| o == r) && {
+                let hay = view.get(fs.field);
+                fs.set.is_match(hay) && fs.set.matches(hay).iter().any(|pi| fs.owners[pi].iter().any(|&(o, _)| o == r))
             }
-            let hay = view.get(fs.field).to_owned();
-            if !owned(fs, &hay) {
-                continue;
+        };
+        // the headers' sets are small; the request line's are looked at only when a header matched
+        let header = self
+            .pos
+            .iter()
+            .filter(|fs| matches!(fs.field, Field::UserAgent | Field::Referer | Field::Host))
+            .find(|fs| hit(fs, &mut view))?;
+        if fields & !(HEADERS | anywhere) != 0 || fields & anywhere != 0 {
+            let line = self
+                .pos
+                .iter()
+                .filter(|fs| !matches!(fs.field, Field::UserAgent | Field::Referer | Field::Host))
+                .any(|fs| hit(fs, &mut view));
+            if line {
+                // the request line matched too: the usual reason, which cites it
+                return None;
             }
-            let name = match fs.field {
-                Field::UserAgent => "User-Agent",
-                Field::Referer => "Referer",
-                Field::Host => "Host",
-                // the request line matched: the usual reason, which cites it
-                _ => return None,
-            };
-            header.get_or_insert((name, hay));
         }
-        header
+        Some((name_of(header.field), value_of(header.field)))
     }
 
     /// The rules one request matches (window conditions aside), by index.
@@ -518,12 +562,13 @@ impl RuleSet {
                 continue;
             }
             for pi in fs.set.matches(hay).iter() {
-                let (r, bit) = fs.owners[pi];
-                let r = r as usize;
-                if scratch.sat[r] == 0 {
-                    scratch.touched.push(r as u32);
+                for &(r, bit) in &fs.owners[pi] {
+                    let r = r as usize;
+                    if scratch.sat[r] == 0 {
+                        scratch.touched.push(r as u32);
+                    }
+                    scratch.sat[r] |= bit;
                 }
-                scratch.sat[r] |= bit;
             }
         }
         let Scratch { sat, touched, neg, clean, hasher, .. } = scratch;
@@ -584,7 +629,7 @@ impl RuleSet {
             return true;
         }
         for (i, fs) in self.neg.iter().enumerate() {
-            if !fs.owners.iter().any(|&(o, _)| o == r) {
+            if !fs.owners.iter().flatten().any(|&(o, _)| o == r) {
                 continue;
             }
             let hits = neg[i].get_or_insert_with(|| {
@@ -599,7 +644,7 @@ impl RuleSet {
                 }
                 v
             });
-            if hits.iter().any(|&pi| fs.owners[pi].0 == r) {
+            if hits.iter().any(|&pi| fs.owners[pi].iter().any(|&(o, _)| o == r)) {
                 return true;
             }
         }

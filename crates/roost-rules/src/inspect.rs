@@ -125,11 +125,18 @@ pub fn detail(rule: &Rule, ev: &RequestEvent<'_>, count: Option<u32>, header: Op
         }
         _ => match header {
             Some((name, value)) => {
-                let mut v: String = value.chars().take(120).collect();
-                if v.len() < value.len() {
-                    v.push('…');
+                let mut end = value.len().min(120);
+                while !value.is_char_boundary(end) {
+                    end -= 1;
                 }
-                format!("{} {}: {name} {v:?} ({method} {target} → {})", rule.id, rule.title, ev.status)
+                let more = if end < value.len() { "…" } else { "" };
+                format!(
+                    "{} {}: {name} \"{}{more}\" ({method} {target} → {})",
+                    rule.id,
+                    rule.title,
+                    &value[..end],
+                    ev.status
+                )
             }
             None => format!("{} {}: {method} {target} → {}", rule.id, rule.title, ev.status),
         },
