@@ -508,13 +508,7 @@ impl RuleSet {
                 [Field::UserAgent, Field::Referer, Field::Host].into_iter().find(|f| fields & (1 << *f as u16) != 0)?;
             return Some((name_of(f), value_of(f)));
         }
-        let mut view = View::new(
-            &ev.path,
-            ev.query.as_deref(),
-            ev.user_agent.as_deref(),
-            ev.referer.as_deref(),
-            ev.host.as_deref(),
-        );
+        let mut view = View::of(ev);
         let hit = |fs: &FieldSet, view: &mut View<'_>| {
             fs.owners.iter().flatten().any(|&(o, _)| o == r) && {
                 let hay = view.get(fs.field);

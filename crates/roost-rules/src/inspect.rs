@@ -46,13 +46,7 @@ impl Evaluator {
         out: &mut Vec<(u32, Option<u32>)>,
     ) {
         out.clear();
-        let mut view = View::new(
-            &ev.path,
-            ev.query.as_deref(),
-            ev.user_agent.as_deref(),
-            ev.referer.as_deref(),
-            ev.host.as_deref(),
-        );
+        let mut view = View::of(ev);
         let facts = RequestFacts { method: &ev.method, status: ev.status, request_time: ev.request_time, path_class };
         set.matching(&mut view, &facts, &mut self.scratch, &mut self.hits);
         let t = secs(ev.time);

@@ -185,6 +185,11 @@ pub struct View<'a> {
 }
 
 impl<'a> View<'a> {
+    /// The views of one request event.
+    pub fn of(ev: &'a roost_event::RequestEvent<'_>) -> View<'a> {
+        View::new(&ev.path, ev.query.as_deref(), ev.user_agent.as_deref(), ev.referer.as_deref(), ev.host.as_deref())
+    }
+
     pub fn new(
         path: &'a str,
         query: Option<&'a str>,

@@ -57,9 +57,13 @@ pub fn encode_request(ev: &RequestEvent<'_>) -> Vec<u8> {
 
 /// A request event as a requests-topic value, with the `origin` of its line (see [`Origin`]).
 pub fn encode_request_from(ev: &RequestEvent<'_>, origin: Option<&Origin>) -> Vec<u8> {
-    let json = serde_json::to_vec(ev).expect("an event serializes");
-    let mut out = Vec::with_capacity(json.len() + V1.len() + 80);
-    out.extend_from_slice(V1);
+    tagged(V1, &serde_json::to_vec(ev).expect("an event serializes"), origin)
+}
+
+/// `head` (`{"v":1,…,`), then `"origin":…,` when there is one, then the object `json` without its `{`.
+fn tagged(head: &[u8], json: &[u8], origin: Option<&Origin>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len() + head.len() + 80);
+    out.extend_from_slice(head);
     if let Some(o) = origin {
         out.extend_from_slice(b"\"origin\":");
         serde_json::to_writer(&mut out, &o.to_string()).expect("a string serializes");
@@ -174,16 +178,7 @@ const V1_ERRORLOG: &[u8] = b"{\"v\":1,\"kind\":\"errorlog\",";
 
 /// An error-log event as a requests-topic value, with the `origin` of its line (see [`Origin`]).
 pub fn encode_error_from(ev: &ErrorLogEvent<'_>, origin: Option<&Origin>) -> Vec<u8> {
-    let json = serde_json::to_vec(ev).expect("an event serializes");
-    let mut out = Vec::with_capacity(json.len() + V1_ERRORLOG.len() + 80);
-    out.extend_from_slice(V1_ERRORLOG);
-    if let Some(o) = origin {
-        out.extend_from_slice(b"\"origin\":");
-        serde_json::to_writer(&mut out, &o.to_string()).expect("a string serializes");
-        out.push(b',');
-    }
-    out.extend_from_slice(&json[1..]);
-    out
+    tagged(V1_ERRORLOG, &serde_json::to_vec(ev).expect("an event serializes"), origin)
 }
 
 /// What a requests-topic record holds.

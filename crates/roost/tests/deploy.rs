@@ -569,7 +569,9 @@ fn the_kubernetes_manifests_hang_together_with_each_other_and_roost_toml() {
                     );
                 }
             }
-            for c in list(pod, "spec.containers") {
+            let containers = list(pod, "spec.containers");
+            assert!(!containers.is_empty(), "{name}: no containers (a missing list must not pass)");
+            for c in containers {
                 let cname = s(c, "name").unwrap();
                 assert_eq!(s(c, "image"), Some("roost"), "{name}/{cname}: the image kustomize rewrites");
                 let args: Vec<&str> = list(c, "args").into_iter().filter_map(|a| a.as_str()).collect();
