@@ -110,6 +110,10 @@ pub trait Backend: Send + Sync + 'static {
     fn health(&self) -> Option<Health> {
         None
     }
+    /// Shadow verdicts in force ("would block": sources in shadow mode; never enforced).
+    fn shadow_verdicts(&self) -> Vec<VerdictRecord> {
+        Vec::new()
+    }
     /// What the proxies did with the subject's challenges.
     fn proxy_outcomes(&self, _subject: &str) -> Option<roost_verdicts::ProxyOutcomes> {
         None
@@ -166,6 +170,13 @@ impl Distributed {
 }
 
 impl Backend for Distributed {
+    fn shadow_verdicts(&self) -> Vec<VerdictRecord> {
+        self.store.lock().expect("store lock").load_shadow().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the shadow verdicts");
+            Vec::new()
+        })
+    }
+
     fn verdict_updates(&self) -> Result<VerdictUpdate, String> {
         use roost_verdicts::follow::Update;
         let mut f = self.follower.lock().expect("follower lock");
@@ -1005,12 +1016,17 @@ async fn overview(State(st): State<Arc<AppState>>, h: HeaderMap) -> Response {
         let recent = list(&all, &ListQuery { sort: "recent".into(), per_page: 15, ..ListQuery::default() })?;
         let worst = list(&all, &ListQuery { per_page: 15, ..ListQuery::default() })?;
         let audit = recent_audit(&st2, 10);
-        Ok::<_, Refusal>((recent, worst, audit, tops(&all)))
+        let mut shadow = st2.backend.shadow_verdicts();
+        let now = now_ms();
+        shadow.retain(|r| r.expires.is_none_or(|e| e.0 > now));
+        shadow.sort_by(|a, b| b.verdict.cmp(&a.verdict).then(b.at.cmp(&a.at)));
+        shadow.truncate(50);
+        Ok::<_, Refusal>((recent, worst, audit, tops(&all), shadow))
     })
     .await;
     match r {
-        Ok(Ok((recent, worst, audit, top))) => {
-            Html(pages::overview(&p, &recent, &worst, &audit, &top, &health, st.geo.is_some())).into_response()
+        Ok(Ok((recent, worst, audit, top, shadow))) => {
+            Html(pages::overview(&p, &recent, &worst, &audit, &top, &health, st.geo.is_some(), &shadow)).into_response()
         }
         Ok(Err(e)) => e.page(Some(&p)),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -1307,6 +1323,7 @@ fn find_reference(st: &AppState, reference: &str) -> Result<Option<Item>, Refusa
     let found = st.backend.overrides().into_iter().find(|o| signer.reference(&o.prefix, o.at.0) == want);
     Ok(found.map(|o| Item {
         record: VerdictRecord {
+            shadow: false,
             v: 1,
             reasons: vec![format!("override by {}: {}", o.by, o.comment)],
             subject: o.prefix,
@@ -1371,6 +1388,7 @@ mod tests {
 
     fn rec(subject: &str, class: Class, rep: f32, reason: &str) -> Arc<Item> {
         let record = VerdictRecord {
+            shadow: false,
             v: 1,
             subject: subject.into(),
             verdict: class,

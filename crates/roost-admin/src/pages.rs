@@ -3,7 +3,7 @@
 //! forbids both); charts are inline SVG built here.
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use roost_verdicts::HistoryEntry;
+use roost_verdicts::{HistoryEntry, VerdictRecord};
 
 use crate::auth::{Principal, Role};
 use crate::{AuditEntry, ClientPage, Detail, Health, Item, ListQuery, Tops};
@@ -145,6 +145,7 @@ fn health_cards(h: &Health) -> Markup {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn overview(
     p: &Principal,
     recent: &ClientPage,
@@ -153,6 +154,7 @@ pub fn overview(
     top: &Tops,
     health: &Health,
     geo: bool,
+    shadow: &[VerdictRecord],
 ) -> String {
     let n = |k: &str| recent.counts.get(k).copied().unwrap_or(0);
     layout(
@@ -182,12 +184,36 @@ pub fn overview(
                 div.card { h2 { "Networks of bad clients" }
                     @if geo { (top_links(&top.asns, "asn")) } @else { p { "Set geo.asn_db to see their networks." } } }
             }
+            @if !shadow.is_empty() {
+                h2 { "Shadow verdicts (not enforced)" }
+                p { "Sources in shadow mode (rules, feeds, geo policies on trial) would have judged these clients; nothing was enforced." }
+                table.shadow {
+                    tr { th { "client" } th { "would" } th { "since" } th { "why" } }
+                    @for r in shadow {
+                        tr {
+                            td.mono { a href={ "/clients/" (enc(&r.subject)) } { (r.subject) } }
+                            td { span class={ "pill " (r.verdict.as_str()) } { (would(r.verdict)) } }
+                            td { (time(r.at.0)) }
+                            td { (r.reasons.first().map(String::as_str).unwrap_or("")) }
+                        }
+                    }
+                }
+            }
             h2 { "Most recent verdicts" }
             (table(&recent.items))
             h2 { "Worst reputations" }
             (table(&worst.items))
         },
     )
+}
+
+/// A shadow verdict in words.
+fn would(c: roost_engine::Class) -> &'static str {
+    match c {
+        roost_engine::Class::Bad => "would block",
+        roost_engine::Class::Dubious => "would challenge",
+        roost_engine::Class::Good => "would pass",
+    }
 }
 
 /// Counts as bars, each label a link to the bad clients it counts.
@@ -308,7 +334,9 @@ fn timeline(history: &[HistoryEntry]) -> Markup {
         .iter()
         .rev()
         .map(|e| {
-            let tip = format!("{}: {}, {:.2}", time(e.record.at.0), e.record.verdict.as_str(), e.record.reputation);
+            let shadow = if e.record.shadow { " (shadow, not enforced)" } else { "" };
+            let tip =
+                format!("{}: {}{shadow}, {:.2}", time(e.record.at.0), e.record.verdict.as_str(), e.record.reputation);
             (e.record.verdict.as_str(), tip)
         })
         .collect();

@@ -12,6 +12,9 @@ use crate::verdict::Class;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
+    /// `enforce` (the default): verdicts are acted on. `shadow`: every verdict is computed,
+    /// recorded and shown as "would block", and nothing is enforced (see [`crate::Judge`]).
+    pub mode: Mode,
     /// Half-life of the reputation average in event time: evidence this old counts half.
     /// An idle client drifts back to neutral at this pace.
     #[serde(with = "humantime_serde")]
@@ -46,6 +49,22 @@ pub struct EngineConfig {
     pub max_clients: usize,
     /// What the web servers' error logs say, by kind: pseudo-requests of negative evidence each.
     pub error_log: ErrorLogWeights,
+}
+
+/// Whether verdicts are acted on (`enforce`) or only recorded and shown (`shadow`): for the
+/// engine as a whole, and for each rule, feed and geo policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+impl Mode {
+    pub fn is_shadow(self) -> bool {
+        self == Mode::Shadow
+    }
 }
 
 /// Penalties of error-log evidence (`[engine.error_log]`), in pseudo-requests scored −1 each,
@@ -113,6 +132,7 @@ impl Default for EngineConfig {
             ("5xx", -0.1),
         ];
         EngineConfig {
+            mode: Mode::Enforce,
             half_life: Duration::from_secs(600),
             prior_weight: 5.0,
             ipv6_prefix: 64,

@@ -135,6 +135,9 @@ pub struct Engine {
     sources: [Source; 2],
     /// Clients whose verdict's expiry moved well past the one reported, while tracked.
     renewed: Option<Vec<Key>>,
+    /// Whether evidence from sources in shadow mode counts here (a [`crate::Judge`]'s
+    /// candidate engine) or is dropped (the live engine, the default).
+    takes_shadow: bool,
 }
 
 /// Seconds as whole and tenths, for text: integer formatting is far cheaper than `{:.1}`.
@@ -181,12 +184,23 @@ impl Engine {
             scratch: Vec::new(),
             sources: [Source::new(SourceKind::Behaviour, "crawl"), Source::new(SourceKind::Behaviour, "slow")],
             renewed: None,
+            takes_shadow: false,
             cfg,
         })
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    /// Makes this engine take evidence from sources in shadow mode (a [`crate::Judge`]'s
+    /// candidate); by default such evidence is dropped.
+    pub fn take_shadow_evidence(&mut self, on: bool) {
+        self.takes_shadow = on;
+    }
+
+    pub fn takes_shadow_evidence(&self) -> bool {
+        self.takes_shadow
     }
 
     /// Adds a per-request evidence source (known-bad rules).
@@ -254,6 +268,7 @@ impl Engine {
                     expires: x.expires,
                     reasons: x.reasons,
                     samples: x.samples,
+                    shadow: false,
                 })
             })
             .collect()
@@ -342,6 +357,9 @@ impl Engine {
                 a.annotate(ev.client, ev.time, &mut evidence);
             }
         }
+        if !self.takes_shadow && evidence.iter().any(|e| e.source.shadow) {
+            evidence.retain(|e| !e.source.shadow);
+        }
         let status_negative = page && matches!(cat, Category::NotFound | Category::Auth | Category::Rejected);
         let notable = (page && score * weight <= -0.5) || !evidence.is_empty();
         if notable {
@@ -384,6 +402,8 @@ impl Engine {
     pub fn apply(&mut self, ip: IpAddr, at: Timestamp, evidence: &[Evidence]) -> Option<VerdictChange> {
         let t = secs(at);
         self.now = self.now.max(t);
+        let mut evidence: Vec<Evidence> =
+            evidence.iter().filter(|e| self.takes_shadow || !e.source.shadow).cloned().collect();
         if self.is_allowlisted(ip) || evidence.is_empty() {
             return None;
         }
@@ -392,7 +412,7 @@ impl Engine {
             return None;
         }
         self.fold(key, t);
-        self.apply_evidence(key, t, &mut evidence.to_vec(), false);
+        self.apply_evidence(key, t, &mut evidence, false);
         self.decide(key, t, Cause::Evidence)
     }
 
@@ -746,6 +766,7 @@ impl Engine {
             expires: expires.map(ts),
             reasons: why,
             samples: d.samples_vec(),
+            shadow: false,
         }
     }
 

@@ -77,11 +77,21 @@ impl std::str::FromStr for SourceKind {
 pub struct Source {
     pub kind: SourceKind,
     pub id: Arc<str>,
+    /// A source in shadow mode (a rule, feed or geo policy being tried): its evidence reaches
+    /// only a [`crate::Judge`]'s candidate engine, whose verdicts are recorded and shown but
+    /// never enforced.
+    pub shadow: bool,
 }
 
 impl Source {
     pub fn new(kind: SourceKind, id: impl Into<Arc<str>>) -> Source {
-        Source { kind, id: id.into() }
+        Source { kind, id: id.into(), shadow: false }
+    }
+
+    /// The same source, in shadow mode or not.
+    pub fn in_shadow(mut self, shadow: bool) -> Source {
+        self.shadow = shadow;
+        self
     }
 }
 

@@ -17,14 +17,18 @@ mod config;
 mod dossier;
 mod engine;
 mod evidence;
+mod judge;
 mod reasons;
 mod scoring;
 mod state;
 mod verdict;
 
-pub use config::{BehaviourConfig, ConfigError, EngineConfig, ErrorLogWeights, PathConfig, SlowConfig, VerdictConfig};
+pub use config::{
+    BehaviourConfig, ConfigError, EngineConfig, ErrorLogWeights, Mode, PathConfig, SlowConfig, VerdictConfig,
+};
 pub use engine::{Aggregates, Engine, Override, Stats};
 pub use evidence::{Annotator, Evidence, Inspector, RequestContext, Source, SourceKind};
+pub use judge::Judge;
 pub use roost_event::{RequestEvent, Timestamp};
 pub use scoring::{Category, PathClass, Scoring};
 pub use state::{IpState, Key};

@@ -115,6 +115,11 @@ pub struct VerdictChange {
     /// Always at least one.
     pub reasons: Vec<Reason>,
     pub samples: Vec<Sample>,
+    /// A shadow verdict: what the engine would decide with the sources in shadow mode (or with
+    /// everything, under `mode = "shadow"`). Recorded and shown as "would block"; no proxy,
+    /// router or enforcement key acts on it. See [`crate::Judge`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 /// Everything the engine knows about one client, for `explain`.

@@ -10,11 +10,19 @@ use crate::index::FeedHandle;
 /// Turns "listed in spamhaus_drop since 2026-11-20" into evidence, one per listing feed.
 pub struct FeedAnnotator {
     handle: FeedHandle,
+    /// Feeds on trial (`feeds.shadow`): their listings are shadow evidence.
+    shadow: Vec<String>,
 }
 
 impl FeedAnnotator {
     pub fn new(handle: FeedHandle) -> FeedAnnotator {
-        FeedAnnotator { handle }
+        FeedAnnotator { handle, shadow: Vec::new() }
+    }
+
+    /// Listings of these feeds become shadow evidence (recorded and shown, never enforced).
+    pub fn shadow(mut self, feeds: Vec<String>) -> FeedAnnotator {
+        self.shadow = feeds;
+        self
     }
 }
 
@@ -43,7 +51,8 @@ impl Annotator for FeedAnnotator {
             }
             detail.push(')');
             out.push(Evidence {
-                source: Source::new(SourceKind::Feed, feed.name.clone()),
+                source: Source::new(SourceKind::Feed, feed.name.clone())
+                    .in_shadow(!self.shadow.is_empty() && self.shadow.iter().any(|f| **f == *feed.name)),
                 penalty: feed.penalty,
                 verdict: feed.verdict,
                 detail,

@@ -53,6 +53,8 @@ pub struct GeoRule {
     pub verdict: Option<Class>,
     #[serde(with = "humantime_serde")]
     pub ttl: Option<Duration>,
+    /// `shadow`: on trial; its verdicts are recorded and shown, never enforced.
+    pub mode: roost_engine::Mode,
 }
 
 /// Errors opening databases or compiling the policy.
@@ -322,6 +324,11 @@ impl GeoPolicy {
     pub fn has_per_request(&self) -> bool {
         !self.per_request.is_empty()
     }
+
+    /// Whether any policy rule runs in shadow mode.
+    pub fn has_shadow(&self) -> bool {
+        self.per_client.iter().chain(self.per_request.iter()).any(|c| c.rule.mode.is_shadow())
+    }
 }
 
 impl Compiled {
@@ -337,7 +344,7 @@ impl Compiled {
             detail.extend(p.chars().take(80));
         }
         Evidence {
-            source: Source::new(SourceKind::Geo, self.rule.name.as_str()),
+            source: Source::new(SourceKind::Geo, self.rule.name.as_str()).in_shadow(self.rule.mode.is_shadow()),
             penalty: self.rule.penalty,
             verdict: match (self.rule.verdict, self.rule.ttl) {
                 (Some(c), Some(t)) if c != Class::Good => Some((c, t)),

@@ -240,6 +240,7 @@ mod tests {
 
     fn rec(subject: &str, verdict: Class, expires: Option<i64>) -> VerdictRecord {
         VerdictRecord {
+            shadow: false,
             v: 1,
             subject: subject.into(),
             verdict,

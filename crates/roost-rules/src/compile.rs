@@ -61,6 +61,9 @@ impl fmt::Display for RulesError {
 pub struct Options {
     pub disable: Vec<String>,
     pub disable_tags: Vec<String>,
+    /// Rule ids, and tags, to run in shadow mode whatever their files say.
+    pub shadow: Vec<String>,
+    pub shadow_tags: Vec<String>,
 }
 
 /// What a rule does when it matches.
@@ -89,6 +92,8 @@ pub struct Rule {
     pub severity: Severity,
     pub category: String,
     pub tags: Vec<String>,
+    /// `shadow`: evidence from this rule reaches only the shadow (candidate) engine.
+    pub mode: roost_engine::Mode,
     pub file: String,
     pub line: usize,
     pub window: Option<WindowSpec>,
@@ -381,8 +386,15 @@ impl RuleSet {
                     v.iter().map(|s| Example { spec: s.get_ref().clone(), line: at(&s.span()) }).collect::<Vec<_>>()
                 };
                 let disabled = opts.disable.contains(&id) || spec.tags.iter().any(|t| opts.disable_tags.contains(t));
+                let mode = if opts.shadow.contains(&id) || spec.tags.iter().any(|t| opts.shadow_tags.contains(t)) {
+                    roost_engine::Mode::Shadow
+                } else {
+                    spec.mode
+                };
                 let rule = Rule {
-                    source: roost_engine::Source::new(roost_engine::SourceKind::Rule, id.as_str()),
+                    source: roost_engine::Source::new(roost_engine::SourceKind::Rule, id.as_str())
+                        .in_shadow(mode.is_shadow()),
+                    mode,
                     id: id.clone(),
                     title: spec.title,
                     description: spec.description,
@@ -474,6 +486,11 @@ impl RuleSet {
 
     pub fn files(&self) -> usize {
         self.files
+    }
+
+    /// Whether any rule runs in shadow mode.
+    pub fn has_shadow(&self) -> bool {
+        self.rules.iter().any(|r| r.mode.is_shadow())
     }
 
     /// Whether any rule's window is a share of all requests (those windows see every request).

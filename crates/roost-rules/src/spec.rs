@@ -53,6 +53,10 @@ pub struct RuleSpec {
     /// Patterns are case-insensitive unless this is set.
     #[serde(default)]
     pub case_sensitive: bool,
+    /// `shadow`: the rule is on trial; its verdicts are recorded and shown as "would block" and
+    /// never enforced (`enforce` by default; `rules.shadow` in the config does the same).
+    #[serde(default)]
+    pub mode: roost_engine::Mode,
     #[serde(rename = "match", default)]
     pub matches: Conditions,
     /// The rule does not apply when any of these holds.

@@ -155,6 +155,17 @@ impl Store {
         format!("{}v:{subject}", self.cfg.prefix)
     }
 
+    /// The key of a subject's shadow verdict ("would block"): no proxy reads it.
+    pub fn shadow_key(&self, subject: &str) -> String {
+        format!("{}s:{subject}", self.cfg.prefix)
+    }
+
+    /// Every shadow verdict in force.
+    pub fn load_shadow(&mut self) -> Result<Vec<VerdictRecord>, Error> {
+        let pattern = format!("{}s:*", self.cfg.prefix);
+        self.load_json(&pattern, "scanning shadow verdict keys", "reading shadow verdicts")
+    }
+
     pub fn stream_key(&self) -> String {
         format!("{}changes", self.cfg.prefix)
     }
@@ -223,7 +234,9 @@ impl Store {
         let mut pipe = redis::pipe();
         let stream = self.stream_key();
         for w in writes {
-            let key = self.key(&w.record.subject);
+            // a shadow verdict has its own key and is never announced on the change stream
+            // (proxies follow it); its history entry says it was a shadow verdict
+            let key = if w.record.shadow { self.shadow_key(&w.record.subject) } else { self.key(&w.record.subject) };
             if w.record.verdict == Class::Good {
                 pipe.del(&key).ignore();
             } else {
@@ -238,6 +251,9 @@ impl Store {
                 pipe.lpush(&hkey, serde_json::to_string(&entry).expect("an entry serializes")).ignore();
                 pipe.ltrim(&hkey, 0, HISTORY_LEN - 1).ignore();
                 pipe.pexpire(&hkey, HISTORY_TTL_MS as i64).ignore();
+                if w.record.shadow {
+                    continue;
+                }
                 let expires = w.record.expires.map(|e| e.0.to_string()).unwrap_or_default();
                 self.announce(&mut pipe, &stream, &w.record.subject)
                     .arg("verdict")

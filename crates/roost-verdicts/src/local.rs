@@ -14,6 +14,8 @@ pub const HISTORIES_KEPT: usize = 200_000;
 
 pub struct LocalVerdicts {
     current: HashMap<String, VerdictRecord>,
+    /// Shadow verdicts ("would block"), never enforced.
+    shadow: HashMap<String, VerdictRecord>,
     histories: HashMap<String, (i64, VecDeque<HistoryEntry>)>,
     histories_kept: usize,
 }
@@ -27,7 +29,7 @@ impl Default for LocalVerdicts {
 impl LocalVerdicts {
     /// Keeping the histories of at most `histories_kept` subjects.
     pub fn with_capacity(histories_kept: usize) -> LocalVerdicts {
-        LocalVerdicts { current: HashMap::new(), histories: HashMap::new(), histories_kept }
+        LocalVerdicts { current: HashMap::new(), shadow: HashMap::new(), histories: HashMap::new(), histories_kept }
     }
 
     /// Records verdict changes (the current record, the history) and returns what a store that
@@ -40,10 +42,11 @@ impl LocalVerdicts {
             *last = c.at.0;
             h.push_front(HistoryEntry { record: rec.clone(), samples: c.samples.clone() });
             h.truncate(HISTORY_LEN as usize);
+            let current = if rec.shadow { &mut self.shadow } else { &mut self.current };
             if rec.verdict == Class::Good {
-                self.current.remove(&rec.subject);
+                current.remove(&rec.subject);
             } else {
-                self.current.insert(rec.subject.clone(), rec.clone());
+                current.insert(rec.subject.clone(), rec.clone());
             }
             writes.push(Write { record: rec, now: c.at, announce: true, samples: c.samples.clone() });
         }
@@ -54,6 +57,7 @@ impl LocalVerdicts {
     /// beyond the capacity.
     pub fn sweep(&mut self, now: Timestamp) {
         self.current.retain(|_, r| r.expires.is_none_or(|e| e > now));
+        self.shadow.retain(|_, r| r.expires.is_none_or(|e| e > now));
         let oldest = now.0 - HISTORY_TTL_MS as i64;
         self.histories.retain(|_, (at, _)| *at > oldest);
         if self.histories.len() > self.histories_kept {
@@ -70,6 +74,11 @@ impl LocalVerdicts {
         self.current.values().cloned().collect()
     }
 
+    /// Every current shadow verdict ("would block").
+    pub fn shadow(&self) -> Vec<VerdictRecord> {
+        self.shadow.values().cloned().collect()
+    }
+
     /// A subject's history, newest first.
     pub fn history(&self, subject: &str) -> Vec<HistoryEntry> {
         self.histories.get(subject).map(|(_, h)| h.iter().cloned().collect()).unwrap_or_default()
@@ -84,6 +93,7 @@ mod tests {
 
     fn change(ip: &str, at_s: i64, to: Class, expires_s: Option<i64>) -> VerdictChange {
         VerdictChange {
+            shadow: false,
             subject: ip.parse().unwrap(),
             at: Timestamp::from_secs(at_s),
             from: Class::Good,

@@ -24,6 +24,7 @@ fn write(subject: &str, verdict: Class) -> Write {
     let now = Timestamp(roost_now());
     Write {
         record: VerdictRecord {
+            shadow: false,
             v: 1,
             subject: subject.into(),
             verdict,

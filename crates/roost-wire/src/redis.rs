@@ -19,6 +19,9 @@ pub struct VerdictRecord {
     pub expires: Option<Timestamp>,
     pub requests: u32,
     pub reasons: Vec<String>,
+    /// A shadow verdict ("would block"): kept under `s:{subject}`, never enforced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 impl VerdictRecord {
@@ -32,6 +35,7 @@ impl VerdictRecord {
             expires: c.expires,
             requests: c.requests,
             reasons: c.reasons.iter().map(|r| r.text.clone()).collect(),
+            shadow: c.shadow,
         }
     }
 
@@ -45,6 +49,7 @@ impl VerdictRecord {
             expires: x.expires,
             requests: x.requests,
             reasons: x.reasons.iter().map(|r| r.text.clone()).collect(),
+            shadow: false,
         }
     }
 }
@@ -155,6 +160,7 @@ mod tests {
     #[test]
     fn redis_values_read_back_as_written() {
         let c = VerdictChange {
+            shadow: false,
             subject: "198.51.100.7/32".parse().unwrap(),
             at: Timestamp(1_764_064_800_000),
             from: Class::Good,

@@ -42,6 +42,7 @@ mod tests {
     #[test]
     fn a_verdicts_topic_value_reads_back_as_written_and_other_versions_are_refused() {
         let c = VerdictChange {
+            shadow: false,
             subject: "2001:db8:1:2::/64".parse().unwrap(),
             at: Timestamp(1_764_064_800_000),
             from: Class::Good,

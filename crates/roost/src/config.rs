@@ -69,13 +69,25 @@ pub struct RulesConfig {
     pub disable: Vec<String>,
     /// Tags to leave out: `not-wordpress` on a WordPress site, `not-webdav` on a WebDAV server.
     pub disable_tags: Vec<String>,
+    /// Rule ids to run in shadow mode: their verdicts are recorded and shown as "would block",
+    /// never enforced (a rule file can say `mode = "shadow"` itself).
+    pub shadow: Vec<String>,
+    /// Tags whose rules run in shadow mode.
+    pub shadow_tags: Vec<String>,
     /// Clients with sliding-window state, at most.
     pub max_clients: usize,
 }
 
 impl Default for RulesConfig {
     fn default() -> Self {
-        RulesConfig { dir: String::new(), disable: Vec::new(), disable_tags: Vec::new(), max_clients: 100_000 }
+        RulesConfig {
+            dir: String::new(),
+            disable: Vec::new(),
+            disable_tags: Vec::new(),
+            shadow: Vec::new(),
+            shadow_tags: Vec::new(),
+            max_clients: 100_000,
+        }
     }
 }
 
@@ -216,6 +228,8 @@ pub struct FeedsConfig {
     pub enable: Vec<String>,
     /// Feeds to switch off.
     pub disable: Vec<String>,
+    /// Feeds in shadow mode: their listings make "would block" verdicts, never enforced ones.
+    pub shadow: Vec<String>,
     /// Feed files on disk, by feed name, loaded directly by `roost up` and `roost replay`.
     pub files: BTreeMap<String, PathBuf>,
     /// Where `roost feeds run` writes each accepted feed (`NAME.feed`) and `roost up` reads
@@ -233,6 +247,7 @@ impl Default for FeedsConfig {
             dir: String::new(),
             enable: Vec::new(),
             disable: Vec::new(),
+            shadow: Vec::new(),
             files: BTreeMap::new(),
             cache_dir: String::new(),
             listen: "127.0.0.1:9752".parse().expect("valid"),

@@ -6,7 +6,7 @@
 //! Network-level evidence (`roost flows`) needs no source of its own: it arrives as evidence
 //! records on the requests topic.
 
-use roost_engine::{Engine, EngineConfig};
+use roost_engine::{Engine, EngineConfig, Judge};
 use roost_rules::{RuleSet, RulesHandle, RulesInspector};
 
 use crate::enrich::Enrichment;
@@ -43,6 +43,42 @@ impl EngineBuilder {
     /// The rule set in force, when scoring with rules.
     pub fn rule_set(&self) -> Option<std::sync::Arc<RuleSet>> {
         self.rules.as_ref().map(|(h, _)| h.load_full())
+    }
+
+    /// Whether a rule, feed or geo policy rule runs in shadow mode (then a [`Judge`] runs a
+    /// candidate engine beside the live one). Under `mode = "shadow"` the one engine is enough.
+    pub fn has_shadow_sources(&self) -> bool {
+        !self.cfg.mode.is_shadow()
+            && (self.rules.as_ref().is_some_and(|(h, _)| h.load().has_shadow())
+                || self.enrich.as_ref().is_some_and(Enrichment::has_shadow))
+    }
+
+    /// The engine as deployed: the live engine, and a candidate for the sources in shadow mode
+    /// when there are any.
+    pub fn judge(&self) -> Judge {
+        let mut j = Judge::new(self.build());
+        if self.has_shadow_sources() {
+            j.set_candidate(Some(self.build()));
+        }
+        j
+    }
+
+    /// Starts or stops the candidate engine as sources went into or out of shadow mode (a rule
+    /// reload). Returns whether it changed.
+    pub fn refresh_candidate(&self, j: &mut Judge) -> bool {
+        match (self.has_shadow_sources(), j.candidate().is_some()) {
+            (true, false) => {
+                tracing::info!("sources in shadow mode: starting the shadow engine (it learns from now on)");
+                j.set_candidate(Some(self.build()));
+                true
+            }
+            (false, true) => {
+                tracing::info!("no source in shadow mode any more: stopping the shadow engine");
+                j.set_candidate(None);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A fresh engine with every source attached, in the one order.

@@ -96,6 +96,8 @@ pub fn open_geo(g: &roost_geo::GeoConfig) -> anyhow::Result<Option<GeoHandle>> {
 pub struct Enrichment {
     pub feeds: FeedHandle,
     pub geo: Option<(GeoHandle, GeoPolicy)>,
+    /// Feeds in shadow mode (`feeds.shadow`).
+    pub shadow_feeds: Vec<String>,
 }
 
 impl Enrichment {
@@ -111,11 +113,16 @@ impl Enrichment {
             );
             None
         };
-        Ok(Enrichment { feeds: FeedHandle::new(index), geo })
+        Ok(Enrichment { feeds: FeedHandle::new(index), geo, shadow_feeds: cfg.feeds.shadow.clone() })
+    }
+
+    /// Whether a feed or geo policy rule runs in shadow mode.
+    pub fn has_shadow(&self) -> bool {
+        !self.shadow_feeds.is_empty() || self.geo.as_ref().is_some_and(|(_, p)| p.has_shadow())
     }
 
     pub fn attach(&self, engine: &mut Engine) {
-        engine.add_annotator(Box::new(FeedAnnotator::new(self.feeds.clone())));
+        engine.add_annotator(Box::new(FeedAnnotator::new(self.feeds.clone()).shadow(self.shadow_feeds.clone())));
         if let Some((handle, policy)) = &self.geo {
             if policy.has_per_client() {
                 engine.add_annotator(Box::new(GeoAnnotator::new(handle.clone(), policy.clone())));

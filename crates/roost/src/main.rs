@@ -25,7 +25,6 @@ use roost_logformat::{FormatKind, LogFormatConfig};
 
 use crate::cmd::{admin, bgp, feeds, flows, generate, replay, rules, score, tail, up};
 use crate::config::Config;
-use crate::engine::EngineBuilder;
 
 #[derive(Parser)]
 #[command(
@@ -75,6 +74,10 @@ enum Command {
         /// adds to `feeds.files`).
         #[arg(long = "feed", value_name = "NAME=PATH", value_parser = cmd::feeds::parse_feed_arg)]
         feed: Vec<(String, PathBuf)>,
+        /// Backtest: also run the same lines through this configuration file (its engine, rules,
+        /// feeds and geo policy) and report the clients whose verdict differs, with both reasons.
+        #[arg(long, value_name = "OTHER.toml")]
+        compare: Option<PathBuf>,
     },
     /// Threat feeds: fetch and publish them, check a file, see which feeds list an address.
     Feeds {
@@ -243,7 +246,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.cmd {
-        Command::Replay { files, format, log_format, syslog, output, changes, no_rules, rules: rules_dir, feed } => {
+        Command::Replay {
+            files,
+            format,
+            log_format,
+            syslog,
+            output,
+            changes,
+            no_rules,
+            rules: rules_dir,
+            feed,
+            compare,
+        } => {
             let mut fmt: LogFormatConfig = cfg.logs.first().map(|l| l.format.clone()).unwrap_or_default();
             if let Some(f) = format {
                 fmt.format = match f {
@@ -262,15 +276,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fmt.log_format = Some(def);
             }
             fmt.syslog |= syslog;
-            let defs = crate::enrich::definitions(&cfg.feeds)?;
-            let loaded = crate::enrich::load_local(&cfg, &defs, &feed)?;
-            let enrich = crate::enrich::Enrichment::new(&cfg, roost_feeds::local::index(&loaded))?;
-            let mut engine = EngineBuilder::new(cfg.engine.clone())?.enrich(enrich);
-            if !no_rules {
-                let set = crate::ruleset::compile(&cfg.rules, rules_dir.as_deref())?;
-                engine = engine.rules(roost_rules::handle(set), cfg.rules.max_clients);
-            }
-            let args = replay::ReplayArgs { files, format: fmt, output, changes, engine };
+            let engine = replay::builder(&cfg, &feed, no_rules, rules_dir.as_deref())?;
+            let compare = match compare {
+                Some(path) => {
+                    let other = Config::load(Some(&path))?;
+                    // the same rule directory and feed files, unless the other file names its own
+                    let dir = rules_dir.as_deref().filter(|_| other.rules.dir.is_empty());
+                    Some((path.display().to_string(), replay::builder(&other, &feed, no_rules, dir)?))
+                }
+                None => None,
+            };
+            let args = replay::ReplayArgs { files, format: fmt, output, changes, engine, compare };
             let summary = replay::run(args)?;
             summary.print(&mut std::io::stdout().lock())?;
         }

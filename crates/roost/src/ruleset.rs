@@ -28,7 +28,12 @@ pub fn sources(cfg: &RulesConfig, dir: Option<&Path>) -> anyhow::Result<(Vec<Rul
 }
 
 pub fn options(cfg: &RulesConfig) -> Options {
-    Options { disable: cfg.disable.clone(), disable_tags: cfg.disable_tags.clone() }
+    Options {
+        disable: cfg.disable.clone(),
+        disable_tags: cfg.disable_tags.clone(),
+        shadow: cfg.shadow.clone(),
+        shadow_tags: cfg.shadow_tags.clone(),
+    }
 }
 
 pub fn compile(cfg: &RulesConfig, dir: Option<&Path>) -> anyhow::Result<RuleSet> {

@@ -65,6 +65,7 @@ fn auth_csrf_roles_overrides_audit_and_escaping() {
     })
     .unwrap();
     let rec = roost_verdicts::VerdictRecord {
+        shadow: false,
         v: 1,
         subject: "198.51.100.66".into(),
         verdict: roost_engine::Class::Bad,
@@ -137,6 +138,7 @@ fn auth_csrf_roles_overrides_audit_and_escaping() {
     let now = roost_engine::Timestamp(roost_proxy::now_ms());
     let placed = |subject: &str, reason: &str| roost_verdicts::Write {
         record: roost_verdicts::VerdictRecord {
+            shadow: false,
             v: 1,
             subject: subject.into(),
             verdict: roost_engine::Class::Bad,
@@ -371,6 +373,7 @@ fn lists_page_through_a_hundred_thousand_verdicts() {
     let writes: Vec<roost_verdicts::Write> = (0..100_000u32)
         .map(|i| roost_verdicts::Write {
             record: roost_verdicts::VerdictRecord {
+                shadow: false,
                 v: 1,
                 subject: format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
                 verdict: if i % 4 == 0 { roost_engine::Class::Bad } else { roost_engine::Class::Dubious },

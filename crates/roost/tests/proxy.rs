@@ -155,6 +155,7 @@ max_wait_secs = 2
     fn set(&self, subject: &str, verdict: Class, reputation: f32) {
         let now = now_ms();
         let record = VerdictRecord {
+            shadow: false,
             v: 1,
             subject: subject.into(),
             verdict,

@@ -511,3 +511,62 @@ fn config_merges_file_and_environment() {
     assert!(text.contains("half_life = \"5m\""), "{text}");
     assert!(text.contains("prior_weight = 7.5"), "{text}");
 }
+
+/// The backtest: `--compare OTHER.toml` reports exactly the clients whose worst verdict a
+/// tightened threshold (the crawl limit) changes (found here by two plain replays), with both sets of reasons;
+/// a rule in shadow mode gets the same report against the engine without it.
+#[test]
+fn compare_reports_exactly_the_clients_a_change_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("g.log");
+    roost(&["generate", "--out", s(&log), "--seed", "3"]);
+    let other = dir.path().join("tight.toml");
+    std::fs::write(&other, "[engine.crawl]\nlimit = 20\n").unwrap();
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    ok(&["replay", s(&log), "--output", s(&a)]);
+    ok(&["--config", s(&other), "replay", s(&log), "--output", s(&b)]);
+    let worst = |p: &Path| -> std::collections::BTreeMap<String, String> {
+        read_jsonl(p).into_iter().map(|v| (v["ip"].as_str().unwrap().to_owned(), v["worst"].to_string())).collect()
+    };
+    let (wa, wb) = (worst(&a), worst(&b));
+    let mut expected: Vec<String> = wa.keys().filter(|ip| wa.get(*ip) != wb.get(*ip)).cloned().collect();
+    expected.sort();
+    assert!(!expected.is_empty(), "the tighter thresholds change someone");
+
+    let out = ok(&["replay", s(&log), "--compare", s(&other)]);
+    let header = out.lines().find(|l| l.contains("compared with")).unwrap_or_else(|| panic!("{out}"));
+    assert!(header.contains(&format!("{} client(s) judged differently", expected.len())), "{header}");
+    let mut reported: Vec<String> = out
+        .lines()
+        .skip_while(|l| !l.contains("compared with"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .filter(|l| {
+            l.starts_with("    ") && !l.trim_start().starts_with("this:") && !l.trim_start().starts_with("other:")
+        })
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    reported.sort();
+    assert_eq!(reported, expected, "{out}");
+    assert!(out.contains("      other: "), "the other configuration's reasons are shown: {out}");
+
+    // a shadow rule: its would-be verdicts are the difference; the replay's own verdicts ignore it
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("trial.toml"),
+        "[[rule]]\nid = \"S-1\"\ntitle = \"home page on trial\"\nseverity = \"high\"\ncategory = \"test\"\n\
+         mode = \"shadow\"\nmatch.path = ['^/$']\neffect = { penalty = 1.0, verdict = \"block\", ttl = \"10m\" }\n\
+         examples.match = [\"GET / 200\"]\n",
+    )
+    .unwrap();
+    let c = dir.path().join("c.jsonl");
+    let out = ok(&["replay", s(&log), "--rules", s(&rules), "--output", s(&c)]);
+    assert!(out.contains("compared with sources in shadow mode"), "{out}");
+    assert!(out.contains("good → bad") && out.contains("other: S-1 home page on trial"), "{out}");
+    let enforced = read_jsonl(&c);
+    assert!(
+        enforced.iter().all(|v| !v.to_string().contains("S-1")),
+        "the replay's own verdicts never cite the shadow rule"
+    );
+}

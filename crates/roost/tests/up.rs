@@ -710,3 +710,99 @@ fn follows_an_error_log_and_judges_as_replay_does() {
     let (_, reader) = get(up.addr, "/api/v1/clients/192.0.2.50");
     assert!(reader.contains("\"class\":\"good\""), "{reader}");
 }
+
+const SHADOW_RULE: &str = r#"
+[[rule]]
+id = "S-1"
+title = "probe on trial"
+severity = "high"
+category = "test"
+mode = "shadow"
+match.path = ['^/shadow-probe$']
+effect = { penalty = 3.0, verdict = "block", ttl = "10m" }
+examples.match = ["GET /shadow-probe 404"]
+"#;
+
+/// A rule in shadow mode: its "would block" verdict is recorded (Redis `s:`, the admin's and
+/// the API's lists, a metric) and reaches neither the proxy nor the router (real Redis, real
+/// gobgpd). Switched to enforce by editing its file, the same client is blocked and diverted.
+#[test]
+fn a_shadow_rule_reaches_no_proxy_or_router_until_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rules = d.join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(rules.join("trial.toml"), SHADOW_RULE).unwrap();
+    let log = d.join("access.log");
+    append(&log, "");
+    let (api_port, proxy_port, bgp_port, gobgp_api, bgp_metrics) =
+        (common::free_port(), common::free_port(), common::free_port(), common::free_port(), common::free_port());
+    let prefix = format!("{}:", common::unique("up-shadow"));
+    let cfg = d.join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[logs]]\npath = \"{}\"\nformat = \"combined\"\n\n[rules]\ndir = \"{}\"\n\n\
+             [up]\nlisten = \"127.0.0.1:{api_port}\"\nadmin = false\npoll_interval = \"50ms\"\n\
+             [proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\nupstreams = [\"127.0.0.1:{api_port}\"]\n\
+             trusted_proxies = [\"127.0.0.1/32\"]\n\
+             [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
+             [bgp]\nasn = 65003\nrouter_id = \"127.0.0.4\"\nhold_time = 9\nlisten = \"127.0.0.1:{bgp_metrics}\"\n\
+             peers = [{{ address = \"127.0.0.1:{bgp_port}\", local_address = \"127.0.0.4\", peer_as = 65000 }}]\n",
+            log.display(),
+            rules.display(),
+            common::redis(),
+        ),
+    )
+    .unwrap();
+    let _router = common::gobgpd(d, bgp_port, gobgp_api);
+    let up = start(&cfg);
+    let via_proxy =
+        |client: &str| common::request(proxy_port, "GET", "/healthz", &[("X-Forwarded-For", client)], "").status;
+    common::wait_for(Duration::from_secs(20), "the proxy to pass a client", || via_proxy("198.51.100.70") == 200);
+    let mut store =
+        roost_verdicts::Store::new(&roost_verdicts::RedisConfig { url: common::redis(), prefix, ..Default::default() })
+            .unwrap();
+
+    let mut lines = String::new();
+    for _ in 0..3 {
+        lines.push_str(&clf_now("198.51.100.70", "GET", "/shadow-probe", 404));
+    }
+    append(&log, &lines);
+    let shadow = eventually("the shadow verdict in Redis", || {
+        store.load_shadow().ok()?.into_iter().find(|r| r.subject == "198.51.100.70")
+    });
+    assert_eq!(shadow.verdict.to_string(), "bad");
+    assert!(shadow.shadow && shadow.reasons.iter().any(|r| r.contains("S-1 probe on trial")), "{shadow:?}");
+    let (_, changes) = get(up.addr, "/api/v1/changes");
+    assert!(changes.contains("\"shadow\":true") && changes.contains("S-1"), "{changes}");
+    let (_, metrics) = get(up.addr, "/metrics");
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("roost_shadow_verdict_changes_total{kind=\"bad\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no shadow counter in /metrics:\n{metrics}"));
+    assert!(counted >= 1.0, "{counted}");
+    // enforced nowhere: no `v:` key, the proxy passes it, the router has no rule, the API says good
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!store.load_all().unwrap().contains_key("198.51.100.70"));
+    assert_eq!(via_proxy("198.51.100.70"), 200);
+    assert!(!common::rib(gobgp_api, "ipv4-flowspec").contains("198.51.100.70"));
+    let (_, api) = get(up.addr, "/api/v1/clients/198.51.100.70");
+    assert!(!api.contains("\"class\":\"bad\""), "{api}");
+
+    // enforce it: the next probe blocks and diverts
+    replace(&rules.join("trial.toml"), &SHADOW_RULE.replace("mode = \"shadow\"\n", ""));
+    eventually("the reloaded rule set", || {
+        let (_, m) = get(up.addr, "/metrics");
+        m.contains("roost_rule_reloads_total{outcome=\"ok\"} 1").then_some(())
+    });
+    append(&log, &clf_now("198.51.100.70", "GET", "/shadow-probe", 404));
+    eventually("the enforced verdict in Redis", || {
+        store.load_all().ok()?.get("198.51.100.70").filter(|v| v.verdict.to_string() == "bad").map(|_| ())
+    });
+    eventually("the proxy to refuse it", || (via_proxy("198.51.100.70") == 403).then_some(()));
+    eventually("a flowspec rule for it in gobgpd", || {
+        common::rib(gobgp_api, "ipv4-flowspec").contains("198.51.100.70").then_some(())
+    });
+}

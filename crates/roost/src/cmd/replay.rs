@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use roost_engine::{Class, Engine, Reason, Timestamp, VerdictChange};
+use roost_engine::{Class, Judge, Reason, Timestamp, VerdictChange};
 use roost_logformat::{ErrorKind, Line, LogFormatConfig, Parser};
 use serde::Serialize;
 
@@ -22,6 +22,39 @@ pub struct ReplayArgs {
     pub changes: Option<PathBuf>,
     /// The engine: rules, feeds and GeoIP/ASN as configured.
     pub engine: EngineBuilder,
+    /// `--compare OTHER.toml`: a second configuration run over the same lines (its name, its
+    /// engine). Without it, sources in shadow mode get a shadow engine of their own.
+    pub compare: Option<(String, EngineBuilder)>,
+}
+
+/// The engine a configuration describes, for `roost replay`: its feeds (and `--feed` files),
+/// its GeoIP policy, its rules (or `dir`'s, or none).
+pub fn builder(
+    cfg: &crate::config::Config,
+    feed: &[(String, PathBuf)],
+    no_rules: bool,
+    dir: Option<&Path>,
+) -> anyhow::Result<EngineBuilder> {
+    let defs = crate::enrich::definitions(&cfg.feeds)?;
+    let loaded = crate::enrich::load_local(cfg, &defs, feed)?;
+    let enrich = crate::enrich::Enrichment::new(cfg, roost_feeds::local::index(&loaded))?;
+    let mut engine = EngineBuilder::new(cfg.engine.clone())?.enrich(enrich);
+    if !no_rules {
+        let set = crate::ruleset::compile(&cfg.rules, dir)?;
+        engine = engine.rules(roost_rules::handle(set), cfg.rules.max_clients);
+    }
+    Ok(engine)
+}
+
+/// A client judged differently by the shadow (or `--compare`) engine: the worst verdict each
+/// gave it during the replay, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Difference {
+    pub ip: String,
+    pub verdict: Class,
+    pub other: Class,
+    pub reasons: Vec<String>,
+    pub other_reasons: Vec<String>,
 }
 
 /// One client's line in the output file.
@@ -95,6 +128,10 @@ pub struct Summary {
     pub allowlisted: u64,
     /// The rule set's version, when rules were used.
     pub rules: Option<String>,
+    /// What the second engine was (`shadow sources`, or the `--compare` file), and the clients
+    /// whose worst verdict differs, in address order.
+    pub compared: Option<String>,
+    pub differences: Vec<Difference>,
     pub seconds: f64,
 }
 
@@ -121,7 +158,18 @@ fn parser_for(cfg: &LogFormatConfig, path: &Path, head: &[String]) -> anyhow::Re
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let mut engine = args.engine.build();
+    let mut engine = args.engine.judge();
+    let compared = match &args.compare {
+        Some((name, other)) => {
+            engine.set_candidate(Some(other.build()));
+            Some(name.clone())
+        }
+        None => engine.candidate().is_some().then(|| "sources in shadow mode".to_owned()),
+    };
+    // a run under `mode = "shadow"` reports what it would do: its verdicts are the replay's
+    let second = engine.candidate().is_some();
+    let mut other_peaks: std::collections::HashMap<ipnetwork::IpNetwork, Peak> = std::collections::HashMap::new();
+    let mut out_buf: Vec<VerdictChange> = Vec::new();
     let rules_version = args.engine.rule_set().map(|set| format!("{} ({} rules)", set.version(), set.rules().len()));
     let mut changes_out = match &args.changes {
         Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
@@ -138,6 +186,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
             serde_json::to_writer(&mut *w, &c)?;
             w.write_all(b"\n")?;
         }
+        let peaks = if second && c.shadow { &mut other_peaks } else { &mut peaks };
         if c.to != Class::Good {
             let p = peaks.entry(c.subject).or_insert_with(|| Peak {
                 class: Class::Good,
@@ -172,7 +221,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
         let mut line_no = 0u64;
         let framed = matches!(parser, Parser::Syslog(_));
         let mut handle =
-            |line: &str, line_no: u64, engine: &mut Engine, malformed: &mut Malformed| -> anyhow::Result<()> {
+            |line: &str, line_no: u64, engine: &mut Judge, malformed: &mut Malformed| -> anyhow::Result<()> {
                 if framed && let Some(f) = roost_logformat::syslog::frame(line) {
                     let sender = format!("{}/{}", f.host.unwrap_or("-"), f.program.unwrap_or("-"));
                     if senders.len() < MAX_SENDERS || senders.contains_key(&sender) {
@@ -181,19 +230,17 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
                 }
                 match parser.parse_line(line) {
                     Ok(Line::Request(ev)) => {
-                        for c in engine.advance(ev.time) {
-                            record(c, &mut changes_out)?;
-                        }
-                        if let Some(c) = engine.observe(&ev) {
+                        engine.advance(ev.time, &mut out_buf);
+                        engine.observe(&ev, &mut out_buf);
+                        for c in out_buf.drain(..) {
                             record(c, &mut changes_out)?;
                         }
                     }
                     Ok(Line::Error(ev)) => {
                         error_events += 1;
-                        for c in engine.advance(ev.time) {
-                            record(c, &mut changes_out)?;
-                        }
-                        if let Some(c) = engine.observe_error(&ev) {
+                        engine.advance(ev.time, &mut out_buf);
+                        engine.observe_error(&ev, &mut out_buf);
+                        for c in out_buf.drain(..) {
                             record(c, &mut changes_out)?;
                         }
                     }
@@ -223,7 +270,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
         lines += line_no;
     }
     let end = engine.now();
-    for c in engine.expire(end) {
+    engine.expire(end, &mut out_buf);
+    for c in out_buf.drain(..) {
         record(c, &mut changes_out)?;
     }
     if let Some(mut w) = changes_out {
@@ -267,6 +315,29 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
         }
         w.flush().with_context(|| format!("writing {}", out.display()))?;
     }
+    let mut differences = Vec::new();
+    if second {
+        let texts = |p: Option<&Peak>| -> Vec<String> {
+            p.map(|p| p.reasons.iter().filter(|r| !r.source.ends_with(":version")).map(|r| r.text.clone()).collect())
+                .unwrap_or_default()
+        };
+        let mut subjects: Vec<ipnetwork::IpNetwork> = peaks.keys().chain(other_peaks.keys()).copied().collect();
+        subjects.sort_unstable_by_key(|n| (n.ip(), n.prefix()));
+        subjects.dedup();
+        for s in subjects {
+            let (a, b) = (peaks.get(&s), other_peaks.get(&s));
+            let (ca, cb) = (a.map_or(Class::Good, |p| p.class), b.map_or(Class::Good, |p| p.class));
+            if ca != cb {
+                differences.push(Difference {
+                    ip: subject_name(s),
+                    verdict: ca,
+                    other: cb,
+                    reasons: texts(a),
+                    other_reasons: texts(b),
+                });
+            }
+        }
+    }
     let mut top_reasons: Vec<(String, u64)> = reason_counts.into_iter().collect();
     top_reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     top_reasons.truncate(10);
@@ -285,6 +356,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
         clients: all.len() as u64,
         allowlisted: engine.stats().allowlisted,
         rules: rules_version,
+        compared,
+        differences,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -347,8 +420,37 @@ impl Summary {
                 writeln!(w, "    {n:>8}  {r}")?;
             }
         }
+        if let Some(other) = &self.compared {
+            self.print_differences(w, other)?;
+        }
         for s in &self.malformed.samples {
             writeln!(w, "  malformed: {s}")?;
+        }
+        Ok(())
+    }
+
+    /// The backtest: totals by (this verdict → the other's), then every client that differs.
+    fn print_differences(&self, w: &mut impl Write, other: &str) -> io::Result<()> {
+        let mut by: BTreeMap<(Class, Class), u64> = BTreeMap::new();
+        for d in &self.differences {
+            *by.entry((d.verdict, d.other)).or_default() += 1;
+        }
+        let totals: Vec<String> = by.iter().map(|((a, b), n)| format!("{a} → {b} {n}")).collect();
+        writeln!(
+            w,
+            "  compared with {other}: {} client(s) judged differently (worst verdict during the replay){}{}",
+            self.differences.len(),
+            if totals.is_empty() { "" } else { ": " },
+            totals.join(", ")
+        )?;
+        for d in &self.differences {
+            writeln!(w, "    {}  {} → {}", d.ip, d.verdict, d.other)?;
+            for r in d.reasons.iter().take(3) {
+                writeln!(w, "      this:  {r}")?;
+            }
+            for r in d.other_reasons.iter().take(3) {
+                writeln!(w, "      other: {r}")?;
+            }
         }
         Ok(())
     }

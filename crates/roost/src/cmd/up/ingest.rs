@@ -112,15 +112,15 @@ pub fn scorer_loop(rx: Receiver<Vec<Ingested>>, sh: Arc<Appliance>) {
                     let mut engine = sh.engine.lock().expect("engine lock");
                     for ev in &batch {
                         // the one expiry policy, as `roost replay`'s: verdicts lapse as event time passes
-                        changes.extend(engine.advance(ev.time()));
+                        engine.advance(ev.time(), &mut changes);
                         match ev {
-                            Ingested::Request(r) => changes.extend(engine.observe(r)),
+                            Ingested::Request(r) => engine.observe(r, &mut changes),
                             Ingested::Error(e) => {
                                 sh.metrics
                                     .error_events
                                     .get_or_create(&KindLabel { kind: e.kind.label().to_owned() })
                                     .inc();
-                                changes.extend(engine.observe_error(e))
+                                engine.observe_error(e, &mut changes)
                             }
                         }
                     }
@@ -145,7 +145,10 @@ pub fn scorer_loop(rx: Receiver<Vec<Ingested>>, sh: Arc<Appliance>) {
                 } else {
                     runtime::wall_now().max(engine.now())
                 };
-                let changes = engine.expire(now);
+                let mut changes = Vec::new();
+                engine.expire(now, &mut changes);
+                // a rule reload may have put a rule into shadow mode, or the last one out of it
+                sh.builder.refresh_candidate(&mut engine);
                 if ticks.is_multiple_of(60) {
                     let forgotten = engine.sweep(now);
                     tracing::debug!(forgotten, tracked = engine.tracked(), "swept idle clients");

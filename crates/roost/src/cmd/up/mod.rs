@@ -54,10 +54,9 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
     let rules = roost_rules::handle(rule_set);
     let feed_defs = enrich::definitions(&cfg.feeds)?;
     let enrich = Enrichment::new(&cfg, roost_feeds::FeedIndex::default())?;
-    let engine = EngineBuilder::new(cfg.engine.clone())?
-        .rules(rules.clone(), cfg.rules.max_clients)
-        .enrich(enrich.clone())
-        .build();
+    let builder =
+        EngineBuilder::new(cfg.engine.clone())?.rules(rules.clone(), cfg.rules.max_clients).enrich(enrich.clone());
+    let engine = builder.judge();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let feed_metrics = FeedMetrics::default();
@@ -82,6 +81,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
     };
     let shared = Arc::new(Appliance {
         engine: Mutex::new(engine),
+        builder,
         recent: Mutex::new(VecDeque::new()),
         metrics,
         registry,

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use roost_admin::AuditEntry;
 use roost_engine::alarm::DropDetector;
-use roost_engine::{Engine, Timestamp, VerdictChange};
+use roost_engine::{Engine, Judge, Timestamp, VerdictChange};
 use roost_verdicts::LocalVerdicts;
 
 use super::store::{KafkaMirror, RedisMirror};
@@ -43,6 +43,8 @@ pub struct UpMetrics {
     /// Error-log lines about nothing roost judges.
     pub unjudged_lines: Counter,
     pub rotations: Counter,
+    /// Shadow verdict changes ("would block", never enforced), by the class moved to.
+    pub shadow_changes: Family<KindLabel, Counter>,
     pub rules: crate::ruleset::RuleMetrics,
     pub redis_dropped: Counter,
     pub kafka_dropped: Counter,
@@ -69,6 +71,11 @@ impl UpMetrics {
         );
         r.register("roost_log_rotations", "Log rotations and truncations followed", self.rotations.clone());
         r.register("roost_events", "Requests scored", self.events.clone());
+        r.register(
+            "roost_shadow_verdict_changes",
+            "Shadow verdict changes (sources in shadow mode; recorded, never enforced), by the class moved to (kind)",
+            self.shadow_changes.clone(),
+        );
         self.rules.register(r);
         r.register(
             "roost_up_redis_writes_dropped",
@@ -106,7 +113,10 @@ impl UpMetrics {
 
 /// Everything `roost up` holds, shared by its threads, its API and its admin UI.
 pub struct Appliance {
-    pub engine: Mutex<Engine>,
+    /// The live engine, and the shadow engine while a source is in shadow mode.
+    pub engine: Mutex<Judge>,
+    /// What the engines are made of (a reload may start or stop the shadow engine).
+    pub builder: crate::engine::EngineBuilder,
     pub recent: Mutex<VecDeque<VerdictChange>>,
     pub metrics: UpMetrics,
     pub registry: Registry,
@@ -146,6 +156,7 @@ impl Appliance {
     /// The time verdicts expire by: the wall clock (a log line dated in the future must not move
     /// time for every client), or the demo's own event time while it replays.
     pub fn clock(&self, engine: &Engine) -> Timestamp {
+        // (a Judge reads as its live engine)
         if self.demo_running.load(std::sync::atomic::Ordering::Relaxed) { engine.now() } else { runtime::wall_now() }
     }
 }
@@ -157,25 +168,37 @@ pub fn record(sh: &Appliance, changes: Vec<VerdictChange>) {
         return;
     }
     let writes = sh.verdicts.lock().expect("verdicts lock").record(&changes);
+    // Shadow verdicts ("would block") are recorded, kept in Redis under their own keys and
+    // counted; the proxy, the verdicts topic and the routers never hear of them.
     if let Some(cache) = sh.cache.get() {
-        for w in &writes {
+        for w in writes.iter().filter(|w| !w.record.shadow) {
             cache.apply(&w.record);
         }
     }
     if let Some(r) = sh.redis.get() {
         r.send(writes);
     }
-    if let Some(k) = sh.kafka.get() {
-        k.changes(&changes);
+    let enforced: Vec<&VerdictChange> = changes.iter().filter(|c| !c.shadow).collect();
+    if let Some(k) = sh.kafka.get()
+        && !enforced.is_empty()
+    {
+        k.changes(enforced.iter().copied());
     }
-    if let Some(bgp) = sh.bgp.get() {
-        let _ = bgp.send(changes.iter().map(roost_bgp::Input::verdict).collect());
+    if let Some(bgp) = sh.bgp.get()
+        && !enforced.is_empty()
+    {
+        let _ = bgp.send(enforced.iter().map(|c| roost_bgp::Input::verdict(c)).collect());
     }
     let mut recent = sh.recent.lock().expect("recent lock");
     for c in changes {
         let reason = c.reasons.first().map(|r| r.text.as_str()).unwrap_or("");
-        tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reputation = format!("{:.2}", c.reputation), reason, "verdict");
-        sh.metrics.population.count_change(&c);
+        if c.shadow {
+            tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reputation = format!("{:.2}", c.reputation), reason, "shadow verdict (not enforced)");
+            sh.metrics.shadow_changes.get_or_create(&KindLabel { kind: c.to.as_str().to_owned() }).inc();
+        } else {
+            tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reputation = format!("{:.2}", c.reputation), reason, "verdict");
+            sh.metrics.population.count_change(&c);
+        }
         if recent.len() >= RECENT {
             recent.pop_back();
         }

@@ -183,9 +183,9 @@ impl KafkaMirror {
         Ok(KafkaMirror { tx, dropped, verdicts: kafka.topics.verdicts.clone(), audit: kafka.topics.audit.clone() })
     }
 
-    pub fn changes(&self, changes: &[VerdictChange]) {
+    pub fn changes<'c>(&self, changes: impl IntoIterator<Item = &'c VerdictChange>) {
         let batch = changes
-            .iter()
+            .into_iter()
             .map(|c| {
                 let key = roost_engine::subject_name(c.subject).into_bytes();
                 (self.verdicts.clone(), key, Some(roost_wire::verdicts::encode(c)))
@@ -258,6 +258,10 @@ impl Backend for UpBackend {
         self.shared.verdicts.lock().expect("verdicts lock").history(subject)
     }
 
+    fn shadow_verdicts(&self) -> Vec<roost_verdicts::VerdictRecord> {
+        self.shared.verdicts.lock().expect("verdicts lock").shadow()
+    }
+
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), String> {
         if let Some(r) = self.shared.redis.get() {
             let json = serde_json::to_string(entry).expect("an entry serializes");
@@ -304,10 +308,12 @@ impl Backend for UpBackend {
         let changes = {
             let mut engine = self.shared.engine.lock().expect("engine lock");
             let now = self.shared.clock(&engine);
+            let mut out = Vec::new();
             match ov {
-                Some(o) => engine.set_override(prefix, o, now),
-                None => engine.remove_override(prefix, now),
+                Some(o) => engine.set_override(prefix, o, now, &mut out),
+                None => engine.remove_override(prefix, now, &mut out),
             }
+            out
         };
         record(&self.shared, changes);
         if let Some(r) = self.shared.redis.get() {
