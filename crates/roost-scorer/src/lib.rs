@@ -20,17 +20,18 @@ pub mod run;
 use std::collections::BTreeMap;
 
 use ipnetwork::IpNetwork;
-use roost_engine::{Engine, Explanation, Override, Timestamp, VerdictChange};
+use roost_engine::{Engine, Explanation, Judge, Override, Timestamp, VerdictChange};
 
 pub use population::PopulationMetrics;
 use roost_wire::requests as wire;
 pub use run::{ScorerMetrics, Settings, run};
 
-/// Builds a fresh engine (rules, feeds and GeoIP attached) for a partition.
-pub type EngineFactory = Box<dyn Fn() -> Engine + Send>;
+/// Builds a fresh engine (rules, feeds and GeoIP attached) for a partition: the live engine,
+/// and a shadow one while sources run in shadow mode.
+pub type EngineFactory = Box<dyn Fn() -> Judge + Send>;
 
 struct Partition {
-    engine: Engine,
+    engine: Judge,
     /// The offset of the next record to handle.
     next: i64,
     /// Records before this offset were handled by an earlier owner: replay them silently.
@@ -43,8 +44,9 @@ struct Partition {
 pub enum Output {
     /// A verdict changed (event time `now` of its partition).
     Change { partition: i32, change: VerdictChange, now: Timestamp },
-    /// A partition went live: its current non-good verdicts, to (re)write without announcing.
-    Resync { partition: i32, verdicts: Vec<Explanation>, now: Timestamp },
+    /// A partition went live: its current non-good verdicts, to (re)write without announcing
+    /// (and the shadow engine's, as shadow verdicts).
+    Resync { partition: i32, verdicts: Vec<Explanation>, shadow: Vec<Explanation>, now: Timestamp },
 }
 
 /// Counters, for metrics.
@@ -82,8 +84,9 @@ impl Scorer {
         for &(p, committed) in parts {
             let mut engine = (self.make)();
             engine.track_renewals(true);
+            let mut ignored = Vec::new();
             for (net, ov) in &self.overrides {
-                engine.set_override(*net, ov.clone(), Timestamp(0));
+                engine.set_override(*net, ov.clone(), Timestamp(0), &mut ignored);
             }
             let mut part = Partition { engine, next: 0, live_from: committed.unwrap_or(0), live: false };
             Self::maybe_live(p, &mut part, &mut self.outputs);
@@ -108,11 +111,11 @@ impl Scorer {
     fn maybe_live(p: i32, part: &mut Partition, out: &mut Vec<Output>) {
         if !part.live && part.next >= part.live_from {
             part.live = true;
-            part.engine.take_renewals(); // the resync carries them
+            part.engine.take_renewals(&mut Vec::new()); // the resync carries them
             let now = part.engine.now();
-            let verdicts = part.engine.flagged(now, None, usize::MAX);
+            let (verdicts, shadow) = flagged(&part.engine, now);
             tracing::info!(partition = p, offset = part.next, flagged = verdicts.len(), "partition live");
-            out.push(Output::Resync { partition: p, verdicts, now });
+            out.push(Output::Resync { partition: p, verdicts, shadow, now });
         }
     }
 
@@ -136,26 +139,31 @@ impl Scorer {
                     wire::Message::ErrorLog(e) => e.time,
                 };
                 // the one expiry policy, as `roost replay`'s: verdicts lapse as event time passes
-                for c in part.engine.advance(time) {
-                    if live {
-                        self.outputs.push(Output::Change { partition: p, now: part.engine.now(), change: c });
+                let mut changes = Vec::new();
+                part.engine.advance(time, &mut changes);
+                let handled = match &rec {
+                    wire::Message::Request(ev) => {
+                        part.engine.observe(ev, &mut changes);
+                        Ok(())
                     }
-                }
-                let change = match &rec {
-                    wire::Message::Request(ev) => Ok(part.engine.observe(ev)),
                     wire::Message::Evidence(e) => match e.evidence() {
-                        Ok(ev) => Ok(part.engine.apply(e.client, e.time, &[ev])),
+                        Ok(ev) => {
+                            part.engine.apply(e.client, e.time, &[ev], &mut changes);
+                            Ok(())
+                        }
                         Err(why) => Err(wire::Error::Evidence(why)),
                     },
-                    wire::Message::ErrorLog(e) => Ok(part.engine.observe_error(e)),
+                    wire::Message::ErrorLog(e) => {
+                        part.engine.observe_error(e, &mut changes);
+                        Ok(())
+                    }
                 };
-                match change {
-                    Ok(c) => {
-                        if let Some(c) = c
-                            && live
-                        {
-                            self.outputs.push(Output::Change { partition: p, now: part.engine.now(), change: c });
-                        }
+                if live {
+                    let now = part.engine.now();
+                    self.outputs.extend(changes.into_iter().map(|change| Output::Change { partition: p, now, change }));
+                }
+                match handled {
+                    Ok(()) => {
                         if live {
                             self.counts.events += 1;
                         } else {
@@ -183,10 +191,11 @@ impl Scorer {
         };
         for (p, part) in &mut self.parts {
             let now = part.engine.now();
-            let changes = match &ov {
-                Some(o) => part.engine.set_override(net, o.clone(), now),
-                None => part.engine.remove_override(net, now),
-            };
+            let mut changes = Vec::new();
+            match &ov {
+                Some(o) => part.engine.set_override(net, o.clone(), now, &mut changes),
+                None => part.engine.remove_override(net, now, &mut changes),
+            }
             if part.live {
                 self.outputs.extend(changes.into_iter().map(|c| Output::Change { partition: *p, change: c, now }));
             }
@@ -198,11 +207,8 @@ impl Scorer {
         for (p, part) in &self.parts {
             if part.live {
                 let now = part.engine.now();
-                self.outputs.push(Output::Resync {
-                    partition: *p,
-                    verdicts: part.engine.flagged(now, None, usize::MAX),
-                    now,
-                });
+                let (verdicts, shadow) = flagged(&part.engine, now);
+                self.outputs.push(Output::Resync { partition: *p, verdicts, shadow, now });
             }
         }
     }
@@ -212,7 +218,8 @@ impl Scorer {
         for (p, part) in &mut self.parts {
             if part.live {
                 let now = part.engine.now();
-                let renewals = part.engine.take_renewals();
+                let mut renewals = Vec::new();
+                part.engine.take_renewals(&mut renewals);
                 self.outputs.extend(renewals.into_iter().map(|change| Output::Change { partition: *p, change, now }));
             }
         }
@@ -229,10 +236,17 @@ impl Scorer {
         &self.counts
     }
 
-    /// The engines, for metrics (aggregates, state size).
+    /// The live engines, for metrics (aggregates, state size).
     pub fn engines(&self) -> impl Iterator<Item = &Engine> {
-        self.parts.values().map(|p| &p.engine)
+        self.parts.values().map(|p| p.engine.live())
     }
+}
+
+/// A judge's flagged clients: the live engine's, and the shadow engine's.
+fn flagged(j: &Judge, now: Timestamp) -> (Vec<Explanation>, Vec<Explanation>) {
+    let live = j.flagged(now, None, usize::MAX);
+    let shadow = j.candidate().map(|c| c.flagged(now, None, usize::MAX)).unwrap_or_default();
+    if j.shadow_all() { (Vec::new(), live) } else { (live, shadow) }
 }
 
 #[cfg(test)]
@@ -260,7 +274,7 @@ mod tests {
     }
 
     fn scorer() -> Scorer {
-        Scorer::new(Box::new(|| Engine::new(EngineConfig::default()).unwrap()))
+        Scorer::new(Box::new(|| Judge::new(Engine::new(EngineConfig::default()).unwrap())))
     }
 
     fn changes(out: &[Output]) -> Vec<(String, Class)> {

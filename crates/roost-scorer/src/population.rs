@@ -54,6 +54,7 @@ pub struct PopulationMetrics {
     dossiers: Gauge,
     evidence: Family<SourceLabel, Counter>,
     changes: Family<ChangeLabel, Counter>,
+    shadow_changes: Family<ChangeLabel, Counter>,
     /// The evidence totals last seen, to count increments only (engines come and go with
     /// partitions, so their totals are not monotonic).
     seen: Mutex<HashMap<Source, u64>>,
@@ -96,6 +97,11 @@ impl PopulationMetrics {
             "roost_verdict_changes",
             "Verdict changes, by new verdict, cause and the category of the leading reason",
             self.changes.clone(),
+        );
+        r.register(
+            "roost_shadow_verdict_changes",
+            "Shadow verdict changes (sources in shadow mode: recorded, never enforced), labelled as roost_verdict_changes",
+            self.shadow_changes.clone(),
         );
     }
 
@@ -152,16 +158,19 @@ impl PopulationMetrics {
 
     /// Counts a verdict change.
     pub fn count_change(&self, c: &VerdictChange) {
-        let kind = c.reasons.first().map_or("", |r| r.source.split(':').next().unwrap_or(""));
-        let reason = REASON_KINDS.iter().find(|k| **k == kind).copied().unwrap_or("other");
-        self.changes
-            .get_or_create(&ChangeLabel {
-                to: c.to.as_str().into(),
-                cause: format!("{:?}", c.cause).to_lowercase(),
-                reason: reason.into(),
-            })
-            .inc();
+        self.changes.get_or_create(&change_label(c)).inc();
     }
+
+    /// Counts a shadow verdict change (never enforced).
+    pub fn count_shadow_change(&self, c: &VerdictChange) {
+        self.shadow_changes.get_or_create(&change_label(c)).inc();
+    }
+}
+
+fn change_label(c: &VerdictChange) -> ChangeLabel {
+    let kind = c.reasons.first().map_or("", |r| r.source.split(':').next().unwrap_or(""));
+    let reason = REASON_KINDS.iter().find(|k| **k == kind).copied().unwrap_or("other");
+    ChangeLabel { to: c.to.as_str().into(), cause: format!("{:?}", c.cause).to_lowercase(), reason: reason.into() }
 }
 
 #[cfg(test)]

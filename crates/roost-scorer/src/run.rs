@@ -297,6 +297,8 @@ fn write(
             let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = outputs
                 .iter()
                 .filter_map(|o| match o {
+                    // shadow verdicts are never published: routers and other consumers act on the topic
+                    Output::Change { change, .. } if change.shadow => None,
                     Output::Change { change, .. } => {
                         Some((roost_wire::verdicts::key(change), Some(roost_wire::verdicts::encode(change))))
                     }
@@ -326,8 +328,13 @@ fn write(
             for o in outputs.iter() {
                 if let Output::Change { change: c, .. } = o {
                     let reason = c.reasons.first().map(|r| r.text.as_str()).unwrap_or("");
-                    tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reason, "verdict");
-                    metrics.population.count_change(c);
+                    if c.shadow {
+                        tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reason, "shadow verdict (not enforced)");
+                        metrics.population.count_shadow_change(c);
+                    } else {
+                        tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reason, "verdict");
+                        metrics.population.count_change(c);
+                    }
                 }
             }
             outputs.clear();
@@ -367,12 +374,16 @@ fn to_writes(outputs: &[Output]) -> Vec<Write> {
                 announce: true,
                 samples: change.samples.clone(),
             }),
-            Output::Resync { verdicts, now, .. } => w.extend(verdicts.iter().map(|x| Write {
-                record: VerdictRecord::from_explanation(x),
-                now: *now,
-                announce: false,
-                samples: Vec::new(),
-            })),
+            Output::Resync { verdicts, shadow, now, .. } => {
+                w.extend(verdicts.iter().map(|x| (x, false)).chain(shadow.iter().map(|x| (x, true))).map(
+                    |(x, shadow)| Write {
+                        record: VerdictRecord { shadow, ..VerdictRecord::from_explanation(x) },
+                        now: *now,
+                        announce: false,
+                        samples: Vec::new(),
+                    },
+                ))
+            }
         }
     }
     w

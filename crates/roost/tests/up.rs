@@ -759,7 +759,9 @@ fn a_shadow_rule_reaches_no_proxy_or_router_until_enforced() {
     let up = start(&cfg);
     let via_proxy =
         |client: &str| common::request(proxy_port, "GET", "/healthz", &[("X-Forwarded-For", client)], "").status;
-    common::wait_for(Duration::from_secs(20), "the proxy to pass a client", || via_proxy("198.51.100.70") == 200);
+    common::wait_for(Duration::from_secs(30), "the proxy to pass a client", || {
+        TcpStream::connect(("127.0.0.1", proxy_port)).is_ok() && via_proxy("198.51.100.70") == 200
+    });
     let mut store =
         roost_verdicts::Store::new(&roost_verdicts::RedisConfig { url: common::redis(), prefix, ..Default::default() })
             .unwrap();
@@ -779,7 +781,7 @@ fn a_shadow_rule_reaches_no_proxy_or_router_until_enforced() {
     let (_, metrics) = get(up.addr, "/metrics");
     let counted = metrics
         .lines()
-        .find(|l| l.starts_with("roost_shadow_verdict_changes_total{kind=\"bad\"}"))
+        .find(|l| l.starts_with("roost_shadow_verdict_changes_total{") && l.contains("to=\"bad\""))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no shadow counter in /metrics:\n{metrics}"));
     assert!(counted >= 1.0, "{counted}");

@@ -56,7 +56,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         s.is_stopping()
     })?);
     let builder = EngineBuilder::new(cfg.engine.clone())?.rules(rules, cfg.rules.max_clients).enrich(enrich);
-    let make: roost_scorer::EngineFactory = Box::new(move || builder.build());
+    let make: roost_scorer::EngineFactory = Box::new(move || builder.judge());
     let (tx, rx) = std::sync::mpsc::channel();
     threads.push(roost_scorer::overrides::follow(cfg.kafka.clone(), tx, shutdown.flag()));
     let (done_tx, done_rx) = std::sync::mpsc::channel();

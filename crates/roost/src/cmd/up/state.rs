@@ -43,8 +43,6 @@ pub struct UpMetrics {
     /// Error-log lines about nothing roost judges.
     pub unjudged_lines: Counter,
     pub rotations: Counter,
-    /// Shadow verdict changes ("would block", never enforced), by the class moved to.
-    pub shadow_changes: Family<KindLabel, Counter>,
     pub rules: crate::ruleset::RuleMetrics,
     pub redis_dropped: Counter,
     pub kafka_dropped: Counter,
@@ -71,11 +69,6 @@ impl UpMetrics {
         );
         r.register("roost_log_rotations", "Log rotations and truncations followed", self.rotations.clone());
         r.register("roost_events", "Requests scored", self.events.clone());
-        r.register(
-            "roost_shadow_verdict_changes",
-            "Shadow verdict changes (sources in shadow mode; recorded, never enforced), by the class moved to (kind)",
-            self.shadow_changes.clone(),
-        );
         self.rules.register(r);
         r.register(
             "roost_up_redis_writes_dropped",
@@ -194,7 +187,7 @@ pub fn record(sh: &Appliance, changes: Vec<VerdictChange>) {
         let reason = c.reasons.first().map(|r| r.text.as_str()).unwrap_or("");
         if c.shadow {
             tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reputation = format!("{:.2}", c.reputation), reason, "shadow verdict (not enforced)");
-            sh.metrics.shadow_changes.get_or_create(&KindLabel { kind: c.to.as_str().to_owned() }).inc();
+            sh.metrics.population.count_shadow_change(&c);
         } else {
             tracing::info!(client = %c.subject, from = %c.from, to = %c.to, cause = ?c.cause, reputation = format!("{:.2}", c.reputation), reason, "verdict");
             sh.metrics.population.count_change(&c);
