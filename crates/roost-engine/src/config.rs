@@ -49,6 +49,51 @@ pub struct EngineConfig {
     pub max_clients: usize,
     /// What the web servers' error logs say, by kind: pseudo-requests of negative evidence each.
     pub error_log: ErrorLogWeights,
+    /// Legitimate-app profiles in force, by name (`profiles/`): their normal 401/403/404
+    /// answers count as nothing.
+    pub profiles: Vec<String>,
+    /// The definitions of `profiles` (filled in by whoever loads the configuration).
+    #[serde(skip)]
+    pub profile_defs: Vec<AppProfile>,
+}
+
+/// A legitimate self-hosted app's normal requests (`profiles/*.toml`): answers that are part of
+/// its normal operation (Nextcloud's previews and avatars answered 404, WebDAV's 401 before the
+/// credentials) and so say nothing about the client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppProfile {
+    /// Lowercase letters, digits, `-` and `_`: what `engine.profiles` names.
+    pub name: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub references: Vec<String>,
+    pub normal: Vec<NormalRequests>,
+}
+
+/// Requests an app makes in normal operation, and the answers that are normal for them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NormalRequests {
+    /// Regexes on the path (case-insensitive, searched: anchor with `^`).
+    pub paths: Vec<String>,
+    /// Only these methods; empty: any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// The answers that are normal here.
+    #[serde(default = "normal_statuses")]
+    pub statuses: Vec<u16>,
+    /// `METHOD /path?query STATUS` lines that are normal (tested), and that are not.
+    #[serde(default)]
+    pub examples: Vec<String>,
+    #[serde(default)]
+    pub not_examples: Vec<String>,
+}
+
+fn normal_statuses() -> Vec<u16> {
+    vec![401, 403, 404]
 }
 
 /// Whether verdicts are acted on (`enforce`) or only recorded and shown (`shadow`): for the
@@ -147,6 +192,8 @@ impl Default for EngineConfig {
             forget_after: Duration::from_secs(3600),
             max_clients: 5_000_000,
             error_log: ErrorLogWeights::default(),
+            profiles: Vec::new(),
+            profile_defs: Vec::new(),
         }
     }
 }
@@ -336,6 +383,18 @@ pub enum ConfigError {
 impl EngineConfig {
     /// Checks what serde cannot: ranges and relations between fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for name in &self.profiles {
+            let def = self.profile_defs.iter().find(|p| p.name == *name).ok_or_else(|| {
+                ConfigError::Invalid("profiles", format!("no app profile named {name:?} (roost profiles list)"))
+            })?;
+            for n in &def.normal {
+                for p in &n.paths {
+                    regex::Regex::new(p).map_err(|e| {
+                        ConfigError::Invalid("profiles", format!("profile {name}: bad path pattern {p:?}: {e}"))
+                    })?;
+                }
+            }
+        }
         for (k, v) in &self.scores {
             parse_score_key(k).ok_or_else(|| ConfigError::ScoreKey(k.clone()))?;
             if !(-1.0..=1.0).contains(v) {

@@ -323,7 +323,7 @@ impl Engine {
         if !self.room_for(key) {
             return None;
         }
-        let path_class = self.scoring.classify(&ev.path);
+        let path_class = self.scoring.classify_request(&ev.method, &ev.path, ev.status);
         let weight = self.scoring.weight(path_class);
         let score = self.scoring.status_score(ev.status);
         let cat = Category::of(ev.status);

@@ -24,7 +24,8 @@ mod state;
 mod verdict;
 
 pub use config::{
-    BehaviourConfig, ConfigError, EngineConfig, ErrorLogWeights, Mode, PathConfig, SlowConfig, VerdictConfig,
+    AppProfile, BehaviourConfig, ConfigError, EngineConfig, ErrorLogWeights, Mode, NormalRequests, PathConfig,
+    SlowConfig, VerdictConfig,
 };
 pub use engine::{Aggregates, Engine, Override, Stats};
 pub use evidence::{Annotator, Evidence, Inspector, RequestContext, Source, SourceKind};

@@ -56,6 +56,18 @@ pub struct Scoring {
     benign_exact: HashSet<Box<str>>,
     benign_prefix: Vec<Box<str>>,
     pub static_weight: f32,
+    /// The app profiles in force: their path patterns, and per pattern the methods and answers
+    /// that are normal.
+    profiles: Option<Profiles>,
+}
+
+#[derive(Clone, Debug)]
+struct Profiles {
+    set: regex::bytes::RegexSet,
+    /// Per pattern: (methods, or empty for any; normal statuses).
+    normal: Vec<(Vec<String>, Vec<u16>)>,
+    /// Every status some pattern calls normal (a quick test before the set).
+    statuses: HashSet<u16>,
 }
 
 impl Scoring {
@@ -79,7 +91,24 @@ impl Scoring {
                 }
             }
         }
+        let mut pats = Vec::new();
+        let mut normal = Vec::new();
+        for def in cfg.profile_defs.iter().filter(|d| cfg.profiles.contains(&d.name)) {
+            for n in &def.normal {
+                for p in &n.paths {
+                    pats.push(format!("(?i:{p})"));
+                    normal.push((n.methods.iter().map(|m| m.to_ascii_uppercase()).collect(), n.statuses.clone()));
+                }
+            }
+        }
+        let profiles = (!pats.is_empty()).then(|| Profiles {
+            // validated by EngineConfig::validate
+            set: regex::bytes::RegexSetBuilder::new(&pats).unicode(false).build().expect("validated profile patterns"),
+            statuses: normal.iter().flat_map(|(_, s)| s.iter().copied()).collect(),
+            normal,
+        });
         Scoring {
+            profiles,
             status,
             static_ext: cfg.paths.static_extensions.iter().map(|e| e.to_ascii_lowercase().into_boxed_str()).collect(),
             benign_exact,
@@ -92,6 +121,22 @@ impl Scoring {
     #[inline]
     pub fn status_score(&self, status: u16) -> f32 {
         self.status.get(status as usize).copied().unwrap_or(0.0)
+    }
+
+    /// Page, static asset or benign, for a request: a request an app profile in force calls
+    /// normal, answered as it says is normal, is benign.
+    pub fn classify_request(&self, method: &str, path: &str, status: u16) -> PathClass {
+        if let Some(p) = &self.profiles
+            && p.statuses.contains(&status)
+            && p.set.matches(path.as_bytes()).iter().any(|i| {
+                let (methods, statuses) = &p.normal[i];
+                statuses.contains(&status)
+                    && (methods.is_empty() || methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+            })
+        {
+            return PathClass::Benign;
+        }
+        self.classify(path)
     }
 
     /// Page, static asset or benign.

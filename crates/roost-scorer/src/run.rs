@@ -374,16 +374,14 @@ fn to_writes(outputs: &[Output]) -> Vec<Write> {
                 announce: true,
                 samples: change.samples.clone(),
             }),
-            Output::Resync { verdicts, shadow, now, .. } => {
-                w.extend(verdicts.iter().map(|x| (x, false)).chain(shadow.iter().map(|x| (x, true))).map(
-                    |(x, shadow)| Write {
-                        record: VerdictRecord { shadow, ..VerdictRecord::from_explanation(x) },
-                        now: *now,
-                        announce: false,
-                        samples: Vec::new(),
-                    },
-                ))
-            }
+            Output::Resync { verdicts, shadow, now, .. } => w.extend(
+                verdicts.iter().map(|x| (x, false)).chain(shadow.iter().map(|x| (x, true))).map(|(x, shadow)| Write {
+                    record: VerdictRecord { shadow, ..VerdictRecord::from_explanation(x) },
+                    now: *now,
+                    announce: false,
+                    samples: Vec::new(),
+                }),
+            ),
         }
     }
     w

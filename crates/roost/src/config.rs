@@ -333,6 +333,7 @@ impl Config {
             Some(f) => format!("reading configuration from {} and ROOST_* variables", f.display()),
             None => "reading configuration from ROOST_* variables".to_owned(),
         })?;
+        cfg.engine.profile_defs = crate::profiles::built_in()?;
         cfg.engine.validate()?;
         // the admin names IPv6 clients as the engine keys them
         cfg.admin.ipv6_prefix = cfg.engine.ipv6_prefix;

@@ -12,6 +12,7 @@ mod engine;
 mod enrich;
 mod flowspec;
 mod logs;
+mod profiles;
 mod ruleset;
 mod runtime;
 

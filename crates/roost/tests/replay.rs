@@ -570,3 +570,63 @@ fn compare_reports_exactly_the_clients_a_change_moves() {
         "the replay's own verdicts never cite the shadow rule"
     );
 }
+
+/// A Nextcloud user browsing photos in Firefox: a burst of previews and avatars answered 404,
+/// the notifications app polled while disabled. Without the profile the client is judged on
+/// those 404s; with `[engine] profiles = ["nextcloud"]` it stays good. A scanner in the same log
+/// is flagged either way.
+#[test]
+fn an_app_profile_keeps_a_nextcloud_user_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("cloud.log");
+    let ua = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
+    let referer = "https://cloud.example.org/apps/photos/";
+    let mut lines = String::new();
+    let line = |s: u32, ip: &str, req: &str, status: u16| {
+        format!(
+            "{ip} - alice [06/Dec/2026:10:{:02}:{:02} +0000] \"{req} HTTP/1.1\" {status} 512 \"{referer}\" \"{ua}\"\n",
+            s / 60,
+            s % 60
+        )
+    };
+    lines.push_str(&line(0, "192.0.2.44", "GET /apps/photos/", 200));
+    for i in 0..60u32 {
+        let req = match i % 4 {
+            0 | 1 => format!("GET /index.php/core/preview?fileId={}&x=256&y=256&a=true", 1000 + i),
+            2 => format!("GET /avatar/user{i}/64"),
+            _ => "GET /ocs/v2.php/apps/notifications/api/v2/notifications?format=json".to_owned(),
+        };
+        lines.push_str(&line(2 + i * 2, "192.0.2.44", &req, 404));
+        if i % 10 == 0 {
+            lines.push_str(&line(3 + i * 2, "192.0.2.44", "GET /apps/photos/api/v1/albums", 200));
+        }
+    }
+    for (i, p) in
+        ["/.env", "/.git/config", "/wp-login.php", "/phpmyadmin/", "/backup.zip", "/admin.php"].iter().enumerate()
+    {
+        lines.push_str(&line(10 + i as u32, "198.51.100.9", &format!("GET {p}"), 404));
+    }
+    std::fs::write(&log, lines).unwrap();
+    let verdicts = |cfg: Option<&Path>| -> std::collections::BTreeMap<String, String> {
+        let out = dir.path().join("out.jsonl");
+        let mut args = vec![];
+        if let Some(c) = cfg {
+            args.extend(["--config", s(c)]);
+        }
+        args.extend(["replay", s(&log), "--output", s(&out)]);
+        ok(&args);
+        read_jsonl(&out).into_iter().map(|v| (v["ip"].as_str().unwrap().to_owned(), v["worst"].to_string())).collect()
+    };
+    let without = verdicts(None);
+    assert_ne!(without["192.0.2.44"], "\"good\"", "the 404 burst is evidence without the profile: {without:?}");
+    let cfg = dir.path().join("roost.toml");
+    std::fs::write(&cfg, "[engine]\nprofiles = [\"nextcloud\"]\n").unwrap();
+    let with = verdicts(Some(&cfg));
+    assert_eq!(with["192.0.2.44"], "\"good\"", "{with:?}");
+    assert_eq!(with["198.51.100.9"], "\"bad\"", "the scanner is still flagged: {with:?}");
+    std::fs::write(&cfg, "[engine]\nprofiles = [\"nextclowd\"]\n").unwrap();
+    let out = roost(&["--config", s(&cfg), "replay", s(&log)]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no app profile named \"nextclowd\"")
+    );
+}
