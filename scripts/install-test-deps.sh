@@ -14,9 +14,9 @@ SUDO=""
 # (+ amtool): the alerting rules' tests and the end-to-end alert test; softflowd (a real NetFlow
 # exporter, reading pcaps) and nfdump (nfcapd, the reference collector) for `roost flows` (system services
 # left stopped); haproxy: its log format snippet is run for real; systemd: systemd-analyze verify
-# checks the units in deploy/systemd; stunnel4 (+ openssl for its certificate): the TLS endpoint in front
+# checks the units in deploy/systemd; dnsmasq-base: the DNS server crawler verification (FCrDNS) asks in tests; stunnel4 (+ openssl for its certificate): the TLS endpoint in front
 # of tansu for the Kafka TLS/SASL tests (tansu 0.6 serves no TLS itself).
-"$(dirname "$0")/install-build-deps.sh" procps systemd docker-compose yamllint redis-server nginx haproxy wrk chromium chromium-driver gobgpd bird2 prometheus prometheus-alertmanager softflowd nfdump stunnel4 openssl
+"$(dirname "$0")/install-build-deps.sh" procps systemd docker-compose yamllint redis-server nginx haproxy wrk chromium chromium-driver gobgpd bird2 prometheus prometheus-alertmanager softflowd nfdump stunnel4 openssl dnsmasq-base
 
 # Shared real-world test data (../shared/data, next to the checkout): the tests read it.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

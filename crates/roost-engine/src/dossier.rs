@@ -153,7 +153,13 @@ impl Dossier {
 
     /// The strongest immediate verdict still in force at `t`.
     pub fn floor(&self, t: Secs) -> Option<(Class, Secs)> {
-        self.ledger.iter().filter_map(|e| e.verdict).filter(|&(_, until)| until > t).max()
+        self.ledger.iter().filter_map(|e| e.verdict).filter(|&(c, until)| c != Class::Good && until > t).max()
+    }
+
+    /// Whether evidence asked for the client to be held good until after `t` (a verified
+    /// crawler): it then is, whatever else the evidence says (only an override beats it).
+    pub fn exempt(&self, t: Secs) -> bool {
+        self.ledger.iter().filter_map(|e| e.verdict).any(|(c, until)| c == Class::Good && until > t)
     }
 
     /// Observations with negative evidence beyond negative status answers: they count for the

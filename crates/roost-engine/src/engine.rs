@@ -649,6 +649,11 @@ impl Engine {
         let judged = self.judged(current, rep, st.w * d, negatives);
         let floor = dossier.and_then(|d| d.floor(t));
         let mut target = judged.max(floor.map_or(Class::Good, |f| f.0));
+        // evidence that holds the client good (a verified crawler) beats the rest of it
+        let exempt = dossier.is_some_and(|d| d.exempt(t));
+        if exempt {
+            target = Class::Good;
+        }
         let ov = self.override_for(key).cloned();
         if let Some(o) = &ov {
             target = o.class;
@@ -668,7 +673,7 @@ impl Engine {
             return None;
         }
         let cause = if ov.is_some() { Cause::Override } else { cause };
-        if target < current && ov.is_none() && held.is_some_and(|h| t < h.expires) {
+        if target < current && ov.is_none() && !exempt && held.is_some_and(|h| t < h.expires) {
             return None; // holds until it expires
         }
         Some(self.change(key, st, current, target, t, rep, cause, floor, judged))

@@ -38,6 +38,8 @@ pub enum SourceKind {
     /// A web server's error log.
     #[serde(rename = "errorlog")]
     ErrorLog,
+    /// Search-engine crawler verification (forward-confirmed reverse DNS).
+    Crawler,
 }
 
 impl SourceKind {
@@ -51,6 +53,7 @@ impl SourceKind {
             SourceKind::Proxy => "proxy",
             SourceKind::Manual => "manual",
             SourceKind::ErrorLog => "errorlog",
+            SourceKind::Crawler => "crawler",
         }
     }
 }
@@ -67,6 +70,7 @@ impl std::str::FromStr for SourceKind {
             "proxy" => SourceKind::Proxy,
             "manual" => SourceKind::Manual,
             "errorlog" => SourceKind::ErrorLog,
+            "crawler" => SourceKind::Crawler,
             _ => return Err(format!("unknown evidence source kind {s:?}")),
         })
     }
@@ -108,7 +112,9 @@ pub struct Evidence {
     /// Negative evidence in pseudo-requests scored −1 (a negative value is credit, scored +1).
     /// It enters the reputation average and decays with it.
     pub penalty: f32,
-    /// An immediate verdict (at least this class) for this long after the evidence.
+    /// An immediate verdict (at least this class) for this long after the evidence; `Good`:
+    /// the client is held good for this long whatever else the evidence says (a verified
+    /// crawler; only an operator's override beats it).
     pub verdict: Option<(Class, Duration)>,
     /// The reason in words and numbers, e.g. "R-1003 path traversal: GET /..%2f..%2fetc/passwd".
     pub detail: String,

@@ -29,6 +29,10 @@ pub enum FeedFormat {
     Csv,
     /// Facebook ThreatExchange Graph API `threat_descriptors` pages (`data[]`, `paging.next`).
     Threatexchange,
+    /// The JSON in which Google and Bing publish their crawlers' ranges:
+    /// `{"creationTime":…,"prefixes":[{"ipv4Prefix":"66.249.64.0/27"},{"ipv6Prefix":…}]}`.
+    #[serde(rename = "ipranges")]
+    IpRanges,
 }
 
 /// What a listing does to a client's reputation.
@@ -38,7 +42,8 @@ pub struct FeedEffect {
     /// Negative evidence in pseudo-requests, entering the reputation average and decaying with it.
     #[serde(default)]
     pub penalty: f32,
-    /// An immediate verdict of at least this class while listed…
+    /// An immediate verdict of at least this class while listed (`good`: held good, whatever
+    /// else the evidence says: a search engine's published crawler ranges)…
     #[serde(default)]
     pub verdict: Option<Class>,
     /// …for this long after each episode in which the client shows up.
@@ -132,7 +137,7 @@ impl FeedDef {
         if !self.effect.penalty.is_finite() || self.effect.penalty.abs() > 100.0 {
             return Err("effect.penalty: a number between -100 and 100".into());
         }
-        if self.effect.verdict.is_some_and(|c| c != Class::Good) && self.effect.ttl.is_none() {
+        if self.effect.verdict.is_some() && self.effect.ttl.is_none() {
             return Err("effect.verdict needs effect.ttl".into());
         }
         if let Some(s) = self.max_shrink
@@ -146,7 +151,7 @@ impl FeedDef {
     /// The verdict part of the effect, when it has one.
     pub fn verdict(&self) -> Option<(Class, Duration)> {
         match (self.effect.verdict, self.effect.ttl) {
-            (Some(c), Some(ttl)) if c != Class::Good => Some((c, ttl)),
+            (Some(c), Some(ttl)) => Some((c, ttl)),
             _ => None,
         }
     }

@@ -127,7 +127,34 @@ pub fn parse(format: FeedFormat, csv: Option<&CsvLayout>, body: &[u8]) -> Parsed
         FeedFormat::SpamhausJson => spamhaus_json(&text),
         FeedFormat::Csv => parse_csv(&text, csv.cloned().unwrap_or_default()),
         FeedFormat::Threatexchange => threatexchange(body),
+        FeedFormat::IpRanges => ip_ranges(body),
     }
+}
+
+/// Google's and Bing's published crawler ranges.
+fn ip_ranges(body: &[u8]) -> Parsed {
+    #[derive(Deserialize)]
+    struct Doc {
+        prefixes: Vec<serde_json::Value>,
+    }
+    let mut out = Parsed::default();
+    let doc: Doc = match serde_json::from_slice(body) {
+        Ok(d) => d,
+        Err(e) => {
+            out.error(1, LineErrorKind::BadRecord, &e.to_string());
+            return out;
+        }
+    };
+    let mut seen = hashbrown::HashSet::new();
+    for (i, p) in doc.prefixes.iter().enumerate() {
+        let cidr = p.get("ipv4Prefix").or_else(|| p.get("ipv6Prefix")).and_then(|v| v.as_str());
+        match cidr.map(parse_net) {
+            Some(Ok(net)) => out.entry(&mut seen, net, None),
+            Some(Err(kind)) => out.error(i + 1, kind, &p.to_string()),
+            None => out.error(i + 1, LineErrorKind::BadRecord, &p.to_string()),
+        }
+    }
+    out
 }
 
 /// Parses an address or CIDR, normalising the network address.
@@ -339,6 +366,16 @@ mod tests {
         assert_eq!(p.entries[0].detail.as_deref(), Some("QakBot"));
         assert_eq!(p.errors, 1);
         assert_eq!(p.samples[0].line, 7);
+    }
+
+    #[test]
+    fn crawler_ranges() {
+        let body = br#"{"creationTime":"2026-11-30T23:00:00.000000","prefixes":[{"ipv6Prefix":"2001:4860:4801:10::/64"},{"ipv4Prefix":"66.249.64.0/27"},{"ipv4Prefix":"66.249.64.999/27"},{"other":1}]}"#;
+        let p = parse(FeedFormat::IpRanges, None, body);
+        let nets: Vec<String> = p.entries.iter().map(|e| e.net.to_string()).collect();
+        assert_eq!(nets, ["2001:4860:4801:10::/64", "66.249.64.0/27"]);
+        assert_eq!(p.errors, 2);
+        assert_eq!(parse(FeedFormat::IpRanges, None, b"<html>").errors, 1);
     }
 
     #[test]

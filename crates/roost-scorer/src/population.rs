@@ -61,8 +61,21 @@ pub struct PopulationMetrics {
 }
 
 /// The categories a change's leading reason is counted under (its source's prefix).
-const REASON_KINDS: [&str; 11] =
-    ["status", "behaviour", "rule", "feed", "geo", "flow", "proxy", "override", "manual", "verdict", "evidence"];
+const REASON_KINDS: [&str; 13] = [
+    "status",
+    "behaviour",
+    "rule",
+    "feed",
+    "geo",
+    "flow",
+    "proxy",
+    "override",
+    "manual",
+    "verdict",
+    "evidence",
+    "errorlog",
+    "crawler",
+];
 
 impl PopulationMetrics {
     pub fn register(&self, r: &mut Registry) {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 /// The top-level sections, as environment variables spell them (`ROOST_ENGINE__…`).
 const SECTIONS: &[&str] = &[
     "engine", "logs", "rules", "up", "feeds", "geo", "kafka", "redis", "tail", "score", "proxy", "bgp", "alert",
-    "flows", "admin",
+    "flows", "admin", "crawlers",
 ];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -56,6 +56,8 @@ pub struct Config {
     pub flows: FlowsConfig,
     /// `roost admin`: the admin UI.
     pub admin: roost_admin::AdminConfig,
+    /// Search-engine crawler verification (forward-confirmed reverse DNS).
+    pub crawlers: crate::crawlers::CrawlersConfig,
 }
 
 /// Known-bad behaviour rules.

@@ -18,13 +18,14 @@ pub struct EngineBuilder {
     cfg: EngineConfig,
     rules: Option<(RulesHandle, usize)>,
     enrich: Option<Enrichment>,
+    crawlers: Option<std::sync::Arc<crate::crawlers::Verifier>>,
 }
 
 impl EngineBuilder {
     /// Checks the engine's configuration once, so that [`EngineBuilder::build`] cannot fail.
     pub fn new(cfg: EngineConfig) -> anyhow::Result<EngineBuilder> {
         Engine::new(cfg.clone())?;
-        Ok(EngineBuilder { cfg, rules: None, enrich: None })
+        Ok(EngineBuilder { cfg, rules: None, enrich: None, crawlers: None })
     }
 
     /// Scores with these known-bad rules (a handle: reloads reach every engine), tracking
@@ -37,6 +38,13 @@ impl EngineBuilder {
     /// Scores with these threat feeds and GeoIP/ASN policy.
     pub fn enrich(mut self, enrich: Enrichment) -> EngineBuilder {
         self.enrich = Some(enrich);
+        self
+    }
+
+    /// Verifies clients that claim to be a search engine's crawler (`[crawlers] verify`); one
+    /// verifier (cache, queue) serves every engine built.
+    pub fn crawlers(mut self, verifier: std::sync::Arc<crate::crawlers::Verifier>) -> EngineBuilder {
+        self.crawlers = Some(verifier);
         self
     }
 
@@ -89,6 +97,9 @@ impl EngineBuilder {
         }
         if let Some(enrich) = &self.enrich {
             enrich.attach(&mut e);
+        }
+        if let Some(v) = &self.crawlers {
+            e.add_inspector(Box::new(crate::crawlers::CrawlerInspector::new(v.clone())));
         }
         e
     }

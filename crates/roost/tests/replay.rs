@@ -630,3 +630,90 @@ fn an_app_profile_keeps_a_nextcloud_user_good() {
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no app profile named \"nextclowd\"")
     );
 }
+
+/// dnsmasq on loopback answering PTR and A records, as the DNS server crawler verification asks.
+struct Dns(std::process::Child);
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn dnsmasq(records: &[&str]) -> (Dns, u16) {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cmd = Command::new("/usr/sbin/dnsmasq");
+    cmd.args(["--keep-in-foreground", "--bind-interfaces", "--listen-address=127.0.0.1", "--no-resolv", "--no-hosts"])
+        .args(["--conf-file=/dev/null", "--pid-file=", "--user=root", "--log-facility=-"])
+        .arg(format!("--port={port}"))
+        .args(records)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let child = cmd.spawn().expect("dnsmasq (scripts/install-test-deps.sh installs dnsmasq-base)");
+    // listening once it answers a TCP connection on the port
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "dnsmasq did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (Dns(child), port)
+}
+
+/// Crawler verification by forward-confirmed reverse DNS, against a real DNS server: the real
+/// Googlebot (PTR under googlebot.com, resolving back) stays good while crawling far faster
+/// than anyone may; clients claiming Googlebot whose PTR is missing, whose PTR name does not
+/// resolve back, or resolves elsewhere are flagged, each with that reason. Without
+/// verification the real one is flagged for its pace.
+#[test]
+fn crawlers_are_verified_by_forward_confirmed_reverse_dns() {
+    let (_dns, port) = dnsmasq(&[
+        "--host-record=crawl-66-249-66-1.googlebot.com,66.249.66.1",
+        "--ptr-record=55.2.0.192.in-addr.arpa,crawl-192-0-2-55.googlebot.com",
+        "--ptr-record=56.2.0.192.in-addr.arpa,crawl-192-0-2-56.googlebot.com",
+        "--host-record=crawl-192-0-2-56.googlebot.com,66.249.66.9",
+        "--host-record=scraper.example.net,192.0.2.57",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("bots.log");
+    let ua = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+    let mut lines = String::new();
+    // 300 pages in 2 minutes each: far over the crawl limit
+    for i in 0..300u32 {
+        for ip in ["66.249.66.1", "192.0.2.55", "192.0.2.56", "192.0.2.57", "203.0.113.77"] {
+            let (m, s) = ((i * 4 / 10) / 60, (i * 4 / 10) % 60);
+            lines.push_str(&format!(
+                "{ip} - - [06/Dec/2026:10:{m:02}:{s:02} +0000] \"GET /articles/{i} HTTP/1.1\" 200 5120 \"-\" \"{ua}\"\n"
+            ));
+        }
+    }
+    std::fs::write(&log, lines).unwrap();
+    let run = |cfg: &str| -> HashMap<String, Value> {
+        let c = dir.path().join("roost.toml");
+        std::fs::write(&c, cfg).unwrap();
+        let out = dir.path().join("out.jsonl");
+        ok(&["--config", s(&c), "replay", s(&log), "--output", s(&out)]);
+        read_jsonl(&out).into_iter().map(|v| (v["ip"].as_str().unwrap().to_owned(), v)).collect()
+    };
+    let off = run("");
+    assert_ne!(off["66.249.66.1"]["worst"], "good", "without verification its pace flags it: {:?}", off["66.249.66.1"]);
+
+    let on = run(&format!("[crawlers]\nverify = true\nresolver = \"127.0.0.1:{port}\"\n"));
+    let google = &on["66.249.66.1"];
+    assert_eq!(google["worst"], "good", "{google}");
+    assert!(
+        google.to_string().contains("verified Googlebot: 66.249.66.1 is crawl-66-249-66-1.googlebot.com"),
+        "{google}"
+    );
+    for (ip, why) in [
+        ("192.0.2.55", "crawl-192-0-2-55.googlebot.com does not resolve back to it"),
+        ("192.0.2.56", "crawl-192-0-2-56.googlebot.com resolves to 66.249.66.9 instead"),
+        ("192.0.2.57", "is scraper.example.net, which is not under googlebot.com"),
+        ("203.0.113.77", "has no reverse DNS name"),
+    ] {
+        let v = &on[ip];
+        assert_ne!(v["worst"], "good", "{v}");
+        let text = v.to_string();
+        assert!(text.contains("claims to be Googlebot but is not") && text.contains(why), "{ip}: {text}");
+    }
+}

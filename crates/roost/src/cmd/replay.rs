@@ -39,6 +39,10 @@ pub fn builder(
     let loaded = crate::enrich::load_local(cfg, &defs, feed)?;
     let enrich = crate::enrich::Enrichment::new(cfg, roost_feeds::local::index(&loaded))?;
     let mut engine = EngineBuilder::new(cfg.engine.clone())?.enrich(enrich);
+    if cfg.crawlers.verify {
+        // a replay waits for each answer: the same log gives the same verdicts
+        engine = engine.crawlers(crate::crawlers::Verifier::new(&cfg.crawlers, false)?);
+    }
     if !no_rules {
         let set = crate::ruleset::compile(&cfg.rules, dir)?;
         engine = engine.rules(roost_rules::handle(set), cfg.rules.max_clients);

@@ -55,7 +55,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     threads.extend(ruleset::spawn_watch(&cfg.rules, rules.clone(), rule_metrics, reload_rules.clone(), move || {
         s.is_stopping()
     })?);
-    let builder = EngineBuilder::new(cfg.engine.clone())?.rules(rules, cfg.rules.max_clients).enrich(enrich);
+    let mut builder = EngineBuilder::new(cfg.engine.clone())?.rules(rules, cfg.rules.max_clients).enrich(enrich);
+    if cfg.crawlers.verify {
+        builder = builder.crawlers(crate::crawlers::Verifier::new(&cfg.crawlers, true)?);
+    }
     let make: roost_scorer::EngineFactory = Box::new(move || builder.judge());
     let (tx, rx) = std::sync::mpsc::channel();
     threads.push(roost_scorer::overrides::follow(cfg.kafka.clone(), tx, shutdown.flag()));

@@ -54,8 +54,11 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
     let rules = roost_rules::handle(rule_set);
     let feed_defs = enrich::definitions(&cfg.feeds)?;
     let enrich = Enrichment::new(&cfg, roost_feeds::FeedIndex::default())?;
-    let builder =
+    let mut builder =
         EngineBuilder::new(cfg.engine.clone())?.rules(rules.clone(), cfg.rules.max_clients).enrich(enrich.clone());
+    if cfg.crawlers.verify {
+        builder = builder.crawlers(crate::crawlers::Verifier::new(&cfg.crawlers, true)?);
+    }
     let engine = builder.judge();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
