@@ -49,12 +49,66 @@ pub struct EngineConfig {
     pub max_clients: usize,
     /// What the web servers' error logs say, by kind: pseudo-requests of negative evidence each.
     pub error_log: ErrorLogWeights,
+    /// IPv6: when several subjects (/64s) of one wider prefix turn bad within a window, the
+    /// wider prefix's other subjects are judged at once.
+    pub escalation: EscalationConfig,
+    /// IPv4 addresses shared by many (a NAT, a CGNAT): challenged rather than blocked.
+    pub shared: SharedConfig,
     /// Legitimate-app profiles in force, by name (`profiles/`): their normal 401/403/404
     /// answers count as nothing.
     pub profiles: Vec<String>,
     /// The definitions of `profiles` (filled in by whoever loads the configuration).
     #[serde(skip)]
     pub profile_defs: Vec<AppProfile>,
+}
+
+/// `[engine.escalation]`: an attacker rotating through the /64s of its /48 gets no fresh start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EscalationConfig {
+    pub enabled: bool,
+    /// The wider prefix (shorter than `ipv6_prefix`).
+    pub prefix: u8,
+    /// Subjects of one wider prefix that turn bad within `window` …
+    pub min_subjects: u16,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// … make every other subject of it this (at its first request) for `ttl`.
+    pub verdict: Class,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for EscalationConfig {
+    fn default() -> Self {
+        EscalationConfig {
+            enabled: true,
+            prefix: 48,
+            min_subjects: 3,
+            window: Duration::from_secs(600),
+            verdict: Class::Bad,
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[engine.shared]`: an IPv4 address behind which many distinct user agents behave well is
+/// shared (a NAT, a carrier-grade NAT): a verdict there would hit them all.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SharedConfig {
+    pub enabled: bool,
+    /// Distinct user agents whose requests were answered 2xx/3xx …
+    pub min_agents: u16,
+    /// … hold the address at `dubious` (challenged, which each person behind it can pass)
+    /// unless its reputation falls below this (far more evidence than `bad_below`).
+    pub bad_below: f32,
+}
+
+impl Default for SharedConfig {
+    fn default() -> Self {
+        SharedConfig { enabled: true, min_agents: 8, bad_below: -0.95 }
+    }
 }
 
 /// A legitimate self-hosted app's normal requests (`profiles/*.toml`): answers that are part of
@@ -192,6 +246,8 @@ impl Default for EngineConfig {
             forget_after: Duration::from_secs(3600),
             max_clients: 5_000_000,
             error_log: ErrorLogWeights::default(),
+            escalation: EscalationConfig::default(),
+            shared: SharedConfig::default(),
             profiles: Vec::new(),
             profile_defs: Vec::new(),
         }
@@ -383,6 +439,23 @@ pub enum ConfigError {
 impl EngineConfig {
     /// Checks what serde cannot: ranges and relations between fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let e = &self.escalation;
+        // (a prefix no shorter than ipv6_prefix leaves escalation without effect)
+        if e.enabled && (e.prefix == 0 || e.prefix > 128 || e.min_subjects < 2 || e.verdict == Class::Good) {
+            return Err(ConfigError::Invalid(
+                "escalation",
+                format!(
+                    "prefix ({}) must be 1-128, min_subjects ({}) at least 2, verdict dubious or bad",
+                    e.prefix, e.min_subjects
+                ),
+            ));
+        }
+        if self.shared.enabled && !(-1.0..=self.verdict.bad_below).contains(&self.shared.bad_below) {
+            return Err(ConfigError::Invalid(
+                "shared",
+                format!("bad_below ({}) must be between -1 and verdict.bad_below", self.shared.bad_below),
+            ));
+        }
         for name in &self.profiles {
             let def = self.profile_defs.iter().find(|p| p.name == *name).ok_or_else(|| {
                 ConfigError::Invalid("profiles", format!("no app profile named {name:?} (roost profiles list)"))

@@ -47,6 +47,9 @@ pub struct Dossier {
     /// The time of this client's live entry in the expiry heap, if any (at most one is live;
     /// others are stale and dropped when popped).
     pub queued: Option<Secs>,
+    /// IPv4: hashes of distinct user agents answered 2xx/3xx (bounded): many means a shared
+    /// address (a NAT).
+    pub agents: Vec<u32>,
 }
 
 const MAX_TARGET: usize = 200;
@@ -166,6 +169,20 @@ impl Dossier {
     /// minimum-evidence rule, one per request however many sources spoke about it.
     pub fn penalized_hits(&self) -> u32 {
         self.extra_negatives
+    }
+
+    /// Notes a user agent answered well, up to `max` distinct ones.
+    pub fn agent(&mut self, ua: &str, max: usize) {
+        if self.agents.len() >= max {
+            return;
+        }
+        // FNV-1a over the length and the last 32 bytes (where browsers put their versions):
+        // stable across runs (replay is deterministic), cheap, and collisions only undercount
+        let tail = &ua.as_bytes()[ua.len().saturating_sub(32)..];
+        let h = tail.iter().fold(0x811c_9dc5u32 ^ ua.len() as u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+        if !self.agents.contains(&h) {
+            self.agents.push(h);
+        }
     }
 
     pub fn samples_vec(&self) -> Vec<Sample> {

@@ -22,7 +22,10 @@ use crate::evidence::{Annotator, Evidence, Inspector, RequestContext, Source, So
 use crate::reasons::{reasons, span};
 use crate::scoring::{Category, PathClass, Scoring};
 use crate::state::{HAS_DOSSIER, IpState, Key, Secs, States, half_life_decay, window_decay};
-use crate::verdict::{Cause, Class, Explanation, Reason, VerdictChange};
+use crate::verdict::{Cause, Class, Explanation, Reason, VerdictChange, subject_name};
+
+/// Requests in an episode after which an IPv4 client is watched for being a shared address.
+const BUSY: u32 = 20;
 
 /// Below this much decayed weight, a returning client starts a new episode: its counts restart.
 const EPISODE_EPS: f32 = 0.01;
@@ -131,13 +134,24 @@ pub struct Engine {
     expired_to: Option<Secs>,
     stats: Stats,
     scratch: Vec<Evidence>,
-    /// The built-in signals' sources, made once (crawl, slow).
-    sources: [Source; 2],
+    /// The built-in signals' sources, made once (crawl, slow, escalated prefix).
+    sources: [Source; 3],
     /// Clients whose verdict's expiry moved well past the one reported, while tracked.
     renewed: Option<Vec<Key>>,
+    /// IPv6 prefixes wider than a subject (`[engine.escalation]`) with subjects that turned bad
+    /// recently, and until when the prefix is escalated.
+    wide: HashMap<u128, Wide>,
     /// Whether evidence from sources in shadow mode counts here (a [`crate::Judge`]'s
     /// candidate engine) or is dropped (the live engine, the default).
     takes_shadow: bool,
+}
+
+/// A wider IPv6 prefix's subjects that turned bad within the escalation window.
+#[derive(Default)]
+struct Wide {
+    bad: Vec<([u64; 2], Secs)>,
+    /// Escalated until then (0: not escalated).
+    until: Secs,
 }
 
 /// Seconds as whole and tenths, for text: integer formatting is far cheaper than `{:.1}`.
@@ -182,9 +196,14 @@ impl Engine {
             expired_to: None,
             stats: Stats::default(),
             scratch: Vec::new(),
-            sources: [Source::new(SourceKind::Behaviour, "crawl"), Source::new(SourceKind::Behaviour, "slow")],
+            sources: [
+                Source::new(SourceKind::Behaviour, "crawl"),
+                Source::new(SourceKind::Behaviour, "slow"),
+                Source::new(SourceKind::Behaviour, "escalated_prefix"),
+            ],
             renewed: None,
             takes_shadow: false,
+            wide: HashMap::new(),
             cfg,
         })
     }
@@ -334,6 +353,9 @@ impl Engine {
         let new_episode = self.fold(key, t);
         let st = self.states.get_mut(key).expect("fold created it");
         st.requests = st.requests.saturating_add(1);
+        // shared-address watch (IPv4): a busy client gets a dossier; a dossier counts agents
+        let watch = self.cfg.shared.enabled && matches!(key, Key::V4(_));
+        let (busy, had_dossier) = (st.requests == BUSY, st.flags & HAS_DOSSIER != 0);
         if weight > 0.0 {
             st.s += score * weight;
             st.w += weight;
@@ -356,6 +378,20 @@ impl Engine {
             for a in &self.annotators {
                 a.annotate(ev.client, ev.time, &mut evidence);
             }
+        }
+        if !self.wide.is_empty() {
+            self.escalated(key, t, &mut evidence);
+        }
+        // a busy IPv4 client gets a dossier (while there is room), so that a shared address is
+        // known by its many user agents before anyone behind it misbehaves
+        let max_agents = self.cfg.shared.min_agents as usize;
+        if watch
+            && (had_dossier || busy)
+            && cat == Category::Ok
+            && let Some(ua) = ev.user_agent.as_deref()
+            && let Some(d) = if had_dossier { self.dossiers.get_mut(&key) } else { self.dossier_for(key, false) }
+        {
+            d.agent(ua, max_agents);
         }
         if !self.takes_shadow && evidence.iter().any(|e| e.source.shadow) {
             evidence.retain(|e| !e.source.shadow);
@@ -414,6 +450,65 @@ impl Engine {
         self.fold(key, t);
         self.apply_evidence(key, t, &mut evidence, false);
         self.decide(key, t, Cause::Evidence)
+    }
+
+    /// The wider IPv6 prefix `key` escalates with, as bits.
+    fn wide_of(&self, key: Key) -> Option<u128> {
+        let e = &self.cfg.escalation;
+        match key {
+            Key::V6([hi, lo]) if e.enabled && e.prefix < self.cfg.ipv6_prefix => {
+                let bits = ((hi as u128) << 64) | lo as u128;
+                Some(bits & (u128::MAX << (128 - e.prefix as u32)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Evidence for a subject of an escalated wider prefix (once its class is below it).
+    fn escalated(&mut self, key: Key, t: Secs, out: &mut Vec<Evidence>) {
+        let Some(p) = self.wide_of(key) else { return };
+        let e = &self.cfg.escalation;
+        let Some(w) = self.wide.get(&p).filter(|w| w.until > t) else { return };
+        if self.states.get(key).is_some_and(|st| st.class >= e.verdict as u8) {
+            return;
+        }
+        let wide = IpNetwork::new(std::net::Ipv6Addr::from_bits(p).into(), e.prefix).expect("prefix <= 128");
+        let mut subjects: Vec<String> =
+            w.bad.iter().take(3).map(|(s, _)| subject_name(Key::V6(*s).subject(self.cfg.ipv6_prefix))).collect();
+        if w.bad.len() > 3 {
+            subjects.push("…".into());
+        }
+        out.push(Evidence {
+            source: self.sources[2].clone(),
+            penalty: 1.0,
+            verdict: Some((e.verdict, std::time::Duration::from_secs((w.until - t) as u64))),
+            detail: format!(
+                "{wide}: {} of its /{}s turned bad within {} ({}); every other one is judged with them",
+                w.bad.len(),
+                self.cfg.ipv6_prefix,
+                span(dur_secs(e.window)),
+                subjects.join(", ")
+            ),
+        });
+    }
+
+    /// Notes a subject that turned bad; escalates its wider prefix when enough did.
+    fn note_bad(&mut self, key: Key, t: Secs) {
+        let (Some(p), Key::V6(subject)) = (self.wide_of(key), key) else { return };
+        let e = &self.cfg.escalation;
+        let (window, min, ttl) = (dur_secs(e.window), e.min_subjects as usize, dur_secs(e.ttl));
+        let w = self.wide.entry(p).or_default();
+        if w.until > t {
+            return; // escalated already: its own verdicts are not new evidence
+        }
+        w.bad.retain(|(_, at)| t.saturating_sub(*at) <= window);
+        match w.bad.iter_mut().find(|(s, _)| *s == subject) {
+            Some(b) => b.1 = t,
+            None => w.bad.push((subject, t)),
+        }
+        if w.bad.len() >= min {
+            w.until = w.until.max(t.saturating_add(ttl));
+        }
     }
 
     /// Whether `key` is tracked or may be: at `max_clients`, the good clients idle longest
@@ -646,8 +741,17 @@ impl Engine {
         let d = half_life_decay(t.saturating_sub(st.last), self.inv_half_life);
         let rep = self.reputation(&st, d);
         let negatives = st.negatives() + dossier.map_or(0, Dossier::penalized_hits);
-        let judged = self.judged(current, rep, st.w * d, negatives);
-        let floor = dossier.and_then(|d| d.floor(t));
+        let mut judged = self.judged(current, rep, st.w * d, negatives);
+        let mut floor = dossier.and_then(|d| d.floor(t));
+        // a shared address (a NAT): challenged, which each person behind it can pass, rather
+        // than blocked, unless the evidence is overwhelming
+        let sh = &self.cfg.shared;
+        let shared =
+            sh.enabled && rep >= sh.bad_below && dossier.is_some_and(|d| d.agents.len() >= sh.min_agents as usize);
+        if shared {
+            judged = judged.min(Class::Dubious);
+            floor = floor.map(|(c, until)| (c.min(Class::Dubious), until));
+        }
         let mut target = judged.max(floor.map_or(Class::Good, |f| f.0));
         // evidence that holds the client good (a verified crawler) beats the rest of it
         let exempt = dossier.is_some_and(|d| d.exempt(t));
@@ -673,7 +777,9 @@ impl Engine {
             return None;
         }
         let cause = if ov.is_some() { Cause::Override } else { cause };
-        if target < current && ov.is_none() && !exempt && held.is_some_and(|h| t < h.expires) {
+        // a block found to be on a shared address is lifted to a challenge at once
+        let released = exempt || (shared && current == Class::Bad);
+        if target < current && ov.is_none() && !released && held.is_some_and(|h| t < h.expires) {
             return None; // holds until it expires
         }
         Some(self.change(key, st, current, target, t, rep, cause, floor, judged))
@@ -732,6 +838,9 @@ impl Engine {
         }
         self.states.get_mut(key).expect("exists").class = to as u8;
         self.stats.changes_to[to as usize] += 1;
+        if to == Class::Bad && from != Class::Bad {
+            self.note_bad(key, t);
+        }
         let d = self.dossiers.get(&key).expect("exists");
         let mut why = reasons(&self.cfg, &st, Some(d), t, to, rep);
         match cause {
@@ -868,6 +977,8 @@ impl Engine {
         for i in &mut self.inspectors {
             i.forget_before(Timestamp::from_secs(t.saturating_sub(idle) as i64));
         }
+        let window = dur_secs(self.cfg.escalation.window);
+        self.wide.retain(|_, w| w.until > t || w.bad.iter().any(|(_, at)| t.saturating_sub(*at) <= window));
         before - self.states.len()
     }
 

@@ -69,7 +69,17 @@ impl Judge {
         }
     }
 
+    /// Nothing in shadow: the live engine alone, its changes as they are (the usual case, kept
+    /// free of the pairing's cost).
+    fn alone(&self) -> bool {
+        self.candidate.is_none() && !self.shadow_all()
+    }
+
     pub fn observe(&mut self, ev: &RequestEvent<'_>, out: &mut Vec<VerdictChange>) {
+        if self.alone() {
+            out.extend(self.live.observe(ev));
+            return;
+        }
         self.both(out, |e| e.observe(ev).into_iter().collect());
     }
 
@@ -83,6 +93,10 @@ impl Judge {
 
     /// See [`Engine::advance`].
     pub fn advance(&mut self, time: Timestamp, out: &mut Vec<VerdictChange>) {
+        if self.alone() {
+            out.extend(self.live.advance(time));
+            return;
+        }
         self.both(out, |e| e.advance(time));
     }
 

@@ -24,8 +24,8 @@ mod state;
 mod verdict;
 
 pub use config::{
-    AppProfile, BehaviourConfig, ConfigError, EngineConfig, ErrorLogWeights, Mode, NormalRequests, PathConfig,
-    SlowConfig, VerdictConfig,
+    AppProfile, BehaviourConfig, ConfigError, EngineConfig, ErrorLogWeights, EscalationConfig, Mode, NormalRequests,
+    PathConfig, SharedConfig, SlowConfig, VerdictConfig,
 };
 pub use engine::{Aggregates, Engine, Override, Stats};
 pub use evidence::{Annotator, Evidence, Inspector, RequestContext, Source, SourceKind};

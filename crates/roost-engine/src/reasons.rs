@@ -77,6 +77,19 @@ pub fn reasons(
             });
         }
     }
+    let shared = &cfg.shared;
+    let mut shared_reason = None;
+    if let Some(d) = dossier.filter(|d| shared.enabled && d.agents.len() >= shared.min_agents as usize) {
+        shared_reason = Some(Reason {
+            source: "behaviour:shared_address".to_owned(),
+            text: format!(
+                "shared address: {} or more distinct user agents were answered well here (a NAT or CGNAT), so it is challenged rather than blocked unless its reputation falls below {}",
+                d.agents.len(),
+                shared.bad_below
+            ),
+            weight: 0.0,
+        });
+    }
     let negatives = st.negatives() + dossier.map_or(0, Dossier::penalized_hits);
     if good && negatives < min_neg && rep < cfg.verdict.dubious_below {
         out.push(Reason {
@@ -86,6 +99,10 @@ pub fn reasons(
         });
     }
     out.sort_by(|a, b| b.weight.total_cmp(&a.weight));
+    // why a flagged shared address is held at a challenge comes first
+    if let Some(r) = shared_reason {
+        if good { out.push(r) } else { out.insert(0, r) }
+    }
     if good || out.is_empty() {
         let ok = st.n[Category::Ok as usize];
         out.insert(

@@ -19,7 +19,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
-use regex::RegexSet;
+use regex::bytes::RegexSet;
 use roost_engine::{Class, Evidence, Inspector, RequestContext, Source, SourceKind, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -154,7 +154,11 @@ impl Verifier {
         opts.attempts = 1;
         opts.cache_size = 0; // the outcomes are cached here
         let resolver = builder.build();
-        let ua = RegexSet::new(CRAWLERS.iter().map(|c| c.ua)).expect("valid crawler patterns");
+        // ASCII classes: compiled in a fraction of the time, and far cheaper per request
+        let ua = regex::bytes::RegexSetBuilder::new(CRAWLERS.iter().map(|c| c.ua))
+            .unicode(false)
+            .build()
+            .expect("valid crawler patterns");
         let cache = Mutex::new(Cache {
             outcomes: std::collections::HashMap::new(),
             order: VecDeque::new(),
@@ -190,7 +194,7 @@ impl Verifier {
 
     /// The crawler a User-Agent claims to be, if any.
     fn claimed(&self, ua: &str) -> Option<usize> {
-        self.ua.matches(ua).iter().next()
+        self.ua.matches(ua.as_bytes()).iter().next()
     }
 
     /// The outcome for `ip` claiming crawler `c`: cached, looked up now (`roost replay`), or
@@ -288,7 +292,13 @@ pub struct CrawlerInspector {
     sources: Vec<(Source, Source)>,
     /// When each client last got evidence (event time, s), bounded like the cache.
     said: std::collections::HashMap<IpAddr, i64>,
+    /// The crawler each user agent seen lately claims (user agents repeat: matching one costs
+    /// about 25 times looking it up), bounded.
+    claims: hashbrown::HashMap<Box<str>, Option<u8>>,
 }
+
+/// User agents remembered by [`CrawlerInspector`], at most.
+const CLAIMS_KEPT: usize = 8192;
 
 impl CrawlerInspector {
     pub fn new(verifier: Arc<Verifier>) -> CrawlerInspector {
@@ -301,7 +311,7 @@ impl CrawlerInspector {
                 )
             })
             .collect();
-        CrawlerInspector { verifier, sources, said: std::collections::HashMap::new() }
+        CrawlerInspector { verifier, sources, said: std::collections::HashMap::new(), claims: hashbrown::HashMap::new() }
     }
 }
 
@@ -312,7 +322,18 @@ impl Inspector for CrawlerInspector {
 
     fn inspect(&mut self, ctx: &RequestContext<'_, '_>, out: &mut Vec<Evidence>) {
         let Some(ua) = ctx.event.user_agent.as_deref() else { return };
-        let Some(c) = self.verifier.claimed(ua) else { return };
+        let claim = match self.claims.get(ua) {
+            Some(c) => *c,
+            None => {
+                if self.claims.len() >= CLAIMS_KEPT {
+                    self.claims.clear();
+                }
+                let c = self.verifier.claimed(ua).map(|c| c as u8);
+                self.claims.insert(ua.into(), c);
+                c
+            }
+        };
+        let Some(c) = claim.map(usize::from) else { return };
         let ip = ctx.event.client;
         let now = ctx.now.secs();
         let cfg = &self.verifier.cfg;

@@ -717,3 +717,106 @@ fn crawlers_are_verified_by_forward_confirmed_reverse_dns() {
         assert!(text.contains("claims to be Googlebot but is not") && text.contains(why), "{ip}: {text}");
     }
 }
+
+/// Writes combined lines `(second, client, request, status, user agent)` on 06/Dec/2026 10:00.
+fn clf_lines(lines: &[(u32, String, String, u16, String)]) -> String {
+    lines
+        .iter()
+        .map(|(t, ip, req, status, ua)| {
+            format!(
+                "{ip} - - [06/Dec/2026:{:02}:{:02}:{:02} +0000] \"{req} HTTP/1.1\" {status} 300 \"-\" \"{ua}\"\n",
+                10 + t / 3600,
+                t / 60 % 60,
+                t % 60
+            )
+        })
+        .collect()
+}
+
+/// An attacker rotating through /64s of one /48: once three of them are bad, the next ones are
+/// judged bad at their first request, with the reason naming the /48; with escalation off they
+/// get a fresh start. Another /48 is not touched.
+#[test]
+fn rotating_through_a_48_escalates() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("v6.log");
+    let ua = "curl/8.5.0".to_owned();
+    let mut l = Vec::new();
+    for n in 1..=3u32 {
+        for (i, p) in
+            ["/.env", "/.git/config", "/wp-config.php.bak", "/.env.production", "/backup.sql", "/.aws/credentials"]
+                .iter()
+                .enumerate()
+        {
+            l.push((n * 60 + i as u32, format!("2001:db8:1:{n}::1"), format!("GET {p}"), 404, ua.clone()));
+        }
+    }
+    for n in 4..=6u32 {
+        l.push((300 + n, format!("2001:db8:1:{n}::1"), "GET / HTTP/1.1".replace(" HTTP/1.1", ""), 200, ua.clone()));
+    }
+    l.push((310, "2001:db8:2:1::1".to_owned(), "GET /".to_owned(), 200, ua.clone()));
+    std::fs::write(&log, clf_lines(&l)).unwrap();
+    let run = |cfg: &str| -> HashMap<String, Value> {
+        let c = dir.path().join("roost.toml");
+        std::fs::write(&c, cfg).unwrap();
+        let out = dir.path().join("out.jsonl");
+        ok(&["--config", s(&c), "replay", s(&log), "--output", s(&out)]);
+        read_jsonl(&out).into_iter().map(|v| (v["ip"].as_str().unwrap().to_owned(), v)).collect()
+    };
+    let on = run("");
+    for n in 1..=3 {
+        assert_eq!(on[&format!("2001:db8:1:{n}::/64")]["worst"], "bad", "{:?}", on);
+    }
+    for n in 4..=6 {
+        let v = &on[&format!("2001:db8:1:{n}::/64")];
+        assert_eq!(v["worst"], "bad", "{v}");
+        assert!(v.to_string().contains("2001:db8:1::/48: 3 of its /64s turned bad within 10 min"), "{v}");
+    }
+    assert_eq!(on["2001:db8:2:1::/64"]["worst"], "good");
+    let off = run("[engine.escalation]\nenabled = false\n");
+    assert_eq!(off["2001:db8:1:4::/64"]["worst"], "good", "a fresh start without escalation");
+}
+
+/// An IPv4 address behind which many people browse well (a NAT) while one of them scans: it is
+/// challenged, not blocked, with the reason saying why. The same scanner alone is blocked.
+#[test]
+fn a_shared_address_is_challenged_rather_than_blocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("nat.log");
+    let mut l = Vec::new();
+    let scanner = "Mozilla/5.0 zgrab/0.x".to_owned();
+    for u in 0..12u32 {
+        let ua =
+            format!("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:{}.0) Gecko/20100101 Firefox/{}.0", 120 + u, 120 + u);
+        for k in 0..5u32 {
+            l.push((5 + u * 10 + k, "203.0.113.10".to_owned(), format!("GET /news/{}", u * 5 + k), 200, ua.clone()));
+        }
+    }
+    for (i, p) in
+        ["/.git/config", "/wp-config.php.bak", "/.env.production", "/backup.sql", "/.aws/credentials", "/phpinfo.php"]
+            .iter()
+            .enumerate()
+    {
+        for ip in ["203.0.113.10", "198.51.100.99"] {
+            l.push((200 + i as u32 * 5, ip.to_owned(), format!("GET {p}"), 404, scanner.clone()));
+        }
+    }
+    for ip in ["203.0.113.10", "198.51.100.99"] {
+        l.push((195, ip.to_owned(), "GET /.env".to_owned(), 404, scanner.clone()));
+    }
+    l.sort_by_key(|x| x.0);
+    std::fs::write(&log, clf_lines(&l)).unwrap();
+    let out = dir.path().join("out.jsonl");
+    ok(&["replay", s(&log), "--output", s(&out)]);
+    let v: HashMap<String, Value> =
+        read_jsonl(&out).into_iter().map(|v| (v["ip"].as_str().unwrap().to_owned(), v)).collect();
+    let nat = &v["203.0.113.10"];
+    assert_eq!(nat["worst"], "dubious", "{nat}");
+    assert!(nat.to_string().contains("shared address: 8 or more distinct user agents"), "{nat}");
+    assert_eq!(v["198.51.100.99"]["worst"], "bad", "the scanner alone: {}", v["198.51.100.99"]);
+    let cfg = dir.path().join("roost.toml");
+    std::fs::write(&cfg, "[engine.shared]\nenabled = false\n").unwrap();
+    ok(&["--config", s(&cfg), "replay", s(&log), "--output", s(&out)]);
+    let off = read_jsonl(&out).into_iter().find(|v| v["ip"] == "203.0.113.10").unwrap();
+    assert_eq!(off["worst"], "bad", "without the rule the NAT is blocked: {off}");
+}
