@@ -311,7 +311,12 @@ impl CrawlerInspector {
                 )
             })
             .collect();
-        CrawlerInspector { verifier, sources, said: std::collections::HashMap::new(), claims: hashbrown::HashMap::new() }
+        CrawlerInspector {
+            verifier,
+            sources,
+            said: std::collections::HashMap::new(),
+            claims: hashbrown::HashMap::new(),
+        }
     }
 }
 
