@@ -59,9 +59,14 @@ pub struct Counts {
     pub bad_records: u64,
 }
 
+/// Starts or stops a judge's shadow engine as sources go into or out of shadow mode (a rule
+/// reload); returns whether it did.
+pub type CandidateRefresh = Box<dyn Fn(&mut Judge) -> bool + Send>;
+
 /// The engines of the partitions this instance owns.
 pub struct Scorer {
     make: EngineFactory,
+    refresh: Option<CandidateRefresh>,
     parts: BTreeMap<i32, Partition>,
     overrides: BTreeMap<IpNetwork, Override>,
     outputs: Vec<Output>,
@@ -72,11 +77,26 @@ impl Scorer {
     pub fn new(make: EngineFactory) -> Scorer {
         Scorer {
             make,
+            refresh: None,
             parts: BTreeMap::new(),
             overrides: BTreeMap::new(),
             outputs: Vec::new(),
             counts: Counts::default(),
         }
+    }
+
+    /// Lets [`Scorer::refresh_candidates`] start and stop shadow engines.
+    pub fn with_refresh(mut self, f: CandidateRefresh) -> Scorer {
+        self.refresh = Some(f);
+        self
+    }
+
+    /// A rule reload may have put the first source into shadow mode or taken the last out:
+    /// every partition's judge starts or stops its shadow engine (a shadow engine started now
+    /// learns from here on). Returns how many changed.
+    pub fn refresh_candidates(&mut self) -> usize {
+        let Some(f) = &self.refresh else { return 0 };
+        self.parts.values_mut().map(|p| f(&mut p.engine)).filter(|changed| *changed).count()
     }
 
     /// Takes partitions, each with the group's committed offset.
@@ -284,6 +304,41 @@ mod tests {
                 Output::Resync { .. } => None,
             })
             .collect()
+    }
+
+    /// A shadow engine started by a reload joins a live partition: its verdicts come out marked
+    /// shadow beside the live ones; stopped, they end.
+    #[test]
+    fn a_reload_starts_and_stops_a_partitions_shadow_engine() {
+        let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = on.clone();
+        let mut s = scorer().with_refresh(Box::new(move |j| {
+            match (flag.load(std::sync::atomic::Ordering::Relaxed), j.candidate().is_some()) {
+                (true, false) => j.set_candidate(Some(Engine::new(EngineConfig::default()).unwrap())),
+                (false, true) => j.set_candidate(None),
+                _ => return false,
+            }
+            true
+        }));
+        s.assign(&[(0, None)]);
+        assert_eq!(s.refresh_candidates(), 0);
+        on.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(s.refresh_candidates(), 1);
+        assert_eq!(s.refresh_candidates(), 0, "once");
+        for i in 0..60 {
+            s.record(0, i, Some(&ev(1_700_000_000 + i, "198.51.100.11", 403))).unwrap();
+        }
+        let (out, _) = s.take();
+        let shadow =
+            |out: &[Output]| out.iter().filter(|o| matches!(o, Output::Change { change, .. } if change.shadow)).count();
+        assert!(shadow(&out) >= 1, "{out:?}");
+        assert!(out.iter().any(|o| matches!(o, Output::Change { change, .. } if !change.shadow)));
+        on.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(s.refresh_candidates(), 1);
+        for i in 60..120 {
+            s.record(0, i, Some(&ev(1_700_000_000 + i, "198.51.100.12", 403))).unwrap();
+        }
+        assert_eq!(shadow(&s.take().0), 0);
     }
 
     #[test]

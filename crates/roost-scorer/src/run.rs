@@ -159,6 +159,7 @@ pub fn run(
     // after a Redis restart: also end the stored overrides that are no longer in force
     let mut reconcile = false;
     while !stop.load(Ordering::Relaxed) {
+        scorer.refresh_candidates();
         let started = Instant::now();
         let mut n = 0;
         while n < s.batch && started.elapsed() < s.flush_interval {

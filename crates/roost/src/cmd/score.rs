@@ -59,6 +59,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.crawlers.verify {
         builder = builder.crawlers(crate::crawlers::Verifier::new(&cfg.crawlers, true)?);
     }
+    let refresher = builder.clone();
     let make: roost_scorer::EngineFactory = Box::new(move || builder.judge());
     let (tx, rx) = std::sync::mpsc::channel();
     threads.push(roost_scorer::overrides::follow(cfg.kafka.clone(), tx, shutdown.flag()));
@@ -70,7 +71,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 &cfg.kafka,
                 &cfg.redis,
                 &cfg.score,
-                roost_scorer::Scorer::new(make),
+                roost_scorer::Scorer::new(make).with_refresh(Box::new(move |j| refresher.refresh_candidate(j))),
                 &metrics,
                 &shutdown.flag(),
                 rx,
