@@ -631,6 +631,15 @@ fn an_app_profile_keeps_a_nextcloud_user_good() {
     );
 }
 
+/// `roost replay` of `log` with `cfg` as the configuration file: each client's output by address.
+fn replay_with(dir: &Path, log: &Path, cfg: &str) -> HashMap<String, Value> {
+    let c = dir.join("roost.toml");
+    std::fs::write(&c, cfg).unwrap();
+    let out = dir.join("out.jsonl");
+    ok(&["--config", s(&c), "replay", s(log), "--output", s(&out)]);
+    read_jsonl(&out).into_iter().map(|v| (v["ip"].as_str().unwrap().to_owned(), v)).collect()
+}
+
 /// dnsmasq on loopback answering PTR and A records, as the DNS server crawler verification asks.
 struct Dns(std::process::Child);
 
@@ -688,13 +697,7 @@ fn crawlers_are_verified_by_forward_confirmed_reverse_dns() {
         }
     }
     std::fs::write(&log, lines).unwrap();
-    let run = |cfg: &str| -> HashMap<String, Value> {
-        let c = dir.path().join("roost.toml");
-        std::fs::write(&c, cfg).unwrap();
-        let out = dir.path().join("out.jsonl");
-        ok(&["--config", s(&c), "replay", s(&log), "--output", s(&out)]);
-        read_jsonl(&out).into_iter().map(|v| (v["ip"].as_str().unwrap().to_owned(), v)).collect()
-    };
+    let run = |cfg: &str| replay_with(dir.path(), &log, cfg);
     let off = run("");
     assert_ne!(off["66.249.66.1"]["worst"], "good", "without verification its pace flags it: {:?}", off["66.249.66.1"]);
 
@@ -752,17 +755,11 @@ fn rotating_through_a_48_escalates() {
         }
     }
     for n in 4..=6u32 {
-        l.push((300 + n, format!("2001:db8:1:{n}::1"), "GET / HTTP/1.1".replace(" HTTP/1.1", ""), 200, ua.clone()));
+        l.push((300 + n, format!("2001:db8:1:{n}::1"), "GET /".to_owned(), 200, ua.clone()));
     }
     l.push((310, "2001:db8:2:1::1".to_owned(), "GET /".to_owned(), 200, ua.clone()));
     std::fs::write(&log, clf_lines(&l)).unwrap();
-    let run = |cfg: &str| -> HashMap<String, Value> {
-        let c = dir.path().join("roost.toml");
-        std::fs::write(&c, cfg).unwrap();
-        let out = dir.path().join("out.jsonl");
-        ok(&["--config", s(&c), "replay", s(&log), "--output", s(&out)]);
-        read_jsonl(&out).into_iter().map(|v| (v["ip"].as_str().unwrap().to_owned(), v)).collect()
-    };
+    let run = |cfg: &str| replay_with(dir.path(), &log, cfg);
     let on = run("");
     for n in 1..=3 {
         assert_eq!(on[&format!("2001:db8:1:{n}::/64")]["worst"], "bad", "{:?}", on);
