@@ -373,3 +373,41 @@ impl Inspector for CrawlerInspector {
         self.said.retain(|_, t| *t >= b);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemons' way: lookups on the background thread, the outcome cached once it arrives
+    /// (dnsmasq on loopback answers).
+    #[test]
+    fn background_lookups_arrive_and_are_cached() {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut dns = std::process::Command::new("/usr/sbin/dnsmasq")
+            .args(["--keep-in-foreground", "--bind-interfaces", "--listen-address=127.0.0.1", "--no-resolv"])
+            .args(["--no-hosts", "--conf-file=/dev/null", "--pid-file=", "--user=root"])
+            .arg(format!("--port={port}"))
+            .arg("--host-record=crawl-66-249-66-1.googlebot.com,66.249.66.1")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq (scripts/install-test-deps.sh installs dnsmasq-base)");
+        let cfg = CrawlersConfig { verify: true, resolver: format!("127.0.0.1:{port}"), ..CrawlersConfig::default() };
+        let v = Verifier::new(&cfg, true).unwrap();
+        let c = v.claimed("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)").unwrap();
+        assert_eq!(v.claimed("Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"), None);
+        let ip: IpAddr = "66.249.66.1".parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let outcome = loop {
+            if let Some(o) = v.outcome(ip, c) {
+                break o;
+            }
+            assert!(std::time::Instant::now() < deadline, "no answer from the background lookup");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let _ = dns.kill();
+        let _ = dns.wait();
+        assert_eq!(outcome, Outcome::Verified { crawler: c, host: "crawl-66-249-66-1.googlebot.com".into() });
+        assert_eq!(v.counts.verified.load(Ordering::Relaxed), 1);
+        assert_eq!(v.outcome(ip, c), Some(outcome), "cached: dnsmasq is gone");
+    }
+}
