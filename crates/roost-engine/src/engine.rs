@@ -384,12 +384,15 @@ impl Engine {
         }
         // a busy IPv4 client gets a dossier (while there is room), so that a shared address is
         // known by its many user agents before anyone behind it misbehaves
+        if watch && busy && !had_dossier {
+            self.dossier_for(key, false);
+        }
         let max_agents = self.cfg.shared.min_agents as usize;
         if watch
             && (had_dossier || busy)
             && cat == Category::Ok
             && let Some(ua) = ev.user_agent.as_deref()
-            && let Some(d) = if had_dossier { self.dossiers.get_mut(&key) } else { self.dossier_for(key, false) }
+            && let Some(d) = self.dossiers.get_mut(&key)
         {
             d.agent(ua, max_agents);
         }
