@@ -107,6 +107,47 @@ impl Aggregates {
     }
 }
 
+/// What an [`EngineStager`] found in one request, for [`Engine::observe_staged`].
+#[derive(Clone, Debug)]
+pub struct Staged {
+    path_class: PathClass,
+    /// Per inspector that has a stager (at most [`MAX_STAGERS`]): its index and the range of
+    /// `found` that is its own. No allocation for a request nothing was found in.
+    spans: [(u32, u32, u32); MAX_STAGERS],
+    staged: u8,
+    found: Vec<(u32, u64)>,
+}
+
+/// Inspectors staged ahead, at most; any others inspect as usual.
+const MAX_STAGERS: usize = 4;
+
+impl Staged {
+    fn found_by(&self, inspector: u32) -> Option<&[(u32, u64)]> {
+        let &(_, a, b) = self.spans[..self.staged as usize].iter().find(|s| s.0 == inspector)?;
+        Some(&self.found[a as usize..b as usize])
+    }
+}
+
+/// The stateless half of an engine's work on a request (see [`Engine::stager`]).
+pub struct EngineStager {
+    scoring: Scoring,
+    stagers: Vec<(u32, Box<dyn crate::evidence::Stager>)>,
+}
+
+impl EngineStager {
+    pub fn stage(&mut self, ev: &RequestEvent<'_>) -> Staged {
+        let path_class = self.scoring.classify_request(&ev.method, &ev.path, ev.status);
+        let mut staged = Staged { path_class, spans: [(0, 0, 0); MAX_STAGERS], staged: 0, found: Vec::new() };
+        for (n, (i, s)) in self.stagers.iter_mut().enumerate() {
+            let a = staged.found.len() as u32;
+            s.stage(ev, path_class, &mut staged.found);
+            staged.spans[n] = (*i, a, staged.found.len() as u32);
+            staged.staged += 1;
+        }
+        staged
+    }
+}
+
 pub struct Engine {
     cfg: EngineConfig,
     scoring: Scoring,
@@ -331,6 +372,30 @@ impl Engine {
 
     /// Scores one request. Returns the verdict change it caused, if any.
     pub fn observe(&mut self, ev: &RequestEvent<'_>) -> Option<VerdictChange> {
+        self.observe_with(ev, None)
+    }
+
+    /// A stager for this engine's stateless work on a request (its path class and its
+    /// inspectors' stagers), to run ahead of [`Engine::observe_staged`], on another thread if
+    /// wanted. Call it once per worker.
+    pub fn stager(&mut self) -> EngineStager {
+        let stagers = self
+            .inspectors
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, x)| Some((i as u32, x.stager()?)))
+            .take(MAX_STAGERS)
+            .collect();
+        EngineStager { scoring: self.scoring.clone(), stagers }
+    }
+
+    /// [`Engine::observe`] with the stateless work done ahead by a stager of this engine: the
+    /// same verdicts as `observe` gives the same requests.
+    pub fn observe_staged(&mut self, ev: &RequestEvent<'_>, staged: &Staged) -> Option<VerdictChange> {
+        self.observe_with(ev, Some(staged))
+    }
+
+    fn observe_with(&mut self, ev: &RequestEvent<'_>, staged: Option<&Staged>) -> Option<VerdictChange> {
         self.stats.events += 1;
         let t = secs(ev.time);
         self.now = self.now.max(t);
@@ -342,7 +407,10 @@ impl Engine {
         if !self.room_for(key) {
             return None;
         }
-        let path_class = self.scoring.classify_request(&ev.method, &ev.path, ev.status);
+        let path_class = match staged {
+            Some(st) => st.path_class,
+            None => self.scoring.classify_request(&ev.method, &ev.path, ev.status),
+        };
         let weight = self.scoring.weight(path_class);
         let score = self.scoring.status_score(ev.status);
         let cat = Category::of(ev.status);
@@ -370,8 +438,20 @@ impl Engine {
         if !self.inspectors.is_empty() {
             let ctx =
                 RequestContext { subject: key.subject(self.cfg.ipv6_prefix), event: ev, path_class, now: ev.time };
-            for i in &mut self.inspectors {
-                i.inspect(&ctx, &mut evidence);
+            match staged {
+                None => {
+                    for i in &mut self.inspectors {
+                        i.inspect(&ctx, &mut evidence);
+                    }
+                }
+                Some(st) => {
+                    for (n, i) in self.inspectors.iter_mut().enumerate() {
+                        match st.found_by(n as u32) {
+                            Some(found) => i.inspect_staged(&ctx, found, &mut evidence),
+                            None => i.inspect(&ctx, &mut evidence),
+                        }
+                    }
+                }
             }
         }
         if new_episode {

@@ -141,6 +141,24 @@ pub trait Inspector: Send {
     }
     /// Drops per-client state not touched since `before` (called by the engine's sweep).
     fn forget_before(&mut self, _before: Timestamp) {}
+    /// The stateless half of [`Inspector::inspect`], if it has one: a [`Stager`] that may run
+    /// ahead of the engine on another thread (`roost replay` parses and matches on all cores
+    /// while one thread keeps the state). Its findings come back through `inspect_staged`.
+    fn stager(&mut self) -> Option<Box<dyn Stager>> {
+        None
+    }
+    /// `inspect`, given what this inspector's stager found in the request. An inspector whose
+    /// configuration changed since it made the stager ignores `found` and inspects afresh.
+    fn inspect_staged(&mut self, ctx: &RequestContext<'_, '_>, found: &[(u32, u64)], out: &mut Vec<Evidence>) {
+        let _ = found;
+        self.inspect(ctx, out);
+    }
+}
+
+/// The stateless half of an inspector: what it finds in a request without knowing the client
+/// (the rules a request matches), as `(index, value)` pairs of its own meaning.
+pub trait Stager: Send {
+    fn stage(&mut self, event: &RequestEvent<'_>, path_class: PathClass, out: &mut Vec<(u32, u64)>);
 }
 
 /// Knows something about an address regardless of what it requests: threat feeds, GeoIP/ASN.

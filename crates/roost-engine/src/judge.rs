@@ -14,13 +14,31 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use roost_event::{ErrorLogEvent, RequestEvent, Timestamp};
 
-use crate::engine::{Engine, Override};
+use crate::engine::{Engine, EngineStager, Override, Staged};
 use crate::evidence::Evidence;
 use crate::verdict::VerdictChange;
 
 pub struct Judge {
     live: Engine,
     candidate: Option<Engine>,
+}
+
+/// The stateless half of a [`Judge`]'s work on requests: a stager per engine.
+pub struct JudgeStager {
+    live: EngineStager,
+    candidate: Option<EngineStager>,
+}
+
+/// What a [`JudgeStager`] found in one request.
+pub struct JudgeStaged {
+    live: Staged,
+    candidate: Option<Staged>,
+}
+
+impl JudgeStager {
+    pub fn stage(&mut self, ev: &RequestEvent<'_>) -> JudgeStaged {
+        JudgeStaged { live: self.live.stage(ev), candidate: self.candidate.as_mut().map(|c| c.stage(ev)) }
+    }
 }
 
 fn shadowed(mut c: VerdictChange) -> VerdictChange {
@@ -81,6 +99,29 @@ impl Judge {
             return;
         }
         self.both(out, |e| e.observe(ev).into_iter().collect());
+    }
+
+    /// A stager for the live engine and the candidate (see [`Engine::stager`]). It serves the
+    /// engines it was made from: a candidate set later inspects requests itself.
+    pub fn stager(&mut self) -> JudgeStager {
+        JudgeStager { live: self.live.stager(), candidate: self.candidate.as_mut().map(Engine::stager) }
+    }
+
+    /// [`Judge::observe`] with the stateless work done ahead by a stager of [`Judge::stager`].
+    pub fn observe_staged(&mut self, ev: &RequestEvent<'_>, staged: &JudgeStaged, out: &mut Vec<VerdictChange>) {
+        if self.alone() {
+            out.extend(self.live.observe_staged(ev, &staged.live));
+            return;
+        }
+        let all = self.shadow_all();
+        out.extend(self.live.observe_staged(ev, &staged.live).map(|c| if all { shadowed(c) } else { c }));
+        if let Some(c) = &mut self.candidate {
+            let change = match &staged.candidate {
+                Some(st) => c.observe_staged(ev, st),
+                None => c.observe(ev),
+            };
+            out.extend(change.map(shadowed));
+        }
     }
 
     pub fn observe_error(&mut self, ev: &ErrorLogEvent<'_>, out: &mut Vec<VerdictChange>) {

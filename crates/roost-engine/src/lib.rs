@@ -27,9 +27,9 @@ pub use config::{
     AppProfile, BehaviourConfig, ConfigError, EngineConfig, ErrorLogWeights, EscalationConfig, Mode, NormalRequests,
     PathConfig, SharedConfig, SlowConfig, VerdictConfig,
 };
-pub use engine::{Aggregates, Engine, Override, Stats};
-pub use evidence::{Annotator, Evidence, Inspector, RequestContext, Source, SourceKind};
-pub use judge::Judge;
+pub use engine::{Aggregates, Engine, EngineStager, Override, Staged, Stats};
+pub use evidence::{Annotator, Evidence, Inspector, RequestContext, Source, SourceKind, Stager};
+pub use judge::{Judge, JudgeStaged, JudgeStager};
 pub use roost_event::{RequestEvent, Timestamp};
 pub use scoring::{Category, PathClass, Scoring};
 pub use state::{IpState, Key};

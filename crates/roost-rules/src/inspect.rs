@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use roost_engine::{Evidence, Inspector, PathClass, RequestContext, RequestEvent};
+use roost_engine::{Evidence, Inspector, PathClass, RequestContext, RequestEvent, Stager};
 
 use crate::compile::{RequestFacts, Rule, RuleSet, Scratch};
 use crate::spec::KeyField;
@@ -21,6 +21,33 @@ pub struct Evaluator {
     windows: Windows,
     scratch: Scratch,
     hits: Vec<u32>,
+    found: Vec<(u32, u64)>,
+}
+
+/// The stateless half of evaluation: the rules a request matches (windows aside), each with
+/// the hash of the value its window counts by (0 for none), appended to `out` in rule order.
+pub fn find(
+    set: &RuleSet,
+    ev: &RequestEvent<'_>,
+    path_class: PathClass,
+    scratch: &mut Scratch,
+    hits: &mut Vec<u32>,
+    out: &mut Vec<(u32, u64)>,
+) {
+    let mut view = View::of(ev);
+    let facts = RequestFacts { method: &ev.method, status: ev.status, request_time: ev.request_time, path_class };
+    set.matching(&mut view, &facts, scratch, hits);
+    for &r in hits.iter() {
+        let value = match set.rules()[r as usize].window.as_ref().and_then(|w| w.distinct.or(w.same)) {
+            None => 0,
+            Some(KeyField::Path) => value_hash(view.path()),
+            Some(KeyField::Target) => value_hash(view.target()),
+            Some(KeyField::Host) => value_hash(view.host),
+            Some(KeyField::UserAgent) => value_hash(view.user_agent),
+            Some(KeyField::Method) => value_hash(&ev.method),
+        };
+        out.push((r, value));
+    }
 }
 
 fn horizon(set: &RuleSet) -> u32 {
@@ -33,7 +60,12 @@ fn secs(t: roost_event::Timestamp) -> u32 {
 
 impl Evaluator {
     pub fn new(set: &RuleSet, max_clients: usize) -> Evaluator {
-        Evaluator { windows: Windows::new(max_clients, horizon(set)), scratch: Scratch::default(), hits: Vec::new() }
+        Evaluator {
+            windows: Windows::new(max_clients, horizon(set)),
+            scratch: Scratch::default(),
+            hits: Vec::new(),
+            found: Vec::new(),
+        }
     }
 
     /// The rules that fire on this request: `(rule index, window count)`.
@@ -45,25 +77,29 @@ impl Evaluator {
         path_class: PathClass,
         out: &mut Vec<(u32, Option<u32>)>,
     ) {
+        let mut found = std::mem::take(&mut self.found);
+        found.clear();
+        find(set, ev, path_class, &mut self.scratch, &mut self.hits, &mut found);
+        self.fire(set, client, ev, &found, out);
+        self.found = found;
+    }
+
+    /// The window half of [`Evaluator::evaluate`], given what [`find`] found in the request.
+    pub fn fire(
+        &mut self,
+        set: &RuleSet,
+        client: ClientKey,
+        ev: &RequestEvent<'_>,
+        found: &[(u32, u64)],
+        out: &mut Vec<(u32, Option<u32>)>,
+    ) {
         out.clear();
-        let mut view = View::of(ev);
-        let facts = RequestFacts { method: &ev.method, status: ev.status, request_time: ev.request_time, path_class };
-        set.matching(&mut view, &facts, &mut self.scratch, &mut self.hits);
         let t = secs(ev.time);
-        for &r in &self.hits {
+        for &(r, value) in found {
             let rule = &set.rules()[r as usize];
             match &rule.window {
                 None => out.push((r, None)),
                 Some(w) => {
-                    let key_field = w.distinct.or(w.same);
-                    let value = match key_field {
-                        None => 0,
-                        Some(KeyField::Path) => value_hash(view.path()),
-                        Some(KeyField::Target) => value_hash(view.target()),
-                        Some(KeyField::Host) => value_hash(view.host),
-                        Some(KeyField::UserAgent) => value_hash(view.user_agent),
-                        Some(KeyField::Method) => value_hash(&ev.method),
-                    };
                     if let Some(n) = self.windows.hit(client, r, w, t, value) {
                         out.push((r, Some(n)));
                     }
@@ -71,6 +107,8 @@ impl Evaluator {
             }
         }
         if set.has_ratio() {
+            self.hits.clear();
+            self.hits.extend(found.iter().map(|&(r, _)| r));
             self.windows.miss(client, t, &self.hits);
         }
     }
@@ -201,13 +239,28 @@ pub struct RulesInspector {
     current: Arc<RuleSet>,
     eval: Evaluator,
     fired: Vec<(u32, Option<u32>)>,
+    /// The rule set the latest stager matches with: its findings are used while it is in force.
+    staged_for: Option<Arc<RuleSet>>,
+}
+
+/// The rules inspector's stateless half: which rules a request matches, windows aside.
+struct RulesStager {
+    set: Arc<RuleSet>,
+    scratch: Scratch,
+    hits: Vec<u32>,
+}
+
+impl Stager for RulesStager {
+    fn stage(&mut self, event: &RequestEvent<'_>, path_class: PathClass, out: &mut Vec<(u32, u64)>) {
+        find(&self.set, event, path_class, &mut self.scratch, &mut self.hits, out);
+    }
 }
 
 impl RulesInspector {
     pub fn new(handle: RulesHandle, max_clients: usize) -> RulesInspector {
         let current = handle.load_full();
         let eval = Evaluator::new(&current, max_clients);
-        RulesInspector { handle, current, eval, fired: Vec::new() }
+        RulesInspector { handle, current, eval, fired: Vec::new(), staged_for: None }
     }
 
     /// Takes up a new rule set: window state moves with rules whose id and window are unchanged.
@@ -243,23 +296,21 @@ fn client_key(net: ipnetwork::IpNetwork) -> ClientKey {
     (bits, net.prefix())
 }
 
-impl Inspector for RulesInspector {
-    fn name(&self) -> &str {
-        "rules"
+impl RulesInspector {
+    /// Takes up the rule set handed over since the last request, if any.
+    fn refresh(&mut self) {
+        let latest = self.handle.load();
+        if !Arc::ptr_eq(&latest, &self.current) {
+            let new = Arc::clone(&latest);
+            drop(latest);
+            self.take_up(new);
+        }
     }
 
-    fn inspect(&mut self, ctx: &RequestContext<'_, '_>, out: &mut Vec<Evidence>) {
-        {
-            let latest = self.handle.load();
-            if !Arc::ptr_eq(&latest, &self.current) {
-                let new = Arc::clone(&latest);
-                drop(latest);
-                self.take_up(new);
-            }
-        }
-        let RulesInspector { current, eval, fired, .. } = self;
-        eval.evaluate(current, client_key(ctx.subject), ctx.event, ctx.path_class, fired);
-        for &(r, count) in fired.iter() {
+    /// Evidence for the rules in `self.fired`.
+    fn evidence(&self, ctx: &RequestContext<'_, '_>, out: &mut Vec<Evidence>) {
+        let current = &self.current;
+        for &(r, count) in self.fired.iter() {
             let rule = &current.rules()[r as usize];
             let header = if count.is_none() { current.matched_header(r, ctx.event) } else { None };
             out.push(Evidence {
@@ -269,6 +320,35 @@ impl Inspector for RulesInspector {
                 detail: detail(rule, ctx.event, count, header),
             });
         }
+    }
+}
+
+impl Inspector for RulesInspector {
+    fn name(&self) -> &str {
+        "rules"
+    }
+
+    fn inspect(&mut self, ctx: &RequestContext<'_, '_>, out: &mut Vec<Evidence>) {
+        self.refresh();
+        let RulesInspector { current, eval, fired, .. } = self;
+        eval.evaluate(current, client_key(ctx.subject), ctx.event, ctx.path_class, fired);
+        self.evidence(ctx, out);
+    }
+
+    fn stager(&mut self) -> Option<Box<dyn Stager>> {
+        self.refresh();
+        self.staged_for = Some(Arc::clone(&self.current));
+        Some(Box::new(RulesStager { set: Arc::clone(&self.current), scratch: Scratch::default(), hits: Vec::new() }))
+    }
+
+    fn inspect_staged(&mut self, ctx: &RequestContext<'_, '_>, found: &[(u32, u64)], out: &mut Vec<Evidence>) {
+        self.refresh();
+        if !self.staged_for.as_ref().is_some_and(|s| Arc::ptr_eq(s, &self.current)) {
+            return self.inspect(ctx, out);
+        }
+        let RulesInspector { current, eval, fired, .. } = self;
+        eval.fire(current, client_key(ctx.subject), ctx.event, found, fired);
+        self.evidence(ctx, out);
     }
 
     /// The rule set in force: the latest one handed over, even before a request took it up.

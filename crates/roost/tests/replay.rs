@@ -454,6 +454,51 @@ fn real_log_flags_only_the_probers() {
     assert!(read_jsonl(&out2).iter().all(|v| v["worst"] == "good"));
 }
 
+/// A log long enough to be read in several batches (parsed by several threads) reads as it would
+/// line by line: line numbers, CRLF endings, invalid UTF-8 (replaced, not dropped), a last line
+/// with no newline, and the same verdicts whatever the order the threads finish in.
+#[test]
+fn a_long_log_is_read_in_order_whatever_the_threads_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("long.log");
+    let mut text = Vec::new();
+    for i in 1..=7000u32 {
+        let ip = format!("198.51.100.{}", i % 200);
+        let path = if i % 97 == 0 { "/wp-login.php".to_owned() } else { format!("/page/{}", i % 50) };
+        let status = if i % 97 == 0 { 404 } else { 200 };
+        let mut line = format!(
+            "{ip} - - [25/Nov/2026:10:{:02}:{:02} +0000] \"GET {path} HTTP/1.1\" {status} 10 \"-\" \"Mozilla/5.0 ",
+            (i / 60) % 60,
+            i % 60
+        )
+        .into_bytes();
+        if i == 3000 {
+            line.extend_from_slice(b"\xff\xfe bad bytes");
+        }
+        line.extend_from_slice(b"\"");
+        if i == 4500 {
+            line = b"not a log line at all".to_vec();
+        }
+        text.extend_from_slice(&line);
+        match i {
+            7000 => {}
+            _ if i % 3 == 0 => text.extend_from_slice(b"\r\n"),
+            _ => text.push(b'\n'),
+        }
+    }
+    std::fs::write(&log, &text).unwrap();
+    let (out1, out2) = (dir.path().join("o1.jsonl"), dir.path().join("o2.jsonl"));
+    let summary = ok(&["replay", s(&log), "-o", s(&out1)]);
+    assert!(summary.contains("7000 lines"), "{summary}");
+    assert!(summary.contains("events      6999"), "{summary}");
+    assert!(summary.contains("malformed   1"), "{summary}");
+    assert!(summary.contains("long.log:4500: "), "{summary}");
+    ok(&["replay", s(&log), "-o", s(&out2)]);
+    assert_eq!(std::fs::read(&out1).unwrap(), std::fs::read(&out2).unwrap(), "same input, same output");
+    let rows = read_jsonl(&out1);
+    assert_eq!(rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum::<u64>(), 6999);
+}
+
 /// Malformed lines are counted, sampled with file and line, and never stop the replay; .gz works.
 #[test]
 fn malformed_lines_are_counted_not_fatal() {

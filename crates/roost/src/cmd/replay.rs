@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use roost_engine::{Class, Judge, Reason, Timestamp, VerdictChange};
+use roost_engine::{Class, Judge, JudgeStaged, JudgeStager, Reason, Timestamp, VerdictChange};
 use roost_logformat::{ErrorKind, Line, LogFormatConfig, Parser};
 use serde::Serialize;
 
@@ -160,6 +160,198 @@ fn parser_for(cfg: &LogFormatConfig, path: &Path, head: &[String]) -> anyhow::Re
         .with_context(|| format!("{} (--format or --log-format say which)", path.display()))
 }
 
+/// Lines of one file, read ahead for a worker, and what the worker made of them. Batches (and
+/// their buffers) go round: read, parsed, fed to the engine, reset and read into again, so no
+/// fresh memory is zeroed for each.
+struct Batch {
+    first_line: u64,
+    lines: usize,
+    text: Vec<u8>,
+    /// Where each line ends in `text` (after its `\n`, if it has one).
+    ends: Vec<usize>,
+    /// The lines parsed, in order.
+    parsed: Vec<Parsed>,
+    /// Syslog senders counted, in order of first appearance.
+    senders: Vec<(String, u64)>,
+    /// `text` as UTF-8 once a worker has had it (invalid sequences replaced, as a line-by-line
+    /// replay would): what parsed requests point into.
+    valid: String,
+}
+
+/// A parsed line, with the engine's stateless work on it done.
+// Requests are nearly every line: boxing them to shrink the rare variants would allocate per line.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Request(Detached, JudgeStaged),
+    Error(roost_event::ErrorLogEvent<'static>),
+    Unjudged,
+    Malformed { line_no: u64, kind: ErrorKind, msg: String, line: String },
+}
+
+/// Text of a parsed request: where it is in its batch's text, or its own (unescaped) copy.
+enum Text {
+    At(u32, u32),
+    Own(Box<str>),
+}
+
+impl Text {
+    fn of(c: std::borrow::Cow<'_, str>, base: &str) -> Text {
+        match c {
+            std::borrow::Cow::Borrowed(s) => {
+                let at = (s.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+                match at.checked_add(s.len()) {
+                    Some(end) if end <= base.len() => Text::At(at as u32, end as u32),
+                    _ => Text::Own(s.into()),
+                }
+            }
+            std::borrow::Cow::Owned(s) => Text::Own(s.into_boxed_str()),
+        }
+    }
+
+    fn get<'a>(&'a self, base: &'a str) -> std::borrow::Cow<'a, str> {
+        std::borrow::Cow::Borrowed(match self {
+            Text::At(a, b) => &base[*a as usize..*b as usize],
+            Text::Own(s) => s,
+        })
+    }
+}
+
+/// A request parsed by a worker, its text left where it was (in the batch) rather than copied:
+/// allocating and freeing every field cost more than parsing it.
+struct Detached {
+    time: Timestamp,
+    client: std::net::IpAddr,
+    status: u16,
+    bytes: u64,
+    request_time: Option<f32>,
+    method: Text,
+    path: Text,
+    protocol: Text,
+    host: Option<Text>,
+    query: Option<Text>,
+    referer: Option<Text>,
+    user_agent: Option<Text>,
+}
+
+impl Detached {
+    fn of(ev: roost_event::RequestEvent<'_>, base: &str) -> Detached {
+        Detached {
+            time: ev.time,
+            client: ev.client,
+            status: ev.status,
+            bytes: ev.bytes,
+            request_time: ev.request_time,
+            method: Text::of(ev.method, base),
+            path: Text::of(ev.path, base),
+            protocol: Text::of(ev.protocol, base),
+            host: ev.host.map(|t| Text::of(t, base)),
+            query: ev.query.map(|t| Text::of(t, base)),
+            referer: ev.referer.map(|t| Text::of(t, base)),
+            user_agent: ev.user_agent.map(|t| Text::of(t, base)),
+        }
+    }
+
+    fn event<'a>(&'a self, base: &'a str) -> roost_event::RequestEvent<'a> {
+        roost_event::RequestEvent {
+            time: self.time,
+            client: self.client,
+            method: self.method.get(base),
+            host: self.host.as_ref().map(|t| t.get(base)),
+            path: self.path.get(base),
+            query: self.query.as_ref().map(|t| t.get(base)),
+            protocol: self.protocol.get(base),
+            status: self.status,
+            bytes: self.bytes,
+            request_time: self.request_time,
+            referer: self.referer.as_ref().map(|t| t.get(base)),
+            user_agent: self.user_agent.as_ref().map(|t| t.get(base)),
+        }
+    }
+}
+
+impl Batch {
+    const LINES: usize = 2048;
+    const BYTES: usize = 1 << 20;
+    /// Batches read ahead of the one the engine is fed, at most.
+    const AHEAD: usize = 8;
+
+    fn new(first_line: u64) -> Batch {
+        Batch {
+            first_line,
+            lines: 0,
+            text: Vec::with_capacity(Batch::BYTES),
+            ends: Vec::with_capacity(Batch::LINES),
+            parsed: Vec::with_capacity(Batch::LINES),
+            senders: Vec::new(),
+            valid: String::new(),
+        }
+    }
+
+    fn reset(&mut self, first_line: u64) {
+        self.first_line = first_line;
+        self.lines = 0;
+        self.text.clear();
+        self.ends.clear();
+        self.parsed.clear();
+        self.senders.clear();
+        self.text = std::mem::take(&mut self.valid).into_bytes();
+        self.text.clear();
+    }
+
+    fn push(&mut self, line: &[u8]) {
+        self.text.extend_from_slice(line);
+        self.text.push(b'\n');
+        self.ends.push(self.text.len());
+        self.lines += 1;
+    }
+
+    fn work(mut self, parser: &Parser, stager: &mut JudgeStager, framed: bool) -> Batch {
+        let text = std::mem::take(&mut self.text);
+        self.valid = match String::from_utf8(text) {
+            Ok(s) => s,
+            Err(e) => {
+                // '\n' never is part of a UTF-8 sequence: the lines stay where they were
+                let s = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                self.ends.clear();
+                self.ends.extend(s.match_indices('\n').map(|(i, _)| i + 1));
+                if !s.ends_with('\n') && !s.is_empty() {
+                    self.ends.push(s.len());
+                }
+                s
+            }
+        };
+        let base = self.valid.as_str();
+        let mut start = 0;
+        for (line_no, &end) in (self.first_line..).zip(&self.ends) {
+            let line = base[start..end].strip_suffix('\n').unwrap_or(&base[start..end]);
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            start = end;
+            if framed && let Some(f) = roost_logformat::syslog::frame(line) {
+                let (host, program) = (f.host.unwrap_or("-"), f.program.unwrap_or("-"));
+                match self.senders.iter_mut().find(|(s, _)| s.split_once('/') == Some((host, program))) {
+                    Some((_, n)) => *n += 1,
+                    None => self.senders.push((format!("{host}/{program}"), 1)),
+                }
+            }
+            self.parsed.push(match parser.parse_line(line) {
+                Ok(Line::Request(ev)) => {
+                    let staged = stager.stage(&ev);
+                    Parsed::Request(Detached::of(ev, base), staged)
+                }
+                Ok(Line::Error(ev)) => Parsed::Error(ev.into_owned()),
+                Ok(Line::Unjudged) => Parsed::Unjudged,
+                Err(e) => Parsed::Malformed {
+                    line_no,
+                    kind: e.kind,
+                    msg: e.to_string(),
+                    line: line.chars().take(160).collect(),
+                },
+            });
+        }
+        self
+    }
+}
+
 pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut engine = args.engine.judge();
@@ -222,55 +414,116 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
         if !formats.contains(&parser.name()) {
             formats.push(parser.name());
         }
-        let mut line_no = 0u64;
+        // Lines are parsed, and matched against the rules, by workers (one per core) in
+        // batches; this thread reads, and feeds the results to the engine in the log's order.
         let framed = matches!(parser, Parser::Syslog(_));
-        let mut handle =
-            |line: &str, line_no: u64, engine: &mut Judge, malformed: &mut Malformed| -> anyhow::Result<()> {
-                if framed && let Some(f) = roost_logformat::syslog::frame(line) {
-                    let sender = format!("{}/{}", f.host.unwrap_or("-"), f.program.unwrap_or("-"));
-                    if senders.len() < MAX_SENDERS || senders.contains_key(&sender) {
-                        *senders.entry(sender).or_default() += 1;
-                    }
-                }
-                match parser.parse_line(line) {
-                    Ok(Line::Request(ev)) => {
-                        engine.advance(ev.time, &mut out_buf);
-                        engine.observe(&ev, &mut out_buf);
-                        for c in out_buf.drain(..) {
-                            record(c, &mut changes_out)?;
-                        }
-                    }
-                    Ok(Line::Error(ev)) => {
-                        error_events += 1;
-                        engine.advance(ev.time, &mut out_buf);
-                        engine.observe_error(&ev, &mut out_buf);
-                        for c in out_buf.drain(..) {
-                            record(c, &mut changes_out)?;
-                        }
-                    }
-                    Ok(Line::Unjudged) => unjudged += 1,
-                    Err(e) => malformed.add(path, line_no, e.kind, e.to_string(), line),
-                }
-                Ok(())
-            };
-        for l in &head {
-            line_no += 1;
-            handle(l, line_no, &mut engine, &mut malformed)?;
-        }
-        if !head_done {
-            loop {
-                buf.clear();
-                if reader.read_until(b'\n', &mut buf).with_context(|| format!("reading {}", path.display()))? == 0 {
-                    break;
-                }
-                line_no += 1;
-                let raw = trim_newline(&buf);
-                match std::str::from_utf8(raw) {
-                    Ok(s) => handle(s, line_no, &mut engine, &mut malformed)?,
-                    Err(_) => handle(&String::from_utf8_lossy(raw), line_no, &mut engine, &mut malformed)?,
+        let mut feed = |done: &mut Batch, engine: &mut Judge, malformed: &mut Malformed| -> anyhow::Result<()> {
+            for (sender, n) in done.senders.drain(..) {
+                if senders.len() < MAX_SENDERS || senders.contains_key(&sender) {
+                    *senders.entry(sender).or_default() += n;
                 }
             }
-        }
+            let Batch { parsed, valid, .. } = done;
+            for p in parsed.iter_mut() {
+                match p {
+                    Parsed::Request(d, staged) => {
+                        engine.advance(d.time, &mut out_buf);
+                        engine.observe_staged(&d.event(valid), staged, &mut out_buf);
+                    }
+                    Parsed::Error(ev) => {
+                        error_events += 1;
+                        engine.advance(ev.time, &mut out_buf);
+                        engine.observe_error(ev, &mut out_buf);
+                    }
+                    Parsed::Unjudged => unjudged += 1,
+                    Parsed::Malformed { line_no, kind, msg, line } => {
+                        malformed.add(path, *line_no, *kind, std::mem::take(msg), line)
+                    }
+                }
+                for c in out_buf.drain(..) {
+                    record(c, &mut changes_out)?;
+                }
+            }
+            Ok(())
+        };
+        // Helpers (one per core but this one) parse batches and match them against the rules;
+        // this thread reads the batches, feeds the results to the engine in the log's order,
+        // and parses a batch itself whenever the next result is not ready.
+        let helpers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8) - 1;
+        let mut line_no = 0u64;
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            let (jobs, queue) = crossbeam_channel::bounded::<(usize, Batch)>(Batch::AHEAD);
+            let (to_main, results) = crossbeam_channel::unbounded::<(usize, Batch)>();
+            for _ in 0..helpers {
+                let (queue, to_main) = (queue.clone(), to_main.clone());
+                let (parser, mut stager) = (parser.clone(), engine.stager());
+                scope.spawn(move || {
+                    for (seq, batch) in queue {
+                        if to_main.send((seq, batch.work(&parser, &mut stager, framed))).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            let mut stager = engine.stager();
+            // results by sequence number, from `fed` on; buffers of fed batches, for reuse
+            let mut ready: std::collections::VecDeque<Option<Batch>> = std::collections::VecDeque::new();
+            let (mut sent, mut fed) = (0usize, 0usize);
+            let mut spare: Vec<Batch> = Vec::new();
+            let mut batch = Batch::new(1);
+            for l in &head {
+                batch.push(l.as_bytes());
+            }
+            let mut at_end = head_done;
+            loop {
+                // keep the queue full
+                while sent - fed < Batch::AHEAD && !(at_end && batch.lines == 0) {
+                    while !at_end && batch.lines < Batch::LINES && batch.text.len() < Batch::BYTES {
+                        let n = reader
+                            .read_until(b'\n', &mut batch.text)
+                            .with_context(|| format!("reading {}", path.display()))?;
+                        if n == 0 {
+                            at_end = true;
+                            break;
+                        }
+                        batch.ends.push(batch.text.len());
+                        batch.lines += 1;
+                    }
+                    if batch.lines == 0 {
+                        break;
+                    }
+                    line_no += batch.lines as u64;
+                    let mut next = spare.pop().unwrap_or_else(|| Batch::new(0));
+                    next.reset(line_no + 1);
+                    jobs.send((sent, std::mem::replace(&mut batch, next))).context("replay helpers stopped")?;
+                    ready.push_back(None);
+                    sent += 1;
+                }
+                while let Ok((seq, done)) = results.try_recv() {
+                    ready[seq - fed] = Some(done);
+                }
+                if let Some(Some(_)) = ready.front() {
+                    let mut done = ready.pop_front().flatten().expect("looked");
+                    fed += 1;
+                    feed(&mut done, &mut engine, &mut malformed)?;
+                    spare.push(done);
+                    continue;
+                }
+                if fed == sent {
+                    break;
+                }
+                // the next result is not ready: help with the queue, or wait
+                match queue.try_recv() {
+                    Ok((seq, b)) => ready[seq - fed] = Some(b.work(&parser, &mut stager, framed)),
+                    Err(_) => {
+                        let (seq, done) = results.recv().context("replay helpers stopped")?;
+                        ready[seq - fed] = Some(done);
+                    }
+                }
+            }
+            drop(jobs);
+            Ok(())
+        })?;
         lines += line_no;
     }
     let end = engine.now();
@@ -457,5 +710,51 @@ impl Summary {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The invariant `roost replay`'s workers rest on: a request staged ahead (path class and
+    /// rule matches, on another thread) gets exactly the verdicts it gets observed plainly.
+    #[test]
+    fn staged_requests_get_the_verdicts_plain_ones_do() {
+        let mut text = Vec::new();
+        let scenario = roost_loggen::Scenario::sized(7, 40_000);
+        roost_loggen::generate(&scenario, |r| roost_loggen::write_line(&mut text, r, roost_loggen::Format::Combined))
+            .expect("generates");
+        let lines: Vec<&str> = std::str::from_utf8(&text).expect("UTF-8").lines().collect();
+        let mut cfg = crate::config::Config::default();
+        check_staging(&cfg, &lines, false);
+        // a rule in shadow: a candidate engine beside the live one, staged too
+        cfg.rules.shadow = vec!["R-4004".into()];
+        check_staging(&cfg, &lines, true);
+    }
+
+    fn check_staging(cfg: &crate::config::Config, lines: &[&str], shadow: bool) {
+        let b = builder(cfg, &[], false, None).expect("engine");
+        let (mut plain, mut staged) = (b.judge(), b.judge());
+        assert_eq!(staged.candidate().is_some(), shadow);
+        let mut stager = staged.stager();
+        let (mut a, mut c) = (Vec::new(), Vec::new());
+        let parser = Parser::Clf;
+        for line in lines {
+            let Ok(Line::Request(ev)) = parser.parse_line(line) else { panic!("generated lines parse: {line}") };
+            plain.advance(ev.time, &mut a);
+            plain.observe(&ev, &mut a);
+            let st = stager.stage(&ev);
+            staged.advance(ev.time, &mut c);
+            staged.observe_staged(&ev, &st, &mut c);
+        }
+        assert_eq!(a.iter().any(|c| c.shadow), shadow);
+        let rules =
+            |v: &[VerdictChange]| v.iter().filter(|c| c.reasons.iter().any(|r| r.source.starts_with("rule:"))).count();
+        assert!(rules(&a) >= 10, "the scenario's attackers set off rules: {}", rules(&a));
+        assert_eq!(a.len(), c.len());
+        for (x, y) in a.iter().zip(&c) {
+            assert_eq!(x, y);
+        }
     }
 }
