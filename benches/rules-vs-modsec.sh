@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # roost's known-bad rules vs ModSecurity + OWASP CRS 3.3.4, on the same requests, in one run:
-# detection per attack category on the CRS regression tests (../shared/data/crs-tests), false
-# positives on a real server's log, and evaluation cost per request.
+# detection per attack family on the CRS regression tests (../shared/data/crs-tests) and the
+# payload lists (../shared/data/payloads), each split by file into a tuning part and a held-out
+# part (benches/detection_corpora.py says how), false positives on a real server's log, and
+# evaluation cost per request.
 #
 #   bash ../shared/peers/setup.sh modsec     # once: nginx + ModSecurity v3 + CRS, wrk, python3-yaml
 #   bash benches/rules-vs-modsec.sh          # QUICK=1 shortens ModSecurity's throughput run
@@ -15,11 +17,17 @@ mkdir -p "$WORK"
 R=$ROOT/target/release/roost
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); roost rules $($R rules lint | sed 's/.*(version \(.*\))/\1/')"
 
-echo "== CRS regression tests rendered as log lines (one client per test, 3 lines each)"
-python3 "$PEERS/crs_render.py" "$DATA/crs-tests" "$WORK/crs.log" "$WORK/crs.truth.tsv"
-$R replay "$WORK/crs.log" -o "$WORK/crs.roost.jsonl" | sed -n '1,6p'
-RAW=1 AUDIT=On TRUTH="$WORK/crs.truth.tsv" bash "$PEERS/modsec-replay.sh" "$WORK/crs.log" crs > "$WORK/crs.modsec.txt" 2>&1
-python3 "$ROOT/benches/crs_detection.py" "$WORK/crs.truth.tsv" "$WORK/crs.roost.jsonl" "$WORK/modsec/replay/crs.rules.tsv"
+echo "== detection: CRS regression tests and payload lists, split by file into tuning and held-out parts"
+python3 "$ROOT/benches/detection_corpora.py" render "$DATA" "$WORK/det"
+$R replay "$WORK/det/crs.log" -o "$WORK/det/crs.roost.jsonl" | sed -n '1,3p'
+$R replay "$WORK/det/payloads.log" -o "$WORK/det/payloads.roost.jsonl" | sed -n '1p'
+# each modsec-replay.sh run starts its instance afresh (and its output folder with it)
+RAW=1 bash "$PEERS/modsec-replay.sh" "$WORK/det/crs.log" crs > "$WORK/crs.modsec.txt" 2>&1
+cp "$WORK/modsec/replay/crs.rules.tsv" "$WORK/det/crs.modsec.tsv"
+bash "$PEERS/modsec-replay.sh" "$WORK/det/payloads.log" payloads > "$WORK/payloads.modsec.txt" 2>&1
+cp "$WORK/modsec/replay/payloads.rules.tsv" "$WORK/det/payloads.modsec.tsv"
+python3 "$ROOT/benches/detection_corpora.py" report "$WORK/det" "$WORK/det/crs.roost.jsonl" "$WORK/det/payloads.roost.jsonl" \
+  "$WORK/det/crs.modsec.tsv" "$WORK/det/payloads.modsec.tsv"
 
 echo; echo "== false positives: a real server's log ($DATA/logs), 890 clients"
 REAL=$DATA/logs/semicomplete-apache-2015-05-17_18.log

@@ -113,6 +113,8 @@ struct Compiled {
     path_class: Option<PathClass>,
     /// Bit `Field as usize` set for each field with patterns.
     fields: u16,
+    /// The detectors that must find something (`crate::view::DETECT_*` bits; any of them).
+    detect: u8,
 }
 
 impl Compiled {
@@ -122,6 +124,7 @@ impl Compiled {
             && self.min_request_time.is_none()
             && self.path_class.is_none()
             && self.fields == 0
+            && self.detect == 0
     }
 }
 
@@ -176,7 +179,7 @@ fn memo_key(hasher: &hashbrown::DefaultHashBuilder, field: u8, text: &str) -> u6
     hasher.hash_one((field, text))
 }
 
-fn remember(clean: &mut hashbrown::HashSet<u64>, h: u64) {
+pub(crate) fn remember(clean: &mut hashbrown::HashSet<u64>, h: u64) {
     if clean.len() >= CLEAN_MEMO {
         clean.clear();
     }
@@ -320,6 +323,13 @@ impl RuleSet {
                         Err(m) => err(rule_line, format!("{part}.{m}")),
                     }
                     c.min_request_time = conds.min_request_time.map(|d| d.as_secs_f32());
+                    for d in &conds.detect {
+                        match crate::view::detector(d) {
+                            Some(bit) if which == 0 => c.detect |= bit,
+                            Some(_) => err(rule_line, "unless.detect: detectors are a match condition only".into()),
+                            None => err(rule_line, format!("{part}.detect: {d:?} is not a detector (sqli, xss)")),
+                        }
+                    }
                     match path_class(&conds.path_class) {
                         Ok(p) => c.path_class = p,
                         Err(m) => err(rule_line, format!("{part}.{m}")),
@@ -498,6 +508,15 @@ impl RuleSet {
         self.has_ratio
     }
 
+    /// What rule `r`'s detectors (`match.detect`) found in this request, if it has any.
+    pub fn detection(&self, r: u32, ev: &roost_event::RequestEvent<'_>) -> Option<crate::view::Detection> {
+        let want = self.rules.get(r as usize)?.cond.detect;
+        if want == 0 {
+            return None;
+        }
+        View::of(ev).detection(want)
+    }
+
     /// When rule `r` matched this request on a header rather than on the request target (a
     /// `user_agent` rule, or an `anywhere` pattern found only in a header): which header, and
     /// its value. Reasons then quote the header instead of citing the path.
@@ -594,6 +613,9 @@ impl RuleSet {
         let mut consider = |r: u32, view: &mut View<'_>| {
             let rule = &self.rules[r as usize];
             if !self.facts_hold(&rule.cond, facts) {
+                return;
+            }
+            if rule.cond.detect != 0 && !view.detects(rule.cond.detect, &mut crate::view::Memo { clean, hasher }) {
                 return;
             }
             if !self.excluded(r, rule, view, facts, neg, clean, hasher) {

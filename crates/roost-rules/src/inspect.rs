@@ -313,11 +313,19 @@ impl RulesInspector {
         for &(r, count) in self.fired.iter() {
             let rule = &current.rules()[r as usize];
             let header = if count.is_none() { current.matched_header(r, ctx.event) } else { None };
+            let mut detail = detail(rule, ctx.event, count, header);
+            if let Some(d) = current.detection(r, ctx.event) {
+                detail.push_str(&format!(" [{} in {}", d.detector, d.place));
+                if let Some(f) = &d.fingerprint {
+                    detail.push_str(&format!(", fingerprint {f}"));
+                }
+                detail.push_str(&format!(": {:?}]", d.fragment));
+            }
             out.push(Evidence {
                 source: rule.source.clone(),
                 penalty: rule.effect.penalty,
                 verdict: rule.effect.verdict,
-                detail: detail(rule, ctx.event, count, header),
+                detail,
             });
         }
     }

@@ -102,6 +102,10 @@ pub struct Conditions {
     /// Decoded target, user agent, referer and host: where payloads hide.
     #[serde(default)]
     pub anywhere: Vec<Spanned<String>>,
+    /// Tokenising detectors (`sqli`, `xss`: libinjection's) run over each decoded query
+    /// parameter (name and value), each path segment, the User-Agent and the Referer.
+    #[serde(default)]
+    pub detect: Vec<String>,
 }
 
 /// A status code (`404`) or class (`"4xx"`).

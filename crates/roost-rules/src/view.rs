@@ -2,12 +2,14 @@
 //!
 //! Attackers encode what they send (`..%2f`, `%252e%252e%252f`, `..\`, `%c0%af`) so that naive
 //! matching misses it. Rules therefore see the path and query both as sent and decoded: percent
-//! decoding applied until nothing changes (at most three rounds), backslashes and overlong UTF-8
-//! slashes turned into `/`, and repeated slashes collapsed. `path` additionally resolves `.` and
+//! decoding applied until nothing changes (at most three rounds; IIS `%uXXXX` escapes too),
+//! lookalike dots and slashes (fullwidth, division slash) folded to ASCII, backslashes and
+//! overlong UTF-8 slashes turned into `/`, and repeated slashes collapsed. `path` additionally resolves `.` and
 //! `..` segments (what the server would serve), while `decoded_path` keeps them (so traversal
 //! is visible). Each view is computed once per request and only if some rule looks at it.
 
 use std::borrow::Cow;
+use std::hash::BuildHasher;
 
 use percent_encoding::percent_decode;
 
@@ -83,6 +85,7 @@ pub fn decode(s: &str, plus_is_space: bool) -> Cow<'_, str> {
             break;
         }
         let lowered = overlong(&cur);
+        let lowered = iis_unicode(&lowered);
         let bytes: Vec<u8> = percent_decode(lowered.as_bytes()).collect();
         let next = String::from_utf8_lossy(&bytes).into_owned();
         if next == *cur {
@@ -90,7 +93,56 @@ pub fn decode(s: &str, plus_is_space: bool) -> Cow<'_, str> {
         }
         cur = Cow::Owned(next);
     }
-    cur
+    match lookalikes(&cur) {
+        Cow::Borrowed(_) => cur,
+        Cow::Owned(folded) => Cow::Owned(folded),
+    }
+}
+
+/// IIS's `%uXXXX` escapes (`%u002e`, `%uff0e`) as the characters they stand for.
+fn iis_unicode(s: &str) -> Cow<'_, str> {
+    let b = s.as_bytes();
+    let escape = |i: usize| {
+        (b.len() >= i + 6
+            && b[i] == b'%'
+            && (b[i + 1] | 0x20) == b'u'
+            && b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit))
+        .then(|| u32::from_str_radix(&s[i + 2..i + 6], 16).ok().and_then(char::from_u32))
+        .flatten()
+    };
+    if !memchr::memchr_iter(b'%', b).any(|i| escape(i).is_some()) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        if let Some(c) = escape(i) {
+            out.push(c);
+            i += 6;
+            continue;
+        }
+        let ch = s[i..].chars().next().expect("in bounds");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    Cow::Owned(out)
+}
+
+/// Characters that servers and frameworks have been known to fold into `.`, `/` and `\`
+/// (fullwidth forms, the division and fraction slashes, set minus) as the ASCII they pass for.
+fn lookalikes(s: &str) -> Cow<'_, str> {
+    fn fold(c: char) -> Option<char> {
+        match c {
+            '\u{FF0E}' | '\u{2024}' => Some('.'),
+            '\u{FF0F}' | '\u{2215}' | '\u{2044}' => Some('/'),
+            '\u{FF3C}' | '\u{2216}' | '\u{29F5}' => Some('\\'),
+            _ => None,
+        }
+    }
+    if s.is_ascii() || !s.chars().any(|c| fold(c).is_some()) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(s.chars().map(|c| fold(c).unwrap_or(c)).collect())
 }
 
 /// Overlong UTF-8 encodings of `/`, `.` and `\\` (`%c0%af`, `%c0%ae`, `%c1%9c`, `%e0%80%af`) as
@@ -170,6 +222,92 @@ pub fn resolve_dots(s: &str) -> Cow<'_, str> {
     Cow::Owned(if joined.starts_with('/') || !s.starts_with('/') { joined } else { format!("/{joined}") })
 }
 
+/// Detector bits (`match.detect`): libinjection's SQL tokeniser and its HTML/XSS one.
+pub const DETECT_SQLI: u8 = 1;
+pub const DETECT_XSS: u8 = 2;
+
+/// The bit of a detector named in a rule file.
+pub fn detector(name: &str) -> Option<u8> {
+    match name {
+        "sqli" => Some(DETECT_SQLI),
+        "xss" => Some(DETECT_XSS),
+        _ => None,
+    }
+}
+
+/// What a detector found, for the reason: which detector, where, and the input it judged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Detection {
+    pub detector: &'static str,
+    /// `parameter "q"`, `parameter name`, `path segment`, `User-Agent`, `Referer`.
+    pub place: String,
+    /// The decoded input, clipped to 80 characters.
+    pub fragment: String,
+    /// libinjection's SQL fingerprint (`s&sos`), for SQL.
+    pub fingerprint: Option<String>,
+}
+
+/// Inputs no detector needs to look at: none of the bytes (or, for SQL, keywords) a payload
+/// cannot do without. Most parameters, path segments and user agents stop here.
+fn worth_a_look(s: &str, want: u8) -> bool {
+    let b = s.as_bytes();
+    if b.len() < 2 {
+        return false;
+    }
+    let sql = want & DETECT_SQLI != 0
+        && (b.iter().any(|c| matches!(c, b'\'' | b'"' | b'`' | b';' | b'(' | b'#' | b'='))
+            || memchr::memmem::find(b, b"--").is_some()
+            || memchr::memmem::find(b, b"/*").is_some()
+            || (b.contains(&b' ') && sql_word(b)));
+    let html = want & DETECT_XSS != 0 && b.iter().any(|c| matches!(c, b'<' | b'>' | b'"' | b'\'' | b'`' | b'='));
+    sql || html
+}
+
+/// Whether a text has a word SQL injections without punctuation are made of (`1 union select 2`).
+fn sql_word(b: &[u8]) -> bool {
+    const WORDS: [&[u8]; 9] = [b"union", b"select", b"order", b"group", b"having", b"and", b"or", b"xor", b"waitfor"];
+    b.split(|c| !c.is_ascii_alphabetic()).any(|w| WORDS.iter().any(|k| w.eq_ignore_ascii_case(k)))
+}
+
+/// Inputs the detectors found nothing in, remembered across requests (user agents and popular
+/// parameters repeat): the rule set's memo of clean texts, under keys of their own.
+pub struct Memo<'m> {
+    pub clean: &'m mut hashbrown::HashSet<u64>,
+    pub hasher: &'m hashbrown::DefaultHashBuilder,
+}
+
+/// Runs the wanted detectors over one decoded input: the bits that fired, and a description of
+/// the first hit if asked for.
+fn judge(input: &str, want: u8, place: &dyn Fn() -> String, first: &mut Option<Detection>, describe: bool) -> u8 {
+    let mut found = 0;
+    if want & DETECT_SQLI != 0 {
+        let r = libinjectionrs::detect_sqli(input.as_bytes());
+        if r.is_injection() {
+            found |= DETECT_SQLI;
+            if describe && first.is_none() {
+                *first = Some(Detection {
+                    detector: "sqli",
+                    place: place(),
+                    fragment: input.chars().take(80).collect(),
+                    fingerprint: r.fingerprint.map(|f| f.as_str().to_owned()),
+                });
+            }
+        }
+    }
+    if want & DETECT_XSS != 0 && libinjectionrs::detect_xss(input.as_bytes()).is_injection() {
+        found |= DETECT_XSS;
+        if describe && first.is_none() {
+            *first = Some(Detection {
+                detector: "xss",
+                place: place(),
+                fragment: input.chars().take(80).collect(),
+                fingerprint: None,
+            });
+        }
+    }
+    found
+}
+
 /// The views of one request, each computed on first use.
 pub struct View<'a> {
     pub raw_path: &'a str,
@@ -182,6 +320,9 @@ pub struct View<'a> {
     query: Option<Cow<'a, str>>,
     target: Option<Cow<'a, str>>,
     headers: [Option<Cow<'a, str>>; 3],
+    /// Detector bits run so far, and those that fired.
+    detect_ran: u8,
+    detect_found: u8,
 }
 
 impl<'a> View<'a> {
@@ -208,7 +349,81 @@ impl<'a> View<'a> {
             query: None,
             target: None,
             headers: [None, None, None],
+            detect_ran: 0,
+            detect_found: 0,
         }
+    }
+
+    /// Whether any of the `want` detectors finds an injection in a decoded query parameter
+    /// (name or value), a path segment, the User-Agent or the Referer. Run once per request.
+    pub fn detects(&mut self, want: u8, memo: &mut Memo<'_>) -> bool {
+        // every detector at once: one pass over the inputs however many rules ask
+        let todo = if self.detect_ran & want == want { 0 } else { (DETECT_SQLI | DETECT_XSS) & !self.detect_ran };
+        if todo != 0 {
+            self.detect_found |= self.scan(todo, &mut None, Some(memo));
+            self.detect_ran |= todo;
+        }
+        self.detect_found & want != 0
+    }
+
+    /// The first place one of the `want` detectors fires, for the reason.
+    pub fn detection(&mut self, want: u8) -> Option<Detection> {
+        let mut first = None;
+        self.scan(want, &mut first, None);
+        first
+    }
+
+    /// Runs the detectors over every input; with a memo (deciding, not describing) inputs
+    /// known clean are skipped and new clean ones remembered.
+    fn scan(&mut self, want: u8, first: &mut Option<Detection>, mut memo: Option<&mut Memo<'_>>) -> u8 {
+        let describe = memo.is_none();
+        let mut look = |input: &str, place: &dyn Fn() -> String, first: &mut Option<Detection>| -> u8 {
+            if input.len() < 2 {
+                return 0;
+            }
+            let Some(m) = memo.as_deref_mut() else {
+                return if worth_a_look(input, want) { judge(input, want, place, first, true) } else { 0 };
+            };
+            // a memo lookup first: user agents repeat, and hashing is cheaper than a byte scan
+            let key = m.hasher.hash_one((0x80u8 | want, input));
+            if m.clean.contains(&key) {
+                return 0;
+            }
+            let found = if worth_a_look(input, want) { judge(input, want, place, first, false) } else { 0 };
+            if found == 0 {
+                crate::compile::remember(m.clean, key);
+            }
+            found
+        };
+        // the usual request: nothing but letters, digits and separators, nothing to look at
+        let plain = |s: &str| {
+            s.bytes().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~' | b'/' | b'&' | b'=' | b',')
+            })
+        };
+        let mut found = 0;
+        if !plain(self.raw_query) {
+            for part in self.raw_query.split(['&', ';']) {
+                let (name, value) = part.split_once('=').unwrap_or((part, ""));
+                let name = decode(name, true);
+                let value = decode(value, true);
+                found |= look(&value, &|| format!("parameter {:?}", name.chars().take(40).collect::<String>()), first);
+                found |= look(&name, &|| "a parameter name".to_owned(), first);
+                if found == want && !describe {
+                    return found;
+                }
+            }
+        }
+        if !plain(self.raw_path) {
+            for seg in self.raw_path.split('/') {
+                found |= look(&decode(seg, false), &|| "a path segment".to_owned(), first);
+            }
+        }
+        for (i, name) in [(0usize, "the User-Agent"), (1, "the Referer")] {
+            let h = self.header(i);
+            found |= look(h, &|| name.to_owned(), first);
+        }
+        found
     }
 
     pub fn decoded_path(&mut self) -> &str {
@@ -305,6 +520,64 @@ mod tests {
         assert_eq!(decode("q=a+b%20c", true), "q=a b c");
         assert_eq!(decode("a+b", false), "a+b");
         assert_eq!(decode("%ff%fe", false), "\u{FFFD}\u{FFFD}");
+        // IIS %u escapes and lookalike dots and slashes
+        assert_eq!(decode("/%uff0e%uff0e%u2215etc%u2215passwd", false), "/../etc/passwd");
+        assert_eq!(decode("/%u002e%u002e/x", false), "/../x");
+        assert_eq!(decode("/a%25u002e%uzzzz", false), "/a.%uzzzz");
+        assert_eq!(decode("/caf%C3%A9", false), "/café", "other Unicode is left alone");
+    }
+
+    fn memo_detects(v: &mut View<'_>, want: u8) -> bool {
+        let (mut clean, hasher) = (hashbrown::HashSet::new(), hashbrown::DefaultHashBuilder::default());
+        v.detects(want, &mut Memo { clean: &mut clean, hasher: &hasher })
+    }
+
+    #[test]
+    fn detectors_say_what_they_found_and_where() {
+        let mut v = View::new("/search", Some("page=2&q=%27%20or%20%271%27%3D%271"), Some("Mozilla/5.0"), None, None);
+        assert!(memo_detects(&mut v, DETECT_SQLI));
+        assert!(!memo_detects(&mut v, DETECT_XSS));
+        let d = v.detection(DETECT_SQLI).expect("found");
+        assert_eq!((d.detector, d.place.as_str(), d.fragment.as_str()), ("sqli", "parameter \"q\"", "' or '1'='1"));
+        assert!(d.fingerprint.is_some());
+        let mut v = View::new("/", None, Some("\" onmouseover=\"alert(1)"), None, None);
+        assert!(memo_detects(&mut v, DETECT_XSS));
+        assert_eq!(v.detection(DETECT_XSS).expect("found").place, "the User-Agent");
+        let mut v =
+            View::new("/a/b-c.html", Some("q=rock+%27n%27+roll&x=1"), Some("Mozilla/5.0 (X11; Linux)"), None, None);
+        assert!(!memo_detects(&mut v, DETECT_SQLI | DETECT_XSS));
+        assert_eq!(v.detection(DETECT_SQLI | DETECT_XSS), None);
+        // a clean text is remembered, and still clean the second time
+        let (mut clean, hasher) = (hashbrown::HashSet::new(), hashbrown::DefaultHashBuilder::default());
+        for _ in 0..2 {
+            let mut v = View::new("/", Some("q=it%27s+fine"), Some("curl/8 (x; y)"), None, None);
+            assert!(!v.detects(DETECT_SQLI, &mut Memo { clean: &mut clean, hasher: &hasher }));
+        }
+        assert!(!clean.is_empty());
+    }
+
+    #[test]
+    fn any_bytes_go_through_views_and_detectors() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let alphabet = b"%'\"<>()=;&/.\\-#*+ aZ09uU\x00\xc0\xaf";
+        for n in 0..3000usize {
+            let mut s = Vec::new();
+            for _ in 0..(n % 64) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                s.push(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            let t = String::from_utf8_lossy(&s);
+            let half = t.char_indices().nth(t.chars().count() / 2).map_or(t.len(), |(i, _)| i);
+            let (p, q) = t.split_at(half);
+            let mut v = View::new(p, Some(q), Some(&t), Some(q), None);
+            for f in Field::ALL.into_iter().filter(|f| *f != Field::Anywhere) {
+                let _ = v.get(f);
+            }
+            let found = memo_detects(&mut v, DETECT_SQLI | DETECT_XSS);
+            assert_eq!(found, v.detection(DETECT_SQLI | DETECT_XSS).is_some(), "{t:?}");
+        }
     }
 
     #[test]

@@ -105,3 +105,19 @@ fn toml_syntax_errors_have_lines() {
     let d = lint(&[("a.toml", "[[rule]]\nid = \"x\"\ntitle = oops\n")]);
     assert!(d[0].starts_with("a.toml:3:"), "{d:?}");
 }
+
+#[test]
+fn detectors_are_named_and_match_conditions_only() {
+    let sqli = GOOD.replace("match.path = ['^/probe$']", "match.detect = [\"sqli\"]").replace(
+        "examples.match = [\"GET /probe 404\"]",
+        "examples.match = [\"GET /x?id=1%27%20or%20%271%27=%271 200\"]\nexamples.no_match = [\"GET /x?id=1 200\"]",
+    );
+    assert!(lint(&[("a.toml", &sqli)]).is_empty(), "{:?}", lint(&[("a.toml", &sqli)]));
+    let d = lint(&[("a.toml", &sqli.replace("[\"sqli\"]", "[\"sqlx\"]"))]);
+    assert!(d.iter().any(|m| m.contains("match.detect: \"sqlx\" is not a detector (sqli, xss)")), "{d:?}");
+    let d = lint(&[(
+        "a.toml",
+        &sqli.replace("match.detect = [\"sqli\"]", "match.path = ['^/x']\nunless.detect = [\"xss\"]"),
+    )]);
+    assert!(d.iter().any(|m| m.contains("unless.detect: detectors are a match condition only")), "{d:?}");
+}
