@@ -438,19 +438,10 @@ impl Engine {
         if !self.inspectors.is_empty() {
             let ctx =
                 RequestContext { subject: key.subject(self.cfg.ipv6_prefix), event: ev, path_class, now: ev.time };
-            match staged {
-                None => {
-                    for i in &mut self.inspectors {
-                        i.inspect(&ctx, &mut evidence);
-                    }
-                }
-                Some(st) => {
-                    for (n, i) in self.inspectors.iter_mut().enumerate() {
-                        match st.found_by(n as u32) {
-                            Some(found) => i.inspect_staged(&ctx, found, &mut evidence),
-                            None => i.inspect(&ctx, &mut evidence),
-                        }
-                    }
+            for (n, i) in self.inspectors.iter_mut().enumerate() {
+                match staged.and_then(|st| st.found_by(n as u32)) {
+                    Some(found) => i.inspect_staged(&ctx, found, &mut evidence),
+                    None => i.inspect(&ctx, &mut evidence),
                 }
             }
         }

@@ -279,31 +279,23 @@ pub struct Memo<'m> {
 /// Runs the wanted detectors over one decoded input: the bits that fired, and a description of
 /// the first hit if asked for.
 fn judge(input: &str, want: u8, place: &dyn Fn() -> String, first: &mut Option<Detection>, describe: bool) -> u8 {
+    let mut note = |detector: &'static str, fingerprint: Option<String>| {
+        if describe && first.is_none() {
+            *first =
+                Some(Detection { detector, place: place(), fragment: input.chars().take(80).collect(), fingerprint });
+        }
+    };
     let mut found = 0;
     if want & DETECT_SQLI != 0 {
         let r = libinjectionrs::detect_sqli(input.as_bytes());
         if r.is_injection() {
             found |= DETECT_SQLI;
-            if describe && first.is_none() {
-                *first = Some(Detection {
-                    detector: "sqli",
-                    place: place(),
-                    fragment: input.chars().take(80).collect(),
-                    fingerprint: r.fingerprint.map(|f| f.as_str().to_owned()),
-                });
-            }
+            note("sqli", r.fingerprint.map(|f| f.as_str().to_owned()));
         }
     }
     if want & DETECT_XSS != 0 && libinjectionrs::detect_xss(input.as_bytes()).is_injection() {
         found |= DETECT_XSS;
-        if describe && first.is_none() {
-            *first = Some(Detection {
-                detector: "xss",
-                place: place(),
-                fragment: input.chars().take(80).collect(),
-                fingerprint: None,
-            });
-        }
+        note("xss", None);
     }
     found
 }
