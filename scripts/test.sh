@@ -12,6 +12,8 @@ trap 'scripts/services.sh stop' EXIT
 # ("could not execute process ... (never executed)"), and the step runs once more: cargo
 # extracts them again. Any other failure fails the run.
 export CARGO_CACHE_AUTO_CLEAN_FREQUENCY=never
+# A CI run builds once from a fresh clone: incremental state would only cost disk (gigabytes).
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 step() {
   local log status=0
   log=$(mktemp)

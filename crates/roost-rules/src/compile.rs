@@ -327,7 +327,10 @@ impl RuleSet {
                         match crate::view::detector(d) {
                             Some(bit) if which == 0 => c.detect |= bit,
                             Some(_) => err(rule_line, "unless.detect: detectors are a match condition only".into()),
-                            None => err(rule_line, format!("{part}.detect: {d:?} is not a detector (sqli, xss)")),
+                            None => err(
+                                rule_line,
+                                format!("{part}.detect: {d:?} is not a detector (sqli, xss, traversal, cmd)"),
+                            ),
                         }
                     }
                     match path_class(&conds.path_class) {

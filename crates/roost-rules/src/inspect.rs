@@ -316,8 +316,10 @@ impl RulesInspector {
             let mut detail = detail(rule, ctx.event, count, header);
             if let Some(d) = current.detection(r, ctx.event) {
                 detail.push_str(&format!(" [{} in {}", d.detector, d.place));
-                if let Some(f) = &d.fingerprint {
-                    detail.push_str(&format!(", fingerprint {f}"));
+                match &d.fingerprint {
+                    Some(f) if d.detector == "sqli" => detail.push_str(&format!(", fingerprint {f}")),
+                    Some(f) => detail.push_str(&format!(", {f}")),
+                    None => {}
                 }
                 detail.push_str(&format!(": {:?}]", d.fragment));
             }

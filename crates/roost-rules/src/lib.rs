@@ -6,10 +6,12 @@
 //! **Architecture Invariant:** no I/O besides reading rule files in [`load`]; evaluation is pure
 //! and driven by event time.
 
+mod climb;
 mod compile;
 pub mod examples;
 mod inspect;
 pub mod load;
+mod shell;
 mod spec;
 pub mod view;
 mod window;

@@ -222,15 +222,21 @@ pub fn resolve_dots(s: &str) -> Cow<'_, str> {
     Cow::Owned(if joined.starts_with('/') || !s.starts_with('/') { joined } else { format!("/{joined}") })
 }
 
-/// Detector bits (`match.detect`): libinjection's SQL tokeniser and its HTML/XSS one.
+/// Detector bits (`match.detect`): libinjection's SQL tokeniser and its HTML/XSS one, the
+/// path-shape one of [`crate::climb`] and the command-line one of [`crate::shell`].
 pub const DETECT_SQLI: u8 = 1;
 pub const DETECT_XSS: u8 = 2;
+pub const DETECT_TRAVERSAL: u8 = 4;
+pub const DETECT_CMD: u8 = 8;
+const DETECT_ALL: u8 = DETECT_SQLI | DETECT_XSS | DETECT_TRAVERSAL | DETECT_CMD;
 
 /// The bit of a detector named in a rule file.
 pub fn detector(name: &str) -> Option<u8> {
     match name {
         "sqli" => Some(DETECT_SQLI),
         "xss" => Some(DETECT_XSS),
+        "traversal" => Some(DETECT_TRAVERSAL),
+        "cmd" => Some(DETECT_CMD),
         _ => None,
     }
 }
@@ -243,16 +249,18 @@ pub struct Detection {
     pub place: String,
     /// The decoded input, clipped to 80 characters.
     pub fragment: String,
-    /// libinjection's SQL fingerprint (`s&sos`), for SQL.
+    /// libinjection's SQL fingerprint (`s&sos`), for SQL; what the path does, for traversal;
+    /// the command and how it was found, for commands.
     pub fingerprint: Option<String>,
 }
 
-/// Inputs no detector needs to look at: none of the bytes (or, for SQL, keywords) a payload
-/// cannot do without. Most parameters, path segments and user agents stop here.
-fn worth_a_look(s: &str, want: u8) -> bool {
+/// The wanted detectors worth running on an input: those whose payloads need a byte (or, for
+/// SQL, a keyword) the input has. Most parameters, path segments and user agents stop here.
+/// Per detector, so a detector's verdict never depends on which others were asked for.
+fn worth_a_look(s: &str, want: u8) -> u8 {
     let b = s.as_bytes();
     if b.len() < 2 {
-        return false;
+        return 0;
     }
     let sql = want & DETECT_SQLI != 0
         && (b.iter().any(|c| matches!(c, b'\'' | b'"' | b'`' | b';' | b'(' | b'#' | b'='))
@@ -260,7 +268,15 @@ fn worth_a_look(s: &str, want: u8) -> bool {
             || memchr::memmem::find(b, b"/*").is_some()
             || (b.contains(&b' ') && sql_word(b)));
     let html = want & DETECT_XSS != 0 && b.iter().any(|c| matches!(c, b'<' | b'>' | b'"' | b'\'' | b'`' | b'='));
-    sql || html
+    let cmd = want & DETECT_CMD != 0
+        && b.iter().any(|c| {
+            matches!(
+                c,
+                b';' | b'|' | b'&' | b'\n' | b'\r' | b'`' | b'$' | b'(' | b'{' | b'/' | b'-' | b'\\' | b'=' | b'%'
+            )
+        });
+    let bit = |on: bool, d: u8| if on { d } else { 0 };
+    bit(sql, DETECT_SQLI) | bit(html, DETECT_XSS) | bit(cmd, DETECT_CMD) | (want & DETECT_TRAVERSAL)
 }
 
 /// Whether a text has a word SQL injections without punctuation are made of (`1 union select 2`).
@@ -278,7 +294,15 @@ pub struct Memo<'m> {
 
 /// Runs the wanted detectors over one decoded input: the bits that fired, and a description of
 /// the first hit if asked for.
-fn judge(input: &str, want: u8, place: &dyn Fn() -> String, first: &mut Option<Detection>, describe: bool) -> u8 {
+/// The traversal detector judges the raw text (`raw`), decoding it its own lenient way.
+fn judge(
+    input: &str,
+    (raw, at): (&str, At),
+    want: u8,
+    place: &dyn Fn() -> String,
+    first: &mut Option<Detection>,
+    describe: bool,
+) -> u8 {
     let mut note = |detector: &'static str, fingerprint: Option<String>| {
         if describe && first.is_none() {
             *first =
@@ -297,7 +321,30 @@ fn judge(input: &str, want: u8, place: &dyn Fn() -> String, first: &mut Option<D
         found |= DETECT_XSS;
         note("xss", None);
     }
+    if want & DETECT_CMD != 0
+        && let Some(f) = crate::shell::judge(input, at == At::Header)
+    {
+        found |= DETECT_CMD;
+        note("cmd", Some(format!("{}: {}", f.what, f.word)));
+    }
+    if want & DETECT_TRAVERSAL != 0
+        && let Some(how) = crate::climb::judge(raw, at == At::Path)
+    {
+        found |= DETECT_TRAVERSAL;
+        note("traversal", Some(how.describe().to_owned()));
+    }
     found
+}
+
+/// Where a detector's input comes from: it decides how the raw text was decoded (`+` is a space
+/// only in a query), whether the traversal detector sees a whole path, and whether `;` separates
+/// commands (not in headers, where it separates a User-Agent's comments).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum At {
+    Query,
+    Segment,
+    Path,
+    Header,
 }
 
 /// The views of one request, each computed on first use.
@@ -350,7 +397,7 @@ impl<'a> View<'a> {
     /// (name or value), a path segment, the User-Agent or the Referer. Run once per request.
     pub fn detects(&mut self, want: u8, memo: &mut Memo<'_>) -> bool {
         // every detector at once: one pass over the inputs however many rules ask
-        let todo = if self.detect_ran & want == want { 0 } else { (DETECT_SQLI | DETECT_XSS) & !self.detect_ran };
+        let todo = if self.detect_ran & want == want { 0 } else { DETECT_ALL & !self.detect_ran };
         if todo != 0 {
             self.detect_found |= self.scan(todo, &mut None, Some(memo));
             self.detect_ran |= todo;
@@ -369,51 +416,68 @@ impl<'a> View<'a> {
     /// known clean are skipped and new clean ones remembered.
     fn scan(&mut self, want: u8, first: &mut Option<Detection>, mut memo: Option<&mut Memo<'_>>) -> u8 {
         let describe = memo.is_none();
-        let mut look = |input: &str, place: &dyn Fn() -> String, first: &mut Option<Detection>| -> u8 {
-            if input.len() < 2 {
-                return 0;
-            }
-            let Some(m) = memo.as_deref_mut() else {
-                return if worth_a_look(input, want) { judge(input, want, place, first, true) } else { 0 };
+        // `input` decoded, `raw` as sent (the traversal detector decodes its own way; the memo
+        // is keyed by it, which determines the decoded text)
+        let mut look =
+            |input: &str, raw: (&str, At), want: u8, place: &dyn Fn() -> String, first: &mut Option<Detection>| -> u8 {
+                if input.len() < 2 || want == 0 {
+                    return 0;
+                }
+                let Some(m) = memo.as_deref_mut() else {
+                    let want = worth_a_look(input, want);
+                    return if want != 0 { judge(input, raw, want, place, first, true) } else { 0 };
+                };
+                // a memo lookup first: user agents repeat, and hashing is cheaper than a byte scan
+                // keyed by the raw text and how it was decoded (`+` is a space only in a query)
+                let key = m.hasher.hash_one((0x80u8 | want, raw.0, raw.1 as u8));
+                if m.clean.contains(&key) {
+                    return 0;
+                }
+                let worth = worth_a_look(input, want);
+                let found = if worth != 0 { judge(input, raw, worth, place, first, false) } else { 0 };
+                if found == 0 {
+                    crate::compile::remember(m.clean, key);
+                }
+                found
             };
-            // a memo lookup first: user agents repeat, and hashing is cheaper than a byte scan
-            let key = m.hasher.hash_one((0x80u8 | want, input));
-            if m.clean.contains(&key) {
-                return 0;
-            }
-            let found = if worth_a_look(input, want) { judge(input, want, place, first, false) } else { 0 };
-            if found == 0 {
-                crate::compile::remember(m.clean, key);
-            }
-            found
-        };
         // the usual request: nothing but letters, digits and separators, nothing to look at
         let plain = |s: &str| {
             s.bytes().all(|c| {
                 c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~' | b'/' | b'&' | b'=' | b',')
-            })
+            }) && (want & DETECT_TRAVERSAL == 0 || !(s.contains("..") || s.contains("0x") || s.contains("0X")))
         };
+        let not_paths = want & !DETECT_TRAVERSAL;
         let mut found = 0;
         if !plain(self.raw_query) {
             for part in self.raw_query.split(['&', ';']) {
-                let (name, value) = part.split_once('=').unwrap_or((part, ""));
-                let name = decode(name, true);
-                let value = decode(value, true);
-                found |= look(&value, &|| format!("parameter {:?}", name.chars().take(40).collect::<String>()), first);
-                found |= look(&name, &|| "a parameter name".to_owned(), first);
+                let (raw_name, raw_value) = part.split_once('=').unwrap_or((part, ""));
+                let name = decode(raw_name, true);
+                let value = decode(raw_value, true);
+                let place = || format!("parameter {:?}", name.chars().take(40).collect::<String>());
+                found |= look(&value, (raw_value, At::Query), want, &place, first);
+                found |= look(&name, (raw_name, At::Query), not_paths, &|| "a parameter name".to_owned(), first);
                 if found == want && !describe {
                     return found;
                 }
             }
         }
         if !plain(self.raw_path) {
+            found |= look(
+                self.raw_path,
+                (self.raw_path, At::Path),
+                want & DETECT_TRAVERSAL,
+                &|| "the path".to_owned(),
+                first,
+            );
             for seg in self.raw_path.split('/') {
-                found |= look(&decode(seg, false), &|| "a path segment".to_owned(), first);
+                found |=
+                    look(&decode(seg, false), (seg, At::Segment), not_paths, &|| "a path segment".to_owned(), first);
             }
         }
         for (i, name) in [(0usize, "the User-Agent"), (1, "the Referer")] {
+            let raw = [self.user_agent, self.referer][i];
             let h = self.header(i);
-            found |= look(h, &|| name.to_owned(), first);
+            found |= look(h, (raw, At::Header), not_paths, &|| name.to_owned(), first);
         }
         found
     }
@@ -567,8 +631,11 @@ mod tests {
             for f in Field::ALL.into_iter().filter(|f| *f != Field::Anywhere) {
                 let _ = v.get(f);
             }
-            let found = memo_detects(&mut v, DETECT_SQLI | DETECT_XSS);
-            assert_eq!(found, v.detection(DETECT_SQLI | DETECT_XSS).is_some(), "{t:?}");
+            for want in [DETECT_SQLI | DETECT_XSS, DETECT_TRAVERSAL, DETECT_CMD, DETECT_ALL] {
+                let mut v = View::new(p, Some(q), Some(&t), Some(q), None);
+                let found = memo_detects(&mut v, want);
+                assert_eq!(found, v.detection(want).is_some(), "{t:?} {want}");
+            }
         }
     }
 
