@@ -20,3 +20,22 @@ pub use compile::{Diagnostic, Effect, Example, Options, RequestFacts, Rule, Rule
 pub use inspect::{DEFAULT_MAX_CLIENTS, Evaluator, RulesHandle, RulesInspector, detail, handle};
 pub use spec::{KeyField, Severity, WindowSpec};
 pub use window::ClientKey;
+
+/// `count` texts of 1 to `pieces` pieces drawn from `alphabet` (xorshift, fixed seed), for tests
+/// that compare two ways of judging the same text.
+#[cfg(test)]
+fn random_texts(alphabet: &[&str], pieces: u64, count: usize) -> Vec<String> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..count)
+        .map(|_| {
+            let mut s = String::new();
+            for _ in 0..(x % pieces + 1) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                s.push_str(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            s
+        })
+        .collect()
+}

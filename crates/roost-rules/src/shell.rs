@@ -406,15 +406,7 @@ mod tests {
             "cat", "id", "if", "IF ", " ", "-a", "/", "/bin/", "?", "x", "time", "==", "equ", "ls", "Who", "3", ".",
             "busybox",
         ];
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..20_000 {
-            let mut s = String::new();
-            for _ in 0..(x % 6 + 1) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                s.push_str(alphabet[(x % alphabet.len() as u64) as usize]);
-            }
+        for s in crate::random_texts(&alphabet, 6, 20_000) {
             if s.len() >= 2 {
                 assert_eq!(judge(&s, false), full(&s, false), "{s:?}");
             }

@@ -131,18 +131,20 @@ fn iis_unicode(s: &str) -> Cow<'_, str> {
 /// Characters that servers and frameworks have been known to fold into `.`, `/` and `\`
 /// (fullwidth forms, the division and fraction slashes, set minus) as the ASCII they pass for.
 fn lookalikes(s: &str) -> Cow<'_, str> {
-    fn fold(c: char) -> Option<char> {
-        match c {
-            '\u{FF0E}' | '\u{2024}' => Some('.'),
-            '\u{FF0F}' | '\u{2215}' | '\u{2044}' => Some('/'),
-            '\u{FF3C}' | '\u{2216}' | '\u{29F5}' => Some('\\'),
-            _ => None,
-        }
-    }
-    if s.is_ascii() || !s.chars().any(|c| fold(c).is_some()) {
+    if s.is_ascii() || !s.chars().any(|c| fold_lookalike(c).is_some()) {
         return Cow::Borrowed(s);
     }
-    Cow::Owned(s.chars().map(|c| fold(c).unwrap_or(c)).collect())
+    Cow::Owned(s.chars().map(|c| fold_lookalike(c).unwrap_or(c)).collect())
+}
+
+/// The ASCII `.`, `/` or `\\` a lookalike character passes for, if it is one.
+pub(crate) fn fold_lookalike(c: char) -> Option<char> {
+    match c {
+        '\u{FF0E}' | '\u{2024}' => Some('.'),
+        '\u{FF0F}' | '\u{2215}' | '\u{2044}' => Some('/'),
+        '\u{FF3C}' | '\u{2216}' | '\u{29F5}' => Some('\\'),
+        _ => None,
+    }
 }
 
 /// Overlong UTF-8 encodings of `/`, `.` and `\\` (`%c0%af`, `%c0%ae`, `%c1%9c`, `%e0%80%af`) as
