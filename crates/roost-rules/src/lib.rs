@@ -11,6 +11,7 @@ mod compile;
 pub mod examples;
 mod inspect;
 pub mod load;
+mod php;
 mod shell;
 mod spec;
 pub mod view;

@@ -50,6 +50,14 @@ impl Field {
         Field::Anywhere,
     ];
 
+    /// Whether the field is made of the path and query string alone.
+    pub fn of_target(self) -> bool {
+        matches!(
+            self,
+            Field::Path | Field::DecodedPath | Field::RawPath | Field::Query | Field::RawQuery | Field::Target
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Field::Path => "path",
@@ -177,7 +185,9 @@ fn overlong(s: &str) -> Cow<'_, str> {
 
 /// Backslashes as slashes, repeated slashes collapsed.
 pub fn slashes(s: &str) -> Cow<'_, str> {
-    if !s.contains('\\') && !s.contains("//") {
+    let b = s.as_bytes();
+    // paths are short: a plain loop beats a vectorised search's set-up
+    if !b.contains(&b'\\') && !b.windows(2).any(|w| w == b"//") {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len());
@@ -195,7 +205,11 @@ pub fn slashes(s: &str) -> Cow<'_, str> {
 
 /// RFC 3986 `remove_dot_segments`, never climbing above the root.
 pub fn resolve_dots(s: &str) -> Cow<'_, str> {
-    let has_dots = s.split('/').any(|seg| seg == "." || seg == "..");
+    // a dot segment is a `.` or `..` between slashes (or the ends)
+    let b = s.as_bytes();
+    let ends = |i: usize| i == b.len() || b[i] == b'/';
+    let has_dots = (0..b.len())
+        .any(|i| b[i] == b'.' && (i == 0 || b[i - 1] == b'/') && (ends(i + 1) || (b[i + 1] == b'.' && ends(i + 2))));
     if !has_dots {
         return Cow::Borrowed(s);
     }
@@ -225,12 +239,14 @@ pub fn resolve_dots(s: &str) -> Cow<'_, str> {
 }
 
 /// Detector bits (`match.detect`): libinjection's SQL tokeniser and its HTML/XSS one, the
-/// path-shape one of [`crate::climb`] and the command-line one of [`crate::shell`].
+/// path-shape one of [`crate::climb`], the command-line one of [`crate::shell`] and the PHP-call
+/// one of [`crate::php`].
 pub const DETECT_SQLI: u8 = 1;
 pub const DETECT_XSS: u8 = 2;
 pub const DETECT_TRAVERSAL: u8 = 4;
 pub const DETECT_CMD: u8 = 8;
-const DETECT_ALL: u8 = DETECT_SQLI | DETECT_XSS | DETECT_TRAVERSAL | DETECT_CMD;
+pub const DETECT_PHP: u8 = 16;
+const DETECT_ALL: u8 = DETECT_SQLI | DETECT_XSS | DETECT_TRAVERSAL | DETECT_CMD | DETECT_PHP;
 
 /// The bit of a detector named in a rule file.
 pub fn detector(name: &str) -> Option<u8> {
@@ -239,6 +255,7 @@ pub fn detector(name: &str) -> Option<u8> {
         "xss" => Some(DETECT_XSS),
         "traversal" => Some(DETECT_TRAVERSAL),
         "cmd" => Some(DETECT_CMD),
+        "php" => Some(DETECT_PHP),
         _ => None,
     }
 }
@@ -277,8 +294,13 @@ fn worth_a_look(s: &str, want: u8) -> u8 {
                 b';' | b'|' | b'&' | b'\n' | b'\r' | b'`' | b'$' | b'(' | b'{' | b'/' | b'-' | b'\\' | b'=' | b'%'
             )
         });
+    let php = want & DETECT_PHP != 0 && b.contains(&b'(');
     let bit = |on: bool, d: u8| if on { d } else { 0 };
-    bit(sql, DETECT_SQLI) | bit(html, DETECT_XSS) | bit(cmd, DETECT_CMD) | (want & DETECT_TRAVERSAL)
+    bit(sql, DETECT_SQLI)
+        | bit(html, DETECT_XSS)
+        | bit(cmd, DETECT_CMD)
+        | bit(php, DETECT_PHP)
+        | (want & DETECT_TRAVERSAL)
 }
 
 /// Whether a text has a word SQL injections without punctuation are made of (`1 union select 2`).
@@ -290,7 +312,7 @@ fn sql_word(b: &[u8]) -> bool {
 /// Inputs the detectors found nothing in, remembered across requests (user agents and popular
 /// parameters repeat): the rule set's memo of clean texts, under keys of their own.
 pub struct Memo<'m> {
-    pub clean: &'m mut hashbrown::HashSet<u64>,
+    pub clean: &'m mut crate::compile::CleanMemo,
     pub hasher: &'m hashbrown::DefaultHashBuilder,
 }
 
@@ -329,6 +351,14 @@ fn judge(
         found |= DETECT_CMD;
         note("cmd", Some(format!("{}: {}", f.what, f.word)));
     }
+    // PHP in parameters and path segments (a User-Agent's `(compatible; …)` is no call)
+    if want & DETECT_PHP != 0
+        && matches!(at, At::Query | At::Segment)
+        && let Some(f) = crate::php::judge(input)
+    {
+        found |= DETECT_PHP;
+        note("php", Some(format!("{}: {}", f.what, f.function)));
+    }
     if want & DETECT_TRAVERSAL != 0
         && let Some(how) = crate::climb::judge(raw, at == At::Path)
     {
@@ -349,6 +379,24 @@ enum At {
     Header,
 }
 
+/// A memo key from a text's (randomly keyed) hash and a tag saying what the key is for.
+fn mix(h: u64, tag: u8) -> u64 {
+    let x = (h ^ (tag as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 31)
+}
+
+/// Memo tags of the detectors' keys: the whole path and query, a header (or'ed with the
+/// detector bits asked for). Rule fields use their `Field` number, `unless` fields 0x80 or'ed.
+const TAG_TARGET_DETECT: u8 = 0x7f;
+const TAG_HEADER_DETECT: u8 = 0x40;
+
+/// The inputs of a request the detectors look at: its path and query, or its headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Target,
+    Headers,
+}
+
 /// The views of one request, each computed on first use.
 pub struct View<'a> {
     pub raw_path: &'a str,
@@ -364,6 +412,9 @@ pub struct View<'a> {
     /// Detector bits run so far, and those that fired.
     detect_ran: u8,
     detect_found: u8,
+    /// Hashes of the raw path, query, user agent, referer and host (bit set once computed).
+    hashes: [u64; 5],
+    hashed: u8,
 }
 
 impl<'a> View<'a> {
@@ -392,7 +443,45 @@ impl<'a> View<'a> {
             headers: [None, None, None],
             detect_ran: 0,
             detect_found: 0,
+            hashes: [0; 5],
+            hashed: 0,
         }
+    }
+
+    /// The hash of one raw text (0 path, 1 query, 2 user agent, 3 referer, 4 host), computed
+    /// once per request.
+    fn raw_hash(&mut self, hasher: &hashbrown::DefaultHashBuilder, i: usize) -> u64 {
+        if self.hashed & (1 << i) == 0 {
+            let raw = [self.raw_path, self.raw_query, self.user_agent, self.referer, self.host][i];
+            self.hashes[i] = hasher.hash_one(raw);
+            self.hashed |= 1 << i;
+        }
+        self.hashes[i]
+    }
+
+    /// The memo key of a field's text under `tag`. Every view is a function of the raw text it
+    /// comes from, so the key is derived from that text's hash: one hash per raw text and
+    /// request however many views and memos ask, and a view known clean is never computed.
+    pub fn memo_key(&mut self, hasher: &hashbrown::DefaultHashBuilder, tag: u8, f: Field) -> u64 {
+        let h = match f {
+            Field::Path | Field::DecodedPath | Field::RawPath => self.raw_hash(hasher, 0),
+            Field::Query | Field::RawQuery => self.raw_hash(hasher, 1),
+            Field::Target | Field::Anywhere => self.target_hash(hasher),
+            Field::UserAgent => self.raw_hash(hasher, 2),
+            Field::Referer => self.raw_hash(hasher, 3),
+            Field::Host => self.raw_hash(hasher, 4),
+        };
+        mix(h, tag)
+    }
+
+    /// The memo key of the path and query string together under `tag`.
+    pub fn target_key(&mut self, hasher: &hashbrown::DefaultHashBuilder, tag: u8) -> u64 {
+        let h = self.target_hash(hasher);
+        mix(h, tag)
+    }
+
+    fn target_hash(&mut self, hasher: &hashbrown::DefaultHashBuilder) -> u64 {
+        self.raw_hash(hasher, 0) ^ self.raw_hash(hasher, 1).rotate_left(29)
     }
 
     /// Whether any of the `want` detectors finds an injection in a decoded query parameter
@@ -401,7 +490,20 @@ impl<'a> View<'a> {
         // every detector at once: one pass over the inputs however many rules ask
         let todo = if self.detect_ran & want == want { 0 } else { DETECT_ALL & !self.detect_ran };
         if todo != 0 {
-            self.detect_found |= self.scan(todo, &mut None, Some(memo));
+            // a path and query string seen before and clean for every detector: one lookup
+            // instead of one per parameter and segment (popular pages repeat endlessly)
+            let whole = (todo == DETECT_ALL).then(|| self.target_key(memo.hasher, TAG_TARGET_DETECT));
+            let known_clean = whole.is_some_and(|k| memo.clean.contains(k));
+            if !known_clean {
+                let found = self.scan(todo, &mut None, Some(memo), Part::Target);
+                if found == 0
+                    && let Some(k) = whole
+                {
+                    memo.clean.remember(k);
+                }
+                self.detect_found |= found;
+            }
+            self.detect_found |= self.scan(todo, &mut None, Some(memo), Part::Headers);
             self.detect_ran |= todo;
         }
         self.detect_found & want != 0
@@ -410,54 +512,76 @@ impl<'a> View<'a> {
     /// The first place one of the `want` detectors fires, for the reason.
     pub fn detection(&mut self, want: u8) -> Option<Detection> {
         let mut first = None;
-        self.scan(want, &mut first, None);
+        self.scan(want, &mut first, None, Part::Target);
+        if first.is_none() {
+            self.scan(want, &mut first, None, Part::Headers);
+        }
         first
     }
 
     /// Runs the detectors over every input; with a memo (deciding, not describing) inputs
     /// known clean are skipped and new clean ones remembered.
-    fn scan(&mut self, want: u8, first: &mut Option<Detection>, mut memo: Option<&mut Memo<'_>>) -> u8 {
+    fn scan(&mut self, want: u8, first: &mut Option<Detection>, mut memo: Option<&mut Memo<'_>>, part: Part) -> u8 {
         let describe = memo.is_none();
+        let not_paths = want & !DETECT_TRAVERSAL;
+        // the headers' keys from the request's hashes of them (rule fields hash them too)
+        let header_keys = match (&memo, part) {
+            (Some(m), Part::Headers) => [Field::UserAgent, Field::Referer]
+                .map(|f| Some(self.memo_key(m.hasher, TAG_HEADER_DETECT | not_paths, f))),
+            _ => [None, None],
+        };
         // `input` decoded, `raw` as sent (the traversal detector decodes its own way; the memo
         // is keyed by it, which determines the decoded text)
-        let mut look =
-            |input: &str, raw: (&str, At), want: u8, place: &dyn Fn() -> String, first: &mut Option<Detection>| -> u8 {
-                if input.len() < 2 || want == 0 {
-                    return 0;
-                }
-                let Some(m) = memo.as_deref_mut() else {
-                    let want = worth_a_look(input, want);
-                    return if want != 0 { judge(input, raw, want, place, first, true) } else { 0 };
-                };
-                // a memo lookup first: user agents repeat, and hashing is cheaper than a byte scan
-                // keyed by the raw text and how it was decoded (`+` is a space only in a query)
-                let key = m.hasher.hash_one((0x80u8 | want, raw.0, raw.1 as u8));
-                if m.clean.contains(&key) {
-                    return 0;
-                }
-                let worth = worth_a_look(input, want);
-                let found = if worth != 0 { judge(input, raw, worth, place, first, false) } else { 0 };
-                if found == 0 {
-                    crate::compile::remember(m.clean, key);
-                }
-                found
+        let mut look = |input: &str,
+                        raw: (&str, At),
+                        want: u8,
+                        key: Option<u64>,
+                        place: &dyn Fn() -> String,
+                        first: &mut Option<Detection>|
+         -> u8 {
+            if input.len() < 2 || want == 0 {
+                return 0;
+            }
+            let Some(m) = memo.as_deref_mut() else {
+                let want = worth_a_look(input, want);
+                return if want != 0 { judge(input, raw, want, place, first, true) } else { 0 };
             };
+            // a memo lookup first: user agents repeat, and hashing is cheaper than a byte scan
+            // keyed by the raw text and how it was decoded (`+` is a space only in a query)
+            let key = key.unwrap_or_else(|| m.hasher.hash_one((0x80u8 | want, raw.0, raw.1 as u8)));
+            if m.clean.contains(key) {
+                return 0;
+            }
+            let worth = worth_a_look(input, want);
+            let found = if worth != 0 { judge(input, raw, worth, place, first, false) } else { 0 };
+            if found == 0 {
+                m.clean.remember(key);
+            }
+            found
+        };
         // the usual request: nothing but letters, digits and separators, nothing to look at
         let plain = |s: &str| {
             s.bytes().all(|c| {
                 c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~' | b'/' | b'&' | b'=' | b',')
             }) && (want & DETECT_TRAVERSAL == 0 || !(s.contains("..") || s.contains("0x") || s.contains("0X")))
         };
-        let not_paths = want & !DETECT_TRAVERSAL;
         let mut found = 0;
+        if part == Part::Headers {
+            for (i, name) in [(0usize, "the User-Agent"), (1, "the Referer")] {
+                let raw = [self.user_agent, self.referer][i];
+                let h = self.header(i);
+                found |= look(h, (raw, At::Header), not_paths, header_keys[i], &|| name.to_owned(), first);
+            }
+            return found;
+        }
         if !plain(self.raw_query) {
             for part in self.raw_query.split(['&', ';']) {
                 let (raw_name, raw_value) = part.split_once('=').unwrap_or((part, ""));
                 let name = decode(raw_name, true);
                 let value = decode(raw_value, true);
                 let place = || format!("parameter {:?}", name.chars().take(40).collect::<String>());
-                found |= look(&value, (raw_value, At::Query), want, &place, first);
-                found |= look(&name, (raw_name, At::Query), not_paths, &|| "a parameter name".to_owned(), first);
+                found |= look(&value, (raw_value, At::Query), want, None, &place, first);
+                found |= look(&name, (raw_name, At::Query), not_paths, None, &|| "a parameter name".to_owned(), first);
                 if found == want && !describe {
                     return found;
                 }
@@ -468,18 +592,20 @@ impl<'a> View<'a> {
                 self.raw_path,
                 (self.raw_path, At::Path),
                 want & DETECT_TRAVERSAL,
+                None,
                 &|| "the path".to_owned(),
                 first,
             );
             for seg in self.raw_path.split('/') {
-                found |=
-                    look(&decode(seg, false), (seg, At::Segment), not_paths, &|| "a path segment".to_owned(), first);
+                found |= look(
+                    &decode(seg, false),
+                    (seg, At::Segment),
+                    not_paths,
+                    None,
+                    &|| "a path segment".to_owned(),
+                    first,
+                );
             }
-        }
-        for (i, name) in [(0usize, "the User-Agent"), (1, "the Referer")] {
-            let raw = [self.user_agent, self.referer][i];
-            let h = self.header(i);
-            found |= look(h, (raw, At::Header), not_paths, &|| name.to_owned(), first);
         }
         found
     }
@@ -525,8 +651,14 @@ impl<'a> View<'a> {
                     Cow::Owned(d) => Cow::Owned(d.clone()),
                 }
             } else {
-                let q = self.query().to_owned();
-                Cow::Owned(format!("{}?{q}", self.decoded_path.as_deref().expect("just set")))
+                self.query();
+                let (d, q) =
+                    (self.decoded_path.as_deref().expect("just set"), self.query.as_deref().expect("just set"));
+                let mut t = String::with_capacity(d.len() + 1 + q.len());
+                t.push_str(d);
+                t.push('?');
+                t.push_str(q);
+                Cow::Owned(t)
             };
             self.target = Some(t);
         }
@@ -586,7 +718,7 @@ mod tests {
     }
 
     fn memo_detects(v: &mut View<'_>, want: u8) -> bool {
-        let (mut clean, hasher) = (hashbrown::HashSet::new(), hashbrown::DefaultHashBuilder::default());
+        let (mut clean, hasher) = (crate::compile::CleanMemo::default(), hashbrown::DefaultHashBuilder::default());
         v.detects(want, &mut Memo { clean: &mut clean, hasher: &hasher })
     }
 
@@ -606,12 +738,49 @@ mod tests {
         assert!(!memo_detects(&mut v, DETECT_SQLI | DETECT_XSS));
         assert_eq!(v.detection(DETECT_SQLI | DETECT_XSS), None);
         // a clean text is remembered, and still clean the second time
-        let (mut clean, hasher) = (hashbrown::HashSet::new(), hashbrown::DefaultHashBuilder::default());
+        let (mut clean, hasher) = (crate::compile::CleanMemo::default(), hashbrown::DefaultHashBuilder::default());
         for _ in 0..2 {
             let mut v = View::new("/", Some("q=it%27s+fine"), Some("curl/8 (x; y)"), None, None);
             assert!(!v.detects(DETECT_SQLI, &mut Memo { clean: &mut clean, hasher: &hasher }));
         }
         assert!(!clean.is_empty());
+    }
+
+    /// A memo key names a field's text: the same text in another field, another request part
+    /// or under another tag is a different key, and the whole-target key covers both parts.
+    #[test]
+    fn memo_keys_tell_fields_and_parts_apart() {
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let mut keys = std::collections::HashSet::new();
+        for (path, query, ua) in [("/a", "q=1", "x"), ("/a", "q=2", "x"), ("/b", "q=1", "x"), ("/a", "q=1", "y")] {
+            let mut v = View::new(path, Some(query), Some(ua), Some("/a"), Some("q=1"));
+            for f in Field::ALL.into_iter().filter(|&f| f != Field::Anywhere) {
+                keys.insert((path, query, ua, v.memo_key(&hasher, f as u8, f)));
+                keys.insert((path, query, ua, v.memo_key(&hasher, 0x80 | f as u8, f)));
+            }
+            keys.insert((path, query, ua, v.target_key(&hasher, 0x7e)));
+            keys.insert((path, query, ua, v.target_key(&hasher, TAG_TARGET_DETECT)));
+        }
+        let distinct: std::collections::HashSet<u64> = keys.iter().map(|k| k.3).collect();
+        // per request: 9 fields x 2 tags + 2 whole-target keys; fields from the same raw text
+        // share keys only across requests that share that text
+        let mut expected = std::collections::HashSet::new();
+        for (path, query, ua) in [("/a", "q=1", "x"), ("/a", "q=2", "x"), ("/b", "q=1", "x"), ("/a", "q=1", "y")] {
+            for f in Field::ALL.into_iter().filter(|&f| f != Field::Anywhere) {
+                let src = match f {
+                    Field::Path | Field::DecodedPath | Field::RawPath => path.to_owned(),
+                    Field::Query | Field::RawQuery => query.to_owned(),
+                    Field::Target => format!("{path}?{query}"),
+                    Field::UserAgent => ua.to_owned(),
+                    _ => String::new(),
+                };
+                expected.insert((f as u8, src.clone()));
+                expected.insert((0x80 | f as u8, src));
+            }
+            expected.insert((0x7e, format!("{path}?{query}")));
+            expected.insert((TAG_TARGET_DETECT, format!("{path}?{query}")));
+        }
+        assert_eq!(distinct.len(), expected.len());
     }
 
     #[test]
@@ -633,7 +802,7 @@ mod tests {
             for f in Field::ALL.into_iter().filter(|f| *f != Field::Anywhere) {
                 let _ = v.get(f);
             }
-            for want in [DETECT_SQLI | DETECT_XSS, DETECT_TRAVERSAL, DETECT_CMD, DETECT_ALL] {
+            for want in [DETECT_SQLI | DETECT_XSS, DETECT_TRAVERSAL, DETECT_CMD, DETECT_PHP, DETECT_ALL] {
                 let mut v = View::new(p, Some(q), Some(&t), Some(q), None);
                 let found = memo_detects(&mut v, want);
                 assert_eq!(found, v.detection(want).is_some(), "{t:?} {want}");
@@ -650,6 +819,20 @@ mod tests {
         assert_eq!(resolve_dots("/a/b/.."), "/a/");
         assert_eq!(resolve_dots("/a/.env"), "/a/.env");
         assert_eq!(resolve_dots("/wp-admin/../wp-login.php"), "/wp-login.php");
+        assert_eq!(resolve_dots("./a"), "a");
+        assert_eq!(resolve_dots(".."), "");
+    }
+
+    /// The shortcuts that leave a path alone agree with the definitions on every text.
+    #[test]
+    fn normalising_shortcuts_agree_with_the_definitions() {
+        let texts = crate::random_texts(&["/", ".", "..", "a", "\\", "//", ".a", "a."], 8, 20_000);
+        for t in &texts {
+            let dots = t.split('/').any(|seg| seg == "." || seg == "..");
+            assert_eq!(matches!(resolve_dots(t), Cow::Owned(_)), dots, "{t:?}");
+            let twice = t.contains('\\') || t.contains("//");
+            assert_eq!(matches!(slashes(t), Cow::Owned(_)), twice, "{t:?}");
+        }
     }
 
     #[test]
