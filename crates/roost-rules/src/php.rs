@@ -37,8 +37,7 @@ pub fn judge(decoded: &str) -> Option<Found> {
     if !b.contains(&b'(') || !b.contains(&b')') {
         return None;
     }
-    let code = strip_comments(b);
-    let c = &code.text;
+    let c = &strip_comments(b);
     for open in memchr::memchr_iter(b'(', c) {
         if !c[open + 1..].contains(&b')') {
             break;
@@ -87,13 +86,9 @@ pub fn judge(decoded: &str) -> Option<Found> {
 /// The byte a dropped comment leaves (so `exec/**/(` still shows a gap).
 const COMMENT: u8 = 0;
 
-struct Code {
-    text: Vec<u8>,
-}
-
-/// The text with PHP comments replaced by one [`COMMENT`] byte each. `//` right after `:` is
-/// a URL, not a comment.
-fn strip_comments(b: &[u8]) -> Code {
+/// The text, lowercased, with PHP comments replaced by one [`COMMENT`] byte each. `//` right
+/// after `:` is a URL, not a comment.
+fn strip_comments(b: &[u8]) -> Vec<u8> {
     let mut text = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -111,7 +106,7 @@ fn strip_comments(b: &[u8]) -> Code {
             i += 1;
         }
     }
-    Code { text }
+    text
 }
 
 fn listed(name: &[u8]) -> Option<String> {
