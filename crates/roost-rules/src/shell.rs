@@ -14,15 +14,24 @@
 /// Programs attackers run first: reconnaissance, download, shells and interpreters, network.
 /// Words that are also common English are in [`COMMON`] and need shell-shaped arguments.
 const COMMANDS: &[&str] = &[
+    "aria2c",
     "awk",
+    "axel",
+    "base32",
     "base64",
+    "basenc",
     "bash",
     "bsdtar",
     "busybox",
+    "bzcat",
     "bzip2",
     "cc",
+    "certutil",
+    "chattr",
+    "chgrp",
     "chmod",
     "chown",
+    "chroot",
     "cmd",
     "crontab",
     "csh",
@@ -32,81 +41,148 @@ const COMMANDS: &[&str] = &[
     "dig",
     "dir",
     "dmesg",
+    "doas",
     "env",
     "eval",
     "exec",
     "fetch",
     "ftp",
+    "gawk",
     "gcc",
+    "gdb",
     "getent",
+    "getfacl",
     "grep",
+    "gunzip",
     "gzip",
+    "hexdump",
     "hostname",
+    "htop",
     "id",
     "iex",
     "ifconfig",
+    "ifup",
     "invoke-restmethod",
     "invoke-webrequest",
     "ipconfig",
+    "iptables",
+    "irb",
     "irm",
     "iwr",
     "java",
+    "jjs",
+    "journalctl",
+    "jrunscript",
+    "killall",
     "ksh",
+    "lastlog",
+    "ldapsearch",
     "ls",
+    "lsattr",
     "lsof",
+    "ltrace",
     "lua",
+    "luajit",
     "lynx",
+    "mawk",
     "mkfifo",
     "mknod",
+    "mongo",
+    "msfconsole",
+    "msfvenom",
+    "mysql",
+    "nawk",
     "nc",
     "ncat",
     "net",
     "netcat",
     "netsh",
     "netstat",
+    "nmap",
     "node",
+    "nodejs",
     "nohup",
+    "nsenter",
     "nslookup",
+    "openssl",
+    "passwd",
     "perl",
+    "pgrep",
     "php",
     "ping",
+    "pkexec",
+    "pkill",
     "powershell",
+    "printenv",
     "ps",
+    "psql",
     "pwd",
+    "pypy",
     "python",
     "python2",
     "python3",
     "rbash",
+    "readlink",
+    "redis-cli",
     "reg",
+    "rlogin",
     "rm",
+    "rsh",
+    "rsync",
     "ruby",
+    "runuser",
     "scp",
     "sed",
     "setsid",
+    "sftp",
     "sh",
+    "shred",
+    "smbclient",
     "socat",
+    "sqlite3",
     "ssh",
+    "ssh-keygen",
+    "strace",
     "sudo",
+    "systemctl",
     "systeminfo",
+    "tac",
     "tasklist",
+    "tclsh",
+    "tcpdump",
     "tcsh",
     "telnet",
     "tftp",
+    "traceroute",
+    "tshark",
     "uname",
+    "unshare",
+    "unzip",
+    "useradd",
+    "usermod",
+    "uudecode",
+    "uuencode",
     "vi",
     "vim",
     "wget",
     "whoami",
+    "wmic",
     "xargs",
     "xterm",
+    "xxd",
+    "xzcat",
+    "zcat",
     "zsh",
+    "zstdcat",
 ];
 
 /// Commands that are English words too: a match only with shell-shaped arguments or after an
 /// unmistakable separator.
 const COMMON: &[&str] = &[
-    "cat", "cd", "cp", "cut", "date", "echo", "export", "find", "head", "host", "kill", "last", "less", "more", "mv",
-    "nice", "print", "set", "sleep", "sort", "tail", "tar", "time", "timeout", "top", "touch", "type", "who", "whois",
+    "at", "cat", "cd", "cp", "cut", "date", "dd", "diff", "echo", "export", "file", "find", "fold", "groups", "head",
+    "host", "install", "kill", "last", "less", "ln", "make", "more", "mv", "nice", "nl", "od", "print", "rev",
+    "screen", "service", "set", "sleep", "sort", "split", "strings", "tail", "tar", "tee", "time", "timeout", "top",
+    "touch", "truncate", "type", "users", "watch", "which", "who", "whois", "write", "zip",
 ];
 
 /// Commands that run the command after them (`time who`, `sudo -u x id`).
@@ -322,9 +398,12 @@ fn command<'a>(sep: Sep, piece: &'a str) -> Option<Found> {
         return None;
     }
     // arguments only a command line has: an option, an absolute or home path, a variable, a URL
-    let shaped = |first: &str, args: &[&str]| {
+    // (after an English word, a dash before a word is a search engine's exclusion, not an
+    // option: `cat pictures -dogs`, `tee shirts -sale`)
+    let exclusion = |a: &str| a.len() >= 5 && a.starts_with('-') && a[1..].bytes().all(|c| c.is_ascii_lowercase());
+    let shaped = |first: &str, args: &[&str], english: bool| {
         args.iter().any(|a| {
-            (a.len() >= 2 && a.starts_with('-') && a.as_bytes()[1].is_ascii_alphabetic())
+            (a.len() >= 2 && a.starts_with('-') && a.as_bytes()[1].is_ascii_alphabetic() && !(english && exclusion(a)))
                 || a.starts_with('/')
                 || a.starts_with("~/")
                 || a.starts_with('$')
@@ -335,7 +414,7 @@ fn command<'a>(sep: Sep, piece: &'a str) -> Option<Found> {
     // `python3.10`: the program without its version
     let bare = |w: &'a str| w.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
     first = if bare(first).is_empty() { first } else { bare(first) };
-    if (COMMANDS.binary_search(&first).is_ok() || POWERSHELL.contains(first)) && shaped(first, &args) {
+    if (COMMANDS.binary_search(&first).is_ok() || POWERSHELL.contains(first)) && shaped(first, &args, false) {
         return Some(Found { what: "a command with shell-shaped arguments", word: first.into() });
     }
     // `time who`, `sudo id`: the command after the prefix
@@ -351,10 +430,11 @@ fn command<'a>(sep: Sep, piece: &'a str) -> Option<Found> {
     if !strong && !common {
         return None;
     }
-    let shaped = shaped(first, &args);
     let hit = match sep {
-        Sep::Strong => strong || shaped || args.is_empty() || prefixed,
-        Sep::Weak | Sep::Start => strong && (shaped || prefixed) || common && shaped,
+        Sep::Strong => strong || shaped(first, &args, false) || args.is_empty() || prefixed,
+        Sep::Weak | Sep::Start => {
+            strong && (shaped(first, &args, false) || prefixed) || common && shaped(first, &args, true)
+        }
     };
     hit.then(|| Found { what: "a command after a shell separator", word: first.into() })
 }
@@ -449,6 +529,9 @@ mod tests {
             "{,echo,#test}",
             "x|vi (x",
             "diff <(ls) x",
+            "cat -n /etc/hosts",
+            "x;xxd /etc/shadow",
+            "sort -rn $HOME/x",
         ] {
             assert!(judge(v, false).is_some(), "{v:?}");
         }
@@ -457,6 +540,9 @@ mod tests {
     #[test]
     fn ordinary_text_is_left_alone() {
         for v in [
+            "cat pictures -dogs",
+            "tee shirts -sale",
+            "make money online",
             "cat pictures",
             "tom & jerry",
             "python tutorial",

@@ -3,6 +3,7 @@
 //! Attackers encode what they send (`..%2f`, `%252e%252e%252f`, `..\`, `%c0%af`) so that naive
 //! matching misses it. Rules therefore see the path and query both as sent and decoded: percent
 //! decoding applied until nothing changes (at most three rounds; IIS `%uXXXX` escapes too),
+//! then JavaScript/JSON string escapes (`\u003c`, `\x3c`),
 //! lookalike dots and slashes (fullwidth, division slash) folded to ASCII, backslashes and
 //! overlong UTF-8 slashes turned into `/`, and repeated slashes collapsed. `path` additionally resolves `.` and
 //! `..` segments (what the server would serve), while `decoded_path` keeps them (so traversal
@@ -80,7 +81,7 @@ impl Field {
 pub fn decode(s: &str, plus_is_space: bool) -> Cow<'_, str> {
     let b = s.as_bytes();
     let nothing =
-        if plus_is_space { memchr::memchr2(b'%', b'+', b).is_none() } else { memchr::memchr(b'%', b).is_none() };
+        if plus_is_space { memchr::memchr3(b'%', b'+', b'\\', b) } else { memchr::memchr2(b'%', b'\\', b) }.is_none();
     if nothing {
         return Cow::Borrowed(s);
     }
@@ -101,10 +102,51 @@ pub fn decode(s: &str, plus_is_space: bool) -> Cow<'_, str> {
         }
         cur = Cow::Owned(next);
     }
+    if let Cow::Owned(unescaped) = script_escapes(&cur) {
+        cur = Cow::Owned(unescaped);
+    }
     match lookalikes(&cur) {
         Cow::Borrowed(_) => cur,
         Cow::Owned(folded) => Cow::Owned(folded),
     }
+}
+
+/// JavaScript and JSON string escapes (`\u003c`, `\x3c`) as the characters they stand for: a
+/// parameter holding JSON or a script string carries markup and code this way, and the page or
+/// interpreter that receives it decodes them. `\x` only for ASCII; other backslashes are kept.
+fn script_escapes(s: &str) -> Cow<'_, str> {
+    let b = s.as_bytes();
+    let hex = |from: usize, n: usize| {
+        b.get(from..from + n)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|_| u32::from_str_radix(&s[from..from + n], 16).ok())
+    };
+    // the character an escape at `i` stands for, and its length
+    let escape = |i: usize| -> Option<(char, usize)> {
+        match b.get(i + 1).map(|c| c | 0x20) {
+            Some(b'u') => hex(i + 2, 4).and_then(char::from_u32).map(|c| (c, 6)),
+            Some(b'x') => hex(i + 2, 2).filter(|&v| v < 0x80).and_then(char::from_u32).map(|c| (c, 4)),
+            _ => None,
+        }
+    };
+    if !memchr::memchr_iter(b'\\', b).any(|i| escape(i).is_some()) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && let Some((c, len)) = escape(i)
+        {
+            out.push(c);
+            i += len;
+            continue;
+        }
+        let ch = s[i..].chars().next().expect("in bounds");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    Cow::Owned(out)
 }
 
 /// IIS's `%uXXXX` escapes (`%u002e`, `%uff0e`) as the characters they stand for.
@@ -715,6 +757,11 @@ mod tests {
         assert_eq!(decode("/%u002e%u002e/x", false), "/../x");
         assert_eq!(decode("/a%25u002e%uzzzz", false), "/a.%uzzzz");
         assert_eq!(decode("/caf%C3%A9", false), "/café", "other Unicode is left alone");
+        // script and JSON escapes, after percent decoding; other backslashes stay
+        assert_eq!(decode("%5Cu003cscript%5Cu003e", true), "<script>");
+        assert_eq!(decode(r"\x3cimg\X3E \u00e9", false), "<img> é");
+        assert_eq!(decode(r"C:\xampp\x9f\u12", false), r"C:\xampp\x9f\u12");
+        assert!(matches!(decode(r"C:\Windows", false), Cow::Borrowed(_)));
     }
 
     fn memo_detects(v: &mut View<'_>, want: u8) -> bool {
