@@ -18,7 +18,9 @@ pub struct BgpConfig {
     pub hold_time: u16,
     /// The routers: roost connects to each (they peer passively).
     pub peers: Vec<PeerConfig>,
-    /// Destination prefixes the diversions apply to (your sites); empty: any destination.
+    /// Destination prefixes the diversions apply to (your sites). Required when there are
+    /// peers: a rule without a destination would divert the source's traffic to everything the
+    /// routers carry.
     pub protect: Vec<IpNetwork>,
     /// Match only this IP protocol (6 = TCP; 0 = any) and these destination ports ([] = any).
     pub protocol: u8,
@@ -32,7 +34,9 @@ pub struct BgpConfig {
     /// Never a rule whose source prefix is shorter than this.
     pub min_prefix_v4: u8,
     pub min_prefix_v6: u8,
-    /// Never a rule touching these prefixes.
+    /// Never a rule touching these prefixes. The routers' addresses and roost's own session
+    /// addresses are added ([`BgpConfig::never_divert`]), and `roost bgp`/`roost up` add the
+    /// proxy's listeners and upstreams.
     pub allowlist: Vec<IpNetwork>,
     /// Rules per peer at most, worst verdicts first.
     pub max_rules: usize,
@@ -114,6 +118,27 @@ impl BgpConfig {
         if self.min_prefix_v4 < 8 || self.min_prefix_v6 < 19 {
             return bad("min_prefix_v4", "a minimum shorter than /8 (/19 for IPv6) could divert whole networks");
         }
+        if !self.peers.is_empty() && self.protect.is_empty() {
+            return bad(
+                "protect",
+                "empty with peers configured: every rule would divert its source's traffic to every destination the routers carry; list your sites' prefixes",
+            );
+        }
         Ok(())
+    }
+
+    /// What no rule may touch: the allowlist, every router's address and roost's own address
+    /// on each session (a forged flood "from" a router must never divert the router).
+    pub fn never_divert(&self) -> Vec<IpNetwork> {
+        let host = |a: IpAddr| IpNetwork::from(a);
+        let mut out = self.allowlist.clone();
+        for p in &self.peers {
+            out.push(host(p.address.ip()));
+            out.extend(p.local_address.map(host));
+        }
+        out.extend(self.bgp_listen.map(|l| l.ip()).filter(|a| !a.is_unspecified()).map(host));
+        out.sort();
+        out.dedup();
+        out
     }
 }

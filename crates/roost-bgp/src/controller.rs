@@ -42,8 +42,16 @@ impl Input {
             reputation: c.reputation,
             expires: c.expires.map(|t| t.millis()),
             reasons: c.reasons.iter().map(|r| r.text.clone()).collect(),
+            unproven: rests_on_unproven(&c.reasons),
         })
     }
+}
+
+/// Whether a verdict's evidence is possibly forged flow evidence and nothing else: an unproven
+/// flow finding among its reasons, and no other reason that weighed anything.
+fn rests_on_unproven(reasons: &[roost_engine::Reason]) -> bool {
+    reasons.iter().any(|r| roost_engine::unproven_source(&r.source))
+        && reasons.iter().all(|r| roost_engine::unproven_source(&r.source) || r.weight <= 0.0)
 }
 
 /// The live verdicts and overrides, and when they were last planned. No I/O, no clock: the
@@ -281,8 +289,81 @@ mod tests {
                 local_address: None,
                 peer_as: 0,
             }],
+            protect: vec!["192.0.2.0/24".parse().unwrap()],
             ..BgpConfig::default()
         }
+    }
+
+    /// The engine's verdict on flow evidence, as the verdicts topic carries it.
+    fn flow_verdict(ip: &str, id: &str, penalty: f32, class: Class) -> (Input, roost_engine::VerdictChange) {
+        use roost_engine::{Engine, EngineConfig, Evidence, Source, SourceKind};
+        let mut e = Engine::new(EngineConfig::default()).unwrap();
+        let ev = Evidence {
+            source: Source::new(SourceKind::Flow, id),
+            penalty,
+            verdict: Some((class, std::time::Duration::from_secs(600))),
+            detail: format!("{id} (NetFlow)"),
+        };
+        let c = e.apply(ip.parse().unwrap(), Timestamp(1_000), &[ev]).expect("a verdict");
+        (Input::verdict(&c), c)
+    }
+
+    /// A verdict on flow evidence that may be forged (SYN-only flows "from" anyone) is never a
+    /// flowspec rule, whatever the verdict; proven flow evidence, or any other evidence beside
+    /// it, is.
+    #[test]
+    fn possibly_spoofed_flow_evidence_alone_is_never_diverted() {
+        let c = cfg();
+        let mut p = Planner::default();
+        let (unproven, change) = flow_verdict("203.0.113.66", "synflood-unproven", 0.0, Class::Dubious);
+        assert_eq!(change.to, Class::Dubious, "the engine still holds it dubious (challenge at the proxy)");
+        p.input(unproven);
+        let plan = p.plan(&c, 2_000).unwrap();
+        assert!(plan.rules.is_empty(), "{plan:?}");
+        assert_eq!(plan.refused.len(), 1);
+        assert!(plan.refused[0].1.starts_with("possibly spoofed"), "{plan:?}");
+        assert_eq!(policy::refusal_kind(&plan.refused[0].1), "spoofable");
+        // even a `bad` verdict on it (an older collector, a hand-written event) is not diverted
+        let (unproven_bad, _) = flow_verdict("203.0.113.67", "portscan-unproven", 10.0, Class::Bad);
+        p.input(unproven_bad);
+        assert!(p.plan(&c, 3_000).unwrap().rules.is_empty());
+        // a scan by completed handshakes is
+        let (proven, _) = flow_verdict("203.0.113.68", "portscan", 10.0, Class::Bad);
+        p.input(proven);
+        let plan = p.plan(&c, 4_000).unwrap();
+        assert_eq!(plan.rules.iter().map(|r| r.rule.source.to_string()).collect::<Vec<_>>(), ["203.0.113.68/32"]);
+    }
+
+    /// A forged flood "from" a router or from roost's own session address never diverts it:
+    /// those addresses are allowlisted whatever `bgp.allowlist` says.
+    #[test]
+    fn routers_and_our_own_addresses_are_never_diverted() {
+        let mut c = cfg();
+        c.allowlist.clear();
+        c.peers.push(crate::config::PeerConfig {
+            address: "198.51.100.1:179".parse().unwrap(),
+            passive: false,
+            local_address: Some("198.51.100.100".parse().unwrap()),
+            peer_as: 0,
+        });
+        let mut p = Planner::default();
+        for ip in ["198.51.100.1/32", "198.51.100.100/32", "127.0.0.1/32", "198.51.100.7/32"] {
+            p.input(bad(ip, None));
+        }
+        let plan = p.plan(&c, 0).unwrap();
+        assert_eq!(plan.rules.iter().map(|r| r.rule.source.to_string()).collect::<Vec<_>>(), ["198.51.100.7/32"]);
+        assert_eq!(plan.refused.iter().filter(|(_, why)| why.starts_with("allowlisted")).count(), 3, "{plan:?}");
+    }
+
+    #[test]
+    fn peers_without_protected_prefixes_are_refused() {
+        let mut c = cfg();
+        assert!(c.validate().is_ok());
+        c.protect.clear();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("bgp.protect: empty with peers configured"), "{e}");
+        c.peers.clear();
+        assert!(c.validate().is_ok(), "no peers (dry runs, `roost up` without routers): no rule is announced");
     }
 
     fn bad(ip: &str, expires: Option<i64>) -> Input {
@@ -292,6 +373,7 @@ mod tests {
             reputation: -0.9,
             expires,
             reasons: vec!["scanner".into()],
+            unproven: false,
         })
     }
 
@@ -323,6 +405,7 @@ mod tests {
             reputation: 0.5,
             expires: None,
             reasons: vec![],
+            unproven: false,
         }));
         let allow =
             Override { class: Class::Good, until: Some(Timestamp(5_000)), by: "ops".into(), comment: "partner".into() };

@@ -19,6 +19,10 @@ pub struct Verdict {
     /// Unix ms; `None`: until changed.
     pub expires: Option<i64>,
     pub reasons: Vec<String>,
+    /// The verdict rests on flow evidence that may have been forged alone
+    /// ([`roost_engine::unproven_source`]): never diverted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unproven: bool,
 }
 
 /// One rule to announce, and why.
@@ -43,11 +47,13 @@ pub struct Plan {
 
 /// Why a verdict gets no rule (a bounded set: metric label).
 /// Every kind [`refusal_kind`] tells.
-pub const REFUSAL_KINDS: [&str; 3] = ["allowlisted", "too_short", "other"];
+pub const REFUSAL_KINDS: [&str; 4] = ["allowlisted", "too_short", "spoofable", "other"];
 
 pub fn refusal_kind(why: &str) -> &'static str {
     if why.starts_with("allowlisted") {
         "allowlisted"
+    } else if why.starts_with("possibly spoofed") {
+        "spoofable"
     } else if why.starts_with("prefix") {
         "too_short"
     } else {
@@ -81,9 +87,8 @@ pub fn plan_with_overrides<'a>(
 ) -> Plan {
     let live = overrides.iter().filter(|o| o.until.is_none_or(|u| u > now));
     let allow: Vec<IpNetwork> = cfg
-        .allowlist
-        .iter()
-        .copied()
+        .never_divert()
+        .into_iter()
         .chain(live.clone().filter(|o| o.class == Class::Good).map(|o| o.prefix))
         .collect();
     let forced: Vec<Verdict> = live
@@ -95,6 +100,7 @@ pub fn plan_with_overrides<'a>(
             reputation: -1.0,
             expires: o.until,
             reasons: vec![o.reason.clone()],
+            unproven: false,
         })
         .collect();
     let mut by_source: BTreeMap<IpNetwork, Planned> = BTreeMap::new();
@@ -122,6 +128,10 @@ pub fn plan_with_overrides<'a>(
             continue;
         };
         let name = roost_engine::subject_name(v.subject);
+        if v.unproven {
+            refused.push((name, "possibly spoofed: only flows that do not prove their source".into()));
+            continue;
+        }
         if source.prefix() < min {
             refused.push((name, format!("prefix {source} is shorter than /{min}")));
             continue;
@@ -217,6 +227,7 @@ mod tests {
             reputation: rep,
             expires: Some(10_000),
             reasons: vec!["r".into()],
+            unproven: false,
         }
     }
 

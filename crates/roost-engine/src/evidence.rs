@@ -99,6 +99,17 @@ impl Source {
     }
 }
 
+/// The id suffix of flow evidence whose flows do not prove their source address
+/// (`flow:synflood-unproven`): SYN-only or one-way flows, which anyone can forge "from" any
+/// address. Such evidence weighs at most a dubious verdict, and `roost bgp` never diverts a
+/// verdict that rests on it alone ([`crate::Reason`]s carry the source).
+pub const UNPROVEN: &str = "-unproven";
+
+/// Whether a source, written `kind:id`, is flow evidence that may have been forged.
+pub fn unproven_source(source: &str) -> bool {
+    source.strip_prefix("flow:").is_some_and(|id| id.ends_with(UNPROVEN))
+}
+
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.kind.as_str(), self.id)

@@ -28,7 +28,9 @@ pub use config::{
     PathConfig, SharedConfig, SlowConfig, VerdictConfig,
 };
 pub use engine::{Aggregates, Engine, EngineStager, Override, Staged, Stats};
-pub use evidence::{Annotator, Evidence, Inspector, RequestContext, Source, SourceKind, Stager};
+pub use evidence::{
+    Annotator, Evidence, Inspector, RequestContext, Source, SourceKind, Stager, UNPROVEN, unproven_source,
+};
 pub use judge::{Judge, JudgeStaged, JudgeStager};
 pub use roost_event::{RequestEvent, Timestamp};
 pub use scoring::{Category, PathClass, Scoring};

@@ -4,6 +4,15 @@
 //! TCP flows. Crossing a threshold gives one [`EvidenceEvent`] per kind per window, with the
 //! numbers in words ("touched 312 ports on 192.0.2.0/24 in 60 s (NetFlow)").
 //!
+//! Spoofing: a flow's source address is whatever its first packet claimed. Only a TCP flow in
+//! which the source both opened (SYN) and acknowledged (ACK) proves the address is real: a
+//! forger never sees the SYN-ACK it would have to acknowledge. Scans count the ports and hosts
+//! of such proven flows apart; a scan seen only in unproven flows, and every SYN flood or
+//! incomplete-handshake finding (SYN-only flows prove nothing by nature), is reported with the
+//! source id `{kind}-unproven` (see [`is_unproven`]), "possibly spoofed" in its words, no
+//! penalty and at most a dubious verdict. `roost bgp` never diverts a verdict that rests on such
+//! evidence alone.
+//!
 //! Pure: records carry their own time; nothing reads a clock. Memory is bounded: at most
 //! `max_sources` sources (the oldest windows go first), and the sets of ports and hosts stop
 //! growing once past every threshold.
@@ -80,17 +89,31 @@ impl Default for FeaturesConfig {
     }
 }
 
+use roost_engine::UNPROVEN;
+/// Whether an evidence source id (`flow:synflood-unproven`) names flow evidence that may have
+/// been forged: a verdict resting on such evidence alone is never made a flowspec rule.
+pub use roost_engine::unproven_source as is_unproven;
+
+/// Whether a flow proves its source address: TCP, opened and acknowledged by the source.
+fn proves_source(f: &FlowRecord) -> bool {
+    f.proto == 6 && f.tcp_flags & 0x12 == 0x12
+}
+
 #[derive(Default)]
 struct Window {
     start: i64,
     last: i64,
     ports: HashSet<u16>,
     hosts: HashSet<IpAddr>,
+    /// The same, of the flows that prove the source ([`proves_source`]).
+    proven_ports: HashSet<u16>,
+    proven_hosts: HashSet<IpAddr>,
     tcp: u64,
     syn_only: u64,
     flows: u64,
     packets: u64,
-    /// Kinds already reported in this window (bits: portscan, hostscan, synflood, incomplete).
+    /// Kinds already reported in this window (bits: portscan, hostscan, synflood, incomplete;
+    /// shifted by [`UNPROVEN_BITS`] for their unproven variants).
     fired: u8,
 }
 
@@ -104,6 +127,7 @@ const PORTSCAN: u8 = 1;
 const HOSTSCAN: u8 = 2;
 const SYNFLOOD: u8 = 4;
 const INCOMPLETE: u8 = 8;
+const UNPROVEN_BITS: u8 = 4;
 
 impl FlowFeatures {
     pub fn new(cfg: FeaturesConfig) -> FlowFeatures {
@@ -135,42 +159,74 @@ impl FlowFeatures {
         if w.hosts.len() < cap {
             w.hosts.insert(f.dst);
         }
+        if proves_source(f) {
+            if w.proven_ports.len() < cap {
+                w.proven_ports.insert(f.dst_port);
+            }
+            if w.proven_hosts.len() < cap {
+                w.proven_hosts.insert(f.dst);
+            }
+        }
         if f.proto == 6 {
             w.tcp += 1;
             w.syn_only += u64::from(f.syn_only());
         }
         let secs = self.cfg.window.as_secs();
-        let mut emit = |bit: u8, id: &str, weight: &Weight, detail: String, w: &mut Window| {
+        // `proven`: from flows that prove the source; otherwise it may be forged, and weighs at
+        // most a dubious verdict, with no penalty
+        let mut emit = |bit: u8, id: &str, weight: &Weight, detail: String, proven: bool, w: &mut Window| {
+            let bit = if proven { bit } else { bit << UNPROVEN_BITS };
             if w.fired & bit != 0 {
                 return;
             }
             w.fired |= bit;
+            let (source, penalty, verdict, detail) = if proven {
+                (format!("flow:{id}"), weight.penalty, weight.verdict.clone(), detail)
+            } else {
+                let capped = weight.verdict.as_ref().map(|_| "dubious".to_owned());
+                let detail = format!("{detail}; possibly spoofed: no completed handshake proves the source");
+                (format!("flow:{id}{UNPROVEN}"), 0.0, capped, detail)
+            };
             out.push(EvidenceEvent {
                 time: Timestamp(t),
                 client: f.src,
-                source: format!("flow:{id}"),
-                penalty: weight.penalty,
-                verdict: weight.verdict.clone(),
+                source,
+                penalty,
+                verdict,
                 ttl_ms: weight.ttl.map(|d| d.as_millis() as u64),
                 detail,
             });
         };
-        if w.ports.len() >= self.cfg.portscan_ports {
-            let detail = format!("touched {} ports on {} in {secs} s (NetFlow)", w.ports.len(), targets(&w.hosts));
-            emit(PORTSCAN, "portscan", &self.cfg.portscan, detail, w);
+        // a scan is proven when the proven flows alone reach the threshold
+        let (ports, hosts) = (self.cfg.portscan_ports, self.cfg.hostscan_hosts);
+        let scan = |proven: usize, all: usize, min: usize| {
+            if proven >= min {
+                Some((proven, true))
+            } else if all >= min {
+                Some((all, false))
+            } else {
+                None
+            }
+        };
+        if let Some((n, proven)) = scan(w.proven_ports.len(), w.ports.len(), ports) {
+            let on = targets(if proven { &w.proven_hosts } else { &w.hosts });
+            let detail = format!("touched {n} ports on {on} in {secs} s (NetFlow)");
+            emit(PORTSCAN, "portscan", &self.cfg.portscan, detail, proven, w);
         }
-        if w.hosts.len() >= self.cfg.hostscan_hosts {
-            let detail = format!("contacted {} hosts ({}) in {secs} s (NetFlow)", w.hosts.len(), targets(&w.hosts));
-            emit(HOSTSCAN, "hostscan", &self.cfg.hostscan, detail, w);
+        if let Some((n, proven)) = scan(w.proven_hosts.len(), w.hosts.len(), hosts) {
+            let on = targets(if proven { &w.proven_hosts } else { &w.hosts });
+            let detail = format!("contacted {n} hosts ({on}) in {secs} s (NetFlow)");
+            emit(HOSTSCAN, "hostscan", &self.cfg.hostscan, detail, proven, w);
         }
+        // SYN-only flows prove nothing: a flood or a share of incomplete handshakes may be forged
         if w.syn_only >= self.cfg.synflood_flows {
             let detail = format!("{} SYN-only flows (handshakes never completed) in {secs} s (NetFlow)", w.syn_only);
-            emit(SYNFLOOD, "synflood", &self.cfg.synflood, detail, w);
+            emit(SYNFLOOD, "synflood", &self.cfg.synflood, detail, false, w);
         }
         if w.tcp >= self.cfg.incomplete_min_flows && w.syn_only as f64 >= self.cfg.incomplete_share * w.tcp as f64 {
             let detail =
                 format!("{} of {} TCP flows never completed the handshake in {secs} s (NetFlow)", w.syn_only, w.tcp);
-            emit(INCOMPLETE, "incomplete", &self.cfg.incomplete, detail, w);
+            emit(INCOMPLETE, "incomplete", &self.cfg.incomplete, detail, false, w);
         }
     }
 
@@ -238,25 +294,63 @@ mod tests {
         }
     }
 
+    /// A scan by connections the source completed (SYN and ACK from it) proves the source: full
+    /// weight, once per window.
     #[test]
     fn a_port_scan_is_reported_once_per_window_with_its_numbers() {
-        let mut f = FlowFeatures::new(FeaturesConfig::default());
+        let cfg =
+            FeaturesConfig { portscan: Weight { verdict: Some("bad".into()), ..cfg_scan() }, ..Default::default() };
+        let mut f = FlowFeatures::new(cfg);
         let mut out = Vec::new();
         for p in 0..150u16 {
-            f.observe(&flow("203.0.113.200", "192.0.2.20", p + 1, 0x02, 1_000 + i64::from(p)), &mut out);
+            f.observe(&flow("203.0.113.200", "192.0.2.20", p + 1, 0x1b, 1_000 + i64::from(p)), &mut out);
         }
         let scans: Vec<_> = out.iter().filter(|e| e.source == "flow:portscan").collect();
         assert_eq!(scans.len(), 1, "{out:?}");
         assert_eq!(scans[0].detail, "touched 100 ports on 192.0.2.20 in 60 s (NetFlow)");
-        assert_eq!(scans[0].verdict.as_deref(), Some("dubious"));
-        // 150 SYN-only of 150 TCP flows: incomplete handshakes too, once
-        assert_eq!(out.iter().filter(|e| e.source == "flow:incomplete").count(), 1);
+        assert_eq!((scans[0].verdict.as_deref(), scans[0].penalty), (Some("bad"), 10.0));
+        assert_eq!(out.len(), 1, "nothing unproven: {out:?}");
         // the next window reports again
         out.clear();
         for p in 0..100u16 {
-            f.observe(&flow("203.0.113.200", "192.0.2.21", p + 1, 0x02, 70_000 + i64::from(p)), &mut out);
+            f.observe(&flow("203.0.113.200", "192.0.2.21", p + 1, 0x1b, 70_000 + i64::from(p)), &mut out);
         }
         assert_eq!(out.iter().filter(|e| e.source == "flow:portscan").count(), 1);
+    }
+
+    fn cfg_scan() -> Weight {
+        FeaturesConfig::default().portscan
+    }
+
+    /// A SYN scan (no handshake completed) may come from a forged address: reported as
+    /// unproven, possibly spoofed, no penalty, at most dubious however the kind is weighted.
+    /// Proven flows later in the window still make the proven finding.
+    #[test]
+    fn a_scan_in_unproven_flows_is_possibly_spoofed_and_at_most_dubious() {
+        let cfg =
+            FeaturesConfig { portscan: Weight { verdict: Some("bad".into()), ..cfg_scan() }, ..Default::default() };
+        let mut f = FlowFeatures::new(cfg);
+        let mut out = Vec::new();
+        for p in 0..150u16 {
+            f.observe(&flow("203.0.113.200", "192.0.2.20", p + 1, 0x02, 1_000 + i64::from(p)), &mut out);
+        }
+        let scans: Vec<_> = out.iter().filter(|e| e.source.starts_with("flow:portscan")).collect();
+        assert_eq!(scans.len(), 1, "{out:?}");
+        let e = scans[0];
+        assert_eq!(e.source, "flow:portscan-unproven");
+        assert!(is_unproven(&e.source));
+        assert_eq!((e.verdict.as_deref(), e.penalty), (Some("dubious"), 0.0));
+        assert!(e.detail.ends_with("possibly spoofed: no completed handshake proves the source"), "{}", e.detail);
+        // 150 SYN-only of 150 TCP flows: incomplete handshakes too, once, unproven
+        let inc: Vec<_> = out.iter().filter(|e| e.source.starts_with("flow:incomplete")).collect();
+        assert_eq!(inc.len(), 1);
+        assert!(is_unproven(&inc[0].source) && inc[0].penalty == 0.0);
+        out.clear();
+        for p in 0..100u16 {
+            f.observe(&flow("203.0.113.200", "192.0.2.20", p + 1, 0x12, 2_000 + i64::from(p)), &mut out);
+        }
+        assert_eq!(out.iter().map(|e| e.source.as_str()).collect::<Vec<_>>(), ["flow:portscan"]);
+        assert!(!is_unproven("flow:portscan") && !is_unproven("rule:R-1-unproven"));
     }
 
     /// A SYN flood at one service: SYN-only flows (handshakes never completed) from one source
@@ -274,15 +368,21 @@ mod tests {
         for i in 0..100 {
             f.observe(&flow("203.0.113.66", "192.0.2.10", 443, 0x02, 6_000 + i), &mut out);
         }
-        let floods: Vec<_> = out.iter().filter(|e| e.source == "flow:synflood").collect();
+        let floods: Vec<_> = out.iter().filter(|e| e.source.starts_with("flow:synflood")).collect();
         assert_eq!(floods.len(), 1, "{out:?}");
         let e = floods[0];
         assert_eq!(e.client, "203.0.113.66".parse::<IpAddr>().unwrap());
-        assert_eq!(e.verdict.as_deref(), Some("bad"));
+        // SYN-only flows prove nothing: weighed `bad`, a flood is at most dubious, no penalty
+        assert_eq!(cfg.synflood.verdict.as_deref(), Some("bad"));
+        assert_eq!(
+            (e.source.as_str(), e.verdict.as_deref(), e.penalty),
+            ("flow:synflood-unproven", Some("dubious"), 0.0)
+        );
         assert_eq!(e.ttl_ms, Some(600_000));
         assert!(e.detail.contains("500 SYN-only flows"), "{}", e.detail);
-        assert!(out.iter().any(|e| e.source == "flow:incomplete"), "{out:?}");
-        assert!(!out.iter().any(|e| e.source == "flow:portscan" || e.source == "flow:hostscan"), "{out:?}");
+        assert!(e.detail.contains("possibly spoofed"), "{}", e.detail);
+        assert!(out.iter().any(|e| e.source == "flow:incomplete-unproven"), "{out:?}");
+        assert!(!out.iter().any(|e| e.source.contains("portscan") || e.source.contains("hostscan")), "{out:?}");
         // the same flows with the handshake completed (SYN+ACK+FIN) are a busy client, not a flood
         let mut f = FlowFeatures::new(cfg.clone());
         let mut out = Vec::new();
@@ -324,8 +424,11 @@ mod tests {
         for h in 0..20u8 {
             f.observe(&flow("203.0.113.9", &format!("192.0.2.{h}"), 22, 0x02, i64::from(h)), &mut out);
         }
-        let e = out.iter().find(|e| e.source == "flow:hostscan").unwrap();
-        assert_eq!(e.detail, "contacted 20 hosts (192.0.2.0/24) in 60 s (NetFlow)");
+        let e = out.iter().find(|e| e.source == "flow:hostscan-unproven").unwrap();
+        assert_eq!(
+            e.detail,
+            "contacted 20 hosts (192.0.2.0/24) in 60 s (NetFlow); possibly spoofed: no completed handshake proves the source"
+        );
     }
 
     #[test]

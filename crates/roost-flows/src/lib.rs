@@ -114,6 +114,9 @@ pub struct Decoded {
     pub errors: Vec<(DecodeError, u32)>,
     /// Data sets whose template the collector has not seen (yet) from this exporter.
     pub template_misses: u32,
+    /// Records whose start or end lay beyond the arrival time plus `max_skew` (a wrong exporter
+    /// clock or a forged datagram): their times were set to the arrival time.
+    pub clamped: u32,
     /// Templates (and options templates) learned from this datagram.
     pub templates: u32,
     pub version: u16,
@@ -126,11 +129,18 @@ pub struct DecoderConfig {
     pub template_ttl: Duration,
     /// Exporters (and observation domains) tracked at most; the least recently heard is dropped.
     pub max_exporters: usize,
+    /// How far an exporter's clock may run ahead of the collector's: a flow that ends later
+    /// than its datagram's arrival plus this is given the arrival time (and counted).
+    pub max_skew: Duration,
 }
 
 impl Default for DecoderConfig {
     fn default() -> Self {
-        DecoderConfig { template_ttl: Duration::from_secs(30 * 60), max_exporters: 1024 }
+        DecoderConfig {
+            template_ttl: Duration::from_secs(30 * 60),
+            max_exporters: 1024,
+            max_skew: Duration::from_secs(10),
+        }
     }
 }
 
@@ -141,6 +151,8 @@ pub struct Decoder {
     /// Sampling interval per exporter and domain, from options data (v9, IPFIX), and when the
     /// exporter last sent one (Unix ms, arrival time).
     sampling: HashMap<(SocketAddr, u32), (u32, i64)>,
+    max_skew: i64,
+    max_exporters: usize,
 }
 
 impl Decoder {
@@ -150,7 +162,12 @@ impl Decoder {
         let parsers = AutoScopedParser::try_with_builder(builder)
             .and_then(|p| p.with_max_sources(cfg.max_exporters.max(1)))
             .expect("a valid parser configuration");
-        Decoder { parsers, sampling: HashMap::new() }
+        Decoder {
+            parsers,
+            sampling: HashMap::new(),
+            max_skew: cfg.max_skew.as_millis().min(i64::MAX as u128) as i64,
+            max_exporters: cfg.max_exporters.max(1),
+        }
     }
 
     /// Decodes one datagram from `exporter`, received at `received`.
@@ -176,16 +193,18 @@ impl Decoder {
                 NetflowPacket::V5(v5) => {
                     // the top two bits are the sampling mode, the rest the interval
                     let rate = u32::from(v5.header.sampling_interval & 0x3fff).max(1);
-                    let boot = i64::from(v5.header.unix_secs) * 1000 + i64::from(v5.header.unix_nsecs / 1_000_000)
-                        - i64::from(v5.header.sys_up_time);
+                    let uptime = Uptime {
+                        export: i64::from(v5.header.unix_secs) * 1000 + i64::from(v5.header.unix_nsecs / 1_000_000),
+                        now: v5.header.sys_up_time,
+                    };
                     for f in &v5.flowsets {
                         out.records.push(FlowRecord {
                             exporter,
                             version: 5,
                             domain: 0,
                             received: received.millis(),
-                            start: Some(boot + i64::from(f.first)),
-                            end: Some(boot + i64::from(f.last)),
+                            start: Some(uptime.at(f.first)),
+                            end: Some(uptime.at(f.last)),
                             src: IpAddr::V4(f.src_addr),
                             dst: IpAddr::V4(f.dst_addr),
                             src_port: f.src_port,
@@ -200,7 +219,7 @@ impl Decoder {
                 }
                 NetflowPacket::V9(v9) => {
                     let domain = v9.header.source_id;
-                    let boot = i64::from(v9.header.unix_secs) * 1000 - i64::from(v9.header.sys_up_time);
+                    let uptime = Uptime { export: i64::from(v9.header.unix_secs) * 1000, now: v9.header.sys_up_time };
                     let key = (exporter, domain);
                     for fs in &v9.flowsets {
                         match &fs.body {
@@ -210,7 +229,7 @@ impl Decoder {
                                 for rec in &d.fields {
                                     let fields = rec.options_fields.iter().map(|(f, v)| (u16::from(*f), v));
                                     if let Some(rate) = sampling_of(fields) {
-                                        self.sampling.insert(key, (rate, received.millis()));
+                                        self.note_sampling(key, rate, received);
                                     }
                                 }
                             }
@@ -218,7 +237,7 @@ impl Decoder {
                                 let rate = self.sampling.get(&key).map_or(1, |(r, _)| *r);
                                 for rec in &d.fields {
                                     let fields = rec.iter().map(|(f, v)| (u16::from(*f), v));
-                                    match record(fields, exporter, 9, domain, received, Some(boot), rate) {
+                                    match record(fields, exporter, 9, domain, received, Some(uptime), rate) {
                                         Some(r) => out.records.push(r),
                                         None => missing += 1,
                                     }
@@ -245,7 +264,7 @@ impl Decoder {
                             IpfixBody::OptionsData(d) => {
                                 for rec in &d.fields {
                                     if let Some(rate) = sampling_of(rec.iter().map(|(f, v)| (ipfix_id(f), v))) {
-                                        self.sampling.insert(key, (rate, received.millis()));
+                                        self.note_sampling(key, rate, received);
                                     }
                                 }
                             }
@@ -270,7 +289,24 @@ impl Decoder {
         if missing > 0 {
             out.errors.push((DecodeError::MissingFields, missing));
         }
+        // no flow ends after its datagram arrived (give or take the clocks' skew)
+        let limit = received.millis().saturating_add(self.max_skew);
+        for r in &mut out.records {
+            if r.end.is_some_and(|t| t > limit) || r.start.is_some_and(|t| t > limit) {
+                out.clamped += 1;
+                r.end = r.end.map(|t| t.min(r.received));
+                r.start = r.start.map(|t| t.min(r.end.unwrap_or(r.received)));
+            }
+        }
         out
+    }
+
+    /// Remembers an exporter's sampling rate; the map holds at most `max_exporters` exporters
+    /// (and domains), as the template cache does: beyond, new ones are not remembered.
+    fn note_sampling(&mut self, key: (SocketAddr, u32), rate: u32, received: Timestamp) {
+        if self.sampling.len() < self.max_exporters || self.sampling.contains_key(&key) {
+            self.sampling.insert(key, (rate, received.millis()));
+        }
     }
 
     /// Exporters (and domains) with templates held.
@@ -382,16 +418,35 @@ fn sampling_of<'a>(fields: impl Iterator<Item = (u16, &'a FieldValue)>) -> Optio
     rate
 }
 
+/// An exporter's clock in a v5 or v9 header: the export time (Unix ms) and the uptime then
+/// (`sysUpTime`, ms, a 32-bit counter that wraps every 49.7 days).
+#[derive(Clone, Copy, Debug)]
+struct Uptime {
+    export: i64,
+    now: u32,
+}
+
+impl Uptime {
+    /// The Unix time of an uptime reading (a flow's FIRST/LAST_SWITCHED). The difference to the
+    /// export's uptime is taken modulo 2^32 as a signed number (serial-number arithmetic, RFC
+    /// 1982): a flow that started before the counter wrapped lies seconds, not 49 days, in the
+    /// past, and one stamped a little after the header's uptime (exporters do that) a little in
+    /// the future, as it would without the wrap.
+    fn at(self, up: u32) -> i64 {
+        self.export - i64::from(self.now.wrapping_sub(up) as i32)
+    }
+}
+
 /// A v9/IPFIX data record by information element ids (the same numbers in both for what is read
-/// here). `boot` is the exporter's boot time (v9: export time minus uptime) for uptime-relative
-/// times.
+/// here). `uptime` is the v9 header's clock, for uptime-relative times (IPFIX's are relative to
+/// `systemInitTimeMilliseconds`).
 fn record<'a>(
     fields: impl Iterator<Item = (u16, &'a FieldValue)>,
     exporter: SocketAddr,
     version: u16,
     domain: u32,
     received: Timestamp,
-    boot: Option<i64>,
+    uptime: Option<Uptime>,
     rate: u32,
 ) -> Option<FlowRecord> {
     let (mut src, mut dst) = (None, None);
@@ -417,9 +472,13 @@ fn record<'a>(
             _ => {}
         }
     }
-    let base = init.or(boot);
-    let start = start.or_else(|| since(base, start_up));
-    let end = end.or_else(|| since(base, end_up));
+    let relative = |up: Option<i64>| match (init, uptime) {
+        (Some(base), _) => since(Some(base), up),
+        (None, Some(u)) => up.and_then(|v| u32::try_from(v).ok()).map(|v| u.at(v)),
+        (None, None) => None,
+    };
+    let start = start.or_else(|| relative(start_up));
+    let end = end.or_else(|| relative(end_up));
     Some(FlowRecord {
         exporter,
         version,
@@ -456,12 +515,17 @@ mod tests {
         "192.0.2.1:40000".parse().unwrap()
     }
 
-    /// A v5 datagram with one TCP flow 203.0.113.5:4000 → 192.0.2.10:443.
+    /// A v5 datagram with one TCP flow 203.0.113.5:4000 → 192.0.2.10:443, exported at
+    /// 1,700,000,000 s with an uptime of 10 s; the flow switched at uptime 9.0 and 9.5 s.
     fn v5(sampling: u16) -> Vec<u8> {
+        v5_at(sampling, 10_000, 9_000, 9_500)
+    }
+
+    fn v5_at(sampling: u16, uptime: u32, first: u32, last: u32) -> Vec<u8> {
         let mut p = Vec::new();
         p.extend_from_slice(&5u16.to_be_bytes());
         p.extend_from_slice(&1u16.to_be_bytes());
-        p.extend_from_slice(&10_000u32.to_be_bytes()); // uptime 10 s
+        p.extend_from_slice(&uptime.to_be_bytes());
         p.extend_from_slice(&1_700_000_000u32.to_be_bytes());
         p.extend_from_slice(&0u32.to_be_bytes());
         p.extend_from_slice(&7u32.to_be_bytes());
@@ -471,8 +535,8 @@ mod tests {
         p.extend_from_slice(&[0, 1, 0, 2]);
         p.extend_from_slice(&3u32.to_be_bytes());
         p.extend_from_slice(&180u32.to_be_bytes());
-        p.extend_from_slice(&9_000u32.to_be_bytes());
-        p.extend_from_slice(&9_500u32.to_be_bytes());
+        p.extend_from_slice(&first.to_be_bytes());
+        p.extend_from_slice(&last.to_be_bytes());
         p.extend_from_slice(&4000u16.to_be_bytes());
         p.extend_from_slice(&443u16.to_be_bytes());
         p.extend_from_slice(&[0, 0x02, 6, 0, 0, 0, 0, 0, 24, 24, 0, 0]);
@@ -482,8 +546,9 @@ mod tests {
     #[test]
     fn v5_records_carry_times_flags_and_scaled_counts() {
         let mut d = Decoder::new(&DecoderConfig::default());
-        let out = d.decode(exporter(), &v5(0x4000 | 10), Timestamp(1));
+        let out = d.decode(exporter(), &v5(0x4000 | 10), Timestamp(1_700_000_000_000));
         assert!(out.errors.is_empty(), "{:?}", out.errors);
+        assert_eq!(out.clamped, 0);
         let r = &out.records[0];
         assert_eq!(
             (r.src.to_string(), r.dst.to_string(), r.src_port, r.dst_port),
@@ -494,6 +559,38 @@ mod tests {
         assert!(r.syn_only());
         let back = FlowRecord::decode(&r.encode()).unwrap();
         assert_eq!(&back, r);
+    }
+
+    /// The uptime counter wrapped between the flow's start and the export: the flow started
+    /// 3 s before the export, not 49.7 days after it (RFC 3954's modulo-2^32 arithmetic).
+    #[test]
+    fn an_uptime_counter_that_wrapped_gives_times_in_the_past() {
+        let mut d = Decoder::new(&DecoderConfig::default());
+        let export = 1_700_000_000_000;
+        let out = d.decode(exporter(), &v5_at(0, 1_000, u32::MAX - 1_999, 500), Timestamp(export));
+        let r = &out.records[0];
+        assert_eq!((r.start, r.end), (Some(export - 3_000), Some(export - 500)));
+        assert_eq!(out.clamped, 0);
+        // a flow stamped just after the header's uptime is just after the export, not 49 days back
+        let out = d.decode(exporter(), &v5_at(0, 1_000, 1_200, 1_300), Timestamp(export));
+        assert_eq!(out.records[0].end, Some(export + 300));
+    }
+
+    /// A flow dated after its datagram arrived (an exporter clock ahead, a forged header) gets
+    /// the arrival time, and is counted; within the allowed skew it is left alone.
+    #[test]
+    fn future_flow_times_are_clamped_to_the_arrival() {
+        let mut d = Decoder::new(&DecoderConfig::default());
+        // exported at 1,700,000,000 s; arrived an hour earlier by the collector's clock
+        let arrival = 1_700_000_000_000 - 3_600_000;
+        let out = d.decode(exporter(), &v5(0), Timestamp(arrival));
+        let r = &out.records[0];
+        assert_eq!(out.clamped, 1);
+        assert_eq!((r.start, r.end), (Some(arrival), Some(arrival)));
+        // 5 s ahead is within the default 10 s of skew
+        let out = d.decode(exporter(), &v5(0), Timestamp(1_700_000_000_000 - 5_000));
+        assert_eq!(out.clamped, 0);
+        assert_eq!(out.records[0].end, Some(1_700_000_000_000 - 500));
     }
 
     /// A v9 datagram: a template (id 256: src, dst, sport, dport, proto, flags, bytes, packets),

@@ -57,6 +57,8 @@ pub struct Counts {
     pub rebuilt: u64,
     /// Records that were not a request event (counted, logged, skipped).
     pub bad_records: u64,
+    /// Records dated beyond the wall clock plus the allowed skew, taken as that time.
+    pub clamped: u64,
 }
 
 /// Starts or stops a judge's shadow engine as sources go into or out of shadow mode (a rule
@@ -71,6 +73,10 @@ pub struct Scorer {
     overrides: BTreeMap<IpNetwork, Override>,
     outputs: Vec<Output>,
     counts: Counts,
+    /// The host's clock as last told ([`Scorer::set_wall_clock`]), and how far event times may
+    /// run ahead of it.
+    wall: Option<Timestamp>,
+    max_skew: i64,
 }
 
 impl Scorer {
@@ -82,7 +88,22 @@ impl Scorer {
             overrides: BTreeMap::new(),
             outputs: Vec::new(),
             counts: Counts::default(),
+            wall: None,
+            max_skew: 10_000,
         }
+    }
+
+    /// The host's clock now (the caller reads it: this type reads no clock). Records dated
+    /// beyond it plus the allowed skew are taken as dated then, so no record can move a
+    /// partition's clock (and its expiry) ahead of real time. Without it, event times are
+    /// taken as they come (offline use).
+    pub fn set_wall_clock(&mut self, now: Timestamp) {
+        self.wall = Some(now);
+    }
+
+    /// How far event times may run ahead of the wall clock (default 10 s).
+    pub fn set_max_skew(&mut self, skew: std::time::Duration) {
+        self.max_skew = skew.as_millis().min(i64::MAX as u128) as i64;
     }
 
     /// Lets [`Scorer::refresh_candidates`] start and stop shadow engines.
@@ -151,13 +172,22 @@ impl Scorer {
         let result = match value.map(wire::decode_message) {
             None => Err(wire::Error::Empty),
             Some(Err(e)) => Err(e),
-            Some(Ok(rec)) => {
+            Some(Ok(mut rec)) => {
                 let live = part.live;
-                let time = match &rec {
-                    wire::Message::Request(ev) => ev.time,
-                    wire::Message::Evidence(e) => e.time,
-                    wire::Message::ErrorLog(e) => e.time,
+                let time = match &mut rec {
+                    wire::Message::Request(ev) => &mut ev.time,
+                    wire::Message::Evidence(e) => &mut e.time,
+                    wire::Message::ErrorLog(e) => &mut e.time,
                 };
+                // never ahead of the wall clock (plus skew): one future-dated record would
+                // otherwise expire the partition's verdicts and overrides at once
+                if let Some(limit) = self.wall.map(|w| Timestamp(w.millis().saturating_add(self.max_skew)))
+                    && *time > limit
+                {
+                    *time = limit;
+                    self.counts.clamped += 1;
+                }
+                let time = *time;
                 // the one expiry policy, as `roost replay`'s: verdicts lapse as event time passes
                 let mut changes = Vec::new();
                 part.engine.advance(time, &mut changes);
@@ -372,6 +402,43 @@ mod tests {
         let xa: Vec<_> = a.engines().flat_map(|e| e.flagged(e.now(), None, 10)).collect();
         let xb: Vec<_> = b.engines().flat_map(|e| e.flagged(e.now(), None, 10)).collect();
         assert_eq!(xa, xb);
+    }
+
+    /// A record dated 49 days ahead (a router's uptime counter wrapped, a forged datagram) is
+    /// taken as dated at the wall clock plus the skew: the partition's verdicts do not expire
+    /// early. Without a wall clock (offline) nothing changes.
+    #[test]
+    fn a_future_dated_record_does_not_expire_a_partitions_verdicts() {
+        let t0 = 1_700_000_000;
+        let run = |wall: bool| {
+            let mut s = scorer();
+            if wall {
+                s.set_wall_clock(Timestamp((t0 + 60) * 1000));
+                s.set_max_skew(std::time::Duration::from_secs(10));
+            }
+            s.assign(&[(0, None)]);
+            for i in 0..60 {
+                s.record(0, i, Some(&ev(t0 + i, "198.51.100.9", 403))).unwrap();
+            }
+            let future = wire::EvidenceEvent {
+                time: Timestamp((t0 + 49 * 86_400) * 1000),
+                client: "203.0.113.5".parse().unwrap(),
+                source: "flow:synflood-unproven".into(),
+                penalty: 0.0,
+                verdict: None,
+                ttl_ms: None,
+                detail: "forged".into(),
+            };
+            s.record(0, 60, Some(&wire::encode_evidence(&future))).unwrap();
+            let flagged: Vec<_> = s.engines().flat_map(|e| e.flagged(e.now(), None, 10)).collect();
+            let now = s.engines().next().unwrap().now();
+            (flagged.len(), now, s.counts().clamped)
+        };
+        let (flagged, now, clamped) = run(true);
+        assert_eq!((flagged, clamped), (1, 1), "the client stays flagged; the record was clamped");
+        assert_eq!(now, Timestamp((t0 + 70) * 1000), "the partition's clock stops at the wall clock plus skew");
+        let (flagged, _, clamped) = run(false);
+        assert_eq!((flagged, clamped), (0, 0), "without the clamp the verdict would have expired");
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub struct Settings {
     /// Writes-and-commits happen at least this often while records flow.
     #[serde(with = "humantime_serde")]
     pub flush_interval: std::time::Duration,
+    /// How far a record's event time may run ahead of this host's clock: later times are taken
+    /// as now plus this (`roost_score_clamped_times_total`), so one future-dated record (a
+    /// router's wrapped uptime, a forged datagram) cannot move a partition's clock ahead and
+    /// expire its verdicts early.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -49,6 +55,7 @@ impl Default for Settings {
             partitions: 8,
             batch: 5000,
             flush_interval: Duration::from_millis(50),
+            max_clock_skew: Duration::from_secs(10),
         }
     }
 }
@@ -68,6 +75,7 @@ pub struct ScorerMetrics {
     events: Counter,
     rebuilt: Counter,
     bad_records: Counter,
+    clamped: Counter,
     writes: Family<SinkLabel, Counter>,
     write_errors: Family<SinkLabel, Counter>,
     resyncs: Counter,
@@ -92,6 +100,11 @@ impl ScorerMetrics {
             "roost_score_bad_records",
             "Records on the requests topic that were not request events",
             self.bad_records.clone(),
+        );
+        r.register(
+            "roost_score_clamped_times",
+            "Records whose event time lay beyond this host's clock plus score.max_clock_skew (taken as that)",
+            self.clamped.clone(),
         );
         r.register("roost_score_writes", "Verdicts written, by sink (redis, kafka)", self.writes.clone());
         r.register("roost_score_write_errors", "Failed verdict writes (retried), by sink", self.write_errors.clone());
@@ -158,8 +171,10 @@ pub fn run(
     let mut owed: Vec<(String, Option<OverrideEntry>)> = Vec::new();
     // after a Redis restart: also end the stored overrides that are no longer in force
     let mut reconcile = false;
+    scorer.set_max_skew(s.max_clock_skew);
     while !stop.load(Ordering::Relaxed) {
         scorer.refresh_candidates();
+        scorer.set_wall_clock(wall_now());
         let started = Instant::now();
         let mut n = 0;
         while n < s.batch && started.elapsed() < s.flush_interval {
@@ -256,6 +271,7 @@ pub fn run(
         metrics.events.inc_by(c.events - seen.events);
         metrics.rebuilt.inc_by(c.rebuilt - seen.rebuilt);
         metrics.bad_records.inc_by(c.bad_records - seen.bad_records);
+        metrics.clamped.inc_by(c.clamped - seen.clamped);
         seen = c;
         if last_stats.elapsed() >= Duration::from_secs(5) {
             last_stats = Instant::now();

@@ -201,6 +201,14 @@ pub struct FlowsConfig {
     pub partitions: i32,
     /// Where /metrics listens.
     pub metrics_listen: SocketAddr,
+    /// The routers (addresses or prefixes) whose exports are accepted; datagrams from any other
+    /// address are counted (`roost_flows_foreign_datagrams_total`) and dropped. Empty: any
+    /// address (a warning at start: anyone who can reach the port can make evidence).
+    pub exporters: Vec<ipnetwork::IpNetwork>,
+    /// How far an exporter's clock may run ahead: flows ending later than their datagram's
+    /// arrival plus this get the arrival time (`roost_flows_clamped_times_total`).
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
     /// Network-level evidence from the flows.
     pub features: roost_flows::features::FeaturesConfig,
 }
@@ -215,6 +223,8 @@ impl Default for FlowsConfig {
             queue: 1_000_000,
             partitions: 8,
             metrics_listen: "127.0.0.1:9756".parse().expect("valid"),
+            exporters: Vec::new(),
+            max_clock_skew: Duration::from_secs(10),
             features: roost_flows::features::FeaturesConfig::default(),
         }
     }

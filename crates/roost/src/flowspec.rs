@@ -13,6 +13,22 @@ use roost_bgp::{BgpConfig, Controller, Input, Planner};
 
 use crate::runtime::{self, Shutdown};
 
+/// `bgp` with the proxy's own addresses added to its allowlist: its listeners (when bound to an
+/// address) and its upstreams (when written as addresses). With the routers' and the session
+/// addresses ([`BgpConfig::never_divert`]) no forged flood can divert roost's own path.
+pub fn with_own_addresses(cfg: &crate::config::Config) -> BgpConfig {
+    let mut b = cfg.bgp.clone();
+    let p = &cfg.proxy;
+    let listeners = p.listen.iter().chain(p.tls.iter().map(|t| &t.listen));
+    let addrs = listeners
+        .chain(p.upstreams.iter())
+        .filter_map(|s| s.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
+    b.allowlist.extend(addrs.map(ipnetwork::IpNetwork::from));
+    b
+}
+
 /// A running controller.
 pub struct Flowspec {
     /// Verdicts and overrides for the planner, a batch at a time (planned after each batch).
@@ -85,5 +101,20 @@ fn plan_loop(b: &BgpConfig, controller: &Controller, rx: &Receiver<Vec<Input>>, 
         {
             controller.publish(plan);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxys_listeners_and_upstreams_are_never_diverted() {
+        let mut cfg = crate::config::Config::default();
+        cfg.proxy.listen = vec!["198.51.100.10:80".into(), "0.0.0.0:8080".into()];
+        cfg.proxy.upstreams = vec!["198.51.100.20:8080".into(), "app.internal:80".into()];
+        let b = with_own_addresses(&cfg);
+        let hosts: Vec<String> = b.allowlist[cfg.bgp.allowlist.len()..].iter().map(|n| n.to_string()).collect();
+        assert_eq!(hosts, ["198.51.100.10/32", "198.51.100.20/32"]);
     }
 }

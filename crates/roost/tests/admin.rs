@@ -466,6 +466,7 @@ fn a_prefix_override_holds_at_once_in_proxies_and_routers() {
              pid_file = \"{d}/proxy.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
              [bgp]\nasn = 65003\nrouter_id = \"127.0.0.4\"\nhold_time = 9\nlisten = \"127.0.0.1:{bgp_listen}\"\n\
              peers = [{{ address = \"127.0.0.1:{bgp_port}\", local_address = \"127.0.0.4\", peer_as = 65000 }}]\n\
+             protect = [\"192.0.2.0/24\"]\n\
              [proxy.challenge]",
             d = d.display()
         ),

@@ -277,7 +277,8 @@ fn a_router_that_connects_to_roost_gets_the_rules_too() {
         format!(
             "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nverdicts = \"{topic}\"\n[bgp]\nhold_time = 9\nlisten = \"127.0.0.1:{listen}\"\n\
              bgp_listen = \"127.0.0.4:{roost_port}\"\n\
-             peers = [{{ address = \"127.0.0.1:179\", passive = true, peer_as = 65000 }}]\n",
+             peers = [{{ address = \"127.0.0.1:179\", passive = true, peer_as = 65000 }}]\n\
+             protect = [\"192.0.2.0/24\"]\n",
             kafka.brokers
         ),
     )

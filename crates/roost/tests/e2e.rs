@@ -274,6 +274,7 @@ router_id = "127.0.0.4"
 hold_time = 9
 listen = "127.0.0.1:{bgp_listen}"
 peers = [{{ address = "127.0.0.1:{bgp_port}", local_address = "127.0.0.4", peer_as = 65000 }}]
+protect = ["192.0.2.0/24"]
 "#,
             app_log = app_log.display(),
             proxy_log = proxy_log.display(),

@@ -209,6 +209,7 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
              [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
              [score]\ngroup = \"{requests}-group\"\npartitions = 2\nlisten = \"127.0.0.1:{score_port}\"\n\
              [flows]\nlisten = [\"127.0.0.1:{flow_port}\"]\npartitions = 2\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+             exporters = [\"127.0.0.1/32\"]\n\
              [flows.features]\nportscan_ports = 30\n",
             kafka(),
             redis()
@@ -307,8 +308,20 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
     let v = verdict.unwrap();
     assert_eq!(v.verdict.as_str(), "dubious", "{v:?}");
     assert!(v.reasons.iter().any(|r| r.contains("touched 30 ports on 192.0.2.20 in 60 s (NetFlow)")), "{v:?}");
+    // a SYN scan proves nothing about its source: dubious at most, and said so
+    assert!(v.reasons.iter().any(|r| r.contains("possibly spoofed")), "{v:?}");
     let all = store.load_all().unwrap();
     assert_eq!(all.len(), 1, "only the scanner is flagged: {all:?}");
+
+    // an export from an address not in flows.exporters (127.0.0.2 is loopback too): counted
+    // and dropped before decoding
+    assert_eq!(metric(metrics_port, "roost_flows_foreign_datagrams_total"), Some(0.0));
+    let stranger = UdpSocket::bind("127.0.0.2:0").unwrap();
+    stranger.send_to(b"\x00\x09 not decoded", ("127.0.0.1", flow_port)).unwrap();
+    wait_for(Duration::from_secs(10), "the stranger's datagram to be counted", || {
+        metric(metrics_port, "roost_flows_foreign_datagrams_total") == Some(1.0)
+    });
+    assert_eq!(metric(metrics_port, "roost_flows_decode_errors_total"), None, "not decoded");
 
     // garbage: counted with the exporter and the reason; the collector goes on
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -752,7 +752,8 @@ fn a_shadow_rule_reaches_no_proxy_or_router_until_enforced() {
              trusted_proxies = [\"127.0.0.1/32\"]\n\
              [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
              [bgp]\nasn = 65003\nrouter_id = \"127.0.0.4\"\nhold_time = 9\nlisten = \"127.0.0.1:{bgp_metrics}\"\n\
-             peers = [{{ address = \"127.0.0.1:{bgp_port}\", local_address = \"127.0.0.4\", peer_as = 65000 }}]\n",
+             peers = [{{ address = \"127.0.0.1:{bgp_port}\", local_address = \"127.0.0.4\", peer_as = 65000 }}]\n\
+             protect = [\"192.0.2.0/24\"]\n",
             log.display(),
             rules.display(),
             common::redis(),

@@ -18,7 +18,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     anyhow::ensure!(cfg.kafka.enabled(), "roost bgp follows the verdicts topic: set kafka.brokers");
     let rt = runtime::tokio(1)?;
     let shutdown = Shutdown::on_signals(&rt)?;
-    let flowspec = Flowspec::start(&cfg.bgp, &rt, &shutdown, false)?;
+    let flowspec = Flowspec::start(&crate::flowspec::with_own_addresses(&cfg), &rt, &shutdown, false)?;
     // as `roost score` does; not fatal: with Kafka away the controller waits (and freezes)
     if let Err(e) = roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.verdicts, 1, true) {
         tracing::warn!(error = %e, "cannot make sure the verdicts topic exists; waiting for it");

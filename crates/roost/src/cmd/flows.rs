@@ -67,6 +67,9 @@ const DEAD_LETTERS_PER_SECOND: u32 = 100;
 /// Exporters are routers: few. Past this many distinct ones, the rest share one label.
 const MAX_EXPORTER_LABELS: usize = 256;
 
+/// Exporters whose last error log time is remembered at most (beyond, the map starts over).
+const MAX_ERROR_LOG_EXPORTERS: usize = 1024;
+
 #[derive(Default)]
 struct Metrics {
     datagrams: Family<ExporterLabel, Counter>,
@@ -75,6 +78,9 @@ struct Metrics {
     bytes: Family<ExporterLabel, Counter>,
     errors: Family<ErrorLabel, Counter>,
     template_misses: Family<ExporterLabel, Counter>,
+    foreign: Counter,
+    clamped: Counter,
+    sources: Gauge,
     templates: Family<ExporterLabel, Counter>,
     published: Counter,
     evidence: Family<KindLabel, Counter>,
@@ -106,6 +112,17 @@ impl Metrics {
             self.template_misses.clone(),
         );
         r.register("templates", "Templates and options templates received, by exporter", self.templates.clone());
+        r.register(
+            "foreign_datagrams",
+            "Datagrams dropped because their sender is not in flows.exporters",
+            self.foreign.clone(),
+        );
+        r.register(
+            "clamped_times",
+            "Flow records dated after their datagram's arrival plus flows.max_clock_skew, given the arrival time",
+            self.clamped.clone(),
+        );
+        r.register("tracked_sources", "Source addresses with a features window held", self.sources.clone());
         r.register("published", "Flow records acknowledged by Kafka", self.published.clone());
         r.register(
             "evidence",
@@ -123,6 +140,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     anyhow::ensure!(cfg.kafka.enabled(), "roost flows publishes to Kafka: set kafka.brokers");
     let f = cfg.flows.clone();
     anyhow::ensure!(!f.listen.is_empty(), "flows.listen is empty");
+    if f.exporters.is_empty() {
+        tracing::warn!(
+            "flows.exporters is empty: exports from any address are accepted, and anyone who can reach the port can make flow evidence; list your routers"
+        );
+    }
     roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.flows, f.partitions, false)?;
     roost_kafka::ensure_topic(&cfg.kafka, &cfg.kafka.topics.deadletter, 1, false)?;
     if f.features.enabled {
@@ -197,10 +219,23 @@ impl Labels {
         if let Some(l) = self.known.get(&a) {
             return l.clone();
         }
-        let l = if self.known.len() < MAX_EXPORTER_LABELS { a.to_string() } else { "other".to_owned() };
+        if self.known.len() >= MAX_EXPORTER_LABELS {
+            // not remembered: the map stays bounded however many addresses send
+            return "other".to_owned();
+        }
+        let l = a.to_string();
         self.known.insert(a, l.clone());
         l
     }
+}
+
+/// Whether an exporter may send: listed in `flows.exporters`, or any when the list is empty.
+fn accepted(exporters: &[ipnetwork::IpNetwork], a: IpAddr) -> bool {
+    let a = match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    };
+    exporters.is_empty() || exporters.iter().any(|n| n.contains(a))
 }
 
 fn receive(
@@ -211,7 +246,11 @@ fn receive(
     stop: &AtomicBool,
     queued: &std::sync::atomic::AtomicI64,
 ) {
-    let mut decoder = Decoder::new(&DecoderConfig { template_ttl: f.template_ttl, max_exporters: f.max_exporters });
+    let mut decoder = Decoder::new(&DecoderConfig {
+        template_ttl: f.template_ttl,
+        max_exporters: f.max_exporters,
+        max_skew: f.max_clock_skew,
+    });
     let mut labels = Labels { known: HashMap::new() };
     let mut last_error_log: HashMap<IpAddr, Instant> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
@@ -226,6 +265,10 @@ fn receive(
         let got = sock.recv_from(&mut buf);
         let now = runtime::wall_now();
         if let Ok((n, from)) = got {
+            if !accepted(&f.exporters, from.ip()) {
+                m.foreign.inc();
+                continue;
+            }
             let ex = labels.of(from.ip());
             m.datagrams.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc();
             let out = decoder.decode(from, &buf[..n], now);
@@ -244,6 +287,9 @@ fn receive(
                 m.template_misses
                     .get_or_create(&ExporterLabel { exporter: ex.clone() })
                     .inc_by(out.template_misses.into());
+            }
+            if out.clamped > 0 {
+                m.clamped.inc_by(out.clamped.into());
             }
             if out.templates > 0 {
                 m.templates.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc_by(out.templates.into());
@@ -273,6 +319,9 @@ fn receive(
                 m.errors
                     .get_or_create(&ErrorLabel { exporter: ex.clone(), reason: e.label().into() })
                     .inc_by((*k).into());
+                if last_error_log.len() >= MAX_ERROR_LOG_EXPORTERS && !last_error_log.contains_key(&from.ip()) {
+                    last_error_log.clear();
+                }
                 let last = last_error_log.entry(from.ip()).or_insert_with(|| Instant::now() - Duration::from_secs(2));
                 if last.elapsed() >= Duration::from_secs(1) {
                     *last = Instant::now();
@@ -312,6 +361,7 @@ fn receive(
             m.exporters.set(decoder.exporters() as i64);
             if let Some(feat) = features.as_mut() {
                 feat.expire(now);
+                m.sources.set(feat.tracked() as i64);
             }
         }
     }
@@ -403,5 +453,32 @@ fn publish(
         }
         let left = queued.fetch_sub(n as i64, Ordering::Relaxed) - n as i64;
         m.queued.set(left.max(0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_exporters_are_accepted_and_none_listed_means_any() {
+        let list: Vec<ipnetwork::IpNetwork> = vec!["192.0.2.1/32".parse().unwrap(), "2001:db8::/64".parse().unwrap()];
+        assert!(accepted(&list, "192.0.2.1".parse().unwrap()));
+        assert!(accepted(&list, "::ffff:192.0.2.1".parse().unwrap()), "an IPv4 exporter on a dual-stack socket");
+        assert!(accepted(&list, "2001:db8::9".parse().unwrap()));
+        assert!(!accepted(&list, "192.0.2.2".parse().unwrap()));
+        assert!(!accepted(&list, "198.51.100.1".parse().unwrap()));
+        assert!(accepted(&[], "198.51.100.1".parse().unwrap()));
+    }
+
+    /// A flood of datagrams from ever new (forged) addresses does not grow the label map.
+    #[test]
+    fn exporter_labels_stay_bounded() {
+        let mut l = Labels { known: HashMap::new() };
+        for i in 0..10_000u32 {
+            let label = l.of(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+            assert_eq!(label == "other", i as usize >= MAX_EXPORTER_LABELS);
+        }
+        assert_eq!(l.known.len(), MAX_EXPORTER_LABELS);
     }
 }

@@ -113,7 +113,7 @@ pub fn run(cfg: Config, args: UpArgs) -> anyhow::Result<()> {
     let flowspec = if cfg.bgp.peers.is_empty() {
         None
     } else {
-        let f = Flowspec::start(&cfg.bgp, &rt, &shutdown, true)?;
+        let f = Flowspec::start(&crate::flowspec::with_own_addresses(&cfg), &rt, &shutdown, true)?;
         let _ = shared.bgp.set(f.inputs.clone());
         Some(f)
     };
