@@ -17,7 +17,7 @@
 //! `max_sources` sources (the oldest windows go first), and the sets of ports and hosts stop
 //! growing once past every threshold.
 
-use std::collections::{HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -103,11 +103,11 @@ fn proves_source(f: &FlowRecord) -> bool {
 struct Window {
     start: i64,
     last: i64,
-    ports: HashSet<u16>,
-    hosts: HashSet<IpAddr>,
+    ports: Few<u16>,
+    hosts: Hosts,
     /// The same, of the flows that prove the source ([`proves_source`]).
-    proven_ports: HashSet<u16>,
-    proven_hosts: HashSet<IpAddr>,
+    proven_ports: Few<u16>,
+    proven_hosts: Hosts,
     tcp: u64,
     syn_only: u64,
     flows: u64,
@@ -251,17 +251,92 @@ impl FlowFeatures {
 }
 
 /// The destinations in words: one host, the one /24 (or /64) they share, or how many.
-fn targets(hosts: &HashSet<IpAddr>) -> String {
-    let mut it = hosts.iter();
-    let Some(first) = it.next() else { return "no host".into() };
+/// A set that keeps its first [`FEW`] members inline: most sources touch a port or two of a
+/// host or two in a window, and a hash set per source would be an allocation per new source.
+#[derive(Clone, Debug, Default)]
+struct Few<T> {
+    inline: [T; FEW],
+    /// Members inline; past [`FEW`] they all live in `more`.
+    n: u8,
+    more: Option<Box<HashSet<T>>>,
+}
+
+const FEW: usize = 4;
+
+impl<T: Copy + Default + Eq + std::hash::Hash> Few<T> {
+    fn len(&self) -> usize {
+        self.more.as_ref().map_or(usize::from(self.n), |s| s.len())
+    }
+
+    fn insert(&mut self, v: T) {
+        if let Some(s) = &mut self.more {
+            s.insert(v);
+            return;
+        }
+        let n = usize::from(self.n);
+        if self.inline[..n].contains(&v) {
+            return;
+        }
+        if n < FEW {
+            self.inline[n] = v;
+            self.n += 1;
+            return;
+        }
+        let mut s: HashSet<T> = self.inline.iter().copied().collect();
+        s.insert(v);
+        self.more = Some(Box::new(s));
+        self.n = 0;
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.inline[..usize::from(self.n)].iter().chain(self.more.iter().flat_map(|s| s.iter()))
+    }
+}
+
+/// Destination hosts: told apart by a 32-bit fingerprint (an IPv4 address itself), with the
+/// first one kept for the words, and whether all share its /24 (/64).
+#[derive(Clone, Debug, Default)]
+struct Hosts {
+    seen: Few<u32>,
+    first: Option<IpAddr>,
+    one_net: bool,
+}
+
+fn net(a: &IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v) => (u32::from(*v) >> 8) as u128,
+        IpAddr::V6(v) => u128::from(*v) >> 64 | 1 << 127,
+    }
+}
+
+impl Hosts {
+    fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    fn insert(&mut self, a: IpAddr) {
+        let print = match a {
+            IpAddr::V4(v) => u32::from(v),
+            IpAddr::V6(v) => {
+                let x = u128::from(v);
+                (x as u32) ^ ((x >> 32) as u32).rotate_left(7) ^ ((x >> 64) as u32).rotate_left(13) ^ ((x >> 96) as u32)
+            }
+        };
+        self.seen.insert(print);
+        match self.first {
+            None => (self.first, self.one_net) = (Some(a), true),
+            Some(f) => self.one_net &= net(&f) == net(&a),
+        }
+    }
+}
+
+fn targets(hosts: &Hosts) -> String {
+    let Some(first) = &hosts.first else { return "no host".into() };
     if hosts.len() == 1 {
         return first.to_string();
     }
-    let net = |a: &IpAddr| match a {
-        IpAddr::V4(v) => (u32::from(*v) >> 8) as u128,
-        IpAddr::V6(v) => u128::from(*v) >> 64 | 1 << 127,
-    };
-    if hosts.iter().all(|h| net(h) == net(first)) {
+    if hosts.one_net {
         return match first {
             IpAddr::V4(v) => format!("{}/24", std::net::Ipv4Addr::from(u32::from(*v) & 0xffff_ff00)),
             IpAddr::V6(v) => format!("{}/64", std::net::Ipv6Addr::from(u128::from(*v) & !((1u128 << 64) - 1))),
@@ -429,6 +504,28 @@ mod tests {
             e.detail,
             "contacted 20 hosts (192.0.2.0/24) in 60 s (NetFlow); possibly spoofed: no completed handshake proves the source"
         );
+    }
+
+    /// The inline set agrees with a hash set on any sequence of inserts, across its move from
+    /// inline to the heap.
+    #[test]
+    fn a_few_members_inline_then_a_hash_set() {
+        for n in 0..12u16 {
+            let mut few = Few::default();
+            let mut set = std::collections::HashSet::new();
+            for i in 0..n {
+                let v = (i * 7) % 5 + i / 5 * 10;
+                few.insert(v);
+                set.insert(v);
+                assert_eq!(few.len(), set.len());
+            }
+            let mut got: Vec<u16> = few.iter().copied().collect();
+            got.sort_unstable();
+            let mut want: Vec<u16> = set.into_iter().collect();
+            want.sort_unstable();
+            assert_eq!(got, want);
+            assert_eq!(few.more.is_some(), want.len() > FEW);
+        }
     }
 
     #[test]

@@ -14,20 +14,17 @@
 //! collector does not guess: exporters resend templates periodically).
 
 pub mod features;
+mod template;
+pub mod topic;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use netflow_parser::variable_versions::field_value::{DataNumber, DurationValue, FieldValue};
-use netflow_parser::variable_versions::ipfix::FlowSetBody as IpfixBody;
-use netflow_parser::variable_versions::ipfix::lookup::IPFixField;
-use netflow_parser::variable_versions::v9::FlowSetBody as V9Body;
 use netflow_parser::{AutoScopedParser, NetflowPacket, NetflowParser, TtlConfig};
 use roost_event::Timestamp;
 use serde::{Deserialize, Serialize};
 
-/// One flow as the flows topic carries it (JSON, `"v": 1`, keyed by the source address).
+/// One flow record as decoded (the flows topic carries it as [`topic`] encodes it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
     /// The exporter (router) that sent it: address and port.
@@ -62,19 +59,6 @@ pub struct FlowRecord {
 }
 
 impl FlowRecord {
-    /// The flows-topic value: `{"v":1, …}`.
-    pub fn encode(&self) -> Vec<u8> {
-        let json = serde_json::to_vec(self).expect("a flow record serializes");
-        let mut out = b"{\"v\":1,".to_vec();
-        out.extend_from_slice(&json[1..]);
-        out
-    }
-
-    /// Reads a flows-topic value.
-    pub fn decode(value: &[u8]) -> Result<FlowRecord, serde_json::Error> {
-        serde_json::from_slice(value)
-    }
-
     /// TCP with SYN and without ACK over the whole flow: a handshake that never completed.
     pub fn syn_only(&self) -> bool {
         self.proto == 6 && self.tcp_flags & 0x02 != 0 && self.tcp_flags & 0x10 == 0
@@ -146,13 +130,11 @@ impl Default for DecoderConfig {
 
 /// Decodes datagrams from many exporters at once.
 pub struct Decoder {
+    /// NetFlow v5 (no templates).
     parsers: AutoScopedParser,
-    /// Sampling interval per exporter and domain, from options data (v9, IPFIX).
-    /// Sampling interval per exporter and domain, from options data (v9, IPFIX), and when the
-    /// exporter last sent one (Unix ms, arrival time).
-    sampling: HashMap<(SocketAddr, u32), (u32, i64)>,
+    /// NetFlow v9 and IPFIX: templates and sampling rates per exporter and domain.
+    templates: template::Templates,
     max_skew: i64,
-    max_exporters: usize,
 }
 
 impl Decoder {
@@ -164,9 +146,8 @@ impl Decoder {
             .expect("a valid parser configuration");
         Decoder {
             parsers,
-            sampling: HashMap::new(),
+            templates: template::Templates::new(cfg.template_ttl, cfg.max_exporters),
             max_skew: cfg.max_skew.as_millis().min(i64::MAX as u128) as i64,
-            max_exporters: cfg.max_exporters.max(1),
         }
     }
 
@@ -183,11 +164,15 @@ impl Decoder {
             out.errors.push((DecodeError::UnsupportedVersion, 1));
             return out;
         }
+        if version != 5 {
+            self.templates.decode(exporter, datagram, received, version == 10, &mut out);
+            self.clamp(&mut out, received);
+            return out;
+        }
         let result = self.parsers.parse_from_source(exporter, datagram);
         if result.error.is_some() {
             out.errors.push((DecodeError::Malformed, 1));
         }
-        let mut missing = 0u32;
         for p in result.packets {
             match p {
                 NetflowPacket::V5(v5) => {
@@ -217,79 +202,16 @@ impl Decoder {
                         });
                     }
                 }
-                NetflowPacket::V9(v9) => {
-                    let domain = v9.header.source_id;
-                    let uptime = Uptime { export: i64::from(v9.header.unix_secs) * 1000, now: v9.header.sys_up_time };
-                    let key = (exporter, domain);
-                    for fs in &v9.flowsets {
-                        match &fs.body {
-                            V9Body::Template(t) => out.templates += t.templates.len() as u32,
-                            V9Body::OptionsTemplate(t) => out.templates += t.templates.len() as u32,
-                            V9Body::OptionsData(d) => {
-                                for rec in &d.fields {
-                                    let fields = rec.options_fields.iter().map(|(f, v)| (u16::from(*f), v));
-                                    if let Some(rate) = sampling_of(fields) {
-                                        self.note_sampling(key, rate, received);
-                                    }
-                                }
-                            }
-                            V9Body::Data(d) => {
-                                let rate = self.sampling.get(&key).map_or(1, |(r, _)| *r);
-                                for rec in &d.fields {
-                                    let fields = rec.iter().map(|(f, v)| (u16::from(*f), v));
-                                    match record(fields, exporter, 9, domain, received, Some(uptime), rate) {
-                                        Some(r) => out.records.push(r),
-                                        None => missing += 1,
-                                    }
-                                }
-                            }
-                            V9Body::NoTemplate(_) => out.template_misses += 1,
-                            V9Body::Empty => {}
-                        }
-                    }
-                }
-                NetflowPacket::IPFix(ipfix) => {
-                    let domain = ipfix.header.observation_domain_id;
-                    let key = (exporter, domain);
-                    for fs in &ipfix.flowsets {
-                        match &fs.body {
-                            IpfixBody::Template(_)
-                            | IpfixBody::OptionsTemplate(_)
-                            | IpfixBody::V9Template(_)
-                            | IpfixBody::V9OptionsTemplate(_) => out.templates += 1,
-                            IpfixBody::Templates(t) => out.templates += t.len() as u32,
-                            IpfixBody::OptionsTemplates(t) => out.templates += t.len() as u32,
-                            IpfixBody::V9Templates(t) => out.templates += t.len() as u32,
-                            IpfixBody::V9OptionsTemplates(t) => out.templates += t.len() as u32,
-                            IpfixBody::OptionsData(d) => {
-                                for rec in &d.fields {
-                                    if let Some(rate) = sampling_of(rec.iter().map(|(f, v)| (ipfix_id(f), v))) {
-                                        self.note_sampling(key, rate, received);
-                                    }
-                                }
-                            }
-                            IpfixBody::Data(d) => {
-                                let rate = self.sampling.get(&key).map_or(1, |(r, _)| *r);
-                                for rec in &d.fields {
-                                    let fields = rec.iter().map(|(f, v)| (ipfix_id(f), v));
-                                    match record(fields, exporter, 10, domain, received, None, rate) {
-                                        Some(r) => out.records.push(r),
-                                        None => missing += 1,
-                                    }
-                                }
-                            }
-                            IpfixBody::NoTemplate(_) => out.template_misses += 1,
-                            _ => {}
-                        }
-                    }
-                }
                 _ => out.errors.push((DecodeError::UnsupportedVersion, 1)),
             }
         }
-        if missing > 0 {
-            out.errors.push((DecodeError::MissingFields, missing));
-        }
-        // no flow ends after its datagram arrived (give or take the clocks' skew)
+        self.clamp(&mut out, received);
+        out
+    }
+
+    /// No flow ends after its datagram arrived (give or take the clocks' skew), and none
+    /// began before 1970 (an uptime larger than the export time says nothing usable).
+    fn clamp(&self, out: &mut Decoded, received: Timestamp) {
         let limit = received.millis().saturating_add(self.max_skew);
         for r in &mut out.records {
             if r.end.is_some_and(|t| t > limit) || r.start.is_some_and(|t| t > limit) {
@@ -297,125 +219,22 @@ impl Decoder {
                 r.end = r.end.map(|t| t.min(r.received));
                 r.start = r.start.map(|t| t.min(r.end.unwrap_or(r.received)));
             }
-        }
-        out
-    }
-
-    /// Remembers an exporter's sampling rate; the map holds at most `max_exporters` exporters
-    /// (and domains), as the template cache does: beyond, new ones are not remembered.
-    fn note_sampling(&mut self, key: (SocketAddr, u32), rate: u32, received: Timestamp) {
-        if self.sampling.len() < self.max_exporters || self.sampling.contains_key(&key) {
-            self.sampling.insert(key, (rate, received.millis()));
+            r.start = r.start.filter(|t| *t > 0);
+            r.end = r.end.filter(|t| *t > 0);
         }
     }
 
     /// Exporters (and domains) with templates held.
     pub fn exporters(&self) -> usize {
-        self.parsers.source_count()
+        self.templates.exporters()
     }
 
     /// Forgets exporters (their templates) and sampling rates not heard of for `idle`.
     pub fn prune(&mut self, now: Timestamp, idle: Duration) -> usize {
         let cut = now.millis() - idle.as_millis() as i64;
-        self.sampling.retain(|_, (_, last)| *last > cut);
-        self.parsers.prune_idle_sources(idle)
+        self.parsers.prune_idle_sources(idle);
+        self.templates.prune(cut)
     }
-}
-
-/// An IPFIX field's information element id, for the elements read here (0 for the others and
-/// for enterprise fields).
-fn ipfix_id(f: &IPFixField) -> u16 {
-    use netflow_parser::variable_versions::ipfix::lookup::IANAIPFixField as F;
-    let IPFixField::IANA(x) = f else { return 0 };
-    match x {
-        F::OctetDeltaCount | F::OctetTotalCount => 1,
-        F::PacketDeltaCount | F::PacketTotalCount => 2,
-        F::ProtocolIdentifier => 4,
-        F::TcpControlBits => 6,
-        F::SourceTransportPort => 7,
-        F::SourceIpv4address => 8,
-        F::DestinationTransportPort => 11,
-        F::DestinationIpv4address => 12,
-        F::FlowEndSysUpTime => 21,
-        F::FlowStartSysUpTime => 22,
-        F::SourceIpv6address => 27,
-        F::DestinationIpv6address => 28,
-        F::SamplingInterval => 34,
-        F::SamplerRandomInterval => 50,
-        F::FlowStartSeconds => 150,
-        F::FlowEndSeconds => 151,
-        F::FlowStartMilliseconds => 152,
-        F::FlowEndMilliseconds => 153,
-        F::SystemInitTimeMilliseconds => 160,
-        F::SamplingPacketInterval => 305,
-        _ => 0,
-    }
-}
-
-/// A field value as an unsigned number (counters, ports, times, flags, protocol).
-/// A time field as Unix ms; one past what an `i64` holds (only a forged record has it) is no time.
-fn millis(x: u64) -> Option<i64> {
-    i64::try_from(x).ok()
-}
-
-/// `base` + `up` ms, checked: exporter-given values must not wrap into another time.
-fn since(base: Option<i64>, up: Option<i64>) -> Option<i64> {
-    base?.checked_add(up?)
-}
-
-fn num(v: &FieldValue) -> Option<u64> {
-    Some(match v {
-        FieldValue::DataNumber(d) => match d {
-            DataNumber::U8(x) => u64::from(*x),
-            DataNumber::U16(x) => u64::from(*x),
-            DataNumber::U24(x) | DataNumber::U32(x) => u64::from(*x),
-            DataNumber::U64(x) => *x,
-            DataNumber::U128(x) => u64::try_from(*x).unwrap_or(u64::MAX),
-            DataNumber::I8(x) => u64::try_from(*x).ok()?,
-            DataNumber::I16(x) => u64::try_from(*x).ok()?,
-            DataNumber::I24(x) | DataNumber::I32(x) => u64::try_from(*x).ok()?,
-            DataNumber::I64(x) => u64::try_from(*x).ok()?,
-            DataNumber::I128(x) => u64::try_from(*x).ok()?,
-            DataNumber::Vec(b) if b.len() <= 8 => b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)),
-            DataNumber::Vec(_) => return None,
-        },
-        FieldValue::Duration(d) => match d {
-            DurationValue::Seconds { value, .. } => value.saturating_mul(1000),
-            DurationValue::Millis { value, .. } => *value,
-            DurationValue::MicrosNtp { seconds, fraction } | DurationValue::NanosNtp { seconds, fraction } => {
-                // NTP era 0: seconds since 1900
-                (u64::from(*seconds).saturating_sub(2_208_988_800)) * 1000 + ((u64::from(*fraction) * 1000) >> 32)
-            }
-        },
-        FieldValue::ProtocolType(p) => u64::from(u8::from(*p)),
-        FieldValue::TcpControlBits(b, _) => u64::from(u16::from(*b)),
-        FieldValue::Vec(b) if b.len() <= 8 => b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)),
-        _ => return None,
-    })
-}
-
-fn addr(v: &FieldValue) -> Option<IpAddr> {
-    match v {
-        FieldValue::Ip4Addr(a) => Some(IpAddr::V4(*a)),
-        FieldValue::Ip6Addr(a) => Some(IpAddr::V6(*a)),
-        _ => None,
-    }
-}
-
-/// The sampling interval in an options record, if it carries one.
-fn sampling_of<'a>(fields: impl Iterator<Item = (u16, &'a FieldValue)>) -> Option<u32> {
-    let mut rate = None;
-    for (id, v) in fields {
-        // 34 samplingInterval, 50 samplerRandomInterval (v9: FLOW_SAMPLER_RANDOM_INTERVAL),
-        // 305 samplingPacketInterval
-        if matches!(id, 34 | 50 | 305)
-            && let Some(n) = num(v)
-            && n > 0
-        {
-            rate = Some(u32::try_from(n).unwrap_or(u32::MAX));
-        }
-    }
-    rate
 }
 
 /// An exporter's clock in a v5 or v9 header: the export time (Unix ms) and the uptime then
@@ -437,79 +256,9 @@ impl Uptime {
     }
 }
 
-/// A v9/IPFIX data record by information element ids (the same numbers in both for what is read
-/// here). `uptime` is the v9 header's clock, for uptime-relative times (IPFIX's are relative to
-/// `systemInitTimeMilliseconds`).
-fn record<'a>(
-    fields: impl Iterator<Item = (u16, &'a FieldValue)>,
-    exporter: SocketAddr,
-    version: u16,
-    domain: u32,
-    received: Timestamp,
-    uptime: Option<Uptime>,
-    rate: u32,
-) -> Option<FlowRecord> {
-    let (mut src, mut dst) = (None, None);
-    let (mut sport, mut dport, mut proto, mut flags, mut packets, mut bytes) = (0u16, 0u16, 0u8, 0u16, 0u64, 0u64);
-    let (mut start, mut end, mut start_up, mut end_up, mut init) = (None, None, None, None, None);
-    for (id, v) in fields {
-        match id {
-            8 | 27 => src = addr(v).or(src),
-            12 | 28 => dst = addr(v).or(dst),
-            7 => sport = num(v).unwrap_or(0) as u16,
-            11 => dport = num(v).unwrap_or(0) as u16,
-            4 => proto = num(v).unwrap_or(0) as u8,
-            6 => flags = num(v).unwrap_or(0) as u16,
-            1 => bytes = num(v).unwrap_or(0),
-            2 => packets = num(v).unwrap_or(0),
-            // flowStart/EndSeconds, -Milliseconds (absolute)
-            150 | 152 => start = num(v).and_then(millis),
-            151 | 153 => end = num(v).and_then(millis),
-            // flowStart/EndSysUpTime (v9 FIRST/LAST_SWITCHED): ms since the exporter booted
-            22 => start_up = num(v).and_then(millis),
-            21 => end_up = num(v).and_then(millis),
-            160 => init = num(v).and_then(millis),
-            _ => {}
-        }
-    }
-    let relative = |up: Option<i64>| match (init, uptime) {
-        (Some(base), _) => since(Some(base), up),
-        (None, Some(u)) => up.and_then(|v| u32::try_from(v).ok()).map(|v| u.at(v)),
-        (None, None) => None,
-    };
-    let start = start.or_else(|| relative(start_up));
-    let end = end.or_else(|| relative(end_up));
-    Some(FlowRecord {
-        exporter,
-        version,
-        domain,
-        received: received.millis(),
-        start,
-        end,
-        src: src?,
-        dst: dst?,
-        src_port: sport,
-        dst_port: dport,
-        proto,
-        tcp_flags: flags,
-        packets: packets.saturating_mul(u64::from(rate)),
-        bytes: bytes.saturating_mul(u64::from(rate)),
-        sampling: rate,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exporter_times_never_wrap() {
-        assert_eq!(millis(u64::MAX), None);
-        assert_eq!(millis(1_700_000_000_000), Some(1_700_000_000_000));
-        assert_eq!(since(Some(i64::MAX - 5), Some(10)), None, "a forged uptime past what time can hold");
-        assert_eq!(since(Some(1_000), Some(500)), Some(1_500));
-        assert_eq!(since(None, Some(500)), None);
-    }
 
     fn exporter() -> SocketAddr {
         "192.0.2.1:40000".parse().unwrap()
@@ -557,8 +306,8 @@ mod tests {
         assert_eq!((r.packets, r.bytes, r.sampling), (30, 1800, 10));
         assert_eq!(r.start, Some(1_700_000_000_000 - 10_000 + 9_000));
         assert!(r.syn_only());
-        let back = FlowRecord::decode(&r.encode()).unwrap();
-        assert_eq!(&back, r);
+        let back = topic::decode(&topic::encode(std::slice::from_ref(r))).unwrap();
+        assert_eq!(back, std::slice::from_ref(r));
     }
 
     /// The uptime counter wrapped between the flow's start and the export: the flow started

@@ -188,6 +188,8 @@ impl Default for TailConfig {
 pub struct FlowsConfig {
     /// UDP addresses to receive exports on (each takes v5, v9 and IPFIX).
     pub listen: Vec<SocketAddr>,
+    /// Sockets (and receiving threads) per address, bound with SO_REUSEPORT; 0: one per core.
+    pub receivers: usize,
     /// The sockets' receive buffer (the kernel caps it at net.core.rmem_max).
     pub receive_buffer_bytes: usize,
     /// Templates not refreshed within this time are forgotten.
@@ -217,6 +219,7 @@ impl Default for FlowsConfig {
     fn default() -> Self {
         FlowsConfig {
             listen: vec!["127.0.0.1:2055".parse().expect("valid")],
+            receivers: 0,
             receive_buffer_bytes: 32 << 20,
             template_ttl: Duration::from_secs(30 * 60),
             max_exporters: 1024,

@@ -261,17 +261,22 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
     };
     let mut got: BTreeMap<u8, BTreeMap<Key, usize>> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
+    // each source's flows under one key (its bucket), so in one partition, in order
+    let mut keys: BTreeMap<std::net::IpAddr, Vec<u8>> = BTreeMap::new();
     loop {
         got.clear();
         let mut syn_only = 0;
         roost_kafka::read_to_end(&kcfg, &topic, Duration::from_secs(30), |r| {
-            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
-            assert_eq!(v["v"], 1);
-            let f = roost_flows::FlowRecord::decode(r.value.as_deref().unwrap()).unwrap();
-            assert_eq!(r.key, f.src.to_string().into_bytes(), "keyed by source address");
-            syn_only += usize::from(f.syn_only());
-            let key = (f.src.to_string(), f.dst.to_string(), f.src_port, f.dst_port, f.proto, f.packets, f.bytes);
-            *got.entry(f.version as u8).or_default().entry(key).or_insert(0) += 1;
+            // many flows to a record: goflow2's protobuf messages, length-delimited
+            let flows = roost_flows::topic::decode(r.value.as_deref().unwrap()).unwrap();
+            assert!(!flows.is_empty());
+            for f in flows {
+                let key = keys.entry(f.src).or_insert_with(|| r.key.clone());
+                assert_eq!(*key, r.key, "{}'s flows under one key", f.src);
+                syn_only += usize::from(f.syn_only());
+                let key = (f.src.to_string(), f.dst.to_string(), f.src_port, f.dst_port, f.proto, f.packets, f.bytes);
+                *got.entry(f.version as u8).or_default().entry(key).or_insert(0) += 1;
+            }
         })
         .unwrap();
         let n: usize = got.values().map(|m| m.values().sum::<usize>()).sum();

@@ -1,10 +1,13 @@
 //! `roost flows`: the NetFlow v5/v9 and IPFIX collector. Datagrams from any number of exporters
-//! arrive on `flows.listen` (one UDP socket per address, all versions on each); a receiving
-//! thread decodes them (`roost_flows::Decoder`) and hands the records to a publishing thread,
-//! which sends them to the flows topic keyed by source address (`FlowRecord::encode`).
+//! arrive on `flows.listen`: per address, `flows.receivers` UDP sockets bound with
+//! SO_REUSEPORT (the kernel spreads exporters over them by address and port, so one exporter's
+//! datagrams, and templates, always reach the same socket), each read by its own thread, which
+//! decodes (`roost_flows::Decoder`) and encodes each datagram's records as one flows-topic value
+//! (`roost_flows::topic`: goflow2's protobuf messages, length-delimited) keyed by the exporter. A
+//! publishing thread sends them.
 //!
-//! With `flows.features.enabled` (the default) the receiver also keeps per-source windows
-//! (`roost_flows::features`): port scans, host sweeps, SYN floods and handshakes that never
+//! With `flows.features.enabled` (the default) the receivers also keep per-source windows
+//! (`roost_flows::features`; one set shared by every socket, locked once per datagram): port scans, host sweeps, SYN floods and handshakes that never
 //! complete become evidence events on the requests topic, keyed like the source's requests, so
 //! the scorer that owns the source's partition weighs them in offset order with its requests.
 //! The windows see what this collector receives: send the exports of every router that sees a
@@ -19,9 +22,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -30,7 +33,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use roost_flows::{Decoder, DecoderConfig, FlowRecord};
+use roost_flows::features::FlowFeatures;
+use roost_flows::{Decoder, DecoderConfig};
 
 use crate::config::{Config, FlowsConfig};
 use crate::runtime::{self, Shutdown};
@@ -56,9 +60,17 @@ struct ErrorLabel {
 
 /// What the receiver hands to the publisher.
 enum Out {
-    Flow(FlowRecord),
+    /// Records of one source bucket, encoded (`roost_flows::topic`), and how many.
+    Flows {
+        bucket: usize,
+        records: usize,
+        value: Vec<u8>,
+    },
     Evidence(roost_wire::requests::EvidenceEvent),
-    DeadLetter { exporter: SocketAddr, letter: roost_wire::requests::DeadLetter },
+    DeadLetter {
+        exporter: SocketAddr,
+        letter: roost_wire::requests::DeadLetter,
+    },
 }
 
 /// Undecodable datagrams kept on the dead-letter topic per second, at most.
@@ -66,6 +78,28 @@ const DEAD_LETTERS_PER_SECOND: u32 = 100;
 
 /// Exporters are routers: few. Past this many distinct ones, the rest share one label.
 const MAX_EXPORTER_LABELS: usize = 256;
+
+/// Flows-topic records are filled per bucket of source addresses ([`bucket`]) and sent when
+/// they reach [`RECORD_BYTES`] or every 20 ms: a source's flows stay in one partition, in order,
+/// and the records spread over the partitions whatever the number of exporters.
+const BUCKETS: usize = 16;
+const RECORD_BYTES: usize = 32 * 1024;
+
+/// A source address's bucket: a fixed hash of its bytes (the same on every collector).
+fn bucket(a: IpAddr) -> usize {
+    let x = match a {
+        IpAddr::V4(v) => u64::from(u32::from(v)),
+        IpAddr::V6(v) => {
+            let x = u128::from(v);
+            (x as u64) ^ (x >> 64) as u64
+        }
+    };
+    // a 64-bit mix (splitmix64's finaliser), then the top bits
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) >> 60) as usize % BUCKETS
+}
 
 /// Exporters whose last error log time is remembered at most (beyond, the map starts over).
 const MAX_ERROR_LOG_EXPORTERS: usize = 1024;
@@ -161,15 +195,26 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let queued = Arc::new(std::sync::atomic::AtomicI64::new(0));
 
     let mut threads = Vec::new();
+    // one set of windows for every socket: a source's flows count together whichever
+    // exporter, and so whichever socket, they came through (locked once per datagram)
+    let features = f.features.enabled.then(|| Arc::new(Mutex::new(FlowFeatures::new(f.features.clone()))));
+    let receivers = match f.receivers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     for addr in &f.listen {
-        let sock = bind(*addr, f.receive_buffer_bytes)?;
-        tracing::info!(listen = %addr, "roost flows: receiving NetFlow v5/v9 and IPFIX");
-        let (tx, metrics, stop, queued, f) = (tx.clone(), metrics.clone(), shutdown.flag(), queued.clone(), f.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name("roost-flows-recv".into())
-                .spawn(move || receive(sock, &f, tx, &metrics, &stop, &queued))?,
-        );
+        for _ in 0..receivers {
+            let sock = bind(*addr, f.receive_buffer_bytes, receivers > 1)?;
+            let (tx, metrics, stop, queued, f) =
+                (tx.clone(), metrics.clone(), shutdown.flag(), queued.clone(), f.clone());
+            let features = features.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("roost-flows-recv".into())
+                    .spawn(move || receive(sock, &f, features, tx, &metrics, &stop, &queued))?,
+            );
+        }
+        tracing::info!(listen = %addr, receivers, "roost flows: receiving NetFlow v5/v9 and IPFIX");
     }
     drop(tx);
     {
@@ -193,9 +238,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bind(addr: SocketAddr, rcvbuf: usize) -> anyhow::Result<UdpSocket> {
+fn bind(addr: SocketAddr, rcvbuf: usize, reuse_port: bool) -> anyhow::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        s.set_reuse_port(true).context("SO_REUSEPORT")?;
+    }
     if let Err(e) = s.set_recv_buffer_size(rcvbuf) {
         tracing::warn!(error = %e, rcvbuf, "cannot set the receive buffer");
     }
@@ -241,6 +289,7 @@ fn accepted(exporters: &[ipnetwork::IpNetwork], a: IpAddr) -> bool {
 fn receive(
     sock: UdpSocket,
     f: &FlowsConfig,
+    features: Option<Arc<Mutex<FlowFeatures>>>,
     tx: SyncSender<Vec<Out>>,
     m: &Metrics,
     stop: &AtomicBool,
@@ -255,7 +304,11 @@ fn receive(
     let mut last_error_log: HashMap<IpAddr, Instant> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     let mut batch: Vec<Out> = Vec::with_capacity(256);
-    let mut features = f.features.enabled.then(|| roost_flows::features::FlowFeatures::new(f.features.clone()));
+    // records in `batch`, and the encoder's scratch buffer
+    let (mut in_batch, mut scratch) = (0usize, Vec::with_capacity(128));
+    // flows-topic records being filled, per source bucket: (encoded records, how many)
+    let mut buckets: Vec<(Vec<u8>, usize)> = (0..BUCKETS).map(|_| (Vec::new(), 0)).collect();
+    let features = features.as_deref();
     let mut found = Vec::new();
     let host = runtime::hostname();
     let (mut letters, mut letters_since) = (0u32, Instant::now());
@@ -329,10 +382,14 @@ fn receive(
                     tracing::warn!(exporter = %from, reason = %e, bytes = n, head, "undecodable NetFlow/IPFIX datagram");
                 }
             }
-            if let Some(feat) = features.as_mut() {
+            if let Some(feat) = features
+                && !out.records.is_empty()
+            {
+                let mut feat = feat.lock().expect("features lock");
                 for r in &out.records {
                     feat.observe(r, &mut found);
                 }
+                drop(feat);
                 for e in found.drain(..) {
                     let kind = e.source.strip_prefix("flow:").unwrap_or(&e.source).to_owned();
                     m.evidence.get_or_create(&KindLabel { kind }).inc();
@@ -340,10 +397,30 @@ fn receive(
                     batch.push(Out::Evidence(e));
                 }
             }
-            batch.extend(out.records.into_iter().map(Out::Flow));
+            for r in &out.records {
+                let b = bucket(r.src);
+                let (value, n) = &mut buckets[b];
+                if value.capacity() == 0 {
+                    value.reserve(RECORD_BYTES + roost_flows::topic::max_encoded_len());
+                }
+                roost_flows::topic::encode_into(std::slice::from_ref(r), value, &mut scratch);
+                *n += 1;
+                if value.len() >= RECORD_BYTES {
+                    in_batch += *n;
+                    batch.push(Out::Flows { bucket: b, records: std::mem::take(n), value: std::mem::take(value) });
+                }
+            }
         }
-        if !batch.is_empty() && (batch.len() >= 256 || last_send.elapsed() >= Duration::from_millis(20)) {
-            let n = batch.len() as i64;
+        let due = last_send.elapsed() >= Duration::from_millis(20);
+        if due {
+            // a slice of time ends: what the buckets hold goes too
+            for (b, (value, n)) in buckets.iter_mut().enumerate().filter(|(_, (_, n))| *n > 0) {
+                in_batch += *n;
+                batch.push(Out::Flows { bucket: b, records: std::mem::take(n), value: std::mem::take(value) });
+            }
+        }
+        if !batch.is_empty() && (in_batch >= 4096 || due) {
+            let n = std::mem::take(&mut in_batch) as i64;
             match tx.try_send(std::mem::replace(&mut batch, Vec::with_capacity(256))) {
                 Ok(()) => {
                     queued.fetch_add(n, Ordering::Relaxed);
@@ -359,7 +436,8 @@ fn receive(
             last_prune = Instant::now();
             decoder.prune(now, f.template_ttl);
             m.exporters.set(decoder.exporters() as i64);
-            if let Some(feat) = features.as_mut() {
+            if let Some(feat) = features {
+                let mut feat = feat.lock().expect("features lock");
                 feat.expire(now);
                 m.sources.set(feat.tracked() as i64);
             }
@@ -403,24 +481,28 @@ fn publish(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let mut records = first;
-        while records.len() < 20_000 {
+        let count = |b: &[Out]| b.iter().map(|o| if let Out::Flows { records, .. } = o { *records } else { 0 }).sum();
+        let mut n: usize = count(&records);
+        while n < 50_000 {
             match rx.try_recv() {
-                Ok(mut more) => records.append(&mut more),
+                Ok(mut more) => {
+                    n += count(&more);
+                    records.append(&mut more);
+                }
                 Err(_) => break,
             }
         }
-        let n = records.len();
-        let (mut flows, mut evidence, mut letters) = (Vec::with_capacity(n), Vec::new(), Vec::new());
-        for r in &records {
+        let (mut flows, mut evidence, mut letters) = (Vec::with_capacity(records.len()), Vec::new(), Vec::new());
+        for r in records {
             match r {
-                Out::Flow(f) => flows.push((f.src.to_string().into_bytes(), Some(f.encode()))),
+                Out::Flows { bucket, value, .. } => flows.push((bucket.to_string().into_bytes(), Some(value))),
                 Out::Evidence(e) => evidence.push((
                     roost_wire::subject_key(e.client, ipv6_prefix).into_bytes(),
-                    Some(roost_wire::requests::encode_evidence(e)),
+                    Some(roost_wire::requests::encode_evidence(&e)),
                 )),
                 Out::DeadLetter { exporter, letter } => letters.push((
                     exporter.to_string().into_bytes(),
-                    Some(serde_json::to_vec(letter).expect("a dead letter serializes")),
+                    Some(serde_json::to_vec(&letter).expect("a dead letter serializes")),
                 )),
             }
         }
@@ -436,7 +518,7 @@ fn publish(
             });
             match sent {
                 Ok(_) => {
-                    m.published.inc_by(flows.len() as u64);
+                    m.published.inc_by(n as u64);
                     backoff = Duration::from_millis(100);
                     break;
                 }

@@ -1,0 +1,266 @@
+//! The flows topic's encoding, version 2: protobuf `FlowMessage`s with goflow2's field numbers
+//! (`pb/flow.proto` of goflow2 v2), length-delimited (a varint length before each message, as
+//! goflow2 writes with `-format.protobuf.fixedlen`), many to a Kafka record: one record per
+//! export datagram, keyed by the exporter (`address:port`), so one router's flows stay in
+//! order on one partition. A consumer that reads goflow2's messages reads these; roost's own
+//! fields use numbers goflow2 leaves free (1001: the exporter's port, 1002: the v9 source ID or
+//! IPFIX observation domain). Version 1 (one JSON object per record) is gone.
+//!
+//! Encoding writes straight from [`FlowRecord`]s into one buffer (no allocation per flow);
+//! decoding, for consumers and tests, goes through the derived [`FlowMessage`].
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+use crate::FlowRecord;
+
+/// goflow2's `FlowMessage`, the fields roost fills.
+#[derive(Clone, PartialEq, Message)]
+pub struct FlowMessage {
+    /// 2 NetFlow v5, 3 NetFlow v9, 4 IPFIX.
+    #[prost(int32, tag = "1")]
+    pub r#type: i32,
+    #[prost(uint64, tag = "3")]
+    pub sampling_rate: u64,
+    #[prost(bytes = "vec", tag = "6")]
+    pub src_addr: Vec<u8>,
+    #[prost(bytes = "vec", tag = "7")]
+    pub dst_addr: Vec<u8>,
+    #[prost(uint64, tag = "9")]
+    pub bytes: u64,
+    #[prost(uint64, tag = "10")]
+    pub packets: u64,
+    /// The exporter's address (4 or 16 bytes).
+    #[prost(bytes = "vec", tag = "11")]
+    pub sampler_address: Vec<u8>,
+    #[prost(uint32, tag = "20")]
+    pub proto: u32,
+    #[prost(uint32, tag = "21")]
+    pub src_port: u32,
+    #[prost(uint32, tag = "22")]
+    pub dst_port: u32,
+    #[prost(uint32, tag = "26")]
+    pub tcp_flags: u32,
+    /// 0x0800 IPv4, 0x86dd IPv6.
+    #[prost(uint32, tag = "30")]
+    pub etype: u32,
+    #[prost(uint64, tag = "110")]
+    pub time_received_ns: u64,
+    /// 0: the export did not say.
+    #[prost(uint64, tag = "111")]
+    pub time_flow_start_ns: u64,
+    #[prost(uint64, tag = "112")]
+    pub time_flow_end_ns: u64,
+    #[prost(uint32, tag = "1001")]
+    pub sampler_port: u32,
+    #[prost(uint32, tag = "1002")]
+    pub observation_domain: u32,
+}
+
+/// Why a flows-topic value did not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("not a length-delimited FlowMessage: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("an address of {0} bytes (4 or 16 expected)")]
+    Address(usize),
+    #[error("flow type {0} (2, 3 or 4 expected)")]
+    Type(i32),
+    #[error("a time past what a Unix millisecond count holds")]
+    Time,
+}
+
+const NS: u64 = 1_000_000;
+
+fn flow_type(version: u16) -> u64 {
+    match version {
+        5 => 2,
+        9 => 3,
+        _ => 4,
+    }
+}
+
+/// Unix ms as goflow2's unsigned nanoseconds (0 for none, and for times before 1970).
+fn ns(ms: Option<i64>) -> u64 {
+    ms.and_then(|m| u64::try_from(m).ok()).map_or(0, |m| m.saturating_mul(NS))
+}
+
+/// Appends `records` to `out`, each a length-delimited `FlowMessage`. `scratch` is reused
+/// between calls (one message at a time is built in it).
+pub fn encode_into(records: &[FlowRecord], out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+    for r in records {
+        scratch.clear();
+        encode_message(r, scratch);
+        encode_varint(scratch.len() as u64, out);
+        out.extend_from_slice(scratch);
+    }
+}
+
+/// `records` as one flows-topic value.
+pub fn encode(records: &[FlowRecord]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.len() * 72);
+    encode_into(records, &mut out, &mut Vec::with_capacity(96));
+    out
+}
+
+fn uint(tag: u32, v: u64, buf: &mut Vec<u8>) {
+    // proto3: zero is the default, left out
+    if v != 0 {
+        encode_key(tag, WireType::Varint, buf);
+        encode_varint(v, buf);
+    }
+}
+
+fn addr(tag: u32, a: IpAddr, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    match a {
+        IpAddr::V4(v4) => {
+            encode_varint(4, buf);
+            buf.extend_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            encode_varint(16, buf);
+            buf.extend_from_slice(&v6.octets());
+        }
+    }
+}
+
+fn encode_message(r: &FlowRecord, buf: &mut Vec<u8>) {
+    uint(1, flow_type(r.version), buf);
+    uint(3, u64::from(r.sampling), buf);
+    addr(6, r.src, buf);
+    addr(7, r.dst, buf);
+    uint(9, r.bytes, buf);
+    uint(10, r.packets, buf);
+    addr(11, r.exporter.ip(), buf);
+    uint(20, u64::from(r.proto), buf);
+    uint(21, u64::from(r.src_port), buf);
+    uint(22, u64::from(r.dst_port), buf);
+    uint(26, u64::from(r.tcp_flags), buf);
+    uint(30, if r.src.is_ipv4() { 0x0800 } else { 0x86dd }, buf);
+    uint(110, ns(Some(r.received)), buf);
+    uint(111, ns(r.start), buf);
+    uint(112, ns(r.end), buf);
+    uint(1001, u64::from(r.exporter.port()), buf);
+    uint(1002, u64::from(r.domain), buf);
+}
+
+/// An upper bound of one record's encoded size, length prefix included (for buffer sizing).
+pub fn max_encoded_len() -> usize {
+    let varint = |tag: u32| key_len(tag) + encoded_len_varint(u64::MAX);
+    let addr = |tag: u32| key_len(tag) + 1 + 16;
+    let body = [1, 3, 9, 10, 20, 21, 22, 26, 30, 110, 111, 112, 1001, 1002].map(varint).iter().sum::<usize>()
+        + [6, 7, 11].map(addr).iter().sum::<usize>();
+    body + encoded_len_varint(body as u64)
+}
+
+fn ip(b: &[u8]) -> Result<IpAddr, TopicError> {
+    match b.len() {
+        4 => Ok(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(b).expect("4 bytes")))),
+        16 => Ok(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).expect("16 bytes")))),
+        n => Err(TopicError::Address(n)),
+    }
+}
+
+fn ms(ns: u64) -> Result<Option<i64>, TopicError> {
+    if ns == 0 {
+        return Ok(None);
+    }
+    i64::try_from(ns / NS).map(Some).map_err(|_| TopicError::Time)
+}
+
+/// Reads a flows-topic value back into records.
+pub fn decode(mut value: &[u8]) -> Result<Vec<FlowRecord>, TopicError> {
+    let mut out = Vec::new();
+    while !value.is_empty() {
+        let m = FlowMessage::decode_length_delimited(&mut value)?;
+        let version = match m.r#type {
+            2 => 5,
+            3 => 9,
+            4 => 10,
+            t => return Err(TopicError::Type(t)),
+        };
+        out.push(FlowRecord {
+            exporter: SocketAddr::new(ip(&m.sampler_address)?, m.sampler_port as u16),
+            version,
+            domain: m.observation_domain,
+            received: ms(m.time_received_ns)?.unwrap_or(0),
+            start: ms(m.time_flow_start_ns)?,
+            end: ms(m.time_flow_end_ns)?,
+            src: ip(&m.src_addr)?,
+            dst: ip(&m.dst_addr)?,
+            src_port: m.src_port as u16,
+            dst_port: m.dst_port as u16,
+            proto: m.proto as u8,
+            tcp_flags: m.tcp_flags as u16,
+            packets: m.packets,
+            bytes: m.bytes,
+            sampling: m.sampling_rate.min(u64::from(u32::MAX)) as u32,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(src: &str, start: Option<i64>) -> FlowRecord {
+        FlowRecord {
+            exporter: "192.0.2.1:9995".parse().unwrap(),
+            version: 9,
+            domain: 7,
+            received: 1_700_000_000_123,
+            start,
+            end: start.map(|s| s + 500),
+            src: src.parse().unwrap(),
+            dst: "2001:db8::10".parse().unwrap(),
+            src_port: 40000,
+            dst_port: 443,
+            proto: 6,
+            tcp_flags: 0x1b,
+            packets: 12,
+            bytes: u64::MAX,
+            sampling: 100,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_many_to_a_value() {
+        let rs = vec![
+            record("203.0.113.5", Some(1_700_000_000_000)),
+            record("2001:db8::5", None),
+            FlowRecord { version: 5, domain: 0, tcp_flags: 0, sampling: 1, ..record("198.51.100.1", Some(0)) },
+        ];
+        let v = encode(&rs);
+        assert!(v.len() < rs.len() * max_encoded_len());
+        let mut back = decode(&v).unwrap();
+        // a start at the epoch reads as "not said" (goflow2's 0)
+        assert_eq!(back[2].start, None);
+        back[2].start = Some(0);
+        assert_eq!(back, rs);
+        assert!(decode(&[]).unwrap().is_empty());
+    }
+
+    /// The bytes are goflow2's: the derived message (what a goflow2 consumer's generated code
+    /// is) reads every field at its number.
+    #[test]
+    fn a_goflow2_reader_sees_the_fields_at_their_numbers() {
+        let v = encode(&[record("203.0.113.5", Some(1_700_000_000_000))]);
+        let m = FlowMessage::decode_length_delimited(&v[..]).unwrap();
+        assert_eq!((m.r#type, m.etype, m.proto, m.dst_port), (3, 0x0800, 6, 443));
+        assert_eq!(m.src_addr, [203, 0, 113, 5]);
+        assert_eq!(m.time_flow_start_ns, 1_700_000_000_000 * NS);
+        assert_eq!(m.sampler_address, [192, 0, 2, 1]);
+        assert_eq!(m.encode_length_delimited_to_vec(), v, "the same bytes as prost's own encoder");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in [&b"\x05\x08"[..], b"{\"v\":1}", &[0x03, 0x32, 0x01, 0x01], &[0xff; 12]] {
+            assert!(decode(bad).is_err(), "{bad:?}");
+        }
+    }
+}
