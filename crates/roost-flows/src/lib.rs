@@ -76,6 +76,8 @@ pub enum DecodeError {
     Malformed,
     #[error("a record without source or destination address")]
     MissingFields,
+    #[error("more templates from one exporter and domain than roost keeps")]
+    TooManyTemplates,
 }
 
 impl DecodeError {
@@ -86,6 +88,7 @@ impl DecodeError {
             DecodeError::UnsupportedVersion => "unsupported_version",
             DecodeError::Malformed => "malformed",
             DecodeError::MissingFields => "missing_fields",
+            DecodeError::TooManyTemplates => "too_many_templates",
         }
     }
 }

@@ -17,6 +17,11 @@ use roost_event::Timestamp;
 
 use crate::{DecodeError, Decoded, FlowRecord, Uptime};
 
+/// Templates one exporter and domain may hold: routers use a handful; a sender inventing
+/// thousands (each up to 1,024 fields) would otherwise grow the map without bound. Beyond, new
+/// templates are refused and counted (`too_many_templates`).
+pub(crate) const MAX_TEMPLATES: usize = 256;
+
 /// A template's ID within an exporter and domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
@@ -147,6 +152,8 @@ pub(crate) struct Templates {
     templates: HashMap<Key, Template>,
     /// Exporter and domain → when last heard (arrival, Unix ms).
     heard: HashMap<(SocketAddr, u32), i64>,
+    /// Exporter and domain → templates held ([`MAX_TEMPLATES`] at most).
+    held: HashMap<(SocketAddr, u32), usize>,
     /// Exporter and domain → sampling interval and when it was sent.
     sampling: HashMap<(SocketAddr, u32), (u32, i64)>,
     ttl: i64,
@@ -181,6 +188,7 @@ impl Templates {
         Templates {
             templates: HashMap::new(),
             heard: HashMap::new(),
+            held: HashMap::new(),
             sampling: HashMap::new(),
             ttl: ttl.as_millis().min(i64::MAX as u128) as i64,
             max_exporters: max_exporters.max(1),
@@ -198,6 +206,7 @@ impl Templates {
         self.heard.retain(|_, last| *last > cut);
         let heard = &self.heard;
         self.templates.retain(|k, _| heard.contains_key(&(k.exporter, k.domain)));
+        self.held.retain(|k, _| heard.contains_key(k));
         self.sampling.retain(|k, (_, last)| heard.contains_key(k) && *last > cut);
         before - self.heard.len()
     }
@@ -213,6 +222,7 @@ impl Templates {
             && let Some(old) = self.heard.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k)
         {
             self.heard.remove(&old);
+            self.held.remove(&old);
             self.templates.retain(|t, _| (t.exporter, t.domain) != old);
             self.sampling.remove(&old);
         }
@@ -274,7 +284,7 @@ impl Templates {
                     let key = Key { exporter, domain, id };
                     let fresh = self.templates.get(&key).is_some_and(|t| now.saturating_sub(t.learned) <= self.ttl);
                     if !fresh {
-                        self.templates.remove(&key);
+                        self.forget(key);
                         out.template_misses += 1;
                         continue;
                     }
@@ -347,7 +357,7 @@ impl Templates {
             let key = Key { exporter, domain, id };
             if ipfix && total == 0 {
                 // a template withdrawal
-                self.templates.remove(&key);
+                self.forget(key);
                 continue;
             }
             // a template cannot list more fields than the set has room for
@@ -371,10 +381,28 @@ impl Templates {
             if fields.iter().all(|f| f.len == 0) {
                 return false;
             }
+            let pair = (exporter, domain);
+            if !self.templates.contains_key(&key) {
+                let held = self.held.entry(pair).or_insert(0);
+                if *held >= MAX_TEMPLATES {
+                    out.errors.push((DecodeError::TooManyTemplates, 1));
+                    continue;
+                }
+                *held += 1;
+            }
             out.templates += 1;
             self.templates.insert(key, Template::new(fields, options, now));
         }
         true
+    }
+
+    /// Drops a template (withdrawn, or not refreshed in time).
+    fn forget(&mut self, key: Key) {
+        if self.templates.remove(&key).is_some()
+            && let Some(n) = self.held.get_mut(&(key.exporter, key.domain))
+        {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -514,6 +542,19 @@ mod tests {
             t.decode(ex, &ipfix(&sets), Timestamp(0), true, &mut out);
             assert_eq!(out.errors, [(DecodeError::Malformed, 1)], "{sets:?}");
         }
+        // an exporter inventing templates: held up to the limit, the rest refused and counted
+        let mut out = Decoded::default();
+        for id in 0..300u16 {
+            let mut tpl = (256 + id).to_be_bytes().to_vec();
+            tpl.extend_from_slice(&[0, 1, 0, 8, 0, 4]);
+            t.decode(ex, &ipfix(&[(2, tpl)]), Timestamp(0), true, &mut out);
+        }
+        assert_eq!(out.templates as usize, MAX_TEMPLATES);
+        assert_eq!(out.errors.iter().filter(|(e, _)| *e == DecodeError::TooManyTemplates).count(), 300 - MAX_TEMPLATES);
+        // a withdrawal makes room for one more
+        t.decode(ex, &ipfix(&[(2, vec![1, 0, 0, 0])]), Timestamp(0), true, &mut out);
+        t.decode(ex, &ipfix(&[(2, vec![9, 0, 0, 1, 0, 8, 0, 4])]), Timestamp(0), true, &mut out);
+        assert_eq!(out.templates as usize, MAX_TEMPLATES + 1);
         let mut out = Decoded::default();
         let mut long = ipfix(&[]);
         long[3] = 200; // says 200 bytes, has 16
