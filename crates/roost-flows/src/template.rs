@@ -102,7 +102,8 @@ fn be(b: &[u8]) -> Option<u64> {
     (b.len() <= 8).then(|| b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)))
 }
 
-fn ip(b: &[u8]) -> Option<IpAddr> {
+/// An address field: 4 bytes IPv4, 16 IPv6, anything else none.
+pub(crate) fn ip(b: &[u8]) -> Option<IpAddr> {
     match b.len() {
         4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?))),
         16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?))),

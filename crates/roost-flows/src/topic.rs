@@ -9,7 +9,7 @@
 //! Encoding writes straight from [`FlowRecord`]s into one buffer (no allocation per flow);
 //! decoding, for consumers and tests, goes through the derived [`FlowMessage`].
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
@@ -157,11 +157,7 @@ pub fn max_encoded_len() -> usize {
 }
 
 fn ip(b: &[u8]) -> Result<IpAddr, TopicError> {
-    match b.len() {
-        4 => Ok(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(b).expect("4 bytes")))),
-        16 => Ok(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).expect("16 bytes")))),
-        n => Err(TopicError::Address(n)),
-    }
+    crate::template::ip(b).ok_or(TopicError::Address(b.len()))
 }
 
 fn ms(ns: u64) -> Result<Option<i64>, TopicError> {

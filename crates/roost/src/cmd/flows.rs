@@ -279,11 +279,7 @@ impl Labels {
 
 /// Whether an exporter may send: listed in `flows.exporters`, or any when the list is empty.
 fn accepted(exporters: &[ipnetwork::IpNetwork], a: IpAddr) -> bool {
-    let a = match a {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
-        v4 => v4,
-    };
-    exporters.is_empty() || exporters.iter().any(|n| n.contains(a))
+    exporters.is_empty() || exporters.iter().any(|n| n.contains(a.to_canonical()))
 }
 
 fn receive(
