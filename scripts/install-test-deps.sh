@@ -8,7 +8,7 @@ SUDO=""
 # Debian packages the tests run or build against.
 # (what the build needs: scripts/install-build-deps.sh) redis-server: verdict store;
 # nginx: serves feed snapshots to `roost feeds` in the tests, and is the peer and upstream of the
-# proxy tests; wrk: proxy load; chromium: solves the challenge,
+# proxy tests; wrk, h2load (nghttp2-client): proxy load over HTTP/1 and HTTP/2; chromium: solves the challenge,
 # and with chromium-driver (WebDriver) drives the admin UI;
 # gobgpd, bird2: the routers `roost bgp` peers with; prometheus (+ promtool), prometheus-alertmanager
 # (+ amtool): the alerting rules' tests and the end-to-end alert test; softflowd (a real NetFlow
@@ -16,7 +16,7 @@ SUDO=""
 # left stopped); haproxy: its log format snippet is run for real; systemd: systemd-analyze verify
 # checks the units in deploy/systemd; dnsmasq-base: the DNS server crawler verification (FCrDNS) asks in tests; stunnel4 (+ openssl for its certificate): the TLS endpoint in front
 # of tansu for the Kafka TLS/SASL tests (tansu 0.6 serves no TLS itself).
-"$(dirname "$0")/install-build-deps.sh" procps systemd docker-compose yamllint redis-server nginx haproxy wrk chromium chromium-driver gobgpd bird2 prometheus prometheus-alertmanager softflowd nfdump stunnel4 openssl dnsmasq-base
+"$(dirname "$0")/install-build-deps.sh" procps systemd docker-compose yamllint redis-server nginx haproxy wrk nghttp2-client chromium chromium-driver gobgpd bird2 prometheus prometheus-alertmanager softflowd nfdump stunnel4 openssl dnsmasq-base
 
 # Shared real-world test data (../shared/data, next to the checkout): the tests read it.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

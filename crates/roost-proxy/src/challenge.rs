@@ -75,7 +75,8 @@ pub struct Verified {
 /// should accept each other's cookies).
 #[derive(Clone)]
 pub struct Signer {
-    key: [u8; 32],
+    /// HMAC-SHA256 keyed once (its inner and outer pads hashed); each MAC starts from a copy.
+    keyed: HmacSha256,
 }
 
 impl std::fmt::Debug for Signer {
@@ -88,11 +89,11 @@ impl Signer {
     /// A signer whose key is derived from `secret` (any length; 32 random bytes are plenty).
     pub fn new(secret: &[u8]) -> Signer {
         let key: [u8; 32] = Sha256::new_with_prefix(b"roost-proxy key v1\0").chain_update(secret).finalize().into();
-        Signer { key }
+        Signer { keyed: HmacSha256::new_from_slice(&key).expect("HMAC takes any key length") }
     }
 
     fn mac(&self, parts: &[&[u8]]) -> HmacSha256 {
-        let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut m = self.keyed.clone();
         for p in parts {
             m.update(&(p.len() as u32).to_be_bytes());
             m.update(p);
@@ -239,44 +240,71 @@ pub fn difficulty(reputation: f32, min: u8, max: u8) -> u8 {
     min + (f32::from(max - min) * badness).round() as u8
 }
 
-/// Nonces already redeemed, kept until their tokens could no longer be valid anyway; bounded:
-/// when full of live nonces, new redemptions are refused ([`ChallengeRefusal::Busy`]) rather than
-/// forgetting one that could then be replayed.
+/// Nonces already redeemed, per client (by binding), each kept until its token could no longer
+/// be valid anyway. Bounded per client: a client with [`ReplayGuard::PER_CLIENT`] live
+/// redemptions is refused more ([`ChallengeRefusal::Busy`]) rather than forgetting one of its
+/// own that could then be replayed, and no other client notices. Bounded in clients too: when
+/// `capacity` clients are remembered, the expired are dropped, then the client whose last
+/// redemption ends soonest (all it could replay is its own solved token, for its own address).
 pub struct ReplayGuard {
-    seen: Mutex<HashMap<[u8; 16], u64>>,
+    seen: Mutex<HashMap<String, Claims>>,
     capacity: usize,
 }
 
+/// One client's redeemed nonces, each with the time its token lapses (Unix ms).
+type Claims = Vec<([u8; 16], u64)>;
+
 impl ReplayGuard {
+    /// Live redemptions one client may have at once.
+    pub const PER_CLIENT: usize = 64;
+
+    /// A guard remembering at most `capacity` clients.
     pub fn new(capacity: usize) -> ReplayGuard {
         ReplayGuard { seen: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
     }
 
-    /// Claims a nonce until `until` (Unix ms). Fails if it was claimed before.
-    pub fn claim(&self, nonce: [u8; 16], until: u64, now: u64) -> Result<(), ChallengeRefusal> {
+    /// Claims a nonce for the client bound as `bind` until `until` (Unix ms). Fails if it was
+    /// claimed before, or if this client has too many live claims.
+    pub fn claim(&self, bind: &str, nonce: [u8; 16], until: u64, now: u64) -> Result<(), ChallengeRefusal> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= self.capacity {
-            seen.retain(|_, u| *u > now);
-            if seen.len() >= self.capacity {
-                return Err(ChallengeRefusal::Busy);
+        if !seen.contains_key(bind) && seen.len() >= self.capacity {
+            seen.retain(|_, v| {
+                v.retain(|(_, u)| *u > now);
+                !v.is_empty()
+            });
+            if seen.len() >= self.capacity
+                && let Some(k) = seen
+                    .iter()
+                    .min_by_key(|(_, v)| v.iter().map(|(_, u)| *u).max().unwrap_or(0))
+                    .map(|(k, _)| k.clone())
+            {
+                seen.remove(&k);
             }
         }
-        match seen.entry(nonce) {
-            std::collections::hash_map::Entry::Occupied(_) => Err(ChallengeRefusal::Replayed),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(until);
-                Ok(())
-            }
+        let mine = seen.entry(bind.to_owned()).or_default();
+        if mine.iter().any(|(n, u)| *n == nonce && *u > now) {
+            return Err(ChallengeRefusal::Replayed);
         }
+        mine.retain(|(_, u)| *u > now);
+        if mine.len() >= Self::PER_CLIENT {
+            return Err(ChallengeRefusal::Busy);
+        }
+        mine.push((nonce, until));
+        Ok(())
     }
 
+    /// Live claims remembered, over every client.
     pub fn len(&self) -> usize {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+pub fn hex_nonce(b: &[u8; 16]) -> String {
+    hex(b)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -314,8 +342,8 @@ mod tests {
         assert_eq!(s.verify(&t, &wrong.to_string(), "203.0.113.7", T0, 300_000), Err(ChallengeRefusal::Work));
         assert_eq!(s.verify(&t, "-1", "203.0.113.7", T0, 300_000), Err(ChallengeRefusal::Work));
         let g = ReplayGuard::new(10);
-        assert_eq!(g.claim(v.nonce, T0 + 300_000, T0), Ok(()));
-        assert_eq!(g.claim(v.nonce, T0 + 300_000, T0), Err(ChallengeRefusal::Replayed));
+        assert_eq!(g.claim("203.0.113.7", v.nonce, T0 + 300_000, T0), Ok(()));
+        assert_eq!(g.claim("203.0.113.7", v.nonce, T0 + 300_000, T0), Err(ChallengeRefusal::Replayed));
     }
 
     #[test]
@@ -357,15 +385,40 @@ mod tests {
         assert_eq!(difficulty(1.0, 14, 20), 14);
         assert_eq!(difficulty(-1.0, 14, 20), 20);
         assert!(difficulty(-0.2, 14, 20) > difficulty(0.2, 14, 20));
-        let g = ReplayGuard::new(2);
-        g.claim([1; 16], T0 + 10, T0).unwrap();
-        g.claim([2; 16], T0 + 10, T0).unwrap();
-        assert_eq!(g.claim([3; 16], T0 + 10, T0), Err(ChallengeRefusal::Busy));
-        // once the first two lapsed, room again
-        g.claim([3; 16], T0 + 30, T0 + 20).unwrap();
-        assert_eq!(g.len(), 1);
         let s = Signer::new(b"k");
         assert_eq!(s.reference("203.0.113.7", 5).len(), 10);
         assert_ne!(s.reference("203.0.113.7", 5), s.reference("203.0.113.7", 6));
+    }
+
+    #[test]
+    fn one_client_filling_its_replay_memory_does_not_stop_another_redeeming() {
+        let g = ReplayGuard::new(1000);
+        let nonce = |i: usize| {
+            let mut n = [0u8; 16];
+            n[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            n
+        };
+        for i in 0..ReplayGuard::PER_CLIENT {
+            g.claim("198.51.100.9", nonce(i), T0 + 300_000, T0).unwrap();
+        }
+        // the flooder is refused more…
+        assert_eq!(g.claim("198.51.100.9", nonce(9999), T0 + 300_000, T0), Err(ChallengeRefusal::Busy));
+        // …and everyone else redeems as before
+        assert_eq!(g.claim("203.0.113.7", nonce(1), T0 + 300_000, T0), Ok(()));
+        assert_eq!(g.claim("203.0.113.7", nonce(1), T0 + 300_000, T0), Err(ChallengeRefusal::Replayed));
+        // once the flooder's claims lapse, it has room again
+        g.claim("198.51.100.9", nonce(9999), T0 + 700_000, T0 + 300_001).unwrap();
+        assert_eq!(g.len(), 2);
+    }
+
+    #[test]
+    fn many_clients_are_bounded_and_never_refused_for_each_other() {
+        let g = ReplayGuard::new(3);
+        for (i, who) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            g.claim(who, [i as u8; 16], T0 + 10 + i as u64, T0).unwrap();
+        }
+        assert!(g.len() <= 3, "{}", g.len());
+        // the newest client's claim is still remembered
+        assert_eq!(g.claim("e", [4; 16], T0 + 20, T0), Err(ChallengeRefusal::Replayed));
     }
 }

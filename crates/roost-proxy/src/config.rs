@@ -158,7 +158,9 @@ pub struct ChallengeConfig {
     #[serde(with = "humantime_serde")]
     pub clearance_for: Duration,
     pub cookie: String,
-    /// Answered challenges remembered (against replays) at most.
+    /// Clients whose answered challenges are remembered (against replays) at most, each with
+    /// up to 64 live ones; with Redis configured, every proxy of the fleet also claims each
+    /// answer there (`SET NX`), so none can be redeemed twice anywhere.
     pub max_redeemed: usize,
 }
 
@@ -173,7 +175,7 @@ impl Default for ChallengeConfig {
             valid_for: Duration::from_secs(300),
             clearance_for: Duration::from_secs(3600),
             cookie: "roost_clearance".into(),
-            max_redeemed: 1_000_000,
+            max_redeemed: 100_000,
         }
     }
 }

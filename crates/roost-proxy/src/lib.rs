@@ -8,7 +8,11 @@
 //! - [`clientip`]: the client address, believing `X-Forwarded-For` only from trusted proxies;
 //! - [`proxyproto`]: PROXY protocol headers from trusted load balancers;
 //! - [`pages`]: the challenge and error pages;
-//! - [`service`]: the pingora [`pingora::proxy::ProxyHttp`] that routes each request;
+//! - [`service`]: the decisions for each request (verdict, challenge, redemption, access log),
+//!   the same for both data paths;
+//! - [`h1`]: the HTTP/1 data path, on pingora's listeners, with [`framing`]: strict HTTP/1
+//!   framing (what could be smuggled is refused);
+//! - HTTP/2 (TLS with ALPN h2, h2c) goes through pingora's proxy ([`service::H2`]);
 //! - [`server`]: listeners, TLS with SNI, upstream pool and health checks, metrics, graceful
 //!   restart;
 //! - [`accesslog`]: what happened to each request, in a format `roost tail` reads back;
@@ -19,6 +23,8 @@ pub mod cache;
 pub mod challenge;
 pub mod clientip;
 pub mod config;
+pub mod framing;
+pub mod h1;
 pub mod metrics;
 pub mod outcomes;
 pub mod pages;

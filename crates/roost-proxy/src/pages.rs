@@ -26,14 +26,73 @@ pub struct ChallengePage {
 }
 
 impl ChallengePage {
+    /// The page: the template's fixed parts (made once) with this challenge's values, escaped,
+    /// in one allocation.
     pub fn render(&self) -> String {
-        let back_q = utf8_percent_encode(&self.back, NON_ALPHANUMERIC).to_string();
-        let wait_url = format!("{WAIT}?t={}&r={back_q}", utf8_percent_encode(&self.wait_token, NON_ALPHANUMERIC));
+        let back_q = utf8_percent_encode(&self.back, NON_ALPHANUMERIC);
+        let wait_token = utf8_percent_encode(&self.wait_token, NON_ALPHANUMERIC);
+        let mut wait_url = String::with_capacity(64 + self.wait_token.len() + self.back.len() * 3);
+        use std::fmt::Write as _;
+        let _ = write!(wait_url, "{WAIT}?t={wait_token}&r={back_q}");
         let retry = if self.retry {
             "<p><strong>The last check did not go through, so here is a new one.</strong></p>\n"
         } else {
             ""
         };
+        let (wait, bits) = (self.wait_secs.to_string(), self.bits.to_string());
+        let values: [&str; CHALLENGE_VARS] =
+            [&wait, &attr(&wait_url), retry, &attr(&self.token), &attr(&self.back), &attr(&self.nonce), &bits];
+        let template = &*CHALLENGE;
+        let mut out = String::with_capacity(template.len + values.iter().map(|v| v.len() * 2).sum::<usize>());
+        for (lit, var) in &template.parts {
+            out.push_str(lit);
+            if let Some(i) = var {
+                out.push_str(values[*i]);
+            }
+        }
+        out
+    }
+
+    /// The Content-Security-Policy that goes with the page: only its own script runs.
+    pub fn csp(&self) -> String {
+        format!(
+            "default-src 'none'; script-src 'nonce-{}'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+            self.nonce
+        )
+    }
+}
+
+/// The challenge page's variables, in [`challenge_template`]'s order.
+const CHALLENGE_VARS: usize = 7;
+const MARK: char = '\u{1}';
+
+/// A page template: literal text, each followed by the variable that comes after it.
+struct Template {
+    parts: Vec<(String, Option<usize>)>,
+    len: usize,
+}
+
+static CHALLENGE: std::sync::LazyLock<Template> = std::sync::LazyLock::new(|| {
+    let marks: Vec<String> = (0..CHALLENGE_VARS).map(|i| format!("{MARK}{i}{MARK}")).collect();
+    let text = challenge_template(std::array::from_fn(|i| marks[i].as_str()));
+    let mut parts = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(MARK) {
+        let end = at + 1 + rest[at + 1..].find(MARK).expect("a closed mark");
+        let var: usize = rest[at + 1..end].parse().expect("a variable number");
+        parts.push((rest[..at].to_owned(), Some(var)));
+        rest = &rest[end + 1..];
+    }
+    parts.push((rest.to_owned(), None));
+    let len = parts.iter().map(|(l, _)| l.len()).sum();
+    Template { parts, len }
+});
+
+/// The challenge page with its variables: wait seconds, wait URL, retry notice, token, return
+/// path, script nonce, bits (each already escaped for where it goes).
+fn challenge_template(v: [&str; CHALLENGE_VARS]) -> String {
+    let [wait, wait_url, retry, token, back, nonce, bits] = v;
+    {
         format!(
             r#"{head}
 <noscript><meta http-equiv="refresh" content="{wait};url={wait_url}"></noscript>
@@ -118,20 +177,6 @@ time.</p></noscript>
 </html>
 "#,
             head = head("One moment, please"),
-            wait = self.wait_secs,
-            wait_url = attr(&wait_url),
-            token = attr(&self.token),
-            back = attr(&self.back),
-            nonce = attr(&self.nonce),
-            bits = self.bits,
-        )
-    }
-
-    /// The Content-Security-Policy that goes with the page: only its own script runs.
-    pub fn csp(&self) -> String {
-        format!(
-            "default-src 'none'; script-src 'nonce-{}'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-            self.nonce
         )
     }
 }
@@ -152,6 +197,20 @@ fn head(title: &str) -> String {
 
 /// The error page: a plain refusal with a reference the operators can look up.
 pub fn error_page(status: u16, reference: &str) -> String {
+    let (before, after) = if status == 429 { &*TOO_MANY } else { &*DENIED };
+    let reference = html_escape::encode_text(reference);
+    let mut out = String::with_capacity(before.len() + reference.len() + after.len());
+    out.push_str(before);
+    out.push_str(&reference);
+    out.push_str(after);
+    out
+}
+
+/// The error pages' text before and after the reference.
+static DENIED: std::sync::LazyLock<(String, String)> = std::sync::LazyLock::new(|| error_template(403));
+static TOO_MANY: std::sync::LazyLock<(String, String)> = std::sync::LazyLock::new(|| error_template(429));
+
+fn error_template(status: u16) -> (String, String) {
     let (title, text) = match status {
         429 => (
             "Too many requests",
@@ -162,20 +221,21 @@ pub fn error_page(status: u16, reference: &str) -> String {
             "This site is not accepting requests from your network at the moment, because of traffic from it that looked automated or abusive.",
         ),
     };
-    format!(
+    let page = format!(
         r#"{head}
 </head>
 <body>
 <h1>{title}</h1>
 <p>{text}</p>
 <p>If you think this is a mistake, contact the site's operators and give them this reference:
-<code>{reference}</code>. It is all they need to look it up.</p>
+<code>{MARK}</code>. It is all they need to look it up.</p>
 </body>
 </html>
 "#,
         head = head(title),
-        reference = html_escape::encode_text(reference),
-    )
+    );
+    let (a, b) = page.split_once(MARK).expect("the reference's place");
+    (a.to_owned(), b.to_owned())
 }
 
 /// A return path that can only lead back into this site: a local absolute path, else `/`.
@@ -214,6 +274,14 @@ mod tests {
         assert_eq!(safe_return("/\\evil.example"), "/");
         assert_eq!(safe_return("/.roost/verify"), "/");
         assert_eq!(safe_return("/shop?a=1"), "/shop?a=1");
+        // the page made from the template's parts is the template with the values in it
+        let back_q = utf8_percent_encode(&p.back, NON_ALPHANUMERIC).to_string();
+        let wait_url = format!("{WAIT}?t={}&r={back_q}", utf8_percent_encode(&p.wait_token, NON_ALPHANUMERIC));
+        let direct =
+            challenge_template(["5", &attr(&wait_url), "", &attr(&p.token), &attr(&p.back), &attr(&p.nonce), "16"]);
+        assert_eq!(html, direct);
+        assert!(html.contains("bits = 16,") && html.contains(r#"content="5;url=/.roost/wait?t=w%2E1"#), "{html}");
+        assert!(!html.contains(MARK));
         let e = error_page(403, "<b>ref</b>");
         assert!(e.contains("&lt;b&gt;ref&lt;/b&gt;") && e.contains("Access denied"));
         assert!(error_page(429, "R").contains("Too many requests"));

@@ -33,7 +33,7 @@ use crate::cache::VerdictCache;
 use crate::challenge::{ReplayGuard, Signer};
 use crate::config::{CertKey, ProxyConfig};
 use crate::metrics::{OutcomeLabels, ProxyMetrics, UpstreamLabels};
-use crate::service::Waffles;
+use crate::service::{H2, Waffles};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -204,6 +204,12 @@ pub fn build(
     let cache = Arc::new(VerdictCache::new(ipv6_prefix));
     let outcomes = Arc::new(crate::outcomes::Outcomes::default());
     let threads = Threads::default();
+    let fleet = match &verdicts {
+        VerdictSource::Redis(redis) if !redis.url.is_empty() => Some(Arc::new(std::sync::Mutex::new(
+            roost_verdicts::Store::new(redis).map_err(|e| Error::Start(e.to_string()))?,
+        ))),
+        _ => None,
+    };
     match verdicts {
         VerdictSource::Redis(redis) if redis.url.is_empty() => {
             tracing::warn!("redis.url is empty: no verdicts; every client follows proxy.unknown");
@@ -262,17 +268,18 @@ pub fn build(
     let health = background_service("upstream health checks", lb);
     let upstreams = health.task();
 
-    let waffles = Waffles {
+    let waffles = Arc::new(Waffles {
         cfg: cfg.clone(),
         cache: cache.clone(),
         signer,
         replay: ReplayGuard::new(cfg.challenge.max_redeemed),
+        fleet,
         metrics: metrics.clone(),
         log,
         upstreams: upstreams.clone(),
         outcomes: outcomes.clone(),
-    };
-    let mut proxy = pingora::proxy::http_proxy(&server.configuration, waffles);
+    });
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, H2(waffles.clone()));
     if cfg.h2c {
         let mut o = HttpServerOptions::default();
         o.h2c = true;
@@ -287,7 +294,11 @@ pub fn build(
         })
     });
     let app = ProxyProtocolApp {
-        inner: Arc::new(Guarded { inner: Arc::new(proxy), header_timeout }),
+        inner: Arc::new(Http {
+            waffles,
+            h2: Arc::new(Guarded { inner: Arc::new(proxy), header_timeout }),
+            h2c: cfg.h2c,
+        }),
         // TLS connections have theirs read before the handshake (below)
         headers: pp.clone(),
     };
@@ -417,6 +428,44 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for Guarded<A> {
 
     async fn http_cleanup(&self) {
         self.inner.http_cleanup().await
+    }
+}
+
+/// Every connection's first stop: HTTP/2 (ALPN h2 on TLS, or the h2c preface on a plain
+/// listener with `h2c` on) goes to pingora's proxy, everything else to [`crate::h1`].
+struct Http<A> {
+    waffles: Arc<Waffles>,
+    h2: Arc<A>,
+    h2c: bool,
+}
+
+/// The HTTP/2 connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Http<A> {
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let tls = stream.get_ssl().is_some();
+        let mut h2 = matches!(stream.selected_alpn_proto(), Some(pingora::protocols::ALPN::H2));
+        if !h2 && !tls && self.h2c {
+            // pingora's peek waits for all 24 bytes: bounded, or a client sending less (or
+            // nothing) would hold the connection for good
+            let mut buf = [0u8; H2_PREFACE.len()];
+            let wait = self.waffles.cfg.client_timeout.min(self.waffles.cfg.keepalive_timeout);
+            // too few bytes in time: HTTP/1 (nothing was consumed)
+            if let Ok(Ok(true)) = tokio::time::timeout(wait, stream.try_peek(&mut buf)).await {
+                h2 = buf == H2_PREFACE;
+            }
+        }
+        if h2 {
+            return self.h2.process_new(stream, shutdown).await;
+        }
+        crate::h1::serve(&self.waffles, stream, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.h2.cleanup().await
     }
 }
 

@@ -2,6 +2,7 @@
 //! in the local cache, and route: the app (with `X-Roost-Verdict`), a challenge page, or an
 //! error page. The proxy's own endpoints under `/.roost/` redeem challenges.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,13 +28,15 @@ use crate::now_ms;
 use crate::pages::{self, ChallengePage};
 
 /// Longest body accepted on the proxy's own endpoints.
-const MAX_FORM: usize = 8 * 1024;
+pub const MAX_FORM: usize = 8 * 1024;
 
 pub struct Waffles {
     pub cfg: Arc<ProxyConfig>,
     pub cache: Arc<VerdictCache>,
     pub signer: Signer,
     pub replay: ReplayGuard,
+    /// The fleet's shared record of redeemed nonces (Redis), when there is one.
+    pub fleet: Option<Arc<std::sync::Mutex<roost_verdicts::Store>>>,
     pub metrics: Arc<ProxyMetrics>,
     pub log: AccessLog,
     pub upstreams: Arc<LoadBalancer<RoundRobin>>,
@@ -42,16 +45,39 @@ pub struct Waffles {
 
 /// What happened to one request, for the access log and metrics.
 pub struct Ctx {
-    start: Instant,
+    pub start: Instant,
     /// When the request arrived (Unix ms).
-    now: i64,
-    client: Option<IpAddr>,
-    route: &'static str,
-    verdict: &'static str,
-    challenge: String,
-    reference: Option<String>,
+    pub now: i64,
+    pub client: Option<IpAddr>,
+    pub route: &'static str,
+    pub verdict: &'static str,
+    pub challenge: Cow<'static, str>,
+    pub reference: Option<String>,
     /// Set when the proxy answered itself.
-    served: Option<(u16, usize)>,
+    pub served: Option<(u16, usize)>,
+}
+
+impl Ctx {
+    pub fn new(start: Instant) -> Ctx {
+        Ctx {
+            start,
+            now: 0,
+            client: None,
+            route: "-",
+            verdict: "-",
+            challenge: Cow::Borrowed("-"),
+            reference: None,
+            served: None,
+        }
+    }
+
+    /// The `X-Roost-Verdict` the app is told.
+    pub fn verdict_header(&self) -> &'static str {
+        match (self.verdict, self.challenge.as_ref()) {
+            ("dubious", "cleared") => "dubious; cleared",
+            (v, _) => v,
+        }
+    }
 }
 
 /// Where a request goes.
@@ -60,6 +86,76 @@ pub enum Route {
     App { verdict: &'static str },
     Challenge { reputation: f32 },
     Error { status: u16, reference: String, verdict: &'static str },
+}
+
+/// What to do with a request, whichever protocol brought it.
+pub enum Front {
+    /// On to the app.
+    App,
+    /// The proxy answers itself.
+    Reply(Reply),
+    /// A redemption on the proxy's own endpoints: read its form (the body of a POST, at most
+    /// [`MAX_FORM`] bytes), then [`Waffles::redeem`].
+    Redeem,
+}
+
+/// A response the proxy makes itself, written by either data path.
+pub struct Reply {
+    pub status: u16,
+    /// A page (HTML, with no-store and nosniff) or plain text.
+    pub html: bool,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+    /// Close the connection after it.
+    pub close: bool,
+}
+
+impl Reply {
+    pub fn page(status: u16, body: String, headers: Vec<(&'static str, String)>) -> Reply {
+        Reply { status, html: true, headers, body: Bytes::from(body), close: false }
+    }
+
+    pub fn text(status: u16, text: &'static str) -> Reply {
+        Reply { status, html: false, headers: Vec::new(), body: Bytes::from_static(text.as_bytes()), close: true }
+    }
+
+    /// The fields of the reply, in order, content type and length included.
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let ctype = match (self.html, self.body.is_empty()) {
+            (_, true) => None,
+            (true, false) => Some(("content-type", "text/html; charset=utf-8")),
+            (false, false) => Some(("content-type", "text/plain; charset=utf-8")),
+        };
+        let page: &[(&'static str, &str)] = if self.html {
+            &[("cache-control", "no-store"), ("x-content-type-options", "nosniff"), ("referrer-policy", "no-referrer")]
+        } else {
+            &[]
+        };
+        ctype.into_iter().chain(page.iter().copied()).chain(self.headers.iter().map(|(k, v)| (*k, v.as_str())))
+    }
+
+    /// The reply's head as HTTP/1.1 bytes.
+    pub fn write_head(&self, out: &mut Vec<u8>, keep_alive: bool, http11: bool) {
+        use std::io::Write as _;
+        let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        for (k, v) in self.fields() {
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        let _ = write!(out, "content-length: {}\r\n", self.body.len());
+        out.extend_from_slice(match (keep_alive && !self.close, http11) {
+            (true, true) => b"\r\n",
+            (true, false) => b"connection: keep-alive\r\n\r\n",
+            (false, _) => b"connection: close\r\n\r\n",
+        });
+    }
+}
+
+/// The reason phrase of the statuses the proxy answers with itself.
+pub fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
 }
 
 impl Waffles {
@@ -96,24 +192,48 @@ impl Waffles {
         }
     }
 
-    fn client(&self, session: &Session) -> Option<IpAddr> {
-        let peer = canonical(session.client_addr()?.as_inet()?.ip());
-        let xff = session.req_header().headers.get_all("x-forwarded-for");
-        match clientip::client_ip(peer, xff.iter().map(|v| v.as_bytes()), &self.cfg.trusted_proxies) {
-            Ok(ip) => Some(ip),
+    /// The client of a connection from `peer` whose request carries these `X-Forwarded-For`
+    /// values (believed only from trusted proxies).
+    pub fn client<'a>(&self, peer: IpAddr, xff: impl DoubleEndedIterator<Item = &'a [u8]>) -> IpAddr {
+        let peer = canonical(peer);
+        match clientip::client_ip(peer, xff, &self.cfg.trusted_proxies) {
+            Ok(ip) => ip,
             Err(e) => {
                 self.metrics.refused.get_or_create(&OutcomeLabels { outcome: "forwarded_malformed" }).inc();
                 tracing::debug!(%peer, error = %e, "ignoring X-Forwarded-For");
-                Some(peer)
+                peer
             }
         }
     }
 
-    fn clearance_ok(&self, session: &Session, bind: &str, now: i64) -> Result<bool, ChallengeRefusal> {
+    /// The `X-Forwarded-For` sent to the app: the chain a trusted peer brought, then the peer.
+    /// `peer_text` is the (canonical) peer as text.
+    pub fn forwarded_for<'a>(
+        &self,
+        peer: IpAddr,
+        peer_text: &[u8],
+        prior: impl Iterator<Item = &'a [u8]>,
+        out: &mut Vec<u8>,
+    ) {
+        if clientip::is_trusted(canonical(peer), &self.cfg.trusted_proxies) {
+            for v in prior {
+                out.extend_from_slice(v);
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(peer_text);
+    }
+
+    fn clearance_ok<'a>(
+        &self,
+        cookies: impl Iterator<Item = &'a [u8]>,
+        bind: &str,
+        now: i64,
+    ) -> Result<bool, ChallengeRefusal> {
         let name = &self.cfg.challenge.cookie;
         let mut result = Ok(false);
-        for v in session.req_header().headers.get_all("cookie") {
-            let Ok(v) = v.to_str() else { continue };
+        for v in cookies {
+            let Ok(v) = std::str::from_utf8(v) else { continue };
             for pair in v.split(';') {
                 let Some((k, val)) = pair.trim().split_once('=') else { continue };
                 if k == name {
@@ -140,80 +260,132 @@ impl Waffles {
         ChallengePage { token, bits, wait_token, wait_secs, back: pages::safe_return(back).to_owned(), nonce, retry }
     }
 
-    async fn serve_challenge(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        ip: IpAddr,
-        reputation: f32,
-        back: &str,
-        retry: bool,
-    ) -> Result<bool> {
+    fn challenge(&self, ctx: &mut Ctx, ip: IpAddr, reputation: f32, back: &str, retry: bool) -> Reply {
         let page = self.challenge_page(ip, reputation, back, retry, ctx.now);
-        let csp = page.csp();
-        let body = page.render();
         ctx.route = "challenge";
         if ctx.challenge == "-" {
-            ctx.challenge = "issued".into();
+            ctx.challenge = Cow::Borrowed("issued");
         }
-        respond(session, ctx, 403, body, &[("content-security-policy", csp)]).await
+        let csp = page.csp();
+        Reply::page(403, page.render(), vec![("content-security-policy", csp)])
     }
 
-    /// `/.roost/verify` (POST t, n, r) and `/.roost/wait` (GET t, r).
-    async fn redeem(&self, session: &mut Session, ctx: &mut Ctx, ip: IpAddr, now: i64) -> Result<bool> {
-        ctx.route = "challenge";
-        let path = session.req_header().uri.path().to_owned();
-        let method = session.req_header().method.clone();
-        let form: Vec<(String, String)> = if path == pages::VERIFY {
-            if method != http::Method::POST {
-                return respond_text(session, ctx, 405, "Method not allowed\n").await;
+    fn error(&self, ctx: &mut Ctx, status: u16, reference: String) -> Reply {
+        ctx.route = "error";
+        let body = pages::error_page(status, &reference);
+        ctx.reference = Some(reference);
+        Reply::page(status, body, Vec::new())
+    }
+
+    /// Routes a request for `path_and_query` from the client found by [`Waffles::client`],
+    /// carrying these `Cookie` values; fills `ctx` (which has its `now`).
+    pub fn front<'a>(
+        &self,
+        ctx: &mut Ctx,
+        ip: IpAddr,
+        path_and_query: &str,
+        cookies: impl Iterator<Item = &'a [u8]>,
+    ) -> Front {
+        let now = ctx.now;
+        ctx.client = Some(ip);
+        if path_and_query.starts_with(pages::PREFIX) {
+            ctx.verdict = match self.cache.lookup(ip, now) {
+                Some(v) if v.class == Class::Bad => "bad",
+                Some(v) if v.class == Class::Dubious => "dubious",
+                _ => "good",
+            };
+            ctx.route = "challenge";
+            return Front::Redeem;
+        }
+        match self.decide(ip, now) {
+            Route::App { verdict } => {
+                ctx.route = "app";
+                ctx.verdict = verdict;
+                Front::App
             }
-            let mut body = Vec::new();
-            while let Some(chunk) = session.read_request_body().await? {
-                body.extend_from_slice(&chunk);
-                if body.len() > MAX_FORM {
-                    return respond_text(session, ctx, 413, "Request body too large\n").await;
+            Route::Error { status, reference, verdict } => {
+                ctx.verdict = verdict;
+                Front::Reply(self.error(ctx, status, reference))
+            }
+            Route::Challenge { reputation } => {
+                ctx.verdict = "dubious";
+                match self.clearance_ok(cookies, &self.cache.binding(ip), now) {
+                    Ok(true) => {
+                        ctx.route = "app";
+                        ctx.challenge = Cow::Borrowed("cleared");
+                        return Front::App;
+                    }
+                    Ok(false) => {}
+                    Err(r) => {
+                        self.metrics.cookies_refused.get_or_create(&OutcomeLabels { outcome: r.as_str() }).inc();
+                        ctx.challenge = Cow::Owned(format!("cookie_refused:{}", r.as_str()));
+                    }
                 }
+                Front::Reply(self.challenge(ctx, ip, reputation, path_and_query, false))
             }
-            form_urlencoded::parse(&body).into_owned().collect()
+        }
+    }
+
+    /// `/.roost/verify` (POST t, n, r) and `/.roost/wait` (GET t, r): `form` is the POST's body
+    /// (`None` when it was longer than [`MAX_FORM`]); `tls` marks the cookie Secure.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn redeem(
+        &self,
+        ctx: &mut Ctx,
+        ip: IpAddr,
+        path: &str,
+        query: &str,
+        post: bool,
+        form: Option<&[u8]>,
+        tls: bool,
+    ) -> Reply {
+        let now = ctx.now;
+        ctx.route = "challenge";
+        let form: Vec<(String, String)> = if path == pages::VERIFY {
+            if !post {
+                return self.served(ctx, Reply::text(405, "Method not allowed\n"));
+            }
+            let Some(body) = form else {
+                return self.served(ctx, Reply::text(413, "Request body too large\n"));
+            };
+            form_urlencoded::parse(body).into_owned().collect()
         } else if path == pages::WAIT {
-            let q = session.req_header().uri.query().unwrap_or("").to_owned();
-            form_urlencoded::parse(q.as_bytes()).into_owned().collect()
+            form_urlencoded::parse(query.as_bytes()).into_owned().collect()
         } else {
-            return respond_text(session, ctx, 404, "Not found\n").await;
+            return self.served(ctx, Reply::text(404, "Not found\n"));
         };
         let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or("");
         let (token, counter, back) = (field("t"), field("n"), pages::safe_return(field("r")).to_owned());
         let bind = self.cache.binding(ip);
         let c = &self.cfg.challenge;
         let valid_for = c.valid_for.as_millis() as u64;
-        let outcome = self
-            .signer
-            .verify(token, counter, &bind, now as u64, valid_for)
-            .and_then(|v| self.replay.claim(v.nonce, v.issued + valid_for, now as u64).map(|()| v));
+        let outcome = match self.signer.verify(token, counter, &bind, now as u64, valid_for) {
+            Ok(v) => self.claim(&bind, v.nonce, v.issued + valid_for, now as u64).await.map(|()| v),
+            Err(r) => Err(r),
+        };
         match outcome {
             Ok(v) => {
                 self.metrics.challenges.get_or_create(&OutcomeLabels { outcome: "passed" }).inc();
-                ctx.challenge = match v.kind {
-                    Kind::Work { .. } => "passed".into(),
-                    Kind::Wait { .. } => "passed:wait".into(),
-                };
+                ctx.challenge = Cow::Borrowed(match v.kind {
+                    Kind::Work { .. } => "passed",
+                    Kind::Wait { .. } => "passed:wait",
+                });
                 let expires = now as u64 + c.clearance_for.as_millis() as u64;
-                let secure = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) { "; Secure" } else { "" };
+                let secure = if tls { "; Secure" } else { "" };
                 let cookie = format!(
                     "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
                     c.cookie,
                     self.signer.clearance(&bind, expires),
                     c.clearance_for.as_secs()
                 );
-                let mut h = ResponseHeader::build(303, Some(4))?;
-                h.insert_header("location", back)?;
-                h.insert_header("set-cookie", cookie)?;
-                h.insert_header("cache-control", "no-store")?;
-                h.insert_header("content-length", "0")?;
-                session.write_response_header(Box::new(h), true).await?;
-                ctx.served = Some((303, 0));
-                Ok(true)
+                let r = Reply {
+                    status: 303,
+                    html: false,
+                    headers: vec![("location", back), ("set-cookie", cookie), ("cache-control", "no-store".into())],
+                    body: Bytes::new(),
+                    close: false,
+                };
+                self.served(ctx, r)
             }
             Err(r) => {
                 let label: &'static str = match r {
@@ -226,64 +398,112 @@ impl Waffles {
                     ChallengeRefusal::Busy => "failed_busy",
                 };
                 self.metrics.challenges.get_or_create(&OutcomeLabels { outcome: label }).inc();
-                ctx.challenge = format!("failed:{}", r.as_str());
+                ctx.challenge = Cow::Owned(format!("failed:{}", r.as_str()));
                 if r == ChallengeRefusal::Busy {
-                    return respond_error(session, ctx, 429, &self.signer.reference("busy", now / 60_000)).await;
+                    let reply = self.error(ctx, 429, self.signer.reference("busy", now / 60_000));
+                    return self.served(ctx, reply);
                 }
                 let rep = self.cache.lookup(ip, now).map_or(0.0, |v| v.reputation);
-                self.serve_challenge(session, ctx, ip, rep, &back, true).await
+                let reply = self.challenge(ctx, ip, rep, &back, true);
+                self.served(ctx, reply)
             }
         }
     }
+
+    /// Claims a redeemed nonce: in this process (bounded per client), then in the fleet's Redis
+    /// (`SET NX`), so a solution redeemed at one proxy is refused at every other. With Redis
+    /// unreachable, this process's claim stands alone (counted in `sync_errors`).
+    async fn claim(&self, bind: &str, nonce: [u8; 16], until: u64, now: u64) -> Result<(), ChallengeRefusal> {
+        self.replay.claim(bind, nonce, until, now)?;
+        let Some(store) = self.fleet.clone() else { return Ok(()) };
+        let hex = crate::challenge::hex_nonce(&nonce);
+        let ttl = until.saturating_sub(now);
+        let claimed =
+            tokio::task::spawn_blocking(move || store.lock().unwrap_or_else(|p| p.into_inner()).claim_nonce(&hex, ttl))
+                .await;
+        match claimed {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(ChallengeRefusal::Replayed),
+            Ok(Err(e)) => {
+                self.metrics.sync_errors.inc();
+                tracing::warn!(error = %e, "cannot claim a challenge nonce in Redis; this proxy's own record stands");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming a challenge nonce");
+                Ok(())
+            }
+        }
+    }
+
+    fn served(&self, ctx: &mut Ctx, r: Reply) -> Reply {
+        ctx.served = Some((r.status, r.body.len()));
+        r
+    }
+
+    /// Counts a finished request and writes its access-log line.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish(
+        &self,
+        ctx: &mut Ctx,
+        status: u16,
+        bytes: usize,
+        method: &str,
+        target: &str,
+        protocol: &'static str,
+        referer: Option<&[u8]>,
+        user_agent: Option<&[u8]>,
+    ) {
+        self.metrics.requests.get_or_create(&RouteLabels { route: ctx.route, verdict: ctx.verdict }).inc();
+        let Some(client) = ctx.client else { return };
+        if ctx.challenge != "-" && !ctx.challenge.is_empty() {
+            self.outcomes.record(&self.cache.binding(client), &ctx.challenge, now_ms());
+        }
+        if !self.log.enabled() {
+            return;
+        }
+        let text = |v: Option<&[u8]>| v.and_then(|v| std::str::from_utf8(v).ok()).map(str::to_owned);
+        self.log.log(Entry {
+            time: Timestamp(now_ms()),
+            client,
+            method: method.to_owned(),
+            target: target.to_owned(),
+            protocol,
+            status,
+            bytes,
+            referer: text(referer),
+            user_agent: text(user_agent),
+            seconds: ctx.start.elapsed().as_secs_f64(),
+            route: ctx.route,
+            challenge: std::mem::take(&mut ctx.challenge).into_owned(),
+            reference: ctx.reference.take(),
+        });
+    }
 }
 
-fn random() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).expect("the OS has randomness");
-    b
+/// Nonces: from a per-thread CSPRNG (ChaCha, seeded and reseeded from the OS), not a system
+/// call per challenge.
+pub(crate) fn random() -> [u8; 16] {
+    rand::random()
 }
 
-async fn respond(
-    session: &mut Session,
-    ctx: &mut Ctx,
-    status: u16,
-    body: String,
-    extra: &[(&'static str, String)],
-) -> Result<bool> {
-    let mut h = ResponseHeader::build(status, Some(8))?;
-    h.insert_header("content-type", "text/html; charset=utf-8")?;
-    h.insert_header("content-length", body.len().to_string())?;
-    h.insert_header("cache-control", "no-store")?;
-    h.insert_header("x-content-type-options", "nosniff")?;
-    h.insert_header("referrer-policy", "no-referrer")?;
-    for (k, v) in extra {
-        h.insert_header(*k, v.as_str())?;
+/// Writes a reply on a pingora session (the HTTP/2 path).
+async fn respond(session: &mut Session, r: Reply) -> Result<bool> {
+    let mut h = ResponseHeader::build(r.status, Some(8))?;
+    for (k, v) in r.fields() {
+        h.append_header(k, v)?;
+    }
+    h.insert_header("content-length", r.body.len().to_string())?;
+    if r.close {
+        session.set_keepalive(None);
     }
     let head = session.req_header().method == http::Method::HEAD;
-    ctx.served = Some((status, if head { 0 } else { body.len() }));
-    session.write_response_header(Box::new(h), head).await?;
-    if !head {
-        session.write_response_body(Some(Bytes::from(body)), true).await?;
+    let no_body = head || r.body.is_empty();
+    session.write_response_header(Box::new(h), no_body).await?;
+    if !no_body {
+        session.write_response_body(Some(r.body), true).await?;
     }
     Ok(true)
-}
-
-async fn respond_text(session: &mut Session, ctx: &mut Ctx, status: u16, text: &'static str) -> Result<bool> {
-    let mut h = ResponseHeader::build(status, Some(3))?;
-    h.insert_header("content-type", "text/plain; charset=utf-8")?;
-    h.insert_header("content-length", text.len().to_string())?;
-    h.insert_header("connection", "close")?;
-    ctx.served = Some((status, text.len()));
-    session.set_keepalive(None);
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(Bytes::from_static(text.as_bytes())), true).await?;
-    Ok(true)
-}
-
-async fn respond_error(session: &mut Session, ctx: &mut Ctx, status: u16, reference: &str) -> Result<bool> {
-    ctx.route = "error";
-    ctx.reference = Some(reference.to_owned());
-    respond(session, ctx, status, pages::error_page(status, reference), &[]).await
 }
 
 /// Bytes of the request line and headers, as the client sent them (about).
@@ -295,21 +515,23 @@ fn header_bytes(session: &Session) -> usize {
     line + req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
 }
 
+/// The HTTP/2 data path (h2 over TLS, h2c): pingora's proxy, with the same decisions as
+/// [`crate::h1`].
+pub struct H2(pub Arc<Waffles>);
+
+impl std::ops::Deref for H2 {
+    type Target = Waffles;
+    fn deref(&self) -> &Waffles {
+        &self.0
+    }
+}
+
 #[async_trait]
-impl ProxyHttp for Waffles {
+impl ProxyHttp for H2 {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            start: Instant::now(),
-            now: 0,
-            client: None,
-            route: "-",
-            verdict: "-",
-            challenge: "-".into(),
-            reference: None,
-            served: None,
-        }
+        Ctx::new(Instant::now())
     }
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
@@ -320,54 +542,47 @@ impl ProxyHttp for Waffles {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let now = now_ms();
-        ctx.now = now;
+        ctx.now = now_ms();
         if header_bytes(session) > self.cfg.max_header_bytes {
             self.metrics.refused.get_or_create(&OutcomeLabels { outcome: "header_too_large" }).inc();
             ctx.route = "refused";
-            return respond_text(session, ctx, 431, "Request header fields too large\n").await;
+            let r = self.served(ctx, Reply::text(431, "Request header fields too large\n"));
+            return respond(session, r).await;
         }
-        let Some(ip) = self.client(session) else {
+        let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) else {
             // not an IP socket (a Unix socket in front): nothing to judge by
             ctx.route = "app";
             ctx.verdict = "unknown";
             return Ok(false);
         };
-        ctx.client = Some(ip);
-        if session.req_header().uri.path().starts_with(pages::PREFIX) {
-            ctx.verdict = match self.cache.lookup(ip, now) {
-                Some(v) if v.class == Class::Bad => "bad",
-                Some(v) if v.class == Class::Dubious => "dubious",
-                _ => "good",
-            };
-            return self.redeem(session, ctx, ip, now).await;
-        }
-        match self.decide(ip, now) {
-            Route::App { verdict } => {
-                ctx.route = "app";
-                ctx.verdict = verdict;
-                Ok(false)
+        let req = session.req_header();
+        let ip = self.client(peer, req.headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()));
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let front = self.front(ctx, ip, &target, req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
+        match front {
+            Front::App => Ok(false),
+            Front::Reply(r) => {
+                let r = self.served(ctx, r);
+                respond(session, r).await
             }
-            Route::Error { status, reference, verdict } => {
-                ctx.verdict = verdict;
-                respond_error(session, ctx, status, &reference).await
-            }
-            Route::Challenge { reputation } => {
-                ctx.verdict = "dubious";
-                match self.clearance_ok(session, &self.cache.binding(ip), now) {
-                    Ok(true) => {
-                        ctx.route = "app";
-                        ctx.challenge = "cleared".into();
-                        return Ok(false);
-                    }
-                    Ok(false) => {}
-                    Err(r) => {
-                        self.metrics.cookies_refused.get_or_create(&OutcomeLabels { outcome: r.as_str() }).inc();
-                        ctx.challenge = format!("cookie_refused:{}", r.as_str());
+            Front::Redeem => {
+                let req = session.req_header();
+                let (path, query) = (req.uri.path().to_owned(), req.uri.query().unwrap_or("").to_owned());
+                let post = req.method == http::Method::POST;
+                let mut body = Vec::new();
+                let mut form = Some(());
+                if post && path == pages::VERIFY {
+                    while let Some(chunk) = session.read_request_body().await? {
+                        body.extend_from_slice(&chunk);
+                        if body.len() > MAX_FORM {
+                            form = None;
+                            break;
+                        }
                     }
                 }
-                let back = session.req_header().uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-                self.serve_challenge(session, ctx, ip, reputation, &back, false).await
+                let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+                let r = self.redeem(ctx, ip, &path, &query, post, form.map(|()| body.as_slice()), tls).await;
+                respond(session, r).await
             }
         }
     }
@@ -391,26 +606,17 @@ impl ProxyHttp for Waffles {
         upstream: &mut pingora::http::RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        upstream.remove_header("x-roost-verdict");
-        let v = match (ctx.verdict, ctx.challenge.as_str()) {
-            ("dubious", "cleared") => "dubious; cleared",
-            (v, _) => v,
-        };
-        upstream.insert_header("x-roost-verdict", v)?;
-        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| canonical(a.ip())) {
-            let prior = if clientip::is_trusted(peer, &self.cfg.trusted_proxies) {
-                session
-                    .req_header()
-                    .headers
-                    .get_all("x-forwarded-for")
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            } else {
-                String::new()
-            };
-            let xff = if prior.is_empty() { peer.to_string() } else { format!("{prior}, {peer}") };
+        let internal: Vec<_> =
+            upstream.headers.keys().filter(|k| crate::framing::is_internal(k.as_str().as_bytes())).cloned().collect();
+        for k in internal {
+            upstream.remove_header(&k);
+        }
+        upstream.insert_header("x-roost-verdict", ctx.verdict_header())?;
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let mut xff = Vec::with_capacity(64);
+            let prior = session.req_header().headers.get_all("x-forwarded-for");
+            let text = canonical(peer).to_string();
+            self.forwarded_for(peer, text.as_bytes(), prior.iter().map(|v| v.as_bytes()), &mut xff);
             upstream.insert_header("x-forwarded-for", xff)?;
         }
         Ok(())
@@ -451,35 +657,15 @@ impl ProxyHttp for Waffles {
             Some((s, _)) => s,
             None => session.response_written().map_or(0, |r| r.status.as_u16()),
         };
-        self.metrics.requests.get_or_create(&RouteLabels { route: ctx.route, verdict: ctx.verdict }).inc();
-        let Some(client) = ctx.client else { return };
-        if ctx.challenge != "-" && !ctx.challenge.is_empty() {
-            self.outcomes.record(&self.cache.binding(client), &ctx.challenge, now_ms());
-        }
-        if !self.log.enabled() {
-            return;
-        }
+        let bytes = ctx.served.map_or_else(|| session.body_bytes_sent(), |(_, b)| b);
         let req = session.req_header();
-        let header = |k: &str| req.headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let protocol = match req.version {
             http::Version::HTTP_2 => "HTTP/2.0",
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         };
-        self.log.log(Entry {
-            time: Timestamp(now_ms()),
-            client,
-            method: req.method.as_str().to_owned(),
-            target: req.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
-            protocol,
-            status,
-            bytes: ctx.served.map_or_else(|| session.body_bytes_sent(), |(_, b)| b),
-            referer: header("referer"),
-            user_agent: header("user-agent"),
-            seconds: ctx.start.elapsed().as_secs_f64(),
-            route: ctx.route,
-            challenge: std::mem::take(&mut ctx.challenge),
-            reference: ctx.reference.take(),
-        });
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let field = |k: &str| req.headers.get(k).map(|v| v.as_bytes());
+        self.finish(ctx, status, bytes, req.method.as_str(), target, protocol, field("referer"), field("user-agent"));
     }
 }

@@ -180,6 +180,21 @@ impl Store {
         format!("{}px:{subject}", self.cfg.prefix)
     }
 
+    /// The key a redeemed challenge nonce is claimed under (shared by every proxy of a fleet).
+    pub fn nonce_key(&self, nonce_hex: &str) -> String {
+        format!("{}n:{nonce_hex}", self.cfg.prefix)
+    }
+
+    /// Claims a redeemed challenge's nonce for `ttl_ms` (`SET NX PX`): `true` if this is the
+    /// first claim anywhere in the fleet, `false` if any proxy claimed it before.
+    pub fn claim_nonce(&mut self, nonce_hex: &str, ttl_ms: u64) -> Result<bool, Error> {
+        let key = self.nonce_key(nonce_hex);
+        let set: Option<String> = self.with("claiming a challenge nonce", |c| {
+            redis::cmd("SET").arg(&key).arg(1).arg("NX").arg("PX").arg(ttl_ms.max(1)).query(c)
+        })?;
+        Ok(set.is_some())
+    }
+
     /// Adds proxies' outcome counts (deltas) to their subjects' hashes, in one pipeline.
     pub fn add_outcomes(&mut self, deltas: &[(String, ProxyOutcomes)]) -> Result<(), Error> {
         if deltas.is_empty() {

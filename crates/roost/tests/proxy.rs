@@ -36,7 +36,8 @@ fn upstream(dir: &Path) -> (Proc, u16) {
              http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
                server {{ listen 127.0.0.1:{port};\n\
-                 location / {{ default_type text/plain; return 200 \"app verdict=[$http_x_roost_verdict] xff=[$http_x_forwarded_for] uri=[$request_uri]\\n\"; }} }} }}\n",
+                 underscores_in_headers on;\n\
+                 location / {{ default_type text/plain; return 200 \"app verdict=[$http_x_roost_verdict] xff=[$http_x_forwarded_for] uri=[$request_uri] secret=[$http_x_secret] te=[$http_transfer_encoding] cl=[$http_content_length]\\n\"; }} }} }}\n",
             d = d.display()
         ),
     )
@@ -74,11 +75,22 @@ impl Waffles {
 
     /// `daemon`: started with `--daemon`; the process it forks serves, and is killed on drop.
     fn start_as(redis_url: &str, extra: &str, upstreams: Option<&dyn Fn(u16) -> String>, daemon: bool) -> Waffles {
+        Waffles::start_in(redis_url, extra, upstreams, daemon, None)
+    }
+
+    /// `prefix`: share another proxy's Redis keys (a fleet).
+    fn start_in(
+        redis_url: &str,
+        extra: &str,
+        upstreams: Option<&dyn Fn(u16) -> String>,
+        daemon: bool,
+        prefix: Option<&str>,
+    ) -> Waffles {
         let dir = tempfile::tempdir().unwrap();
         let (up, up_port) = upstream(dir.path());
         let upstreams = upstreams.map_or_else(|| format!("[\"127.0.0.1:{up_port}\"]"), |f| f(up_port));
         let (port, metrics) = (free_port(), free_port());
-        let prefix = format!("{}:", unique("proxy"));
+        let prefix = prefix.map_or_else(|| format!("{}:", unique("proxy")), str::to_owned);
         let log = dir.path().join("proxy-access.log");
         std::fs::write(dir.path().join("secret"), SECRET).unwrap();
         let d = dir.path().display();
@@ -619,14 +631,15 @@ fn oversized_headers_and_slow_clients_are_cut_off() {
     let w = Waffles::start(&redis(), "");
     let big = format!("X-Big: {}\r\n", "a".repeat(16 * 1024));
     assert_eq!(w.get("127.0.0.51", "/", &big).status, 431);
-    // far past pingora's own limit: refused as a bad request
+    // far past the limit
     let huge = format!("X-Huge: {}\r\n", "b".repeat(2 * 1024 * 1024));
     let s = connect_from("127.0.0.51", w.port);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut s = s;
     let _ = s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\n{huge}\r\n").as_bytes());
     let r = read_response(&mut s);
-    assert!(r.status == 400 || r.status == 0, "{}", r.status);
+    // bounded before it is buffered: refused once max_header_bytes have arrived
+    assert_eq!(r.status, 431, "{r:?}");
 
     // a header dribbled slower than client_timeout (2 s): cut off
     let mut s = connect_from("127.0.0.52", w.port);
@@ -855,4 +868,248 @@ fn a_graceful_upgrade_hands_the_listeners_over_without_refusing_a_request() {
     assert!(ok > 50, "{ok} requests");
     assert!(failed.is_empty(), "refused or failed during the upgrade: {failed:?}");
     assert_eq!(w.get("127.0.0.72", "/", "").status, 200);
+}
+
+/// Every response on a connection the proxy closed, split at each status line.
+fn responses(from: &str, port: u16, raw: &[u8]) -> Vec<String> {
+    let mut s = connect_from(from, port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.split("HTTP/1.1 ").filter(|p| !p.is_empty()).map(str::to_owned).collect()
+}
+
+#[test]
+fn requests_framed_ambiguously_are_refused_and_counted_and_nothing_is_smuggled() {
+    let w = Waffles::start(&redis(), "");
+    // (what it is, the request, the refusal counted)
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "CL.TE",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 35\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+            "both_lengths",
+        ),
+        (
+            "TE.CL",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n23\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n",
+            "both_lengths",
+        ),
+        (
+            "TE.TE xchunked",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+            "bad_transfer_encoding",
+        ),
+        (
+            "TE.TE two fields",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+            "bad_transfer_encoding",
+        ),
+        (
+            "TE.TE list",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+            "bad_transfer_encoding",
+        ),
+        (
+            "TE.TE quoted",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \"chunked\"\r\n\r\n0\r\n\r\n",
+            "bad_transfer_encoding",
+        ),
+        (
+            "TE.TE underscore",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer_Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "bad_transfer_encoding",
+        ),
+        (
+            "TE.TE space before colon",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+            "malformed",
+        ),
+        (
+            "TE.TE folded",
+            "POST / HTTP/1.1\r\nHost: x\r\nX-A: b\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "malformed",
+        ),
+        ("TE in HTTP/1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "bad_transfer_encoding"),
+        (
+            "CL.CL",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc",
+            "duplicate_length",
+        ),
+        (
+            "CL.CL equal",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            "duplicate_length",
+        ),
+        ("CL list", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc", "bad_length"),
+        ("CL sign", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc", "bad_length"),
+        (
+            "chunk size negative",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n",
+            "bad_chunk",
+        ),
+        (
+            "chunk size 0x",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n",
+            "bad_chunk",
+        ),
+        (
+            "chunk size overflow",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000003\r\nabc\r\n0\r\n\r\n",
+            "bad_chunk",
+        ),
+        (
+            "chunk line bare LF",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+            "bad_chunk",
+        ),
+        (
+            "chunk extension bare LF",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;x\nGET /smuggled HTTP/1.1\r\nabc\r\n0\r\n\r\n",
+            "bad_chunk",
+        ),
+        (
+            "chunk data too long",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcGET\r\n0\r\n\r\n",
+            "bad_chunk",
+        ),
+        ("no Host", "GET / HTTP/1.1\r\n\r\n", "bad_host"),
+        ("two Hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "bad_host"),
+        ("NUL in a value", "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n", "malformed"),
+    ];
+    let mut want: std::collections::HashMap<&str, f64> = Default::default();
+    for (what, raw, outcome) in cases {
+        let got = responses("127.0.0.61", w.port, raw.as_bytes());
+        assert_eq!(got.len(), 1, "{what}: one response and the connection closed: {got:?}");
+        assert!(got[0].starts_with("400 "), "{what}: {got:?}");
+        *want.entry(outcome).or_default() += 1.0;
+    }
+    for (outcome, n) in want {
+        assert_eq!(w.metric(&format!("roost_proxy_refused_total{{outcome=\"{outcome}\"}}")), n, "{outcome}");
+    }
+
+    // Connection cannot name the length away (the body would reach the app as a request)
+    let body = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let got = responses(
+        "127.0.0.61",
+        w.port,
+        format!(
+            "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: Content-Length, close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains(&format!("cl=[{}]", body.len())) && !got[0].contains("smuggled"), "{got:?}");
+
+    // what is framed clearly goes through: a chunked body (re-chunked, extensions dropped), a
+    // sized one, and pipelined requests each answered once, in order
+    let got = responses(
+        "127.0.0.62",
+        w.port,
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\n\
+          POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+          GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(got.len(), 3, "{got:?}");
+    for (r, uri) in got.iter().zip(["/a", "/b", "/c"]) {
+        assert!(r.starts_with("200 ") && r.contains(&format!("uri=[{uri}]")), "{r}");
+    }
+    assert!(got[0].contains("te=[chunked]"), "{}", got[0]);
+    assert!(got[1].contains("cl=[5]") && got[1].contains("te=[]"), "{}", got[1]);
+    // the proxy is still fine
+    assert_eq!(w.get("127.0.0.63", "/", "").status, 200);
+}
+
+#[test]
+fn internal_headers_in_any_spelling_and_connection_named_headers_do_not_reach_the_app() {
+    let w = Waffles::start(&redis(), "");
+    // the app's nginx folds `_` into `-` (underscores_in_headers on), as many servers do
+    let r = w.get(
+        "127.0.0.64",
+        "/",
+        "X_Roost_Verdict: spoofed1\r\nx-roost-verdict: spoofed2\r\nX-ROOST_VERDICT: spoofed3\r\nX-Secret: hop\r\nKeep-Alive: timeout=5\r\nConnection: X-Secret\r\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("verdict=[good]") && !r.body.contains("spoofed"), "{}", r.body);
+    assert!(r.body.contains("secret=[]"), "{}", r.body);
+    // nor a forwarding chain in a spelling the app's server folds into X-Forwarded-For
+    let r = w.get("127.0.0.64", "/", "X_Forwarded_For: 198.51.100.66\r\n");
+    assert!(r.body.contains("xff=[127.0.0.64]"), "{}", r.body);
+    // without Connection naming it, the same field is the app's
+    let r = w.get("127.0.0.64", "/", "X-Secret: end-to-end\r\n");
+    assert!(r.body.contains("secret=[end-to-end]"), "{}", r.body);
+}
+
+#[test]
+fn a_header_dribbled_a_byte_at_a_time_is_cut_at_the_total_deadline() {
+    // client_timeout 2 s: each byte comes sooner than that, the whole head never does
+    let w = Waffles::start(&redis(), "");
+    let mut s = connect_from("127.0.0.65", w.port);
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let t = Instant::now();
+    let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut sent = 0;
+    let mut closed = false;
+    for b in head {
+        if s.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        sent += 1;
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => panic!("an answer to half a head"),
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if t.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    assert!(closed, "still open after {sent} bytes and {:?}", t.elapsed());
+    assert!(sent >= 5, "cut after {sent} bytes: the deadline is total, not per byte");
+    assert!(t.elapsed() < Duration::from_secs(4), "cut off after {:?}", t.elapsed());
+}
+
+#[test]
+fn a_solution_redeemed_at_one_proxy_is_refused_at_every_other_and_one_client_cannot_stop_another() {
+    let a = Waffles::start(&redis(), "");
+    let b = Waffles::start_in(&redis(), "", None, false, Some(&a.prefix));
+    for ip in ["127.0.0.71", "127.0.0.72", "127.0.0.73"] {
+        a.set(ip, Class::Dubious, 0.0);
+    }
+    for w in [&a, &b] {
+        wait_for(Duration::from_secs(5), "the verdicts to arrive", || w.get("127.0.0.73", "/", "").status == 403);
+    }
+    let solved = |w: &Waffles, ip: &str| {
+        let page = w.get(ip, "/", "");
+        let token = field(&page.body, "t");
+        let n = solve(&token, bits(&page.body)).to_string();
+        form(&[("t", &token), ("n", &n), ("r", "/")])
+    };
+    // redeemed at b, then replayed at a (which has never seen it): refused, by Redis
+    let f = solved(&a, "127.0.0.71");
+    assert_eq!(post_form(&b, "127.0.0.71", &f).status, 303);
+    let replay = post_form(&a, "127.0.0.71", &f);
+    assert_eq!(replay.status, 403, "{replay:?}");
+    assert!(replay.body.contains("did not go through"));
+
+    // one client redeems as many solutions as it may hold at once, and more: it alone is
+    // refused (429), and another client redeems as before
+    let mut busy = 0;
+    for _ in 0..(roost_proxy::challenge::ReplayGuard::PER_CLIENT + 2) {
+        match post_form(&a, "127.0.0.72", &solved(&a, "127.0.0.72")).status {
+            303 => {}
+            429 => busy += 1,
+            s => panic!("{s}"),
+        }
+    }
+    assert_eq!(busy, 2);
+    assert_eq!(post_form(&a, "127.0.0.73", &solved(&a, "127.0.0.73")).status, 303);
 }
