@@ -391,6 +391,13 @@ mod tests {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("dnsmasq (scripts/install-test-deps.sh installs dnsmasq-base)");
+        // a query sent before dnsmasq listens is refused and not retried: wait until the port
+        // is dnsmasq's (bounded)
+        let up = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            assert!(std::time::Instant::now() < up, "dnsmasq did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let cfg = CrawlersConfig { verify: true, resolver: format!("127.0.0.1:{port}"), ..CrawlersConfig::default() };
         let v = Verifier::new(&cfg, true).unwrap();
         let c = v.claimed("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)").unwrap();
