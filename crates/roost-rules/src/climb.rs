@@ -16,13 +16,13 @@ use std::sync::LazyLock;
 use hashbrown::HashSet;
 
 /// Known operating-system and application files, lowercase, without a leading slash.
-static OS_FILES: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+static OS_FILES: LazyLock<HashSet<Box<str>>> = LazyLock::new(|| {
     [include_str!("../../../rules/data/lfi-os-files.data"), include_str!("../../../rules/data/os-files-roost.data")]
         .into_iter()
         .flat_map(str::lines)
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| &*Box::leak(l.trim_start_matches('/').to_ascii_lowercase().into_boxed_str()))
+        .map(|l| l.trim_start_matches('/').to_ascii_lowercase().into_boxed_str())
         .collect()
 });
 

@@ -15,16 +15,20 @@
 /// Words that are also common English are in [`COMMON`] and need shell-shaped arguments.
 const COMMANDS: &[&str] = &[
     "aria2c",
+    "attrib",
     "awk",
     "axel",
     "base32",
     "base64",
     "basenc",
     "bash",
+    "bcdedit",
+    "bitsadmin",
     "bsdtar",
     "busybox",
     "bzcat",
     "bzip2",
+    "cacls",
     "cc",
     "certutil",
     "chattr",
@@ -34,6 +38,7 @@ const COMMANDS: &[&str] = &[
     "chroot",
     "cmd",
     "crontab",
+    "cscript",
     "csh",
     "curl",
     "dash",
@@ -46,6 +51,7 @@ const COMMANDS: &[&str] = &[
     "eval",
     "exec",
     "fetch",
+    "findstr",
     "ftp",
     "gawk",
     "gcc",
@@ -58,6 +64,7 @@ const COMMANDS: &[&str] = &[
     "hexdump",
     "hostname",
     "htop",
+    "icacls",
     "id",
     "iex",
     "ifconfig",
@@ -90,8 +97,10 @@ const COMMANDS: &[&str] = &[
     "mongo",
     "msfconsole",
     "msfvenom",
+    "mshta",
     "mysql",
     "nawk",
+    "nbtstat",
     "nc",
     "ncat",
     "net",
@@ -125,12 +134,15 @@ const COMMANDS: &[&str] = &[
     "readlink",
     "redis-cli",
     "reg",
+    "regsvr32",
     "rlogin",
     "rm",
     "rsh",
     "rsync",
     "ruby",
+    "rundll32",
     "runuser",
+    "schtasks",
     "scp",
     "sed",
     "setsid",
@@ -147,6 +159,7 @@ const COMMANDS: &[&str] = &[
     "systemctl",
     "systeminfo",
     "tac",
+    "taskkill",
     "tasklist",
     "tclsh",
     "tcpdump",
@@ -164,9 +177,12 @@ const COMMANDS: &[&str] = &[
     "uuencode",
     "vi",
     "vim",
+    "vssadmin",
+    "wevtutil",
     "wget",
     "whoami",
     "wmic",
+    "wscript",
     "xargs",
     "xterm",
     "xxd",
@@ -180,9 +196,9 @@ const COMMANDS: &[&str] = &[
 /// unmistakable separator.
 const COMMON: &[&str] = &[
     "at", "cat", "cd", "cp", "cut", "date", "dd", "diff", "echo", "export", "file", "find", "fold", "groups", "head",
-    "host", "install", "kill", "last", "less", "ln", "make", "more", "mv", "nice", "nl", "od", "print", "rev",
-    "screen", "service", "set", "sleep", "sort", "split", "strings", "tail", "tar", "tee", "time", "timeout", "top",
-    "touch", "truncate", "type", "users", "watch", "which", "who", "whois", "write", "zip",
+    "history", "host", "install", "kill", "last", "less", "ln", "make", "more", "mv", "nice", "nl", "od", "print",
+    "rev", "screen", "service", "set", "sleep", "sort", "split", "strings", "tail", "tar", "tee", "time", "timeout",
+    "top", "touch", "truncate", "type", "users", "watch", "which", "who", "whois", "write", "zip",
 ];
 
 /// Commands that run the command after them (`time who`, `sudo -u x id`).
@@ -256,7 +272,7 @@ pub fn judge(decoded: &str, header: bool) -> Option<Found> {
         let first = decoded.split_whitespace().next()?;
         let word = first.rsplit('/').next().unwrap_or(first).trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
         let lower = word.to_ascii_lowercase();
-        let maybe = first.contains('/') && (first.contains('?') || first.contains('*'))
+        let maybe = first.contains('/') && (first.contains('?') || first.contains('*') || first.contains('['))
             || known(&lower)
             || PREFIX.contains(&lower.as_str());
         if !maybe {
@@ -392,7 +408,26 @@ fn command<'a>(sep: Sep, piece: &'a str) -> Option<Found> {
             return Some(Found { what: "a program named by a glob", word: first.into() });
         }
         let bin = ["bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "system32"];
-        if bin.iter().any(|d| dir.trim_start_matches('/') == *d) && (known(name) || glob(name)) {
+        // in a program's directory, a program spelled with bracket expressions: /bin/[c]at,
+        // /usr/bin/[w]ho[a]mi (each read as its first character)
+        let bracket = |s: &str| {
+            if !s.contains('[') {
+                return false;
+            }
+            let (mut out, mut rest) = (String::new(), s);
+            while let Some(i) = rest.find('[') {
+                out.push_str(&rest[..i]);
+                let Some(j) = rest[i..].find(']') else { return false };
+                match rest[i + 1..i + j].chars().next() {
+                    Some(c) if c != '!' && c != '^' => out.push(c),
+                    _ => return false,
+                }
+                rest = &rest[i + j + 1..];
+            }
+            out.push_str(rest);
+            known(&out)
+        };
+        if bin.iter().any(|d| dir.trim_start_matches('/') == *d) && (known(name) || glob(name) || bracket(name)) {
             return Some(Found { what: "a program named by its path", word: first.into() });
         }
         return None;
@@ -400,6 +435,15 @@ fn command<'a>(sep: Sep, piece: &'a str) -> Option<Found> {
     // arguments only a command line has: an option, an absolute or home path, a variable, a URL
     // (after an English word, a dash before a word is a search engine's exclusion, not an
     // option: `cat pictures -dogs`, `tee shirts -sale`)
+    // a Windows drive (`c:\windows`, its backslashes gone when unquoted: `c:windows`; a bare
+    // `c:` only after a program that is not an English word)
+    let drive = |a: &str| {
+        let b = a.as_bytes();
+        b.len() >= 2
+            && b[0].is_ascii_alphabetic()
+            && b[1] == b':'
+            && b[2..].iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'*' | b'?'))
+    };
     let exclusion = |a: &str| a.len() >= 5 && a.starts_with('-') && a[1..].bytes().all(|c| c.is_ascii_lowercase());
     let shaped = |first: &str, args: &[&str], english: bool| {
         args.iter().any(|a| {
@@ -409,6 +453,7 @@ fn command<'a>(sep: Sep, piece: &'a str) -> Option<Found> {
                 || a.starts_with('$')
                 || a.starts_with("http://")
                 || a.starts_with("https://")
+                || drive(a) && (!english || a.len() > 2)
         }) || (first == "sleep" || first == "ping") && args.first().is_some_and(|a| a.parse::<f64>().is_ok())
     };
     // `python3.10`: the program without its version
@@ -420,7 +465,9 @@ fn command<'a>(sep: Sep, piece: &'a str) -> Option<Found> {
     // `time who`, `sudo id`: the command after the prefix
     let mut prefixed = false;
     while PREFIX.contains(&first) && !args.is_empty() {
-        let Some(pos) = args.iter().position(|a| !a.starts_with('-')) else { break };
+        // options and their numbers (`timeout 5 id`, `nice -n 10 id`) come before the command
+        let number = |a: &str| a.trim_end_matches(['s', 'm', 'h', 'd']).parse::<f64>().is_ok();
+        let Some(pos) = args.iter().position(|a| !a.starts_with('-') && !number(a)) else { break };
         first = args[pos];
         args.drain(..=pos);
         prefixed = true;
@@ -532,6 +579,14 @@ mod tests {
             "cat -n /etc/hosts",
             "x;xxd /etc/shadow",
             "sort -rn $HOME/x",
+            ";timeout 5 id",
+            ";nice -n 10 id",
+            "& dir c:\\",
+            "| type c:\\windows\\win.ini",
+            "| findstr /si password *.txt",
+            ";history",
+            "/bin/[c]at /etc/passwd",
+            ";/usr/bin/[w]ho[a]mi",
         ] {
             assert!(judge(v, false).is_some(), "{v:?}");
         }
@@ -563,6 +618,16 @@ mod tests {
             "if a then b",
             "{a,b}",
             "add-content",
+            "date & time",
+            "dog & cat",
+            "python & perl",
+            "eat & sleep",
+            "plan b: cheaper",
+            "type a: or b:",
+            "timeout 5 minutes",
+            "history of rome",
+            "/docs/[id]/page",
+            "/bin/[draft] notes",
         ] {
             assert_eq!(judge(v, false), None, "{v:?}");
         }
