@@ -311,27 +311,11 @@ impl<'b> Hop<'b> {
 
     /// Whether the field `name` stays behind.
     pub fn drops(&self, name: &str) -> bool {
-        const HOP: [&str; 8] = [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "te",
-            "trailer",
-            "transfer-encoding",
-            "upgrade",
-            "http2-settings",
-        ];
         let n = name.as_bytes();
-        if HOP.iter().any(|h| n.eq_ignore_ascii_case(h.as_bytes())) || is_internal(n) {
-            return true;
+        if let Some(drop) = fixed(n) {
+            return drop;
         }
-        if KEPT.iter().any(|k| n.eq_ignore_ascii_case(k.as_bytes())) {
-            return false;
-        }
-        if self.named[..self.n].iter().any(|t| t.eq_ignore_ascii_case(n)) {
-            return true;
-        }
-        self.overflow && is_hop_or_internal(name, self.fields)
+        self.named[..self.n].iter().any(|t| t.eq_ignore_ascii_case(n)) || self.overflow && named(n, self.fields)
     }
 }
 
@@ -342,23 +326,28 @@ const KEPT: [&str; 2] = ["content-length", "host"];
 
 /// [`Hop::drops`] for a single field (looks the `Connection` fields up each time).
 pub fn is_hop_or_internal(name: &str, fields: &[httparse::Header<'_>]) -> bool {
-    const HOP: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "http2-settings",
-    ];
     let n = name.as_bytes();
+    fixed(n).unwrap_or_else(|| named(n, fields))
+}
+
+/// Hop-by-hop fields (RFC 9110 7.6.1, and what proxies and HTTP/2 upgrades add).
+const HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "http2-settings"];
+
+/// Whether field `n` goes (`Some(true)`: hop-by-hop or internal) or stays (`Some(false)`:
+/// [`KEPT`]) whatever `Connection` says; `None` when that depends on `Connection`.
+fn fixed(n: &[u8]) -> Option<bool> {
     if HOP.iter().any(|h| n.eq_ignore_ascii_case(h.as_bytes())) || is_internal(n) {
-        return true;
+        Some(true)
+    } else if KEPT.iter().any(|k| n.eq_ignore_ascii_case(k.as_bytes())) {
+        Some(false)
+    } else {
+        None
     }
-    if KEPT.iter().any(|k| n.eq_ignore_ascii_case(k.as_bytes())) {
-        return false;
-    }
+}
+
+/// Whether a `Connection` field among `fields` names `n`.
+fn named(n: &[u8], fields: &[httparse::Header<'_>]) -> bool {
     fields
         .iter()
         .filter(|f| f.name.eq_ignore_ascii_case("connection"))

@@ -115,6 +115,17 @@ async fn read_some<S: AsyncRead + Unpin>(
     }
 }
 
+/// [`read_some`] of a request body from the client: the client gone (0 bytes, an error) or late
+/// (`wait` passed) is the request's [`Fail`].
+async fn read_body(down: &mut Stream, buf: &mut Vec<u8>, limit: usize, wait: Duration) -> Result<usize, Fail> {
+    match read_some(down, buf, limit, wait).await {
+        Ok(0) => Err(Fail::Client),
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(Fail::ClientTimeout),
+        Err(_) => Err(Fail::Client),
+    }
+}
+
 /// Writes all of `buf` and flushes it, within `wait`: a peer that stops reading is let go.
 async fn put<S: tokio::io::AsyncWrite + Unpin + ?Sized>(s: &mut S, buf: &[u8], wait: Duration) -> std::io::Result<()> {
     let write = async {
@@ -467,12 +478,7 @@ async fn read_form(w: &Waffles, c: &mut Conn, down: &mut Stream, body: &Body) ->
             let n = n as usize;
             while c.buf.len() < n {
                 let want = n - c.buf.len();
-                match read_some(down, &mut c.buf, want, wait).await {
-                    Ok(0) => return Err(Fail::Client),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(Fail::ClientTimeout),
-                    Err(_) => return Err(Fail::Client),
-                }
+                read_body(down, &mut c.buf, want, wait).await?;
             }
             Ok(Some(c.buf.drain(..n).collect()))
         }
@@ -499,12 +505,7 @@ async fn read_form(w: &Waffles, c: &mut Conn, down: &mut Stream, body: &Body) ->
                 if dec.done() {
                     return Ok(Some(form));
                 }
-                match read_some(down, &mut c.buf, READ, wait).await {
-                    Ok(0) => return Err(Fail::Client),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(Fail::ClientTimeout),
-                    Err(_) => return Err(Fail::Client),
-                }
+                read_body(down, &mut c.buf, READ, wait).await?;
             }
         }
     }
@@ -583,9 +584,6 @@ async fn send_request(
 ) -> Result<(), Fail> {
     let upstream_err = |_| Fail::Upstream(502);
     let wait = w.cfg.client_timeout;
-    let client_err = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::TimedOut { Fail::ClientTimeout } else { Fail::Client }
-    };
     match body {
         Body::None | Body::UntilClose => put(up, out, w.cfg.upstream_timeout).await.map_err(upstream_err),
         Body::Length(n) => {
@@ -596,10 +594,7 @@ async fn send_request(
             left -= have as u64;
             put(up, out, w.cfg.upstream_timeout).await.map_err(upstream_err)?;
             while left > 0 {
-                let r = read_some(down, buf, left.min(READ as u64) as usize, wait).await.map_err(client_err)?;
-                if r == 0 {
-                    return Err(Fail::Client);
-                }
+                read_body(down, buf, left.min(READ as u64) as usize, wait).await?;
                 put(up, buf, w.cfg.upstream_timeout).await.map_err(upstream_err)?;
                 left -= buf.len() as u64;
                 buf.clear();
@@ -631,10 +626,7 @@ async fn send_request(
                 if dec.done() {
                     return Ok(());
                 }
-                let r = read_some(down, buf, READ, wait).await.map_err(client_err)?;
-                if r == 0 {
-                    return Err(Fail::Client);
-                }
+                read_body(down, buf, READ, wait).await?;
             }
         }
     }
