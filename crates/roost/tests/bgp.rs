@@ -26,23 +26,6 @@ fn verdicts_topic(name: &str) -> (roost_kafka::KafkaConfig, String) {
     (kafka, topic)
 }
 
-fn send_verdicts(kafka: &roost_kafka::KafkaConfig, records: &[(&str, &str, f32, i64)]) {
-    let p = roost_kafka::Producer::new(kafka, "bgp-test").unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        for (subject, to, rep, expires_in) in records {
-            let now = roost_proxy::now_ms();
-            let v = serde_json::json!({
-                "v": 1, "subject": subject, "at": now, "from": "good", "to": to, "cause": "evidence",
-                "reputation": rep, "requests": 20, "expires": now + expires_in,
-                "reasons": [{"source": "rule", "text": format!("R-5001 brute-force login ({subject})"), "weight": 1.0}],
-                "samples": []
-            });
-            p.send(&kafka.topics.verdicts, subject.as_bytes(), Some(v.to_string().as_bytes())).await.unwrap();
-        }
-    });
-}
-
 /// `roost bgp` (AS 65003, 127.0.0.4) following `topic`, peering with the gobgpd of `gobgpd()` on
 /// `bgp_port`; `extra` lines go into `[bgp]`.
 fn controller_config(

@@ -318,6 +318,42 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
     let all = store.load_all().unwrap();
     assert_eq!(all.len(), 1, "only the scanner is flagged: {all:?}");
 
+    // at a real router: the scanner's verdict, read from the verdicts topic by `roost bgp`, is
+    // refused a flowspec rule as possibly spoofed, while another dubious verdict on the same
+    // topic, from a rule's evidence, is diverted (so the mark survives the topic, and the
+    // controller is not merely silent)
+    let (bgp_port, api_port, bgp_listen) = (free_port(), free_port(), free_port());
+    let bgp_cfg = d.join("bgp.toml");
+    std::fs::write(
+        &bgp_cfg,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nverdicts = \"{requests}-verdicts\"\n[bgp]\nasn = 65003\n\
+             router_id = \"127.0.0.4\"\nhold_time = 9\nlisten = \"127.0.0.1:{bgp_listen}\"\nprotect = [\"192.0.2.0/24\"]\n\
+             peers = [{{ address = \"127.0.0.1:{bgp_port}\", local_address = \"127.0.0.4\", peer_as = 65000 }}]\n",
+            kafka()
+        ),
+    )
+    .unwrap();
+    let router = gobgpd(d, bgp_port, api_port);
+    let _bgp = Proc::roost("roost bgp", &bgp_cfg, "bgp");
+    wait_for(Duration::from_secs(30), "the BGP session", || metric(bgp_listen, "roost_bgp_session_up") == Some(1.0));
+    let vcfg = roost_kafka::KafkaConfig {
+        brokers: kafka(),
+        topics: roost_kafka::Topics { verdicts: format!("{requests}-verdicts"), ..Default::default() },
+        ..Default::default()
+    };
+    send_verdicts(&vcfg, &[("203.0.113.201", "dubious", -0.3, 3_600_000)]);
+    wait_for(Duration::from_secs(30), "the rule-evidence verdict's flowspec rule", || {
+        rib(api_port, "ipv4-flowspec").contains("[source: 203.0.113.201/32]")
+    });
+    wait_for(Duration::from_secs(15), "the scanner's verdict refused as spoofable", || {
+        metric(bgp_listen, "roost_bgp_rules_refused{reason=\"spoofable\"}") == Some(1.0)
+    });
+    let v4 = rib(api_port, "ipv4-flowspec");
+    assert!(!v4.contains("203.0.113.200"), "a possibly spoofed source was diverted: {v4}");
+    assert_eq!(metric(bgp_listen, "roost_bgp_rules_planned"), Some(1.0));
+    drop(router);
+
     // an export from an address not in flows.exporters (127.0.0.2 is loopback too): counted
     // and dropped before decoding
     assert_eq!(metric(metrics_port, "roost_flows_foreign_datagrams_total"), Some(0.0));

@@ -372,3 +372,22 @@ pub const ERROR_LOG_CASES: [(&str, &str); 4] = [
     ("203.0.113.43", r#"limiting requests, excess: 10.520 by zone "one""#),
     ("203.0.113.44", "client sent invalid request while reading client request line"),
 ];
+
+/// Verdict changes on `kafka`'s verdicts topic, as the scorer writes them: (subject, class,
+/// reputation, expires in ms), each for a rule's evidence.
+pub fn send_verdicts(kafka: &roost_kafka::KafkaConfig, records: &[(&str, &str, f32, i64)]) {
+    let p = roost_kafka::Producer::new(kafka, "bgp-test").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        for (subject, to, rep, expires_in) in records {
+            let now = roost_proxy::now_ms();
+            let v = serde_json::json!({
+                "v": 1, "subject": subject, "at": now, "from": "good", "to": to, "cause": "evidence",
+                "reputation": rep, "requests": 20, "expires": now + expires_in,
+                "reasons": [{"source": "rule", "text": format!("R-5001 brute-force login ({subject})"), "weight": 1.0}],
+                "samples": []
+            });
+            p.send(&kafka.topics.verdicts, subject.as_bytes(), Some(v.to_string().as_bytes())).await.unwrap();
+        }
+    });
+}
