@@ -328,7 +328,7 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
         &bgp_cfg,
         format!(
             "[kafka]\nbrokers = \"{}\"\n[kafka.topics]\nverdicts = \"{requests}-verdicts\"\n[bgp]\nasn = 65003\n\
-             router_id = \"127.0.0.4\"\nhold_time = 9\nlisten = \"127.0.0.1:{bgp_listen}\"\nprotect = [\"192.0.2.0/24\"]\n\
+             router_id = \"127.0.0.4\"\nhold_time = 9\nlisten = \"127.0.0.1:{bgp_listen}\"\nprotect = [\"192.0.2.0/24\"]\nallowlist = []\n\
              peers = [{{ address = \"127.0.0.1:{bgp_port}\", local_address = \"127.0.0.4\", peer_as = 65000 }}]\n",
             kafka()
         ),
@@ -349,8 +349,16 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
     wait_for(Duration::from_secs(15), "the scanner's verdict refused as spoofable", || {
         metric(bgp_listen, "roost_bgp_rules_refused{reason=\"spoofable\"}") == Some(1.0)
     });
+    // and the router itself, or roost's own BGP address, can never be diverted: bad verdicts on
+    // them (forged evidence, a mistake) are refused as allowlisted with the allowlist empty (it
+    // holds loopback by default)
+    send_verdicts(&vcfg, &[("127.0.0.1", "bad", -0.9, 3_600_000), ("127.0.0.4", "bad", -0.9, 3_600_000)]);
+    wait_for(Duration::from_secs(15), "the router's and roost's addresses refused", || {
+        metric(bgp_listen, "roost_bgp_rules_refused{reason=\"allowlisted\"}") == Some(2.0)
+    });
     let v4 = rib(api_port, "ipv4-flowspec");
     assert!(!v4.contains("203.0.113.200"), "a possibly spoofed source was diverted: {v4}");
+    assert!(!v4.contains("127.0.0."), "a router or roost itself was diverted: {v4}");
     assert_eq!(metric(bgp_listen, "roost_bgp_rules_planned"), Some(1.0));
     drop(router);
 

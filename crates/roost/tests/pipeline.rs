@@ -673,3 +673,47 @@ fn an_error_log_through_tail_and_score_ends_with_replays_verdicts() {
         assert!(format!("{:?}", all[ip]).contains(&words.replace('"', "\\\"")), "{ip}: {:?}", all[ip]);
     }
 }
+
+/// A record dated 49 days ahead (a router's uptime counter wrapped, a forged or mis-clocked log
+/// line) ends nothing early: `roost score` takes it as dated now (plus `score.max_clock_skew`),
+/// counts it, and the verdict of the client it names stays in force in Redis, with its expiry
+/// where it was, after a later ordinary record through the same partition.
+#[test]
+fn a_future_dated_record_ends_no_verdict_early() {
+    let s = Setup::new("future");
+    let tail_cfg = s.config("tail", &["access.log"], free_port());
+    let port = free_port();
+    let score_cfg = s.config("score", &[], port);
+    let log = s.path("access.log");
+    let ip = "198.51.100.51";
+    let now = unix_now();
+    for p in
+        ["/.env", "/.git/config", "/phpmyadmin/", "/backup.sql", "/admin.php", "/server-status", "/wp-config.php.bak"]
+    {
+        append(&log, &clf_line(ip, "GET", p, 404, "scanner", now));
+    }
+    let _tail = Proc::roost("tail", &tail_cfg, "tail");
+    let _score = Proc::roost("score", &score_cfg, "score");
+    let verdict = |store: &mut Store| store.load_all().ok().and_then(|all| all.get(ip).cloned());
+    let mut store = s.store();
+    wait_for(Duration::from_secs(60), "the prober's verdict", || {
+        verdict(&mut store).is_some_and(|v| v.verdict.as_str() == "bad")
+    });
+    let before = verdict(&mut store).unwrap();
+    assert_eq!(metric(port, "roost_score_clamped_times_total"), Some(0.0));
+
+    // the same client (so the same partition), 49 days ahead; then an ordinary line after it
+    append(&log, &clf_line(ip, "GET", "/", 200, "scanner", now + 49 * 86_400));
+    wait_for(Duration::from_secs(30), "the future-dated record to be taken as now", || {
+        metric(port, "roost_score_clamped_times_total") == Some(1.0)
+    });
+    append(&log, &clf_line(ip, "GET", "/index.html", 200, "scanner", unix_now()));
+    wait_for(Duration::from_secs(30), "the ordinary record after it", || {
+        metric(port, "roost_score_events_total").is_some_and(|n| n >= 9.0)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let after = verdict(&mut store).expect("the verdict is still in Redis");
+    assert_eq!(after.verdict.as_str(), "bad", "{after:?}");
+    assert_eq!(after.expires, before.expires, "the verdict's expiry moved: {before:?} → {after:?}");
+    assert_eq!(metric(port, "roost_score_clamped_times_total"), Some(1.0));
+}
