@@ -24,10 +24,13 @@ fn shared(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/feeds").join(name)
 }
 
+/// A child in its own process group, killed with the group (an nginx master and its workers).
 struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -54,8 +57,10 @@ fn nginx(dir: &Path, www: &Path) -> (Killed, u16) {
         ),
     )
     .unwrap();
+    use std::os::unix::process::CommandExt;
     let child = Command::new("/usr/sbin/nginx")
         .args(["-p", &dir.display().to_string(), "-c", &conf.display().to_string()])
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -39,7 +39,9 @@ pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// A child process, killed when dropped, its stderr echoed with a prefix (shown on failure).
+/// A child process, killed when dropped with every process it started (its process group: an
+/// nginx master's workers, a browser's renderers), its stderr echoed with a prefix (shown on
+/// failure).
 pub struct Proc {
     pub child: Child,
     pub name: String,
@@ -47,8 +49,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        let mut child =
-            cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{name}: {e}"));
+        use std::os::unix::process::CommandExt;
+        let mut child = cmd
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let err = child.stderr.take().unwrap();
         let tag = name.to_owned();
         std::thread::spawn(move || {
@@ -71,6 +78,15 @@ impl Proc {
 
     pub fn sigkill(mut self) {
         eprintln!("[test] SIGKILL {}", self.name);
+        self.kill_group();
+    }
+
+    /// SIGKILL to the process and its group (what it started and did not move elsewhere).
+    fn kill_group(&mut self) {
+        // the group outlives its leader while any member lives (nginx workers whose master
+        // died): killed by the leader's pid, which is the group's id
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -93,8 +109,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill_group();
     }
 }
 
