@@ -7,6 +7,9 @@
 #   received  = records the collector decoded (roost: roost_flows_records_total; nfcapd: nfdump -I)
 #   published = roost only: records acknowledged by the broker (tansu, in memory, on loopback)
 #               once the queue drained (nfcapd writes local files instead)
+#   CPU µs/flow = the collector's CPU (% of one core, over the send) per flow sent
+#   skipped by features = roost only: records the features thread was too far behind to take
+#               (roost_flows_features_skipped_total; published all the same)
 # First a correctness pass (50k flows/s, every record once: the exact counts flows-setup.sh
 # checks), then the RATES ramp per version. Needs root (sysctl net.core.rmem_max) and
 # `bash ../shared/peers/setup.sh flows && bash ../shared/peers/flows-setup.sh` (WORK=/tmp/roost-peers).
@@ -81,8 +84,8 @@ done
 
 echo
 echo "== throughput (DUR=${DUR}s per run)"
-echo "| version | rate (flows/s) | collector | sent | achieved rate | received | loss | kernel drops | published (roost) | published/s | CPU % |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| version | rate (flows/s) | collector | sent | achieved rate | received | loss | kernel drops | published (roost) | published/s | CPU % | CPU µs/flow | skipped by features |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for v in $VERSIONS; do
   for r in $RATES; do
     # roost
@@ -96,7 +99,9 @@ for v in $VERSIONS; do
     loss=$(python3 -c "print('%.2f %%' % (100 * (1 - $recv / $sent)))")
     ach=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["achieved_rate"])' "$RUN/roost-v$v-$r.json")
     kd=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kernel_drops"])' "$RUN/roost-v$v-$r.json")
-    echo "| v$v | $r | roost | $sent | $ach | $recv | $loss | $kd | $pub | $pubs | $cpu |"
+    skip=$(metric "$MP" roost_flows_features_skipped_total)
+    per=$(python3 -c "print('%.2f' % ($cpu * 10000 / $ach))")
+    echo "| v$v | $r | roost | $sent | $ach | $recv | $loss | $kd | $pub | $pubs | $cpu | $per | $skip |"
     kill "$RP"; wait "$RP" 2>/dev/null || true
     # nfcapd
     D="$RUN/nfcapd-v$v-$r"; mkdir -p "$D"; NP_PORT=$((25000 + RANDOM % 2000))
@@ -110,7 +115,8 @@ for v in $VERSIONS; do
     loss=$(python3 -c "print('%.2f %%' % (100 * (1 - ${recv:-0} / $sent)))")
     ach=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["achieved_rate"])' "$RUN/nfcapd-v$v-$r.json")
     kd=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kernel_drops"])' "$RUN/nfcapd-v$v-$r.json")
-    echo "| v$v | $r | nfcapd | $sent | $ach | $recv | $loss | $kd | – | – | $cpu |"
+    per=$(python3 -c "print('%.2f' % ($cpu * 10000 / $ach))")
+    echo "| v$v | $r | nfcapd | $sent | $ach | $recv | $loss | $kd | – | – | $cpu | $per | – |"
   done
 done
 echo "runs in $RUN"

@@ -6,14 +6,17 @@
 //! (`roost_flows::topic`: goflow2's protobuf messages, length-delimited) keyed by the exporter. A
 //! publishing thread sends them.
 //!
-//! With `flows.features.enabled` (the default) the receivers also keep per-source windows
-//! (`roost_flows::features`; one set shared by every socket, locked once per datagram): port scans, host sweeps, SYN floods and handshakes that never
-//! complete become evidence events on the requests topic, keyed like the source's requests, so
+//! With `flows.features.enabled` (the default) the receivers hand each datagram's records to one
+//! features thread, which keeps per-source windows (`roost_flows::features`; one set for every
+//! socket, so a source's flows count together whichever exporter sent them): port scans, host
+//! sweeps, SYN floods and handshakes that never complete become evidence events on the requests topic, keyed like the source's requests, so
 //! the scorer that owns the source's partition weighs them in offset order with its requests.
 //! The windows see what this collector receives: send the exports of every router that sees a
 //! source to one collector (or accept that each counts its own share).
 //!
-//! The receiver never waits on Kafka: the kernel would drop datagrams meanwhile. Records wait in
+//! The receiver never waits on Kafka nor on the features thread: the kernel would drop datagrams
+//! meanwhile. Records the features thread is too far behind to take (`flows.queue` of them
+//! waiting) are left out of the windows and counted in `roost_flows_features_skipped_total`. Records wait in
 //! a bounded queue (`flows.queue`); when it is full (Kafka away or slow) further records are
 //! dropped and counted in `roost_flows_dropped_total`, as a router drops flows when its export
 //! buffer is full. Undecodable datagrams are counted by exporter and reason, logged (at most
@@ -22,9 +25,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -34,7 +37,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use roost_flows::features::FlowFeatures;
-use roost_flows::{Decoder, DecoderConfig};
+use roost_flows::{Decoder, DecoderConfig, FlowRecord};
 
 use crate::config::{Config, FlowsConfig};
 use crate::runtime::{self, Shutdown};
@@ -120,6 +123,7 @@ struct Metrics {
     evidence: Family<KindLabel, Counter>,
     publish_errors: Counter,
     dropped: Counter,
+    skipped: Counter,
     queued: Gauge,
     exporters: Gauge,
 }
@@ -165,6 +169,11 @@ impl Metrics {
         );
         r.register("publish_errors", "Failed sends to Kafka (retried)", self.publish_errors.clone());
         r.register("dropped", "Flow records dropped because the queue to Kafka was full", self.dropped.clone());
+        r.register(
+            "features_skipped",
+            "Flow records left out of the features windows because the features thread was behind",
+            self.skipped.clone(),
+        );
         r.register("queued_records", "Flow records waiting for Kafka", self.queued.clone());
         r.register("exporters", "Exporters (and observation domains) with templates held", self.exporters.clone());
     }
@@ -195,9 +204,21 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let queued = Arc::new(std::sync::atomic::AtomicI64::new(0));
 
     let mut threads = Vec::new();
-    // one set of windows for every socket: a source's flows count together whichever
-    // exporter, and so whichever socket, they came through (locked once per datagram)
-    let features = f.features.enabled.then(|| Arc::new(Mutex::new(FlowFeatures::new(f.features.clone()))));
+    // one set of windows for every socket, on a thread of its own: a source's flows count
+    // together whichever exporter, and so whichever socket, they came through, and the
+    // receivers never wait for a lock
+    let features = if f.features.enabled {
+        let (ftx, frx) = sync_channel::<Vec<FlowRecord>>(f.queue.div_ceil(32).max(16));
+        let (feat, tx, metrics) = (FlowFeatures::new(f.features.clone()), tx.clone(), metrics.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("roost-flows-features".into())
+                .spawn(move || keep_windows(feat, frx, tx, &metrics))?,
+        );
+        Some(ftx)
+    } else {
+        None
+    };
     let receivers = match f.receivers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -217,6 +238,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(listen = %addr, receivers, "roost flows: receiving NetFlow v5/v9 and IPFIX");
     }
     drop(tx);
+    drop(features);
     {
         let (kafka, metrics, stop, queued) = (cfg.kafka.clone(), metrics.clone(), shutdown.flag(), queued.clone());
         let ipv6_prefix = cfg.engine.ipv6_prefix;
@@ -282,10 +304,48 @@ fn accepted(exporters: &[ipnetwork::IpNetwork], a: IpAddr) -> bool {
     exporters.is_empty() || exporters.iter().any(|n| n.contains(a.to_canonical()))
 }
 
+/// The features thread: every source's windows, fed each datagram's records by the receivers;
+/// the evidence they complete goes to the publisher. Ends when every receiver has.
+fn keep_windows(mut feat: FlowFeatures, rx: Receiver<Vec<FlowRecord>>, tx: SyncSender<Vec<Out>>, m: &Metrics) {
+    let mut found = Vec::new();
+    let mut last_prune = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(records) => {
+                for r in &records {
+                    feat.observe(r, &mut found);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if !found.is_empty() {
+            let batch = found
+                .drain(..)
+                .map(|e| {
+                    let kind = e.source.strip_prefix("flow:").unwrap_or(&e.source).to_owned();
+                    m.evidence.get_or_create(&KindLabel { kind }).inc();
+                    tracing::info!(client = %e.client, source = %e.source, detail = %e.detail, "flow evidence");
+                    Out::Evidence(e)
+                })
+                .collect();
+            // evidence is rare and must not be lost: this thread may wait for the publisher
+            if tx.send(batch).is_err() {
+                return;
+            }
+        }
+        if last_prune.elapsed() >= Duration::from_secs(60) {
+            last_prune = Instant::now();
+            feat.expire(runtime::wall_now());
+            m.sources.set(feat.tracked() as i64);
+        }
+    }
+}
+
 fn receive(
     sock: UdpSocket,
     f: &FlowsConfig,
-    features: Option<Arc<Mutex<FlowFeatures>>>,
+    features: Option<SyncSender<Vec<FlowRecord>>>,
     tx: SyncSender<Vec<Out>>,
     m: &Metrics,
     stop: &AtomicBool,
@@ -304,8 +364,6 @@ fn receive(
     let (mut in_batch, mut scratch) = (0usize, Vec::with_capacity(128));
     // flows-topic records being filled, per source bucket: (encoded records, how many)
     let mut buckets: Vec<(Vec<u8>, usize)> = (0..BUCKETS).map(|_| (Vec::new(), 0)).collect();
-    let features = features.as_deref();
-    let mut found = Vec::new();
     let host = runtime::hostname();
     let (mut letters, mut letters_since) = (0u32, Instant::now());
     let mut last_send = Instant::now();
@@ -378,21 +436,6 @@ fn receive(
                     tracing::warn!(exporter = %from, reason = %e, bytes = n, head, "undecodable NetFlow/IPFIX datagram");
                 }
             }
-            if let Some(feat) = features
-                && !out.records.is_empty()
-            {
-                let mut feat = feat.lock().expect("features lock");
-                for r in &out.records {
-                    feat.observe(r, &mut found);
-                }
-                drop(feat);
-                for e in found.drain(..) {
-                    let kind = e.source.strip_prefix("flow:").unwrap_or(&e.source).to_owned();
-                    m.evidence.get_or_create(&KindLabel { kind }).inc();
-                    tracing::info!(client = %e.client, source = %e.source, detail = %e.detail, "flow evidence");
-                    batch.push(Out::Evidence(e));
-                }
-            }
             for r in &out.records {
                 let b = bucket(r.src);
                 let (value, n) = &mut buckets[b];
@@ -404,6 +447,18 @@ fn receive(
                 if value.len() >= RECORD_BYTES {
                     in_batch += *n;
                     batch.push(Out::Flows { bucket: b, records: std::mem::take(n), value: std::mem::take(value) });
+                }
+            }
+            if let Some(feat) = &features
+                && !out.records.is_empty()
+            {
+                let k = out.records.len() as u64;
+                match feat.try_send(out.records) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        m.skipped.inc_by(k);
+                    }
+                    Err(TrySendError::Disconnected(_)) => return,
                 }
             }
         }
@@ -432,11 +487,6 @@ fn receive(
             last_prune = Instant::now();
             decoder.prune(now, f.template_ttl);
             m.exporters.set(decoder.exporters() as i64);
-            if let Some(feat) = features {
-                let mut feat = feat.lock().expect("features lock");
-                feat.expire(now);
-                m.sources.set(feat.tracked() as i64);
-            }
         }
     }
 }
