@@ -9,19 +9,21 @@
 //! With `flows.features.enabled` (the default) the receivers hand each datagram's records to one
 //! features thread, which keeps per-source windows (`roost_flows::features`; one set for every
 //! socket, so a source's flows count together whichever exporter sent them): port scans, host
-//! sweeps, SYN floods and handshakes that never complete become evidence events on the requests topic, keyed like the source's requests, so
-//! the scorer that owns the source's partition weighs them in offset order with its requests.
+//! sweeps, SYN floods and handshakes that never complete become evidence events on the requests
+//! topic, keyed like the source's requests, so the scorer that owns the source's partition
+//! weighs them in offset order with its requests.
 //! The windows see what this collector receives: send the exports of every router that sees a
 //! source to one collector (or accept that each counts its own share).
 //!
 //! The receiver never waits on Kafka nor on the features thread: the kernel would drop datagrams
-//! meanwhile. Records the features thread is too far behind to take (`flows.queue` of them
-//! waiting) are left out of the windows and counted in `roost_flows_features_skipped_total`. Records wait in
-//! a bounded queue (`flows.queue`); when it is full (Kafka away or slow) further records are
-//! dropped and counted in `roost_flows_dropped_total`, as a router drops flows when its export
-//! buffer is full. Undecodable datagrams are counted by exporter and reason, logged (at most
-//! once a second per exporter), and kept on the dead-letter topic (hex, up to 100 a second;
-//! beyond that only counted), so a new exporter's dialect can be looked at after the fact.
+//! meanwhile. Records the features thread is too far behind to take (about `flows.queue` of
+//! them waiting) are left out of the windows, published all the same, and counted in
+//! `roost_flows_features_skipped_total`. Records wait for Kafka in a bounded queue
+//! (`flows.queue`); when it is full (Kafka away or slow) further records are dropped and counted in
+//! `roost_flows_dropped_total`, as a router drops flows when its export buffer is full. Undecodable
+//! datagrams are counted by exporter and reason, logged (at most once a second per exporter), and
+//! kept on the dead-letter topic (hex, up to 100 a second; beyond that only counted), so a new
+//! exporter's dialect can be looked at after the fact.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
