@@ -696,22 +696,35 @@ impl Drop for Dns {
 }
 
 fn dnsmasq(records: &[&str]) -> (Dns, u16) {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut cmd = Command::new("/usr/sbin/dnsmasq");
-    cmd.args(["--keep-in-foreground", "--bind-interfaces", "--listen-address=127.0.0.1", "--no-resolv", "--no-hosts"])
-        .args(["--conf-file=/dev/null", "--pid-file=", "--user=root", "--log-facility=-"])
-        .arg(format!("--port={port}"))
-        .args(records)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let child = cmd.spawn().expect("dnsmasq (scripts/install-test-deps.sh installs dnsmasq-base)");
-    // listening once it answers a TCP connection on the port
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "dnsmasq did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    // the port is free for UDP when picked; its TCP twin, or the port itself a moment later,
+    // may be another test's: dnsmasq then exits at once, and another port is tried
+    for _ in 0..5 {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut cmd = Command::new("/usr/sbin/dnsmasq");
+        cmd.args(["--keep-in-foreground", "--bind-interfaces", "--listen-address=127.0.0.1", "--no-resolv"])
+            .args(["--no-hosts", "--conf-file=/dev/null", "--pid-file=", "--user=root", "--log-facility=-"])
+            .arg(format!("--port={port}"))
+            .args(records)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("dnsmasq (scripts/install-test-deps.sh installs dnsmasq-base)");
+        // listening once it answers a TCP connection on the port
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (Dns(child), port);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut why = String::new();
+                let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut why);
+                eprintln!("[test] dnsmasq on port {port} exited ({status}): {why}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "dnsmasq did not start on port {port}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
-    (Dns(child), port)
+    panic!("dnsmasq did not start on any of 5 ports");
 }
 
 /// Crawler verification by forward-confirmed reverse DNS, against a real DNS server: the real
