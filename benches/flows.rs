@@ -109,13 +109,13 @@ fn bench(c: &mut Criterion) {
         });
         let mut f = FlowFeatures::new(FeaturesConfig::default());
         let mut found = Vec::new();
-        let (mut value, mut scratch) = (Vec::new(), Vec::new());
+        let mut value = Vec::new();
         g.bench_function(format!("decode_encode_features_{name}"), |b| {
             b.iter(|| {
                 i = (i + 1) % datagrams.len();
                 let out = d.decode(exporter, &datagrams[i], Timestamp(0));
                 value.clear();
-                roost_flows::topic::encode_into(&out.records, &mut value, &mut scratch);
+                roost_flows::topic::encode_into(&out.records, &mut value);
                 for r in &out.records {
                     f.observe(r, &mut found);
                 }

@@ -57,7 +57,7 @@ receive_buffer_bytes = $RMEM
 queue = 4000000
 metrics_listen = "127.0.0.1:$MP"
 CONF
-  ROOST_LOG=warn target/release/roost --config "$RUN/$1.toml" flows > "$RUN/$1.log" 2>&1 &
+  ROOST_LOG=warn "${ROOST_BIN:-target/release/roost}" --config "$RUN/$1.toml" flows > "$RUN/$1.log" 2>&1 &
   RP=$!; PIDS+=("$RP")
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$MP/healthz" >/dev/null && return; sleep 0.1; done
   echo "roost flows did not start"; cat "$RUN/$1.log"; exit 1

@@ -109,6 +109,15 @@ pub struct Decoded {
     pub version: u16,
 }
 
+impl Decoded {
+    /// Empty, its buffers kept.
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.errors.clear();
+        (self.template_misses, self.clamped, self.templates, self.version) = (0, 0, 0, 0);
+    }
+}
+
 /// Limits of the decoder (`[flows]` in the config).
 #[derive(Clone, Debug)]
 pub struct DecoderConfig {
@@ -157,20 +166,28 @@ impl Decoder {
     /// Decodes one datagram from `exporter`, received at `received`.
     pub fn decode(&mut self, exporter: SocketAddr, datagram: &[u8], received: Timestamp) -> Decoded {
         let mut out = Decoded::default();
+        self.decode_into(exporter, datagram, received, &mut out);
+        out
+    }
+
+    /// [`Decoder::decode`] into `out`, which is cleared first: a collector that keeps one
+    /// [`Decoded`] reuses its buffers instead of allocating for every datagram.
+    pub fn decode_into(&mut self, exporter: SocketAddr, datagram: &[u8], received: Timestamp, out: &mut Decoded) {
+        out.clear();
         if datagram.len() < 4 {
             out.errors.push((DecodeError::Truncated, 1));
-            return out;
+            return;
         }
         let version = u16::from_be_bytes([datagram[0], datagram[1]]);
         out.version = version;
         if !matches!(version, 5 | 9 | 10) {
             out.errors.push((DecodeError::UnsupportedVersion, 1));
-            return out;
+            return;
         }
         if version != 5 {
-            self.templates.decode(exporter, datagram, received, version == 10, &mut out);
-            self.clamp(&mut out, received);
-            return out;
+            self.templates.decode(exporter, datagram, received, version == 10, out);
+            self.clamp(out, received);
+            return;
         }
         let result = self.parsers.parse_from_source(exporter, datagram);
         if result.error.is_some() {
@@ -208,8 +225,7 @@ impl Decoder {
                 _ => out.errors.push((DecodeError::UnsupportedVersion, 1)),
             }
         }
-        self.clamp(&mut out, received);
-        out
+        self.clamp(out, received);
     }
 
     /// No flow ends after its datagram arrived (give or take the clocks' skew), and none

@@ -12,7 +12,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use prost::encoding::{WireType, encoded_len_varint, key_len};
 
 use crate::FlowRecord;
 
@@ -87,47 +87,104 @@ fn ns(ms: Option<i64>) -> u64 {
     ms.and_then(|m| u64::try_from(m).ok()).map_or(0, |m| m.saturating_mul(NS))
 }
 
-/// Appends `records` to `out`, each a length-delimited `FlowMessage`. `scratch` is reused
-/// between calls (one message at a time is built in it).
-pub fn encode_into(records: &[FlowRecord], out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+/// Appends `records` to `out`, each a length-delimited `FlowMessage`.
+pub fn encode_into(records: &[FlowRecord], out: &mut Vec<u8>) {
     for r in records {
-        scratch.clear();
-        encode_message(r, scratch);
-        encode_varint(scratch.len() as u64, out);
-        out.extend_from_slice(scratch);
+        let mut m = MessageBuf::new();
+        encode_message(r, &mut m);
+        out.extend_from_slice(m.length_delimited());
     }
 }
 
 /// `records` as one flows-topic value.
 pub fn encode(records: &[FlowRecord]) -> Vec<u8> {
     let mut out = Vec::with_capacity(records.len() * 72);
-    encode_into(records, &mut out, &mut Vec::with_capacity(96));
+    encode_into(records, &mut out);
     out
 }
 
-fn uint(tag: u32, v: u64, buf: &mut Vec<u8>) {
+/// One message built on the stack, two bytes left free before it for its length: appending a
+/// few bytes at a time to a `Vec` (prost's way) costs a capacity check and a `memmove` call
+/// each, most of the encoder's time at line rate.
+struct MessageBuf {
+    b: [u8; MESSAGE_BYTES],
+    n: usize,
+}
+
+/// Two bytes of length, then the longest message (checked by a test against
+/// [`max_encoded_len`]).
+const MESSAGE_BYTES: usize = 256;
+
+impl MessageBuf {
+    fn new() -> MessageBuf {
+        MessageBuf { b: [0; MESSAGE_BYTES], n: 2 }
+    }
+
+    #[inline]
+    fn byte(&mut self, x: u8) {
+        self.b[self.n] = x;
+        self.n += 1;
+    }
+
+    #[inline]
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    #[inline]
+    fn bytes<const N: usize>(&mut self, x: [u8; N]) {
+        self.b[self.n..self.n + N].copy_from_slice(&x);
+        self.n += N;
+    }
+
+    /// The message with its varint length before it (a message is below 2^14 bytes).
+    fn length_delimited(&mut self) -> &[u8] {
+        let len = self.n - 2;
+        if len < 0x80 {
+            self.b[1] = len as u8;
+            &self.b[1..self.n]
+        } else {
+            self.b[0] = len as u8 | 0x80;
+            self.b[1] = (len >> 7) as u8;
+            &self.b[..self.n]
+        }
+    }
+}
+
+#[inline]
+fn key(tag: u32, wire: WireType, m: &mut MessageBuf) {
+    m.varint(u64::from(tag) << 3 | wire as u64);
+}
+
+#[inline]
+fn uint(tag: u32, v: u64, m: &mut MessageBuf) {
     // proto3: zero is the default, left out
     if v != 0 {
-        encode_key(tag, WireType::Varint, buf);
-        encode_varint(v, buf);
+        key(tag, WireType::Varint, m);
+        m.varint(v);
     }
 }
 
-fn addr(tag: u32, a: IpAddr, buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, buf);
+#[inline]
+fn addr(tag: u32, a: IpAddr, m: &mut MessageBuf) {
+    key(tag, WireType::LengthDelimited, m);
     match a {
         IpAddr::V4(v4) => {
-            encode_varint(4, buf);
-            buf.extend_from_slice(&v4.octets());
+            m.byte(4);
+            m.bytes(v4.octets());
         }
         IpAddr::V6(v6) => {
-            encode_varint(16, buf);
-            buf.extend_from_slice(&v6.octets());
+            m.byte(16);
+            m.bytes(v6.octets());
         }
     }
 }
 
-fn encode_message(r: &FlowRecord, buf: &mut Vec<u8>) {
+fn encode_message(r: &FlowRecord, buf: &mut MessageBuf) {
     uint(1, flow_type(r.version), buf);
     uint(3, u64::from(r.sampling), buf);
     addr(6, r.src, buf);
@@ -251,6 +308,30 @@ mod tests {
         assert_eq!(m.time_flow_start_ns, 1_700_000_000_000 * NS);
         assert_eq!(m.sampler_address, [192, 0, 2, 1]);
         assert_eq!(m.encode_length_delimited_to_vec(), v, "the same bytes as prost's own encoder");
+    }
+
+    /// A message of 128 bytes or more takes a two-byte length: the in-place encoder moves it up
+    /// a byte, and the bytes stay prost's.
+    #[test]
+    fn a_long_message_takes_a_two_byte_length() {
+        let big = FlowRecord {
+            exporter: "[2001:db8::1]:9995".parse().unwrap(),
+            domain: u32::MAX,
+            packets: u64::MAX,
+            sampling: u32::MAX,
+            ..record("2001:db8::5", Some(i64::MAX / 1_000_000))
+        };
+        let small = record("203.0.113.5", Some(1_700_000_000_000));
+        let v = encode(&[small.clone(), big.clone(), small.clone()]);
+        let mut m = FlowMessage::decode_length_delimited(&v[..]).unwrap().encode_length_delimited_to_vec();
+        let at = m.len();
+        let long = FlowMessage::decode_length_delimited(&v[at..]).unwrap();
+        assert!(long.encoded_len() >= 0x80, "{} bytes", long.encoded_len());
+        m.extend(long.encode_length_delimited_to_vec());
+        m.extend(FlowMessage::decode_length_delimited(&v[m.len()..]).unwrap().encode_length_delimited_to_vec());
+        assert_eq!(m, v, "the same bytes as prost's own encoder");
+        assert!(max_encoded_len() <= MESSAGE_BYTES, "the stack buffer holds any message");
+        assert_eq!(decode(&v).unwrap(), vec![small.clone(), big, small]);
     }
 
     #[test]

@@ -222,16 +222,17 @@ impl Producer {
     /// Sends many records concurrently and waits for all acknowledgements; the first failure is
     /// returned (the others may or may not have been written: callers retry the whole batch,
     /// which the compacted topic's keys make harmless).
-    pub async fn send_all(
+    /// Keys and values may be borrowed: librdkafka copies them when queueing.
+    pub async fn send_all<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         &self,
         topic: &str,
-        records: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+        records: impl IntoIterator<Item = (K, Option<V>)>,
     ) -> Result<usize, Error> {
         let mut pending = Vec::new();
         for (key, value) in records {
-            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(&key);
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key.as_ref());
             if let Some(v) = &value {
-                rec = rec.payload(v);
+                rec = rec.payload(v.as_ref());
             }
             pending.push(self.inner.send_result(rec).map_err(|(e, _)| self.fail(format!("queueing for {topic}"))(e))?);
             // Keep the local queue bounded: wait for the oldest half when it grows.

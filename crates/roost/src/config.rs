@@ -211,8 +211,38 @@ pub struct FlowsConfig {
     /// arrival plus this get the arrival time (`roost_flows_clamped_times_total`).
     #[serde(with = "humantime_serde")]
     pub max_clock_skew: Duration,
+    /// How the producer compresses the flows topic's batches (`lz4`, `none`, `zstd`, `snappy`,
+    /// `gzip`). LZ4 costs the collector about 0.07 µs of CPU per flow, and saved the broker
+    /// more than that on this machine (tansu took 2.5× the CPU for uncompressed batches); `none`
+    /// suits a broker that is not short of CPU or network.
+    pub compression: Compression,
     /// Network-level evidence from the flows.
     pub features: roost_flows::features::FeaturesConfig,
+}
+
+/// A Kafka producer's `compression.type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    #[default]
+    Lz4,
+    Zstd,
+    Snappy,
+    Gzip,
+}
+
+impl Compression {
+    /// librdkafka's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+            Compression::Snappy => "snappy",
+            Compression::Gzip => "gzip",
+        }
+    }
 }
 
 impl Default for FlowsConfig {
@@ -228,6 +258,7 @@ impl Default for FlowsConfig {
             metrics_listen: "127.0.0.1:9756".parse().expect("valid"),
             exporters: Vec::new(),
             max_clock_skew: Duration::from_secs(10),
+            compression: Compression::Lz4,
             features: roost_flows::features::FeaturesConfig::default(),
         }
     }

@@ -6,9 +6,10 @@
 //! (`roost_flows::topic`: goflow2's protobuf messages, length-delimited) keyed by the exporter. A
 //! publishing thread sends them.
 //!
-//! With `flows.features.enabled` (the default) the receivers hand each datagram's records to one
-//! features thread, which keeps per-source windows (`roost_flows::features`; one set for every
-//! socket, so a source's flows count together whichever exporter sent them): port scans, host
+//! With `flows.features.enabled` (the default) the receivers hand their records, a thousand at a
+//! time or every 20 ms, to one features thread, which keeps per-source windows
+//! (`roost_flows::features`; one set for every socket, so a source's flows count together
+//! whichever exporter sent them): port scans, host
 //! sweeps, SYN floods and handshakes that never complete become evidence events on the requests
 //! topic, keyed like the source's requests, so the scorer that owns the source's partition
 //! weighs them in offset order with its requests.
@@ -28,7 +29,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,9 @@ enum Out {
         letter: roost_wire::requests::DeadLetter,
     },
 }
+
+/// Records handed to the features thread at a time (or fewer, every 20 ms).
+const FEATURES_BATCH: usize = 1024;
 
 /// Undecodable datagrams kept on the dead-letter topic per second, at most.
 const DEAD_LETTERS_PER_SECOND: u32 = 100;
@@ -203,19 +207,20 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let (tx, rx) = sync_channel::<Vec<Out>>(f.queue.div_ceil(256).max(4));
-    let queued = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let shared = Arc::new(Shared { metrics: metrics.clone(), queued: AtomicI64::new(0), pools: Pools::new() });
 
     let mut threads = Vec::new();
     // one set of windows for every socket, on a thread of its own: a source's flows count
     // together whichever exporter, and so whichever socket, they came through, and the
     // receivers never wait for a lock
     let features = if f.features.enabled {
-        let (ftx, frx) = sync_channel::<Vec<FlowRecord>>(f.queue.div_ceil(32).max(16));
-        let (feat, tx, metrics) = (FlowFeatures::new(f.features.clone()), tx.clone(), metrics.clone());
+        let (ftx, frx) = sync_channel::<Vec<FlowRecord>>(f.queue.div_ceil(FEATURES_BATCH).max(4));
+        let (feat, tx, metrics, pool) =
+            (FlowFeatures::new(f.features.clone()), tx.clone(), metrics.clone(), shared.pools.records.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("roost-flows-features".into())
-                .spawn(move || keep_windows(feat, frx, tx, &metrics))?,
+                .spawn(move || keep_windows(feat, frx, tx, &metrics, &pool))?,
         );
         Some(ftx)
     } else {
@@ -228,13 +233,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     for addr in &f.listen {
         for _ in 0..receivers {
             let sock = bind(*addr, f.receive_buffer_bytes, receivers > 1)?;
-            let (tx, metrics, stop, queued, f) =
-                (tx.clone(), metrics.clone(), shutdown.flag(), queued.clone(), f.clone());
-            let features = features.clone();
+            let (tx, stop, shared, f, features) =
+                (tx.clone(), shutdown.flag(), shared.clone(), f.clone(), features.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("roost-flows-recv".into())
-                    .spawn(move || receive(sock, &f, features, tx, &metrics, &stop, &queued))?,
+                    .spawn(move || receive(sock, &f, features, tx, &stop, &shared))?,
             );
         }
         tracing::info!(listen = %addr, receivers, "roost flows: receiving NetFlow v5/v9 and IPFIX");
@@ -242,12 +246,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     drop(tx);
     drop(features);
     {
-        let (kafka, metrics, stop, queued) = (cfg.kafka.clone(), metrics.clone(), shutdown.flag(), queued.clone());
-        let ipv6_prefix = cfg.engine.ipv6_prefix;
+        let (kafka, stop, shared) = (cfg.kafka.clone(), shutdown.flag(), shared.clone());
+        let (ipv6_prefix, compression) = (cfg.engine.ipv6_prefix, f.compression);
         threads.push(
             std::thread::Builder::new()
                 .name("roost-flows-publish".into())
-                .spawn(move || publish(&kafka, ipv6_prefix, rx, &metrics, &stop, &queued))?,
+                .spawn(move || publish(&kafka, compression, ipv6_prefix, rx, &stop, &shared))?,
         );
     }
     rt.block_on(async {
@@ -281,23 +285,115 @@ fn bind(addr: SocketAddr, rcvbuf: usize, reuse_port: bool) -> anyhow::Result<Udp
     Ok(s)
 }
 
-/// Exporter labels, bounded.
+/// An exporter's label and its per-datagram counters, looked up once: a family lookup hashes
+/// the label set under a lock, four times a datagram otherwise.
+struct ExporterCounters {
+    label: String,
+    datagrams: Counter,
+    packets: Counter,
+    bytes: Counter,
+    /// By version: 5, 9, 10.
+    records: [Counter; 3],
+}
+
+impl ExporterCounters {
+    fn new(label: String, m: &Metrics) -> ExporterCounters {
+        let ex = || ExporterLabel { exporter: label.clone() };
+        let records = ["5", "9", "10"]
+            .map(|v| m.records.get_or_create(&RecordLabel { exporter: label.clone(), version: v.into() }).clone());
+        ExporterCounters {
+            datagrams: m.datagrams.get_or_create(&ex()).clone(),
+            packets: m.packets.get_or_create(&ex()).clone(),
+            bytes: m.bytes.get_or_create(&ex()).clone(),
+            records,
+            label,
+        }
+    }
+
+    fn records(&self, version: u16) -> &Counter {
+        &self.records[match version {
+            5 => 0,
+            9 => 1,
+            _ => 2,
+        }]
+    }
+}
+
+/// Exporter labels and counters, bounded.
 struct Labels {
-    known: HashMap<IpAddr, String>,
+    known: HashMap<IpAddr, ExporterCounters>,
+    other: Option<ExporterCounters>,
 }
 
 impl Labels {
-    fn of(&mut self, a: IpAddr) -> String {
-        if let Some(l) = self.known.get(&a) {
-            return l.clone();
-        }
-        if self.known.len() >= MAX_EXPORTER_LABELS {
+    fn new() -> Labels {
+        Labels { known: HashMap::new(), other: None }
+    }
+
+    fn of(&mut self, a: IpAddr, m: &Metrics) -> &ExporterCounters {
+        if !self.known.contains_key(&a) && self.known.len() >= MAX_EXPORTER_LABELS {
             // not remembered: the map stays bounded however many addresses send
-            return "other".to_owned();
+            return self.other.get_or_insert_with(|| ExporterCounters::new("other".into(), m));
         }
-        let l = a.to_string();
-        self.known.insert(a, l.clone());
-        l
+        self.known.entry(a).or_insert_with(|| ExporterCounters::new(a.to_string(), m))
+    }
+}
+
+/// Buffers handed back by the thread that used them up (the publisher its topic values, the
+/// features thread its record vectors), so the receivers reuse warm memory: allocated afresh
+/// on one thread and freed on another, they were pages faulted in and zeroed for every
+/// datagram, a tenth of a receiver's time at line rate. Bounded: what does not fit is freed.
+struct Pool<T> {
+    tx: crossbeam_channel::Sender<Vec<T>>,
+    rx: crossbeam_channel::Receiver<Vec<T>>,
+    /// Vectors that grew beyond this capacity are freed rather than kept.
+    max_capacity: usize,
+}
+
+impl<T> Clone for Pool<T> {
+    fn clone(&self) -> Self {
+        Pool { tx: self.tx.clone(), rx: self.rx.clone(), max_capacity: self.max_capacity }
+    }
+}
+
+impl<T> Pool<T> {
+    fn new(buffers: usize, max_capacity: usize) -> Pool<T> {
+        let (tx, rx) = crossbeam_channel::bounded(buffers);
+        Pool { tx, rx, max_capacity }
+    }
+
+    /// An empty vector: a returned one, or a new one of `capacity`.
+    fn take(&self, capacity: usize) -> Vec<T> {
+        self.rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(capacity))
+    }
+
+    fn give(&self, mut v: Vec<T>) {
+        if v.capacity() <= self.max_capacity {
+            v.clear();
+            let _ = self.tx.try_send(v);
+        }
+    }
+}
+
+/// What the receivers and the publisher share besides the channel between them.
+struct Shared {
+    metrics: Arc<Metrics>,
+    /// Records waiting for Kafka.
+    queued: AtomicI64,
+    pools: Pools,
+}
+
+/// The pools of one collector.
+#[derive(Clone)]
+struct Pools {
+    values: Pool<u8>,
+    records: Pool<FlowRecord>,
+}
+
+impl Pools {
+    fn new() -> Pools {
+        let value = RECORD_BYTES + roost_flows::topic::max_encoded_len();
+        Pools { values: Pool::new(256, 2 * value), records: Pool::new(64, 4 * FEATURES_BATCH) }
     }
 }
 
@@ -308,7 +404,13 @@ fn accepted(exporters: &[ipnetwork::IpNetwork], a: IpAddr) -> bool {
 
 /// The features thread: every source's windows, fed each datagram's records by the receivers;
 /// the evidence they complete goes to the publisher. Ends when every receiver has.
-fn keep_windows(mut feat: FlowFeatures, rx: Receiver<Vec<FlowRecord>>, tx: SyncSender<Vec<Out>>, m: &Metrics) {
+fn keep_windows(
+    mut feat: FlowFeatures,
+    rx: Receiver<Vec<FlowRecord>>,
+    tx: SyncSender<Vec<Out>>,
+    m: &Metrics,
+    pool: &Pool<FlowRecord>,
+) {
     let mut found = Vec::new();
     let mut last_prune = Instant::now();
     loop {
@@ -317,6 +419,7 @@ fn keep_windows(mut feat: FlowFeatures, rx: Receiver<Vec<FlowRecord>>, tx: SyncS
                 for r in &records {
                     feat.observe(r, &mut found);
                 }
+                pool.give(records);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
@@ -349,21 +452,23 @@ fn receive(
     f: &FlowsConfig,
     features: Option<SyncSender<Vec<FlowRecord>>>,
     tx: SyncSender<Vec<Out>>,
-    m: &Metrics,
     stop: &AtomicBool,
-    queued: &std::sync::atomic::AtomicI64,
+    shared: &Shared,
 ) {
+    let (m, queued, pools) = (&*shared.metrics, &shared.queued, &shared.pools);
     let mut decoder = Decoder::new(&DecoderConfig {
         template_ttl: f.template_ttl,
         max_exporters: f.max_exporters,
         max_skew: f.max_clock_skew,
     });
-    let mut labels = Labels { known: HashMap::new() };
+    let mut labels = Labels::new();
+    let mut out = roost_flows::Decoded::default();
+    let mut for_features: Vec<FlowRecord> = pools.records.take(FEATURES_BATCH + 256);
     let mut last_error_log: HashMap<IpAddr, Instant> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     let mut batch: Vec<Out> = Vec::with_capacity(256);
-    // records in `batch`, and the encoder's scratch buffer
-    let (mut in_batch, mut scratch) = (0usize, Vec::with_capacity(128));
+    // records in `batch`
+    let mut in_batch = 0usize;
     // flows-topic records being filled, per source bucket: (encoded records, how many)
     let mut buckets: Vec<(Vec<u8>, usize)> = (0..BUCKETS).map(|_| (Vec::new(), 0)).collect();
     let host = runtime::hostname();
@@ -378,19 +483,18 @@ fn receive(
                 m.foreign.inc();
                 continue;
             }
-            let ex = labels.of(from.ip());
-            m.datagrams.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc();
-            let out = decoder.decode(from, &buf[..n], now);
+            let counters = labels.of(from.ip(), m);
+            let ex = &counters.label;
+            counters.datagrams.inc();
+            decoder.decode_into(from, &buf[..n], now, &mut out);
             if !out.records.is_empty() {
-                m.records
-                    .get_or_create(&RecordLabel { exporter: ex.clone(), version: out.version.to_string() })
-                    .inc_by(out.records.len() as u64);
+                counters.records(out.version).inc_by(out.records.len() as u64);
                 let (p, b) = out
                     .records
                     .iter()
                     .fold((0u64, 0u64), |(p, b), r| (p.saturating_add(r.packets), b.saturating_add(r.bytes)));
-                m.packets.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc_by(p);
-                m.bytes.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc_by(b);
+                counters.packets.inc_by(p);
+                counters.bytes.inc_by(b);
             }
             if out.template_misses > 0 {
                 m.template_misses
@@ -442,29 +546,36 @@ fn receive(
                 let b = bucket(r.src);
                 let (value, n) = &mut buckets[b];
                 if value.capacity() == 0 {
-                    value.reserve(RECORD_BYTES + roost_flows::topic::max_encoded_len());
+                    *value = pools.values.take(RECORD_BYTES + roost_flows::topic::max_encoded_len());
                 }
-                roost_flows::topic::encode_into(std::slice::from_ref(r), value, &mut scratch);
+                roost_flows::topic::encode_into(std::slice::from_ref(r), value);
                 *n += 1;
                 if value.len() >= RECORD_BYTES {
                     in_batch += *n;
                     batch.push(Out::Flows { bucket: b, records: std::mem::take(n), value: std::mem::take(value) });
                 }
             }
-            if let Some(feat) = &features
-                && !out.records.is_empty()
-            {
-                let k = out.records.len() as u64;
-                match feat.try_send(out.records) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => {
-                        m.skipped.inc_by(k);
-                    }
-                    Err(TrySendError::Disconnected(_)) => return,
-                }
+            if features.is_some() {
+                for_features.extend_from_slice(&out.records);
             }
         }
         let due = last_send.elapsed() >= Duration::from_millis(20);
+        // the features thread takes records by the thousand (or what a slice of time gave): a
+        // hand-over per datagram was a wake-up of that thread, and a system call here, each
+        if let Some(feat) = &features
+            && (for_features.len() >= FEATURES_BATCH || (due && !for_features.is_empty()))
+        {
+            let records = std::mem::replace(&mut for_features, pools.records.take(FEATURES_BATCH + 256));
+            let k = records.len() as u64;
+            match feat.try_send(records) {
+                Ok(()) => {}
+                Err(TrySendError::Full(records)) => {
+                    pools.records.give(records);
+                    m.skipped.inc_by(k);
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
         if due {
             // a slice of time ends: what the buckets hold goes too
             for (b, (value, n)) in buckets.iter_mut().enumerate().filter(|(_, (_, n))| *n > 0) {
@@ -495,15 +606,20 @@ fn receive(
 
 fn publish(
     kafka: &roost_kafka::KafkaConfig,
+    compression: crate::config::Compression,
     ipv6_prefix: u8,
     rx: Receiver<Vec<Out>>,
-    m: &Metrics,
     stop: &AtomicBool,
-    queued: &std::sync::atomic::AtomicI64,
+    shared: &Shared,
 ) {
+    let (m, queued, pool) = (&*shared.metrics, &shared.queued, &shared.pools.values);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let producer = loop {
-        match roost_kafka::Producer::with(kafka, "roost-flows", &[("linger.ms", "5"), ("compression.type", "lz4")]) {
+        match roost_kafka::Producer::with(
+            kafka,
+            "roost-flows",
+            &[("linger.ms", "5"), ("compression.type", compression.as_str())],
+        ) {
             Ok(p) => break p,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot create the Kafka producer; retrying");
@@ -543,31 +659,35 @@ fn publish(
         let (mut flows, mut evidence, mut letters) = (Vec::with_capacity(records.len()), Vec::new(), Vec::new());
         for r in records {
             match r {
-                Out::Flows { bucket, value, .. } => flows.push((bucket.to_string().into_bytes(), Some(value))),
+                Out::Flows { bucket, value, .. } => flows.push((bucket.to_string().into_bytes(), value)),
                 Out::Evidence(e) => evidence.push((
                     roost_wire::subject_key(e.client, ipv6_prefix).into_bytes(),
-                    Some(roost_wire::requests::encode_evidence(&e)),
+                    roost_wire::requests::encode_evidence(&e),
                 )),
                 Out::DeadLetter { exporter, letter } => letters.push((
                     exporter.to_string().into_bytes(),
-                    Some(serde_json::to_vec(&letter).expect("a dead letter serializes")),
+                    serde_json::to_vec(&letter).expect("a dead letter serializes"),
                 )),
             }
         }
         loop {
             let sent = rt.block_on(async {
+                // borrowed, not copied: librdkafka copies what it queues
                 if !evidence.is_empty() {
-                    producer.send_all(&requests, evidence.iter().cloned()).await?;
+                    producer.send_all(&requests, evidence.iter().map(|(k, v)| (k, Some(v)))).await?;
                 }
                 if !letters.is_empty() {
-                    producer.send_all(&deadletter, letters.iter().cloned()).await?;
+                    producer.send_all(&deadletter, letters.iter().map(|(k, v)| (k, Some(v)))).await?;
                 }
-                producer.send_all(&topic, flows.iter().cloned()).await
+                producer.send_all(&topic, flows.iter().map(|(k, v)| (k, Some(v)))).await
             });
             match sent {
                 Ok(_) => {
                     m.published.inc_by(n as u64);
                     backoff = Duration::from_millis(100);
+                    for (_, value) in flows {
+                        pool.give(value);
+                    }
                     break;
                 }
                 Err(e) => {
@@ -604,11 +724,18 @@ mod tests {
     /// A flood of datagrams from ever new (forged) addresses does not grow the label map.
     #[test]
     fn exporter_labels_stay_bounded() {
-        let mut l = Labels { known: HashMap::new() };
+        let (mut l, m) = (Labels::new(), Metrics::default());
         for i in 0..10_000u32 {
-            let label = l.of(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
-            assert_eq!(label == "other", i as usize >= MAX_EXPORTER_LABELS);
+            let c = l.of(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)), &m);
+            c.datagrams.inc();
+            assert_eq!(c.label == "other", i as usize >= MAX_EXPORTER_LABELS);
         }
         assert_eq!(l.known.len(), MAX_EXPORTER_LABELS);
+        // the cached counters are the families' own
+        let other = m.datagrams.get_or_create(&ExporterLabel { exporter: "other".into() }).get();
+        assert_eq!(other, 10_000 - MAX_EXPORTER_LABELS as u64);
+        l.of("10.0.0.1".parse().unwrap(), &m).records(9).inc_by(3);
+        let v9 = RecordLabel { exporter: "10.0.0.1".into(), version: "9".into() };
+        assert_eq!(m.records.get_or_create(&v9).get(), 3);
     }
 }
