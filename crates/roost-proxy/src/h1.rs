@@ -57,6 +57,8 @@ struct Conn {
     /// The peer's address as text, for `X-Forwarded-For`.
     peer_text: Vec<u8>,
     tls: bool,
+    /// A refusal was the last word while the client may still be sending: close lingering.
+    linger: bool,
 }
 
 /// What a request head asked for, kept beyond the borrow of the buffer it was parsed from.
@@ -87,6 +89,7 @@ pub async fn serve(w: &Waffles, mut down: Stream, shutdown: &ShutdownWatch) {
         http11: true,
         peer_text: peer.map(|p| crate::clientip::canonical(p).to_string().into_bytes()).unwrap_or_default(),
         tls: down.get_ssl().is_some(),
+        linger: false,
     };
     let header_timeout = w.cfg.client_timeout.min(w.cfg.keepalive_timeout);
     let mut idle = header_timeout;
@@ -98,6 +101,35 @@ pub async fn serve(w: &Waffles, mut down: Stream, shutdown: &ShutdownWatch) {
         idle = w.cfg.keepalive_timeout;
     }
     let _ = down.shutdown().await;
+    if c.linger {
+        linger(&mut down, &mut c.buf).await;
+    }
+}
+
+/// How long a closing connection's unread input is drained, at most, in all and per read, and
+/// how much of it.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_WAIT: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// After a refusal that ends the connection, with the client perhaps still sending (the rest of
+/// a head, a body): the write side is shut, and what the client still sends is read and dropped
+/// for a while (nginx's `lingering_close`). Closed with unread input, the kernel would answer
+/// with a reset, and a client that was still writing could lose the 400 before reading it.
+async fn linger(down: &mut Stream, buf: &mut Vec<u8>) {
+    let until = Instant::now() + LINGER_TIME;
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        let wait = until.saturating_duration_since(Instant::now()).min(LINGER_WAIT);
+        if wait.is_zero() {
+            break;
+        }
+        buf.clear();
+        match read_some(down, buf, left, wait).await {
+            Ok(n) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
 }
 
 /// Reads at most `limit` more bytes into `buf`, within `wait`. `Ok(0)`: the peer closed.
@@ -371,6 +403,7 @@ fn finish(w: &Waffles, ctx: &mut Ctx, asked: &Asked, protocol: &'static str, sta
 /// Answers a refused request (400 or 431) and counts why.
 async fn refuse(w: &Waffles, c: &mut Conn, down: &mut Stream, r: Refusal) -> (u16, usize) {
     count_refusal(w, r);
+    c.linger = true;
     tracing::debug!(peer = ?c.peer, refusal = %r, "refusing a request");
     let reply =
         Reply::text(r.status(), if r.status() == 431 { "Request header fields too large\n" } else { "Bad request\n" });

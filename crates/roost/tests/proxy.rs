@@ -1022,6 +1022,33 @@ fn requests_framed_ambiguously_are_refused_and_counted_and_nothing_is_smuggled()
     assert_eq!(w.get("127.0.0.63", "/", "").status, 200);
 }
 
+/// A refused client that is still sending its body reads its 400 and a clean end: the proxy
+/// shuts its side and drains what follows for a while (a lingering close) instead of closing
+/// with unread input, which the kernel answers with a reset.
+#[test]
+fn a_refused_client_still_sending_reads_its_400_and_a_clean_close() {
+    let w = Waffles::start(&redis(), "");
+    let mut s = connect_from("127.0.0.64", w.port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // CL.TE: refused at the head, with 256 KiB of body still to come, a piece every 5 ms
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 262144\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        for _ in 0..64 {
+            writer.write_all(&[b'a'; 4096])?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut buf = Vec::new();
+    let read = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    assert!(read.is_ok(), "the connection ended with {read:?} after {text:?}");
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    sending.join().unwrap().expect("the body was taken to its end");
+    assert_eq!(w.metric("roost_proxy_refused_total{outcome=\"both_lengths\"}"), 1.0);
+}
+
 #[test]
 fn internal_headers_in_any_spelling_and_connection_named_headers_do_not_reach_the_app() {
     let w = Waffles::start(&redis(), "");
