@@ -397,6 +397,61 @@ fn roost_decodes_what_nfdump_decodes_from_softflowd_v5_v9_and_ipfix() {
     });
     assert!(letters.iter().any(|l| l["kind"] == "flow_truncated" && l["line"] == "0009"), "{letters:?}");
     assert!(letters.iter().any(|l| l["file"].as_str().unwrap().starts_with("udp://127.0.0.1:")), "{letters:?}");
+
+    // a router whose uptime counter wrapped a second ago exports a port scan (completed
+    // handshakes, so proven) that ran in the seconds before the wrap: the flows are dated then,
+    // not 49.7 days ahead, so neither the collector nor the scorer clamps anything, and the
+    // verdict lasts its 30 minutes from now (softflowd's exports above, made from a pcap, had
+    // some times clamped already)
+    let clamped = |port, name: &str| metric(port, name).expect("the clamp counter is exported");
+    let (flows_clamped, score_clamped) = (
+        clamped(metrics_port, "roost_flows_clamped_times_total"),
+        clamped(score_port, "roost_score_clamped_times_total"),
+    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let flows: Vec<[u8; 48]> = (1..=30u16)
+        .map(|port| {
+            let mut r = [0u8; 48];
+            r[0..4].copy_from_slice(&[203, 0, 113, 210]);
+            r[4..8].copy_from_slice(&[192, 0, 2, 30]);
+            r[16..20].copy_from_slice(&3u32.to_be_bytes()); // packets
+            r[20..24].copy_from_slice(&180u32.to_be_bytes()); // bytes
+            r[24..28].copy_from_slice(&(u32::MAX - 5_000).to_be_bytes()); // first: 6 s before the export
+            r[28..32].copy_from_slice(&(u32::MAX - 1_000).to_be_bytes()); // last: 2 s before
+            r[32..34].copy_from_slice(&40_000u16.to_be_bytes());
+            r[34..36].copy_from_slice(&port.to_be_bytes());
+            r[37] = 0x12; // SYN and ACK: the handshake completed
+            r[38] = 6;
+            r
+        })
+        .collect();
+    let mut datagram = Vec::new();
+    datagram.extend_from_slice(&5u16.to_be_bytes());
+    datagram.extend_from_slice(&(flows.len() as u16).to_be_bytes());
+    datagram.extend_from_slice(&1_000u32.to_be_bytes()); // sysUpTime: 1 s after the wrap
+    datagram.extend_from_slice(&(now.as_secs() as u32).to_be_bytes());
+    datagram.extend_from_slice(&now.subsec_nanos().to_be_bytes());
+    datagram.extend_from_slice(&[0; 8]); // sequence, engine, sampling
+    for r in &flows {
+        datagram.extend_from_slice(r);
+    }
+    s.send_to(&datagram, ("127.0.0.1", flow_port)).unwrap();
+    let mut verdict = None;
+    wait_for(Duration::from_secs(60), "the wrapped router's scanner's verdict", || {
+        verdict = store.load_all().ok().and_then(|all| all.get("203.0.113.210").cloned());
+        verdict.is_some()
+    });
+    let v = verdict.unwrap();
+    assert!(v.reasons.iter().any(|r| r.contains("touched 30 ports on 192.0.2.30")), "{v:?}");
+    assert_eq!(clamped(metrics_port, "roost_flows_clamped_times_total"), flows_clamped, "a flow dated in the future");
+    assert_eq!(clamped(score_port, "roost_score_clamped_times_total"), score_clamped, "an event dated in the future");
+    let expires = v.expires.expect("a verdict with an expiry").millis();
+    let now = now.as_millis() as i64;
+    assert!(
+        expires > now + 29 * 60_000 && expires < now + 31 * 60_000,
+        "the verdict ends {} s from now, not 30 min: {v:?}",
+        (expires - now) / 1000
+    );
 }
 
 /// The bytes waiting in the receive queue of the UDP socket bound to 127.0.0.1:`port`, if one is.
