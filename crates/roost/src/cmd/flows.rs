@@ -331,7 +331,8 @@ impl Labels {
     }
 
     fn of(&mut self, a: IpAddr, m: &Metrics) -> &ExporterCounters {
-        if !self.known.contains_key(&a) && self.known.len() >= MAX_EXPORTER_LABELS {
+        // (the length first: one lookup per datagram below the bound)
+        if self.known.len() >= MAX_EXPORTER_LABELS && !self.known.contains_key(&a) {
             // not remembered: the map stays bounded however many addresses send
             return self.other.get_or_insert_with(|| ExporterCounters::new("other".into(), m));
         }
@@ -463,7 +464,8 @@ fn receive(
     });
     let mut labels = Labels::new();
     let mut out = roost_flows::Decoded::default();
-    let mut for_features: Vec<FlowRecord> = pools.records.take(FEATURES_BATCH + 256);
+    let mut for_features: Vec<FlowRecord> =
+        if features.is_some() { pools.records.take(FEATURES_BATCH + 256) } else { Vec::new() };
     let mut last_error_log: HashMap<IpAddr, Instant> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     let mut batch: Vec<Out> = Vec::with_capacity(256);
