@@ -14,13 +14,16 @@
 # the cost that decides how much of a flood one box absorbs.
 # The bare pingora proxy (benches/pingora_bare.rs) and the prototypes the HTTP/1 data path was
 # chosen from (benches/proxy_proto.rs) run in the app round too.
-#   bash benches/proxy.sh              # REPS=2 DUR=10 VERDICTS=100000
+#   bash benches/proxy.sh              # REPS=2 DUR=10 VERDICTS=100000 KEEPALIVE=64
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${REPS:-2}
 DUR=${DUR:-10}
 VERDICTS=${VERDICTS:-100000}
 PROTOS=${PROTOS:-1}
+# idle upstream connections kept: nginx's `keepalive` and roost's `proxy.upstream_keepalive`
+# alike (h2load's 500 streams in flight need more than 64 upstream connections at once)
+KEEPALIVE=${KEEPALIVE:-64}
 WORK=${WORK:-${TMPDIR:-/tmp}/roost-proxy-bench}
 scripts/install-test-deps.sh
 cargo build --release --quiet -p roost --bin roost -p roost-benches --bin pingora-bare --bin proxy-proto
@@ -90,6 +93,7 @@ listen = ["127.0.0.1:${PORT[$route]}"]
 upstreams = ["127.0.0.1:18081"]
 metrics_listen = "127.0.0.1:1819$n"
 threads = 1
+upstream_keepalive = $KEEPALIVE
 pid_file = "$RUN/$route.pid"
 upgrade_sock = "$RUN/$route-upgrade.sock"
 $tls
@@ -114,7 +118,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:18081; keepalive 64; keepalive_requests 1000000; }
+  upstream app { server 127.0.0.1:18081; keepalive $KEEPALIVE; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:18080;
     listen 127.0.0.1:18444 ssl http2;

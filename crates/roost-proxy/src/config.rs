@@ -21,6 +21,10 @@ pub struct ProxyConfig {
     /// Connecting to an upstream.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Idle connections to the upstreams kept per worker thread for HTTP/2 requests (each
+    /// HTTP/1 client connection keeps its own upstream connection instead), like nginx's
+    /// `keepalive` in an `upstream` block; beyond it, the oldest is closed.
+    pub upstream_keepalive: usize,
     /// Waiting for an upstream's response (each read).
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
@@ -74,6 +78,7 @@ impl Default for ProxyConfig {
             upstreams: vec!["127.0.0.1:8081".into()],
             health_check: HealthCheckConfig::default(),
             connect_timeout: Duration::from_secs(5),
+            upstream_keepalive: 256,
             upstream_timeout: Duration::from_secs(60),
             client_timeout: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(60),

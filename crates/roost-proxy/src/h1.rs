@@ -5,7 +5,7 @@
 //! and re-serialized, never copied raw; bodies are copied by length or re-chunked.
 //!
 //! The decisions (verdict, challenge, redemption, access log) are [`Waffles`]'; HTTP/2 takes
-//! pingora's proxy with the same decisions ([`crate::service::H2`]).
+//! [`crate::http2`] with the same decisions.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -25,10 +25,10 @@ use crate::now_ms;
 use crate::service::{Ctx, Front, MAX_FORM, Reply, Waffles};
 
 /// Bytes read from a socket at once.
-const READ: usize = 16 * 1024;
+pub(crate) const READ: usize = 16 * 1024;
 
 /// Why a request's exchange ended early.
-enum Fail {
+pub(crate) enum Fail {
     /// The client went away or broke the exchange: nothing more can be said to it.
     Client,
     /// The client sent something refused (answered with its status, then closed).
@@ -133,7 +133,7 @@ async fn linger(down: &mut Stream, buf: &mut Vec<u8>) {
 }
 
 /// Reads at most `limit` more bytes into `buf`, within `wait`. `Ok(0)`: the peer closed.
-async fn read_some<S: AsyncRead + Unpin>(
+pub(crate) async fn read_some<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
     limit: usize,
@@ -159,7 +159,11 @@ async fn read_body(down: &mut Stream, buf: &mut Vec<u8>, limit: usize, wait: Dur
 }
 
 /// Writes all of `buf` and flushes it, within `wait`: a peer that stops reading is let go.
-async fn put<S: tokio::io::AsyncWrite + Unpin + ?Sized>(s: &mut S, buf: &[u8], wait: Duration) -> std::io::Result<()> {
+pub(crate) async fn put<S: tokio::io::AsyncWrite + Unpin + ?Sized>(
+    s: &mut S,
+    buf: &[u8],
+    wait: Duration,
+) -> std::io::Result<()> {
     let write = async {
         s.write_all(buf).await?;
         s.flush().await
@@ -545,7 +549,7 @@ async fn read_form(w: &Waffles, c: &mut Conn, down: &mut Stream, body: &Body) ->
 }
 
 /// Connects to the next healthy upstream.
-async fn connect(w: &Waffles) -> Result<TcpStream, Fail> {
+pub(crate) async fn connect(w: &Waffles) -> Result<TcpStream, Fail> {
     let backend = w.upstreams.select(b"", 256).ok_or(Fail::Upstream(502))?;
     let addr = *backend.addr.as_inet().ok_or(Fail::Upstream(502))?;
     match timeout(w.cfg.connect_timeout, TcpStream::connect(addr)).await {

@@ -12,7 +12,8 @@
 //!   the same for both data paths;
 //! - [`h1`]: the HTTP/1 data path, on pingora's listeners, with [`framing`]: strict HTTP/1
 //!   framing (what could be smuggled is refused);
-//! - HTTP/2 (TLS with ALPN h2, h2c) goes through pingora's proxy ([`service::H2`]);
+//! - [`http2`]: the HTTP/2 data path (TLS with ALPN h2, h2c), on the `h2` crate, with the
+//!   app reached over HTTP/1.1 connections kept per worker thread;
 //! - [`server`]: listeners, TLS with SNI, upstream pool and health checks, metrics, graceful
 //!   restart;
 //! - [`accesslog`]: what happened to each request, in a format `roost tail` reads back;
@@ -25,6 +26,7 @@ pub mod clientip;
 pub mod config;
 pub mod framing;
 pub mod h1;
+pub mod http2;
 pub mod metrics;
 pub mod outcomes;
 pub mod pages;

@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::apps::ServerApp;
 use pingora::apps::http_app::ServeHttp;
-use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora::lb::LoadBalancer;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
@@ -33,7 +33,7 @@ use crate::cache::VerdictCache;
 use crate::challenge::{ReplayGuard, Signer};
 use crate::config::{CertKey, ProxyConfig};
 use crate::metrics::{OutcomeLabels, ProxyMetrics, UpstreamLabels};
-use crate::service::{H2, Waffles};
+use crate::service::Waffles;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -279,12 +279,6 @@ pub fn build(
         upstreams: upstreams.clone(),
         outcomes: outcomes.clone(),
     });
-    let mut proxy = pingora::proxy::http_proxy(&server.configuration, H2(waffles.clone()));
-    if cfg.h2c {
-        let mut o = HttpServerOptions::default();
-        o.h2c = true;
-        proxy.server_options = Some(o);
-    }
     let header_timeout = cfg.client_timeout.min(cfg.keepalive_timeout);
     let pp = cfg.proxy_protocol.then(|| {
         Arc::new(ProxyHeaders {
@@ -294,11 +288,7 @@ pub fn build(
         })
     });
     let app = ProxyProtocolApp {
-        inner: Arc::new(Http {
-            waffles,
-            h2: Arc::new(Guarded { inner: Arc::new(proxy), header_timeout }),
-            h2c: cfg.h2c,
-        }),
+        inner: Arc::new(Http { waffles, h2c: cfg.h2c }),
         // TLS connections have theirs read before the handshake (below)
         headers: pp.clone(),
     };
@@ -396,46 +386,10 @@ pub fn secret(cfg: &ProxyConfig) -> Result<Vec<u8>, Error> {
     Ok(s)
 }
 
-/// Bounds the wait for each read of a request's header before pingora reads it, so a client
-/// that dribbles its header is cut off after `header_timeout` of silence (pingora's own is 60 s).
-/// The same bound applies to an idle keep-alive connection waiting for its next request.
-struct Guarded<A> {
-    inner: Arc<A>,
-    header_timeout: Duration,
-}
-
-#[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for Guarded<A> {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        // pingora waits for a request header under the keep-alive timeout (60 s by default),
-        // for the first request of a connection too
-        session.set_keepalive(Some(self.header_timeout.as_secs().max(1)));
-        session.set_read_timeout(Some(self.header_timeout));
-        self.inner.process_new_http(session, shutdown).await
-    }
-
-    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
-        self.inner.h2_options()
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.inner.server_options()
-    }
-
-    async fn http_cleanup(&self) {
-        self.inner.http_cleanup().await
-    }
-}
-
 /// Every connection's first stop: HTTP/2 (ALPN h2 on TLS, or the h2c preface on a plain
-/// listener with `h2c` on) goes to pingora's proxy, everything else to [`crate::h1`].
-struct Http<A> {
+/// listener with `h2c` on) goes to [`crate::http2`], everything else to [`crate::h1`].
+struct Http {
     waffles: Arc<Waffles>,
-    h2: Arc<A>,
     h2c: bool,
 }
 
@@ -443,7 +397,7 @@ struct Http<A> {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Http<A> {
+impl ServerApp for Http {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let tls = stream.get_ssl().is_some();
         let mut h2 = matches!(stream.selected_alpn_proto(), Some(pingora::protocols::ALPN::H2));
@@ -458,14 +412,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Http<A> {
             }
         }
         if h2 {
-            return self.h2.process_new(stream, shutdown).await;
+            crate::http2::serve(&self.waffles, stream, shutdown).await;
+        } else {
+            crate::h1::serve(&self.waffles, stream, shutdown).await;
         }
-        crate::h1::serve(&self.waffles, stream, shutdown).await;
         None
-    }
-
-    async fn cleanup(&self) {
-        self.h2.cleanup().await
     }
 }
 

@@ -1,21 +1,19 @@
-//! Waffles' per-request logic, as a pingora [`ProxyHttp`]: find the client, look its verdict up
-//! in the local cache, and route: the app (with `X-Roost-Verdict`), a challenge page, or an
-//! error page. The proxy's own endpoints under `/.roost/` redeem challenges.
+//! Waffles' per-request logic, the same for both data paths ([`crate::h1`], [`crate::http2`]):
+//! find the client, look its verdict up in the local cache, and route: the app (with
+//! `X-Roost-Verdict`), a challenge page, or an error page. The proxy's own endpoints under
+//! `/.roost/` redeem challenges.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
 use ipnetwork::IpNetwork;
-use pingora::http::ResponseHeader;
 use pingora::lb::LoadBalancer;
 use pingora::lb::selection::RoundRobin;
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use roost_engine::{Class, Timestamp};
 
 use crate::accesslog::{AccessLog, Entry};
@@ -485,187 +483,4 @@ impl Waffles {
 /// call per challenge.
 pub(crate) fn random() -> [u8; 16] {
     rand::random()
-}
-
-/// Writes a reply on a pingora session (the HTTP/2 path).
-async fn respond(session: &mut Session, r: Reply) -> Result<bool> {
-    let mut h = ResponseHeader::build(r.status, Some(8))?;
-    for (k, v) in r.fields() {
-        h.append_header(k, v)?;
-    }
-    h.insert_header("content-length", r.body.len().to_string())?;
-    if r.close {
-        session.set_keepalive(None);
-    }
-    let head = session.req_header().method == http::Method::HEAD;
-    let no_body = head || r.body.is_empty();
-    session.write_response_header(Box::new(h), no_body).await?;
-    if !no_body {
-        session.write_response_body(Some(r.body), true).await?;
-    }
-    Ok(true)
-}
-
-/// Bytes of the request line and headers, as the client sent them (about).
-fn header_bytes(session: &Session) -> usize {
-    let req = session.req_header();
-    let target =
-        req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + req.uri.authority().map_or(0, |a| a.as_str().len());
-    let line = req.method.as_str().len() + target + 12;
-    line + req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
-}
-
-/// The HTTP/2 data path (h2 over TLS, h2c): pingora's proxy, with the same decisions as
-/// [`crate::h1`].
-pub struct H2(pub Arc<Waffles>);
-
-impl std::ops::Deref for H2 {
-    type Target = Waffles;
-    fn deref(&self) -> &Waffles {
-        &self.0
-    }
-}
-
-#[async_trait]
-impl ProxyHttp for H2 {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx::new(Instant::now())
-    }
-
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
-        session.set_read_timeout(Some(self.cfg.client_timeout));
-        session.set_write_timeout(Some(self.cfg.client_timeout));
-        session.set_keepalive(Some(self.cfg.keepalive_timeout.as_secs()));
-        Ok(())
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.now = now_ms();
-        if header_bytes(session) > self.cfg.max_header_bytes {
-            self.metrics.refused.get_or_create(&OutcomeLabels { outcome: "header_too_large" }).inc();
-            ctx.route = "refused";
-            let r = self.served(ctx, Reply::text(431, "Request header fields too large\n"));
-            return respond(session, r).await;
-        }
-        let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) else {
-            // not an IP socket (a Unix socket in front): nothing to judge by
-            ctx.route = "app";
-            ctx.verdict = "unknown";
-            return Ok(false);
-        };
-        let req = session.req_header();
-        let ip = self.client(peer, req.headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()));
-        let target = req.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        let front = self.front(ctx, ip, &target, req.headers.get_all("cookie").iter().map(|v| v.as_bytes()));
-        match front {
-            Front::App => Ok(false),
-            Front::Reply(r) => {
-                let r = self.served(ctx, r);
-                respond(session, r).await
-            }
-            Front::Redeem => {
-                let req = session.req_header();
-                let (path, query) = (req.uri.path().to_owned(), req.uri.query().unwrap_or("").to_owned());
-                let post = req.method == http::Method::POST;
-                let mut body = Vec::new();
-                let mut form = Some(());
-                if post && path == pages::VERIFY {
-                    while let Some(chunk) = session.read_request_body().await? {
-                        body.extend_from_slice(&chunk);
-                        if body.len() > MAX_FORM {
-                            form = None;
-                            break;
-                        }
-                    }
-                }
-                let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-                let r = self.redeem(ctx, ip, &path, &query, post, form.map(|()| body.as_slice()), tls).await;
-                respond(session, r).await
-            }
-        }
-    }
-
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let backend = self
-            .upstreams
-            .select(b"", 256)
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no healthy upstream"))?;
-        let mut peer = HttpPeer::new(backend, false, String::new());
-        peer.options.connection_timeout = Some(self.cfg.connect_timeout);
-        peer.options.read_timeout = Some(self.cfg.upstream_timeout);
-        peer.options.write_timeout = Some(self.cfg.upstream_timeout);
-        peer.options.idle_timeout = Some(self.cfg.keepalive_timeout);
-        Ok(Box::new(peer))
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream: &mut pingora::http::RequestHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        let internal: Vec<_> =
-            upstream.headers.keys().filter(|k| crate::framing::is_internal(k.as_str().as_bytes())).cloned().collect();
-        for k in internal {
-            upstream.remove_header(&k);
-        }
-        upstream.insert_header("x-roost-verdict", ctx.verdict_header())?;
-        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let mut xff = Vec::with_capacity(64);
-            let prior = session.req_header().headers.get_all("x-forwarded-for");
-            let text = canonical(peer).to_string();
-            self.forwarded_for(peer, text.as_bytes(), prior.iter().map(|v| v.as_bytes()), &mut xff);
-            upstream.insert_header("x-forwarded-for", xff)?;
-        }
-        Ok(())
-    }
-
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            // a client too slow with its body (reads on the proxy's own endpoints come back
-            // unmarked); an upstream too slow is a gateway timeout
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                if e.esource() == &ErrorSource::Upstream {
-                    504
-                } else {
-                    408
-                }
-            }
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
-        if code > 0 && session.response_written().is_none() {
-            let _ = session.respond_error(code).await;
-        }
-        if ctx.served.is_none() && code > 0 {
-            ctx.served = Some((code, 0));
-        }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
-    }
-
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let status = match ctx.served {
-            Some((s, _)) => s,
-            None => session.response_written().map_or(0, |r| r.status.as_u16()),
-        };
-        let bytes = ctx.served.map_or_else(|| session.body_bytes_sent(), |(_, b)| b);
-        let req = session.req_header();
-        let protocol = match req.version {
-            http::Version::HTTP_2 => "HTTP/2.0",
-            http::Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
-        };
-        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        let field = |k: &str| req.headers.get(k).map(|v| v.as_bytes());
-        self.finish(ctx, status, bytes, req.method.as_str(), target, protocol, field("referer"), field("user-agent"));
-    }
 }

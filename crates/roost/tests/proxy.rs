@@ -37,16 +37,24 @@ fn upstream(dir: &Path) -> (Proc, u16) {
                fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
                server {{ listen 127.0.0.1:{port};\n\
                  underscores_in_headers on;\n\
-                 location / {{ default_type text/plain; return 200 \"app verdict=[$http_x_roost_verdict] xff=[$http_x_forwarded_for] uri=[$request_uri] secret=[$http_x_secret] te=[$http_transfer_encoding] cl=[$http_content_length]\\n\"; }} }} }}\n",
+                 location / {{ default_type text/plain; return 200 \"app verdict=[$http_x_roost_verdict] xff=[$http_x_forwarded_for] uri=[$request_uri] secret=[$http_x_secret] te=[$http_transfer_encoding] cl=[$http_content_length] cookie=[$http_cookie]\\n\"; }}\n\
+                 location = /big.txt {{ root {d}; default_type text/plain; gzip on; gzip_min_length 1; gzip_types text/plain; }} }} }}\n",
             d = d.display()
         ),
     )
     .unwrap();
+    std::fs::write(d.join("big.txt"), big_body()).unwrap();
     let mut c = Command::new("/usr/sbin/nginx");
     c.arg("-c").arg(&conf).arg("-p").arg(&d);
     let p = Proc::spawn("nginx", c);
     wait_for(Duration::from_secs(10), "nginx to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
     (p, port)
+}
+
+/// What the app serves at `/big.txt` (by length; chunked when gzipped on the fly): more than
+/// HTTP/2's first flow-control window.
+fn big_body() -> String {
+    (0..30_000).map(|i| format!("line {i:>6}\n")).collect()
 }
 
 struct Waffles {
@@ -1139,4 +1147,219 @@ fn a_solution_redeemed_at_one_proxy_is_refused_at_every_other_and_one_client_can
     }
     assert_eq!(busy, 2);
     assert_eq!(post_form(&a, "127.0.0.73", &solved(&a, "127.0.0.73")).status, 303);
+}
+
+/// curl over h2c (HTTP/2 with prior knowledge) from 127.0.0.70: ("2 <status>", head and body).
+fn h2c(port: u16, args: &[&str], path: &str, stdin: Option<&[u8]>) -> (String, String) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-i", "--max-time", "10", "--http2-prior-knowledge", "--interface", "127.0.0.70"])
+        .args(["-w", "\n%{http_version} %{http_code}"])
+        .args(args)
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(b) = stdin {
+        input.write_all(b).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "curl {args:?} {path}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (resp, status) = text.rsplit_once('\n').unwrap();
+    (status.to_owned(), resp.to_owned())
+}
+
+#[test]
+fn http2_streams_get_the_same_decisions_and_the_apps_whole_responses() {
+    let w = Waffles::start(&redis(), "h2c = true\n");
+    let port = w.port;
+    // the app gets the verdict and forwarding chain set here, whatever the client claims, and
+    // the client's cookies in one field
+    let (s, r) = h2c(
+        port,
+        &["-H", "x-roost-verdict: forged1", "-H", "x_roost_verdict: forged2", "-H", "x-forwarded-for: 10.9.9.9"],
+        "/a?b=c",
+        None,
+    );
+    assert_eq!(s, "2 200", "{r}");
+    assert!(r.contains("verdict=[good] xff=[127.0.0.70] uri=[/a?b=c]") && !r.contains("forged"), "{r}");
+    let (_, r) = h2c(port, &["-H", "cookie: a=1", "-H", "cookie: b=2"], "/", None);
+    assert!(r.contains("cookie=[a=1; b=2]"), "{r}");
+    // a body of declared length, and one of none (chunked to the app)
+    let (s, r) = h2c(port, &["--data-binary", "hello=world"], "/post", None);
+    assert_eq!(s, "2 200", "{r}");
+    assert!(r.contains("te=[] cl=[11]"), "{r}");
+    let (s, r) = h2c(port, &["-T", "-"], "/put", Some(&[b'x'; 100_000]));
+    assert_eq!(s, "2 200", "{r}");
+    assert!(r.contains("te=[chunked] cl=[]"), "{r}");
+    // the app's responses past the first flow-control window, by length and chunked, whole
+    let big = big_body();
+    for (args, framing) in [(&[][..], "by length"), (&["--compressed"][..], "chunked (gzip)")] {
+        let (s, r) = h2c(port, args, "/big.txt", None);
+        assert_eq!(s, "2 200", "{framing}");
+        let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        assert!(body == big, "{framing}: {} bytes of {}", body.len(), big.len());
+    }
+    // a head past max_header_bytes: 431, counted
+    // (the series appears with its first refusal; the count after must be there)
+    let refused = metric(w.metrics, "roost_proxy_refused_total{outcome=\"header_too_large\"}").unwrap_or(0.0);
+    let (s, _) = h2c(port, &["-H", &format!("x-big: {}", "a".repeat(9000))], "/", None);
+    assert_eq!(s, "2 431");
+    assert_eq!(w.metric("roost_proxy_refused_total{outcome=\"header_too_large\"}"), refused + 1.0);
+    // a dubious client is challenged, solves it over HTTP/2, and reaches the app with its cookie
+    w.set("127.0.0.70", Class::Dubious, -0.2);
+    wait_for(Duration::from_secs(5), "the verdict", || h2c(port, &[], "/", None).0 == "2 403");
+    let (_, page) = h2c(port, &[], "/shop", None);
+    assert!(page.contains("content-security-policy:"), "{page}");
+    let (token, n) = (field(&page, "t"), solve(&field(&page, "t"), bits(&page)).to_string());
+    let (s, passed) =
+        h2c(port, &["--data", &form(&[("t", &token), ("n", &n), ("r", "/shop")])], "/.roost/verify", None);
+    assert_eq!(s, "2 303", "{passed}");
+    let cookie = passed
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no clearance cookie: {passed}"))
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (s, r) = h2c(port, &["-b", &cookie], "/shop", None);
+    assert_eq!(s, "2 200", "{r}");
+    assert!(r.contains("verdict=[dubious; cleared]"), "{r}");
+    // the same solution again: refused (replayed), a fresh challenge
+    let (s, _) = h2c(port, &["--data", &form(&[("t", &token), ("n", &n), ("r", "/shop")])], "/.roost/verify", None);
+    assert_eq!(s, "2 403");
+    // a bad client: the error page
+    w.set("127.0.0.70", Class::Bad, -0.9);
+    wait_for(Duration::from_secs(5), "the verdict", || {
+        let (s, r) = h2c(port, &[], "/", None);
+        s == "2 403" && !r.contains("One moment")
+    });
+    // every stream is in the access log as HTTP/2.0
+    wait_for(Duration::from_secs(5), "the access log", || {
+        std::fs::read_to_string(&w.log).is_ok_and(|l| l.contains("\"GET /a?b=c HTTP/2.0\" 200"))
+    });
+    // no upstream to be had: 502
+    let dead = free_port();
+    let w = Waffles::start_with(&redis(), "h2c = true\n", Some(&|_| format!("[\"127.0.0.1:{dead}\"]")));
+    let (s, _) = h2c(w.port, &[], "/", None);
+    assert_eq!(s, "2 502");
+}
+
+#[test]
+fn an_idle_or_silent_http2_connection_gets_a_goaway_and_is_closed() {
+    let w = Waffles::start(&redis(), "h2c = true\nkeepalive_timeout = \"1s\"\n");
+    // the preface and empty SETTINGS, then nothing: no stream, no SETTINGS ack, no PING answer
+    let mut s = connect_from("127.0.0.71", w.port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    let t = Instant::now();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("the proxy closes the connection (not a read timeout)");
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len = (usize::from(got[at]) << 16) | (usize::from(got[at + 1]) << 8) | usize::from(got[at + 2]);
+        types.push(got[at + 3]);
+        at += 9 + len;
+    }
+    assert!(types.contains(&7), "a GOAWAY (frame type 7) before the close: {types:?}");
+    // idle 1 s (keepalive_timeout), then client_timeout (2 s) for the GOAWAY to be honoured
+    assert!(t.elapsed() < Duration::from_secs(8), "closed after {:?}", t.elapsed());
+}
+
+/// An HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let n = payload.len();
+    let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads frames until stream `id` ends; returns its DATA payloads.
+fn h2_body(s: &mut TcpStream, id: u32) -> Vec<u8> {
+    let (mut body, mut buf) = (Vec::new(), Vec::new());
+    loop {
+        while buf.len() >= 9 {
+            let n = (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+            if buf.len() < 9 + n {
+                break;
+            }
+            let (kind, flags, stream) = (buf[3], buf[4], u32::from_be_bytes([buf[5] & 0x7f, buf[6], buf[7], buf[8]]));
+            if stream == id {
+                assert!(kind != 3, "stream {id} reset");
+                if kind == 0 {
+                    body.extend_from_slice(&buf[9..9 + n]);
+                }
+            }
+            buf.drain(..9 + n);
+            if stream == id && matches!(kind, 0 | 1) && flags & 0x1 != 0 {
+                return body;
+            }
+        }
+        let mut chunk = [0u8; 16384];
+        let got = s.read(&mut chunk).expect("the proxy's frames");
+        assert!(got > 0, "the proxy closed the connection");
+        buf.extend_from_slice(&chunk[..got]);
+    }
+}
+
+#[test]
+fn an_empty_http2_data_frame_does_not_end_the_body_the_app_gets() {
+    // the app: records what each connection brings, answers once a chunked body has ended
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for c in app.incoming().take(50) {
+            let Ok(mut c) = c else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+                let (mut got, mut buf, mut answered) = (Vec::new(), [0u8; 4096], false);
+                while let Ok(n @ 1..) = c.read(&mut buf) {
+                    got.extend_from_slice(&buf[..n]);
+                    if !answered && got.ends_with(b"0\r\n\r\n") {
+                        answered = true;
+                        let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n");
+                    }
+                }
+                let _ = tx.send(got);
+            });
+        }
+    });
+    let w = Waffles::start_with(&redis(), "h2c = true\n", Some(&|_| format!("[\"127.0.0.1:{app_port}\"]")));
+    let mut s = connect_from("127.0.0.72", w.port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // HPACK by hand: POST from the static table, :scheme http, :path and :authority as literals
+    let mut head = vec![0x83, 0x86, 0x04, 5];
+    head.extend_from_slice(b"/post");
+    head.extend_from_slice(&[0x01, 9]);
+    head.extend_from_slice(b"localhost");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    // no length declared (chunked to the app), empty DATA frames amid the body and at its end
+    // (as curl ends an upload of unknown length)
+    out.extend(frame(1, 0x4, 1, &head));
+    out.extend(frame(0, 0, 1, b"abc"));
+    out.extend(frame(0, 0, 1, b""));
+    out.extend(frame(0, 0, 1, b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"));
+    out.extend(frame(0, 0x1, 1, b""));
+    s.write_all(&out).unwrap();
+    assert_eq!(h2_body(&mut s, 1), b"ok\n");
+    // the connection that brought the POST: its body ended once, at its end
+    let t = Instant::now();
+    let got = loop {
+        let got = rx.recv_timeout(Duration::from_secs(10)).expect("the app's connection");
+        if got.starts_with(b"POST ") {
+            break String::from_utf8_lossy(&got).into_owned();
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no POST reached the app");
+    };
+    let body = got.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    assert_eq!(body, "3\r\nabc\r\n23\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n", "{got}");
 }
