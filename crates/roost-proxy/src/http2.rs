@@ -377,14 +377,17 @@ async fn to_app(
     let declared =
         parts.headers.get(http::header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.parse().ok()));
     let length = match declared {
-        Some(None) => {
-            w.metrics.refused.get_or_create(&OutcomeLabels { outcome: framing::Refusal::BadLength.as_str() }).inc();
-            tx.send_reset(Reason::PROTOCOL_ERROR);
-            return Ok((400, 0));
-        }
-        Some(Some(n)) => Some(n),
-        None if body.is_end_stream() => Some(0),
-        None => None,
+        // not a number, or a length with no body to come (the app would wait for it)
+        Some(None) => None,
+        Some(Some(n)) if n > 0 && body.is_end_stream() => None,
+        Some(Some(n)) => Some(Some(n)),
+        None if body.is_end_stream() => Some(Some(0)),
+        None => Some(None),
+    };
+    let Some(length) = length else {
+        w.metrics.refused.get_or_create(&OutcomeLabels { outcome: framing::Refusal::BadLength.as_str() }).inc();
+        tx.send_reset(Reason::PROTOCOL_ERROR);
+        return Ok((400, 0));
     };
     let mut out = Vec::with_capacity(1024);
     upstream_head(w, client, ctx, parts, length, &mut out);
