@@ -19,7 +19,6 @@ use http::request::Parts;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 use crate::framing::{self, Body, Chunked, Piece};
@@ -51,7 +50,8 @@ pub async fn serve(w: &Arc<Waffles>, down: Stream, shutdown: &ShutdownWatch) {
         Err(_) => return,
     };
     let conn_info = Arc::new(Client { peer: peer.map(|p| (p, crate::clientip::canonical(p).to_string())), tls });
-    let mut tasks = JoinSet::new();
+    // streams in flight: each task holds a count, and the last to finish says so
+    let open = Arc::new(Open::default());
     let mut sd = shutdown.clone();
     let stop = sd.changed();
     tokio::pin!(stop);
@@ -63,15 +63,20 @@ pub async fn serve(w: &Arc<Waffles>, down: Stream, shutdown: &ShutdownWatch) {
     let later = |d: Duration| tokio::time::Instant::now() + d;
     loop {
         tokio::select! {
-            // finished streams are reaped first; an idle connection's clock starts anew
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
-                if tasks.is_empty() && !stopping {
+            // the last open stream finished: an idle connection's clock starts anew
+            () = open.none.notified() => {
+                if open.count() == 0 && !stopping {
                     idle.as_mut().reset(later(w.cfg.keepalive_timeout));
                 }
             }
             next = conn.accept() => match next {
                 Some(Ok((req, tx))) => {
-                    tasks.spawn(stream(w.clone(), conn_info.clone(), req, tx));
+                    let held = Held::new(&open);
+                    let (w, client) = (w.clone(), conn_info.clone());
+                    tokio::spawn(async move {
+                        stream(w, client, req, tx).await;
+                        drop(held);
+                    });
                 }
                 Some(Err(e)) => {
                     tracing::debug!(?peer, error = %e, "HTTP/2 connection");
@@ -79,7 +84,7 @@ pub async fn serve(w: &Arc<Waffles>, down: Stream, shutdown: &ShutdownWatch) {
                 }
                 None => break,
             },
-            () = idle.as_mut(), if stopping || tasks.is_empty() => {
+            () = idle.as_mut(), if stopping || open.count() == 0 => {
                 if stopping {
                     break;
                 }
@@ -94,8 +99,39 @@ pub async fn serve(w: &Arc<Waffles>, down: Stream, shutdown: &ShutdownWatch) {
             }
         }
     }
-    // the connection is gone: what its streams still do cannot reach the client
-    tasks.shutdown().await;
+    // streams still in flight end on their own: their writes to the client fail, and a wait on
+    // the app is bounded by upstream_timeout
+}
+
+/// How many of a connection's streams are in flight.
+#[derive(Default)]
+struct Open {
+    n: std::sync::atomic::AtomicUsize,
+    none: tokio::sync::Notify,
+}
+
+impl Open {
+    fn count(&self) -> usize {
+        self.n.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One stream's share of [`Open`], given back when its task ends (however it ends).
+struct Held(Arc<Open>);
+
+impl Held {
+    fn new(open: &Arc<Open>) -> Held {
+        open.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Held(open.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 1 {
+            self.0.none.notify_one();
+        }
+    }
 }
 
 /// What every stream of a connection shares.
@@ -477,6 +513,46 @@ async fn read_head(w: &Waffles, ubuf: &mut Vec<u8>, up: &mut TcpStream) -> Resul
     }
 }
 
+/// A response head from the app, as the client gets it.
+enum Head {
+    Final(http::Response<()>, framing::ResponseFraming),
+    /// A 1xx other than 101, of this many bytes.
+    Interim(usize),
+}
+
+/// Parses the app's response head at the start of `ubuf` (its fields array lives here, not in
+/// the stream's future, which every task spawn and completion moves).
+fn response_head(ubuf: &[u8], head: bool) -> Result<Head, u16> {
+    let mut f = [httparse::EMPTY_HEADER; framing::MAX_HEADERS];
+    let (r, rf) = match framing::response(ubuf, &mut f, head) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(502),
+        Err(r) => {
+            tracing::warn!(refusal = %r, "the upstream's response head");
+            return Err(502);
+        }
+    };
+    // 101 has no place in HTTP/2
+    if rf.status == 101 {
+        return Err(502);
+    }
+    if (100..200).contains(&rf.status) {
+        return Ok(Head::Interim(rf.head_len));
+    }
+    let mut resp = http::Response::builder().status(rf.status);
+    let hop = framing::Hop::new(r.headers);
+    for h in r.headers.iter() {
+        if hop.drops(h.name) {
+            continue;
+        }
+        match (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) {
+            (Ok(k), Ok(v)) => resp = resp.header(k, v),
+            _ => return Err(502),
+        }
+    }
+    resp.body(()).map(|r| Head::Final(r, rf)).map_err(|_| 502)
+}
+
 /// The app's response (its head at the start of `ubuf`) to the client.
 async fn from_app(
     w: &Waffles,
@@ -488,37 +564,14 @@ async fn from_app(
 ) -> Result<(u16, usize), u16> {
     let head = parts.method == http::Method::HEAD;
     let (resp, rf) = loop {
-        let mut f = [httparse::EMPTY_HEADER; framing::MAX_HEADERS];
-        let (r, rf) = match framing::response(&ubuf, &mut f, head) {
-            Ok(Some(r)) => r,
-            Ok(None) => return Err(502),
-            Err(r) => {
-                tracing::warn!(refusal = %r, "the upstream's response head");
-                return Err(502);
-            }
-        };
-        // interim responses are the app's business with us; 101 has no place in HTTP/2
-        if rf.status == 101 {
-            return Err(502);
-        }
-        if (100..200).contains(&rf.status) {
-            ubuf.drain(..rf.head_len);
-            read_head(w, &mut ubuf, &mut up).await?;
-            continue;
-        }
-        let mut resp = http::Response::builder().status(rf.status);
-        let hop = framing::Hop::new(r.headers);
-        for h in r.headers.iter() {
-            if hop.drops(h.name) {
-                continue;
-            }
-            match (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) {
-                (Ok(k), Ok(v)) => resp = resp.header(k, v),
-                _ => return Err(502),
+        match response_head(&ubuf, head)? {
+            Head::Final(resp, rf) => break (resp, rf),
+            // interim responses are the app's business with us
+            Head::Interim(n) => {
+                ubuf.drain(..n);
+                read_head(w, &mut ubuf, &mut up).await?;
             }
         }
-        let Ok(resp) = resp.body(()) else { return Err(502) };
-        break (resp, rf);
     };
     ubuf.drain(..rf.head_len);
     let wait = w.cfg.upstream_timeout;
