@@ -581,6 +581,11 @@ async fn to_app(
     }
     // a request with no body can be sent again on a fresh connection if a kept one turns out
     // to have been closed by the app meanwhile
+    // a kept connection the app closed, or sent anything on while idle, is not used again:
+    // what it sent would be read as this request's response
+    if c.up.as_ref().is_some_and(|u| !crate::http2::quiet(u)) {
+        c.up = None;
+    }
     let mut retry = fr.body == Body::None && asked.idempotent && c.up.is_some();
     let head_len = c.out.len();
     loop {

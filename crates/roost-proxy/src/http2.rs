@@ -296,8 +296,7 @@ async fn checkout(w: &Waffles) -> Result<(TcpStream, SocketAddr, bool), u16> {
             let idle = pool.swap_remove(i);
             // one the app closed, or sent anything on while idle, is not used again: what it
             // sent would be read as the next request's response
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            if idle.since.elapsed() < max_idle && idle.conn.poll_read_ready(&mut cx).is_pending() {
+            if idle.since.elapsed() < max_idle && quiet(&idle.conn) {
                 return Some(idle.conn);
             }
         }
@@ -314,6 +313,17 @@ async fn checkout(w: &Waffles) -> Result<(TcpStream, SocketAddr, bool), u16> {
         Err(crate::h1::Fail::Upstream(s)) => Err(s),
         Err(_) => Err(502),
     }
+}
+
+/// An idle app connection nothing has arrived on, not even its close. Usually the reactor knows
+/// (no system call); after a read that filled its buffer exactly it does not, and one
+/// non-blocking read looks.
+pub(crate) fn quiet(conn: &TcpStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if conn.poll_read_ready(&mut cx).is_pending() {
+        return true;
+    }
+    matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// Keeps a connection whose exchange ended cleanly for the next request, up to the bound.

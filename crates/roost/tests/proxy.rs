@@ -1363,3 +1363,64 @@ fn an_empty_http2_data_frame_does_not_end_the_body_the_app_gets() {
     let body = got.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     assert_eq!(body, "3\r\nabc\r\n23\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n", "{got}");
 }
+
+/// Reads one response (framed by Content-Length) off a kept connection: its body.
+fn read_one(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).expect("a response head"), 1, "the proxy closed the connection");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let n: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no length: {head}"));
+    let mut body = vec![0u8; n];
+    s.read_exact(&mut body).unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[test]
+fn what_the_app_sends_on_an_idle_kept_connection_never_answers_the_next_request() {
+    // the app: answers a connection's first request, then sends a response nobody asked for
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in app.incoming().take(50) {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(n @ 1..) => got.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nfirst\n");
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nstale\n");
+                std::thread::sleep(Duration::from_secs(3));
+            });
+        }
+    });
+    let w = Waffles::start_with(&redis(), "h2c = true\n", Some(&|_| format!("[\"127.0.0.1:{app_port}\"]")));
+    // HTTP/1: the connection bound to the client
+    let mut s = connect_from("127.0.0.73", w.port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for path in ["/a", "/b"] {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n\r\n").as_bytes()).unwrap();
+        assert_eq!(read_one(&mut s), "first\n", "{path}");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // HTTP/2: the connections kept per worker
+    for path in ["/c", "/d"] {
+        let (st, r) = h2c(w.port, &[], path, None);
+        assert_eq!(st, "2 200", "{r}");
+        assert!(r.ends_with("\r\n\r\nfirst\n"), "{path}: {r}");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+}
