@@ -424,7 +424,7 @@ fn origin_form(target: &str) -> &str {
     target
 }
 
-fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -550,8 +550,17 @@ async fn read_form(w: &Waffles, c: &mut Conn, down: &mut Stream, body: &Body) ->
 
 /// Connects to the next healthy upstream.
 pub(crate) async fn connect(w: &Waffles) -> Result<TcpStream, Fail> {
+    connect_to(w, next_upstream(w)?).await
+}
+
+/// The next healthy upstream, round-robin.
+pub(crate) fn next_upstream(w: &Waffles) -> Result<std::net::SocketAddr, Fail> {
     let backend = w.upstreams.select(b"", 256).ok_or(Fail::Upstream(502))?;
-    let addr = *backend.addr.as_inet().ok_or(Fail::Upstream(502))?;
+    backend.addr.as_inet().copied().ok_or(Fail::Upstream(502))
+}
+
+/// Connects to the upstream at `addr`.
+pub(crate) async fn connect_to(w: &Waffles, addr: std::net::SocketAddr) -> Result<TcpStream, Fail> {
     match timeout(w.cfg.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
@@ -675,7 +684,7 @@ async fn send_request(
 }
 
 /// Reads until the upstream's response head is all in `ubuf` (parsed once, by the caller).
-async fn read_response_head(w: &Waffles, ubuf: &mut Vec<u8>, up: &mut TcpStream) -> Result<(), Fail> {
+pub(crate) async fn read_response_head(w: &Waffles, ubuf: &mut Vec<u8>, up: &mut TcpStream) -> Result<(), Fail> {
     loop {
         if framing::head_end(ubuf).is_some() {
             return Ok(());

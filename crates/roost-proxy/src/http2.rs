@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::framing::{self, Body, Chunked, Piece};
-use crate::h1::{READ, connect, put, read_some};
+use crate::h1::{Fail, READ, connect_to, field_line, next_upstream, put, read_response_head, read_some};
 use crate::metrics::OutcomeLabels;
 use crate::now_ms;
 use crate::service::{Ctx, Front, MAX_FORM, Reply, Waffles};
@@ -288,8 +288,7 @@ thread_local! {
 
 /// An idle connection to the next healthy upstream, or a new one; `true` when it was kept.
 async fn checkout(w: &Waffles) -> Result<(TcpStream, SocketAddr, bool), u16> {
-    let backend = w.upstreams.select(b"", 256).ok_or(502u16)?;
-    let addr = *backend.addr.as_inet().ok_or(502u16)?;
+    let addr = next_upstream(w).map_err(status)?;
     let max_idle = w.cfg.keepalive_timeout;
     let kept = POOL.with_borrow_mut(|pool| {
         while let Some(i) = pool.iter().rposition(|i| i.addr == addr) {
@@ -305,13 +304,14 @@ async fn checkout(w: &Waffles) -> Result<(TcpStream, SocketAddr, bool), u16> {
     if let Some(conn) = kept {
         return Ok((conn, addr, true));
     }
-    match connect(w).await {
-        Ok(conn) => {
-            let addr = conn.peer_addr().unwrap_or(addr);
-            Ok((conn, addr, false))
-        }
-        Err(crate::h1::Fail::Upstream(s)) => Err(s),
-        Err(_) => Err(502),
+    Ok((connect_to(w, addr).await.map_err(status)?, addr, false))
+}
+
+/// The status a client gets for a failure on the way to the app.
+fn status(f: Fail) -> u16 {
+    match f {
+        Fail::Upstream(s) => s,
+        _ => 502,
     }
 }
 
@@ -370,7 +370,7 @@ fn upstream_head(w: &Waffles, client: &Client, ctx: &Ctx, parts: &Parts, length:
         {
             continue;
         }
-        line(out, n, v.as_bytes());
+        field_line(out, n, v.as_bytes());
     }
     if cookies > 0 {
         out.extend_from_slice(b"cookie: ");
@@ -382,7 +382,7 @@ fn upstream_head(w: &Waffles, client: &Client, ctx: &Ctx, parts: &Parts, length:
         }
         out.extend_from_slice(b"\r\n");
     }
-    line(out, b"x-roost-verdict", ctx.verdict_header().as_bytes());
+    field_line(out, b"x-roost-verdict", ctx.verdict_header().as_bytes());
     if let Some((peer, text)) = &client.peer {
         out.extend_from_slice(b"x-forwarded-for: ");
         let prior = parts.headers.get_all("x-forwarded-for");
@@ -396,15 +396,8 @@ fn upstream_head(w: &Waffles, client: &Client, ctx: &Ctx, parts: &Parts, length:
             out.extend_from_slice(n.to_string().as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        None => line(out, b"transfer-encoding", b"chunked"),
+        None => field_line(out, b"transfer-encoding", b"chunked"),
     }
-    out.extend_from_slice(b"\r\n");
-}
-
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -507,20 +500,7 @@ async fn send_body(
 
 /// Reads until the app's response head is all in `ubuf`.
 async fn read_head(w: &Waffles, ubuf: &mut Vec<u8>, up: &mut TcpStream) -> Result<(), u16> {
-    loop {
-        if framing::head_end(ubuf).is_some() {
-            return Ok(());
-        }
-        if ubuf.len() > 64 * 1024 {
-            return Err(502);
-        }
-        match read_some(up, ubuf, READ, w.cfg.upstream_timeout).await {
-            Ok(0) => return Err(502),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(504),
-            Err(_) => return Err(502),
-        }
-    }
+    read_response_head(w, ubuf, up).await.map_err(status)
 }
 
 /// A response head from the app, as the client gets it.
