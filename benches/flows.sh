@@ -112,6 +112,7 @@ for v in $VERSIONS; do
     sent=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sent_flows"])' "$RUN/nfcapd-v$v-$r.json")
     cpu=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(round(d.get("collector_cpu_pct") or 0))' "$RUN/nfcapd-v$v-$r.json")
     recv=$(nfdump -R "$D" -I | awk '/^Flows:/ {print $2}')
+    rm -rf "$D" # (a few GB a run: counted, then gone)
     loss=$(python3 -c "print('%.2f %%' % (100 * (1 - ${recv:-0} / $sent)))")
     ach=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["achieved_rate"])' "$RUN/nfcapd-v$v-$r.json")
     kd=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kernel_drops"])' "$RUN/nfcapd-v$v-$r.json")

@@ -17,7 +17,6 @@
 //! `max_sources` sources (the oldest windows go first), and the sets of ports and hosts stop
 //! growing once past every threshold.
 
-use hashbrown::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -99,8 +98,8 @@ fn proves_source(f: &FlowRecord) -> bool {
     f.proto == 6 && f.tcp_flags & 0x12 == 0x12
 }
 
-#[derive(Default)]
 struct Window {
+    src: IpAddr,
     start: i64,
     last: i64,
     ports: Few<u16>,
@@ -118,30 +117,162 @@ struct Window {
 }
 
 impl Window {
+    fn new(src: IpAddr, start: i64) -> Window {
+        Window {
+            src,
+            start,
+            last: start,
+            ports: Few::default(),
+            hosts: Hosts::default(),
+            proven_ports: Few::default(),
+            proven_hosts: Hosts::default(),
+            tcp: 0,
+            syn_only: 0,
+            flows: 0,
+            packets: 0,
+            fired: 0,
+        }
+    }
+
+    fn prefetch_sets(&self) {
+        for p in [self.ports.spilled(), self.proven_ports.spilled()].into_iter().flatten() {
+            prefetch(p.cast());
+        }
+        for p in [self.hosts.seen.spilled(), self.proven_hosts.seen.spilled()].into_iter().flatten() {
+            prefetch(p.cast());
+            prefetch(p.cast::<u8>().wrapping_add(64));
+        }
+    }
+
     /// A new window from `start`, the sets' memory kept (a busy source's window starts over
     /// every minute: freeing and allocating its sets each time was most of the cost).
     fn restart(&mut self, start: i64) {
-        let Window { ports, hosts, proven_ports, proven_hosts, .. } = self;
-        ports.clear();
-        hosts.clear();
-        proven_ports.clear();
-        proven_hosts.clear();
-        *self = Window {
-            start,
-            ports: std::mem::take(ports),
-            hosts: std::mem::take(hosts),
-            proven_ports: std::mem::take(proven_ports),
-            proven_hosts: std::mem::take(proven_hosts),
-            ..Window::default()
-        };
+        self.ports.clear();
+        self.hosts.clear();
+        self.proven_ports.clear();
+        self.proven_hosts.clear();
+        (self.start, self.last, self.tcp, self.syn_only, self.flows, self.packets, self.fired) =
+            (start, start, 0, 0, 0, 0, 0);
     }
 }
 
-/// The windows of every source.
+/// The windows of every source: in one vector, found through [`Index`].
 pub struct FlowFeatures {
     cfg: FeaturesConfig,
-    sources: HashMap<IpAddr, Window>,
+    windows: Vec<Window>,
+    index: Index,
 }
+
+/// Where each source's window is in [`FlowFeatures::windows`]: an open-addressing table (linear
+/// probing, at most half full) of a hash tag and a position per source. It is laid out so a
+/// batch of flows can look ahead ([`FlowFeatures::observe_all`]): a flow's slot is computed and
+/// fetched from memory a few flows before its window is, and its window a few flows before it
+/// is used. Windows are only ever added one at a time or dropped all together (expiry, eviction),
+/// so the table is rebuilt then rather than deleted from. The hash is seeded per process: the
+/// addresses are the senders' (and a forger's) choice.
+struct Index {
+    slots: Vec<Slot>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    /// The hash's upper half.
+    tag: u32,
+    /// The window's position, or [`EMPTY`].
+    at: u32,
+}
+
+const EMPTY: u32 = u32::MAX;
+const FREE: Slot = Slot { tag: 0, at: EMPTY };
+
+impl Index {
+    fn new() -> Index {
+        Index { slots: vec![FREE; 1024], hasher: Default::default() }
+    }
+
+    fn hash(&self, a: &IpAddr) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, a)
+    }
+
+    fn home(&self, h: u64) -> usize {
+        h as usize & (self.slots.len() - 1)
+    }
+
+    /// The first window whose tag matches `h`: most likely `h`'s source's, to be checked.
+    fn candidate(&self, h: u64) -> Option<u32> {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(h);
+        loop {
+            let s = self.slots[i];
+            if s.at == EMPTY {
+                return None;
+            }
+            if s.tag == (h >> 32) as u32 {
+                return Some(s.at);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn find(&self, h: u64, src: &IpAddr, windows: &[Window]) -> Option<u32> {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(h);
+        loop {
+            let s = self.slots[i];
+            if s.at == EMPTY {
+                return None;
+            }
+            if s.tag == (h >> 32) as u32 && windows[s.at as usize].src == *src {
+                return Some(s.at);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Notes window `at` under `h` (not there yet).
+    fn insert(&mut self, h: u64, at: u32) {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(h);
+        while self.slots[i].at != EMPTY {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = Slot { tag: (h >> 32) as u32, at };
+    }
+
+    /// The table anew for `windows`, at least twice their number of slots (plus room for one).
+    fn rebuild(&mut self, windows: &[Window]) {
+        let n = ((windows.len() + 1) * 2).next_power_of_two().max(1024);
+        self.slots.clear();
+        self.slots.resize(n, FREE);
+        for (at, w) in windows.iter().enumerate() {
+            let h = self.hash(&w.src);
+            self.insert(h, at as u32);
+        }
+    }
+
+    fn slot_address(&self, h: u64) -> *const u8 {
+        (&self.slots[self.home(h)] as *const Slot).cast()
+    }
+}
+
+/// Asks the processor to bring the cache line at `p` closer (a hint: it never faults and
+/// changes nothing observable).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that never faults, whatever the address; SSE, which the
+    // instruction needs, is part of every x86_64 processor.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// How many flows ahead [`FlowFeatures::observe_all`] fetches a flow's slot, and then its window.
+const AHEAD: usize = 8;
 
 const PORTSCAN: u8 = 1;
 const HOSTSCAN: u8 = 2;
@@ -151,22 +282,83 @@ const UNPROVEN_BITS: u8 = 4;
 
 impl FlowFeatures {
     pub fn new(cfg: FeaturesConfig) -> FlowFeatures {
-        FlowFeatures { cfg, sources: HashMap::new() }
+        FlowFeatures { cfg, windows: Vec::new(), index: Index::new() }
     }
 
     pub fn tracked(&self) -> usize {
-        self.sources.len()
+        self.windows.len()
+    }
+
+    /// Adds flows, in order; returns the evidence they complete. The same as [`Self::observe`]
+    /// of each, but a flow's window is fetched from memory while the flows before it are
+    /// counted: with many sources, a lookup is a cache miss or two, which dominated the cost.
+    pub fn observe_all(&mut self, flows: &[FlowRecord], out: &mut Vec<EvidenceEvent>) {
+        // (longer than the distance from the first stage to the last)
+        const RING: usize = 4 * AHEAD;
+        let mut hashes = [0u64; RING];
+        let mut candidates = [EMPTY; RING];
+        for i in 0..flows.len() + 3 * AHEAD {
+            if let Some(f) = flows.get(i) {
+                let h = self.index.hash(&f.src);
+                hashes[i % RING] = h;
+                prefetch(self.index.slot_address(h));
+            }
+            if let Some(j) = i.checked_sub(AHEAD).filter(|&j| j < flows.len()) {
+                let c = self.index.candidate(hashes[j % RING]).unwrap_or(EMPTY);
+                candidates[j % RING] = c;
+                if let Some(w) = self.windows.get(c as usize) {
+                    let p: *const u8 = (w as *const Window).cast();
+                    for line in (0..std::mem::size_of::<Window>()).step_by(64) {
+                        prefetch(p.wrapping_add(line));
+                    }
+                }
+            }
+            // the sets' members past the first few live apart: fetched once the window is near
+            if let Some(w) = i
+                .checked_sub(2 * AHEAD)
+                .filter(|&k| k < flows.len())
+                .and_then(|k| self.windows.get(candidates[k % RING] as usize))
+            {
+                w.prefetch_sets();
+            }
+            if let Some(k) = i.checked_sub(3 * AHEAD).filter(|&k| k < flows.len()) {
+                self.add(&flows[k], hashes[k % RING], candidates[k % RING], out);
+            }
+        }
     }
 
     /// Adds a flow; returns the evidence it completes.
     pub fn observe(&mut self, f: &FlowRecord, out: &mut Vec<EvidenceEvent>) {
-        let t = f.end.or(f.start).unwrap_or(f.received);
-        let win = self.cfg.window.as_millis() as i64;
-        // (the length first: a second lookup per flow only at capacity)
-        if self.sources.len() >= self.cfg.max_sources && !self.sources.contains_key(&f.src) {
+        let h = self.index.hash(&f.src);
+        self.add(f, h, EMPTY, out);
+    }
+
+    /// The window of `src` (hash `h`), made when there is none: `candidate` is where it was
+    /// likely to be a moment ago (checked, as windows may have been added or dropped since).
+    fn window(&mut self, src: &IpAddr, h: u64, candidate: u32, t: i64) -> usize {
+        if self.windows.get(candidate as usize).is_some_and(|w| w.src == *src) {
+            return candidate as usize;
+        }
+        if let Some(at) = self.index.find(h, src, &self.windows) {
+            return at as usize;
+        }
+        if self.windows.len() >= self.cfg.max_sources {
             self.evict(t);
         }
-        let w = self.sources.entry(f.src).or_insert_with(|| Window { start: t, ..Window::default() });
+        if (self.windows.len() + 1) * 2 > self.index.slots.len() {
+            self.index.rebuild(&self.windows);
+        }
+        let at = self.windows.len();
+        self.windows.push(Window::new(*src, t));
+        self.index.insert(h, at as u32);
+        at
+    }
+
+    fn add(&mut self, f: &FlowRecord, h: u64, candidate: u32, out: &mut Vec<EvidenceEvent>) {
+        let t = f.end.or(f.start).unwrap_or(f.received);
+        let win = self.cfg.window.as_millis() as i64;
+        let at = self.window(&f.src, h, candidate, t);
+        let w = &mut self.windows[at];
         if t >= w.start.saturating_add(win) {
             w.restart(t);
         }
@@ -246,20 +438,22 @@ impl FlowFeatures {
     /// Drops windows that ended before `now`.
     pub fn expire(&mut self, now: Timestamp) {
         let win = self.cfg.window.as_millis() as i64;
-        self.sources.retain(|_, w| w.start.saturating_add(win) > now.millis());
+        self.windows.retain(|w| w.start.saturating_add(win) > now.millis());
+        self.index.rebuild(&self.windows);
     }
 
     /// At capacity: the windows that ended go, else the tenth least recently active.
     fn evict(&mut self, now: i64) {
         self.expire(Timestamp(now));
-        if self.sources.len() < self.cfg.max_sources {
+        if self.windows.len() < self.cfg.max_sources {
             return;
         }
-        let mut lasts: Vec<i64> = self.sources.values().map(|w| w.last).collect();
+        let mut lasts: Vec<i64> = self.windows.iter().map(|w| w.last).collect();
         let k = (lasts.len() / 10).max(1);
         let (_, cut, _) = lasts.select_nth_unstable(k - 1);
         let cut = *cut;
-        self.sources.retain(|_, w| w.last > cut);
+        self.windows.retain(|w| w.last > cut);
+        self.index.rebuild(&self.windows);
     }
 }
 
@@ -285,6 +479,11 @@ const FEW: usize = 4;
 impl<T: Copy + Default + Eq> Few<T> {
     fn len(&self) -> usize {
         self.len as usize
+    }
+
+    /// Where the members live when they are not inline.
+    fn spilled(&self) -> Option<*const T> {
+        (!self.more.is_empty()).then_some(self.more.as_ptr())
     }
 
     /// Empty, the vector's memory kept.
@@ -532,7 +731,7 @@ mod tests {
         big.packets = u64::MAX;
         f.observe(&big, &mut out);
         f.observe(&big, &mut out);
-        assert_eq!(f.sources[&big.src].packets, u64::MAX);
+        assert_eq!(f.windows.iter().find(|w| w.src == big.src).unwrap().packets, u64::MAX);
     }
 
     #[test]
@@ -598,6 +797,97 @@ mod tests {
             assert!(!few.insert(500, cap));
             assert_eq!(few.len(), cap);
         }
+    }
+
+    /// Flows of `sources` sources (some IPv6), over several windows, of every kind: a fixed
+    /// pseudo-random sequence.
+    fn mixed_flows(n: usize, sources: u64) -> Vec<FlowRecord> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        (0..n)
+            .map(|i| {
+                let r = next();
+                // a tenth of the flows from ten busy sources (scanners, flooders), the rest spread
+                let s = if r % 10 == 0 { (r >> 8) % 10 } else { r % sources };
+                let src = if s % 5 == 0 {
+                    format!("2001:db8::{s:x}")
+                } else {
+                    format!("10.{}.{}.{}", s >> 16, (s >> 8) & 255, s & 255)
+                };
+                let dst = format!("192.0.2.{}", (r >> 20) % 160);
+                let flags = [0x02, 0x12, 0x1b, 0x10][(r >> 30) as usize % 4];
+                // over two minutes: windows start over
+                flow(&src, &dst, ((r >> 40) % 240) as u16, flags, (i as i64) * 3)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn flows_added_in_batches_give_what_they_give_one_at_a_time() {
+        let cfg = FeaturesConfig {
+            max_sources: 500,
+            portscan_ports: 20,
+            hostscan_hosts: 15,
+            synflood_flows: 30,
+            ..FeaturesConfig::default()
+        };
+        let flows = mixed_flows(40_000, 1_500);
+        let (mut one, mut found_one) = (FlowFeatures::new(cfg.clone()), Vec::new());
+        for f in &flows {
+            one.observe(f, &mut found_one);
+        }
+        let (mut batched, mut found_batched) = (FlowFeatures::new(cfg), Vec::new());
+        let mut rest = &flows[..];
+        for size in [1, 2, 7, 1024, 3, 24, 25, 4096].into_iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (now, later) = rest.split_at(size.min(rest.len()));
+            batched.observe_all(now, &mut found_batched);
+            rest = later;
+        }
+        assert!(found_one.len() > 100, "the sequence finds things: {}", found_one.len());
+        assert!(
+            found_one.iter().any(|e| e.source.ends_with("-unproven"))
+                && found_one.iter().any(|e| !e.source.ends_with("-unproven"))
+        );
+        assert_eq!(found_batched, found_one);
+        assert_eq!(batched.tracked(), one.tracked());
+        let sorted = |f: &FlowFeatures| {
+            let mut w: Vec<_> =
+                f.windows.iter().map(|w| (w.src, w.start, w.last, w.flows, w.ports.len(), w.hosts.len())).collect();
+            w.sort();
+            w
+        };
+        assert_eq!(sorted(&batched), sorted(&one));
+    }
+
+    #[test]
+    fn every_source_has_one_window_however_many_there_are() {
+        let mut f = FlowFeatures::new(FeaturesConfig::default());
+        let mut out = Vec::new();
+        let flows: Vec<FlowRecord> = (0..60_000u32)
+            .map(|i| {
+                flow(&std::net::Ipv4Addr::from(0x0a00_0000 + i % 20_000).to_string(), "192.0.2.10", 443, 0x1b, 1000)
+            })
+            .collect();
+        for chunk in flows.chunks(1000) {
+            f.observe_all(chunk, &mut out);
+        }
+        assert_eq!(f.tracked(), 20_000);
+        assert!(f.windows.iter().all(|w| w.flows == 3), "each source's three flows in one window");
+        // after expiry the table is rebuilt: the windows left are still found, not made again
+        f.windows.iter_mut().take(5_000).for_each(|w| w.start = 1_000_000);
+        f.expire(Timestamp(900_000));
+        assert_eq!(f.tracked(), 5_000);
+        f.observe_all(&flows[..20_000], &mut out);
+        assert_eq!(f.tracked(), 20_000);
+        assert_eq!(f.windows.iter().filter(|w| w.flows == 4).count(), 5_000);
     }
 
     #[test]

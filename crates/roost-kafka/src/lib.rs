@@ -249,6 +249,35 @@ impl Producer {
         Ok(n)
     }
 
+    /// Queues records without waiting (librdkafka copies keys and values): what comes back is
+    /// awaited with [`Producer::acked`]. Unlike [`Producer::send_all`], the local queue is not
+    /// bounded here: callers bound what they queue (librdkafka's `queue.buffering.max.*` refuse
+    /// beyond its own limits, an error like any other).
+    pub fn queue<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = (K, Option<V>)>,
+    ) -> Result<Queued, Error> {
+        let mut acks = Vec::new();
+        for (key, value) in records {
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key.as_ref());
+            if let Some(v) = &value {
+                rec = rec.payload(v.as_ref());
+            }
+            acks.push(self.inner.send_result(rec).map_err(|(e, _)| self.fail(format!("queueing for {topic}"))(e))?);
+        }
+        Ok(Queued { topic: topic.to_owned(), acks })
+    }
+
+    /// Waits for every acknowledgement of `q`; the first failure is returned. Returns how many.
+    pub async fn acked(&self, q: Queued) -> Result<usize, Error> {
+        let n = q.acks.len();
+        for p in q.acks {
+            self.ack(&q.topic, p.await)?;
+        }
+        Ok(n)
+    }
+
     /// Sends records concurrently and waits for every acknowledgement;
     /// returns, per partition written, the offset after the last record written there. On a
     /// failure nothing is said about which records were written (callers resend the batch).
@@ -294,6 +323,22 @@ impl Producer {
             Ok(Err((e, _))) => Err(self.fail(format!("producing to {topic}"))(e)),
             Err(_) => Err(Error::Timeout(format!("producing to {topic}: the delivery report was lost"))),
         }
+    }
+}
+
+/// Records queued by [`Producer::queue`], their acknowledgements to come.
+pub struct Queued {
+    topic: String,
+    acks: Vec<rdkafka::producer::DeliveryFuture>,
+}
+
+impl Queued {
+    pub fn len(&self) -> usize {
+        self.acks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.acks.is_empty()
     }
 }
 

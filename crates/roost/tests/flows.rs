@@ -467,3 +467,95 @@ fn udp_rx_queue(port: u16) -> Option<u64> {
         u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()
     })
 }
+
+/// A NetFlow v5 datagram of 30 records, each from its own source (10.`seq`.0.`i`).
+fn v5_datagram(seq: u8) -> Vec<u8> {
+    let now = unix_now() as u32;
+    let mut p = Vec::new();
+    for x in [5u16, 30] {
+        p.extend_from_slice(&x.to_be_bytes());
+    }
+    for x in [60_000u32, now, 0, u32::from(seq) * 30] {
+        p.extend_from_slice(&x.to_be_bytes());
+    }
+    p.extend_from_slice(&[0, 0, 0, 0]);
+    for i in 0..30u8 {
+        p.extend_from_slice(&[10, seq, 0, i, 192, 0, 2, 10, 0, 0, 0, 0, 0, 1, 0, 2]);
+        for x in [3u32, 180, 59_000, 59_500] {
+            p.extend_from_slice(&x.to_be_bytes());
+        }
+        p.extend_from_slice(&40_000u16.to_be_bytes());
+        p.extend_from_slice(&443u16.to_be_bytes());
+        p.extend_from_slice(&[0, 0x1b, 6, 0, 0, 0, 0, 0, 24, 24, 0, 0]);
+    }
+    p
+}
+
+#[test]
+fn flows_taken_while_the_broker_is_away_are_published_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker_dir = d.join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let port = free_port();
+    // sqlite storage: the topic and the producer's state survive the restart, as a Kafka
+    // broker's do (tansu 0.6 in memory forgets the producer and refuses it for good; and an
+    // outage longer than `message.timeout.ms` fails tansu's sqlite idempotence check)
+    let mut broker = Some(own_broker(&broker_dir, port));
+    let topic = unique("flows-outage");
+    let (flow_port, metrics_port) = (free_port(), free_port());
+    let cfg = d.join("roost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbrokers = \"127.0.0.1:{port}\"\n[kafka.topics]\nflows = \"{topic}\"\ndeadletter = \"{topic}-dead\"\n\
+             [flows]\nlisten = [\"127.0.0.1:{flow_port}\"]\npartitions = 1\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+             [flows.features]\nenabled = false\n"
+        ),
+    )
+    .unwrap();
+    let _roost = Proc::roost("roost flows", &cfg, "flows");
+    wait_for(Duration::from_secs(30), "roost flows", || http_get(metrics_port, "/healthz").is_some());
+
+    // one exporter's 20 datagrams before the outage, 40 during it (more batches than the
+    // publisher keeps in flight)
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for seq in 0..20 {
+        sock.send_to(&v5_datagram(seq), ("127.0.0.1", flow_port)).unwrap();
+    }
+    wait_for(Duration::from_secs(20), "the first 600 records published", || {
+        metric(metrics_port, "roost_flows_published_total") == Some(600.0)
+    });
+    drop(broker.take());
+    for seq in 20..60 {
+        sock.send_to(&v5_datagram(seq), ("127.0.0.1", flow_port)).unwrap();
+        // more than the 20 ms a receiver waits before it hands a batch on
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for(Duration::from_secs(20), "the records of the outage decoded", || {
+        metric(metrics_port, "roost_flows_records_total") == Some(1800.0)
+    });
+    assert_eq!(metric(metrics_port, "roost_flows_published_total"), Some(600.0), "acknowledged while away");
+    broker = Some(own_broker(&broker_dir, port));
+    wait_for(Duration::from_secs(60), "every record published after the outage", || {
+        metric(metrics_port, "roost_flows_published_total") == Some(1800.0)
+    });
+    assert_eq!(metric(metrics_port, "roost_flows_dropped_total"), Some(0.0));
+    assert_eq!(metric(metrics_port, "roost_flows_queued_records"), Some(0.0));
+
+    // and the topic holds each record
+    let kcfg = roost_kafka::KafkaConfig {
+        brokers: format!("127.0.0.1:{port}"),
+        topics: roost_kafka::Topics { flows: topic.clone(), ..Default::default() },
+        ..Default::default()
+    };
+    let mut sources = std::collections::BTreeSet::new();
+    roost_kafka::read_to_end(&kcfg, &topic, Duration::from_secs(30), |r| {
+        for f in roost_flows::topic::decode(r.value.as_deref().unwrap_or_default()).expect("a flows-topic value") {
+            sources.insert(f.src);
+        }
+    })
+    .unwrap();
+    assert_eq!(sources.len(), 1800, "every record in the topic");
+    drop(broker);
+}

@@ -302,25 +302,6 @@ fn tail_loses_nothing_through_rotations_and_two_sigkills() {
     assert!(tail.running());
 }
 
-/// A tansu broker of the test's own, with sqlite storage (its topics survive a restart).
-fn own_broker(dir: &Path, port: u16) -> Proc {
-    let mut c = Command::new(tansu());
-    c.args([
-        "broker",
-        "--listener-url",
-        &format!("tcp://127.0.0.1:{port}"),
-        "--advertised-listener-url",
-        &format!("tcp://127.0.0.1:{port}"),
-        // tansu opens sqlite files relative to its working directory
-        "--storage-engine",
-        "sqlite://tansu.db",
-    ]);
-    c.current_dir(dir).env("RUST_LOG", "warn");
-    let p = Proc::spawn("tansu", c);
-    wait_for(Duration::from_secs(20), "tansu to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
-    p
-}
-
 #[test]
 fn tail_waits_out_a_stopped_broker_with_bounded_memory_and_loses_nothing() {
     const PER_FILE: u64 = 40_000;

@@ -406,3 +406,22 @@ pub fn send_verdicts(kafka: &roost_kafka::KafkaConfig, records: &[(&str, &str, f
         }
     });
 }
+
+/// A tansu broker of the test's own, with sqlite storage (its topics survive a restart).
+pub fn own_broker(dir: &Path, port: u16) -> Proc {
+    let mut c = Command::new(tansu());
+    c.args([
+        "broker",
+        "--listener-url",
+        &format!("tcp://127.0.0.1:{port}"),
+        "--advertised-listener-url",
+        &format!("tcp://127.0.0.1:{port}"),
+        // tansu opens sqlite files relative to its working directory
+        "--storage-engine",
+        "sqlite://tansu.db",
+    ]);
+    c.current_dir(dir).env("RUST_LOG", "warn");
+    let p = Proc::spawn("tansu", c);
+    wait_for(Duration::from_secs(20), "tansu to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    p
+}
