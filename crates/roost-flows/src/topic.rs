@@ -89,9 +89,86 @@ fn ns(ms: Option<i64>) -> u64 {
 
 /// Appends `records` to `out`, each a length-delimited `FlowMessage`.
 pub fn encode_into(records: &[FlowRecord], out: &mut Vec<u8>) {
+    let mut e = Encoder::default();
     for r in records {
-        let mut m = MessageBuf::new();
-        encode_message(r, &mut m);
+        e.encode(r, out);
+    }
+}
+
+/// Encodes records one at a time, in the same bytes as [`encode_into`]. The fields a
+/// datagram's records share (type, sampling, exporter, arrival, observation domain) are
+/// encoded once per run of records that share them and copied after that: the arrival time
+/// alone is a nine-byte varint.
+#[derive(Default)]
+pub struct Encoder {
+    buf: MessageBuf,
+    shared: Option<Shared>,
+}
+
+/// The fields of a run of records, and their bytes: `head` (fields 1 and 3), `exporter` (11),
+/// `received` (110), `tail` (1001, 1002).
+struct Shared {
+    of: (u16, u32, SocketAddr, i64, u32),
+    head: Piece,
+    exporter: Piece,
+    received: Piece,
+    tail: Piece,
+}
+
+/// A few encoded bytes.
+#[derive(Clone, Copy, Default)]
+struct Piece {
+    b: [u8; 24],
+    n: u8,
+}
+
+impl Piece {
+    fn of(f: impl FnOnce(&mut MessageBuf)) -> Piece {
+        let mut m = MessageBuf { n: 0, ..MessageBuf::default() };
+        f(&mut m);
+        let mut p = Piece { n: m.n as u8, ..Piece::default() };
+        p.b[..m.n].copy_from_slice(&m.b[..m.n]);
+        p
+    }
+}
+
+impl Encoder {
+    /// Appends `r` to `out`, a length-delimited `FlowMessage`.
+    pub fn encode(&mut self, r: &FlowRecord, out: &mut Vec<u8>) {
+        let of = (r.version, r.sampling, r.exporter, r.received, r.domain);
+        let s = match &self.shared {
+            Some(s) if s.of == of => s,
+            _ => self.shared.insert(Shared {
+                of,
+                head: Piece::of(|m| {
+                    uint(1, flow_type(r.version), m);
+                    uint(3, u64::from(r.sampling), m);
+                }),
+                exporter: Piece::of(|m| addr(11, r.exporter.ip(), m)),
+                received: Piece::of(|m| uint(110, ns(Some(r.received)), m)),
+                tail: Piece::of(|m| {
+                    uint(1001, u64::from(r.exporter.port()), m);
+                    uint(1002, u64::from(r.domain), m);
+                }),
+            }),
+        };
+        let m = &mut self.buf;
+        m.n = 2;
+        m.piece(&s.head);
+        addr(6, r.src, m);
+        addr(7, r.dst, m);
+        uint(9, r.bytes, m);
+        uint(10, r.packets, m);
+        m.piece(&s.exporter);
+        uint(20, u64::from(r.proto), m);
+        uint(21, u64::from(r.src_port), m);
+        uint(22, u64::from(r.dst_port), m);
+        uint(26, u64::from(r.tcp_flags), m);
+        uint(30, if r.src.is_ipv4() { 0x0800 } else { 0x86dd }, m);
+        m.piece(&s.received);
+        uint(111, ns(r.start), m);
+        uint(112, ns(r.end), m);
+        m.piece(&s.tail);
         out.extend_from_slice(m.length_delimited());
     }
 }
@@ -115,9 +192,18 @@ struct MessageBuf {
 /// [`max_encoded_len`]).
 const MESSAGE_BYTES: usize = 256;
 
-impl MessageBuf {
-    fn new() -> MessageBuf {
+impl Default for MessageBuf {
+    fn default() -> MessageBuf {
         MessageBuf { b: [0; MESSAGE_BYTES], n: 2 }
+    }
+}
+
+impl MessageBuf {
+    #[inline]
+    fn piece(&mut self, p: &Piece) {
+        let n = usize::from(p.n);
+        self.b[self.n..self.n + n].copy_from_slice(&p.b[..n]);
+        self.n += n;
     }
 
     #[inline]
@@ -182,26 +268,6 @@ fn addr(tag: u32, a: IpAddr, m: &mut MessageBuf) {
             m.bytes(v6.octets());
         }
     }
-}
-
-fn encode_message(r: &FlowRecord, buf: &mut MessageBuf) {
-    uint(1, flow_type(r.version), buf);
-    uint(3, u64::from(r.sampling), buf);
-    addr(6, r.src, buf);
-    addr(7, r.dst, buf);
-    uint(9, r.bytes, buf);
-    uint(10, r.packets, buf);
-    addr(11, r.exporter.ip(), buf);
-    uint(20, u64::from(r.proto), buf);
-    uint(21, u64::from(r.src_port), buf);
-    uint(22, u64::from(r.dst_port), buf);
-    uint(26, u64::from(r.tcp_flags), buf);
-    uint(30, if r.src.is_ipv4() { 0x0800 } else { 0x86dd }, buf);
-    uint(110, ns(Some(r.received)), buf);
-    uint(111, ns(r.start), buf);
-    uint(112, ns(r.end), buf);
-    uint(1001, u64::from(r.exporter.port()), buf);
-    uint(1002, u64::from(r.domain), buf);
 }
 
 /// An upper bound of one record's encoded size, length prefix included (for buffer sizing).
@@ -332,6 +398,36 @@ mod tests {
         assert_eq!(m, v, "the same bytes as prost's own encoder");
         assert!(max_encoded_len() <= MESSAGE_BYTES, "the stack buffer holds any message");
         assert_eq!(decode(&v).unwrap(), vec![small.clone(), big, small]);
+    }
+
+    /// The shared fields are encoded once per run of records that share them: a record whose
+    /// exporter, arrival, version, sampling or domain differs from the one before gets its own.
+    #[test]
+    fn records_that_share_less_each_get_their_own_fields() {
+        let a = record("203.0.113.5", Some(1_700_000_000_000));
+        let rs = vec![
+            a.clone(),
+            a.clone(),
+            FlowRecord { exporter: "192.0.2.2:9995".parse().unwrap(), ..a.clone() },
+            FlowRecord { exporter: "192.0.2.2:9996".parse().unwrap(), ..a.clone() },
+            FlowRecord { received: a.received + 1, ..a.clone() },
+            FlowRecord { version: 10, ..a.clone() },
+            FlowRecord { sampling: 1, ..a.clone() },
+            FlowRecord { domain: 8, ..a.clone() },
+            a.clone(),
+        ];
+        let mut e = Encoder::default();
+        let mut v = Vec::new();
+        for r in &rs {
+            e.encode(r, &mut v);
+        }
+        assert_eq!(decode(&v).unwrap(), rs);
+        let mut prost = Vec::new();
+        let mut rest = &v[..];
+        while !rest.is_empty() {
+            prost.extend(FlowMessage::decode_length_delimited(&mut rest).unwrap().encode_length_delimited_to_vec());
+        }
+        assert_eq!(prost, v, "the same bytes as prost's own encoder");
     }
 
     #[test]

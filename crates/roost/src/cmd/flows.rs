@@ -39,8 +39,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use roost_flows::features::FlowFeatures;
-use roost_flows::{Decoder, DecoderConfig, FlowRecord};
+use roost_flows::features::{FlowFeatures, Seen};
+use roost_flows::{Decoder, DecoderConfig};
 
 use crate::config::{Config, FlowsConfig};
 use crate::runtime::{self, Shutdown};
@@ -78,6 +78,9 @@ enum Out {
         letter: roost_wire::requests::DeadLetter,
     },
 }
+
+/// Room for what a receiver hands the publisher at a time (it grows if need be).
+const BATCH_OUTS: usize = 256;
 
 /// Records handed to the features thread at a time (or fewer, every 20 ms).
 const FEATURES_BATCH: usize = 1024;
@@ -214,7 +217,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // together whichever exporter, and so whichever socket, they came through, and the
     // receivers never wait for a lock
     let features = if f.features.enabled {
-        let (ftx, frx) = sync_channel::<Vec<FlowRecord>>(f.queue.div_ceil(FEATURES_BATCH).max(4));
+        let (ftx, frx) = sync_channel::<Vec<Seen>>(f.queue.div_ceil(FEATURES_BATCH).max(4));
         let (feat, tx, metrics, pool) =
             (FlowFeatures::new(f.features.clone()), tx.clone(), metrics.clone(), shared.pools.records.clone());
         threads.push(
@@ -388,13 +391,20 @@ struct Shared {
 #[derive(Clone)]
 struct Pools {
     values: Pool<u8>,
-    records: Pool<FlowRecord>,
+    records: Pool<Seen>,
+    /// The receivers' hand-overs to the publisher.
+    batches: Pool<Out>,
 }
 
 impl Pools {
     fn new() -> Pools {
         let value = RECORD_BYTES + roost_flows::topic::max_encoded_len();
-        Pools { values: Pool::new(256, 2 * value), records: Pool::new(64, 4 * FEATURES_BATCH) }
+        // values: what the publisher has in flight (four batches of about 150) and more
+        Pools {
+            values: Pool::new(1024, 2 * value),
+            records: Pool::new(64, 4 * FEATURES_BATCH),
+            batches: Pool::new(64, 4 * BATCH_OUTS),
+        }
     }
 }
 
@@ -407,10 +417,10 @@ fn accepted(exporters: &[ipnetwork::IpNetwork], a: IpAddr) -> bool {
 /// the evidence they complete goes to the publisher. Ends when every receiver has.
 fn keep_windows(
     mut feat: FlowFeatures,
-    rx: Receiver<Vec<FlowRecord>>,
+    rx: Receiver<Vec<Seen>>,
     tx: SyncSender<Vec<Out>>,
     m: &Metrics,
-    pool: &Pool<FlowRecord>,
+    pool: &Pool<Seen>,
 ) {
     let mut found = Vec::new();
     let mut last_prune = Instant::now();
@@ -449,7 +459,7 @@ fn keep_windows(
 fn receive(
     sock: UdpSocket,
     f: &FlowsConfig,
-    features: Option<SyncSender<Vec<FlowRecord>>>,
+    features: Option<SyncSender<Vec<Seen>>>,
     tx: SyncSender<Vec<Out>>,
     stop: &AtomicBool,
     shared: &Shared,
@@ -462,11 +472,12 @@ fn receive(
     });
     let mut labels = Labels::new();
     let mut out = roost_flows::Decoded::default();
-    let mut for_features: Vec<FlowRecord> =
+    let mut encoder = roost_flows::topic::Encoder::default();
+    let mut for_features: Vec<Seen> =
         if features.is_some() { pools.records.take(FEATURES_BATCH + 256) } else { Vec::new() };
     let mut last_error_log: HashMap<IpAddr, Instant> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
-    let mut batch: Vec<Out> = Vec::with_capacity(256);
+    let mut batch: Vec<Out> = pools.batches.take(BATCH_OUTS);
     // records in `batch`
     let mut in_batch = 0usize;
     // flows-topic records being filled, per source bucket: (encoded records, how many)
@@ -548,7 +559,7 @@ fn receive(
                 if value.capacity() == 0 {
                     *value = pools.values.take(RECORD_BYTES + roost_flows::topic::max_encoded_len());
                 }
-                roost_flows::topic::encode_into(std::slice::from_ref(r), value);
+                encoder.encode(r, value);
                 *n += 1;
                 if value.len() >= RECORD_BYTES {
                     in_batch += *n;
@@ -556,7 +567,7 @@ fn receive(
                 }
             }
             if features.is_some() {
-                for_features.extend_from_slice(&out.records);
+                for_features.extend(out.records.iter().map(Seen::from));
             }
         }
         let due = last_send.elapsed() >= Duration::from_millis(20);
@@ -585,7 +596,7 @@ fn receive(
         }
         if !batch.is_empty() && (in_batch >= 4096 || due) {
             let n = std::mem::take(&mut in_batch) as i64;
-            match tx.try_send(std::mem::replace(&mut batch, Vec::with_capacity(256))) {
+            match tx.try_send(std::mem::replace(&mut batch, pools.batches.take(BATCH_OUTS))) {
                 Ok(()) => {
                     queued.fetch_add(n, Ordering::Relaxed);
                 }
@@ -660,7 +671,7 @@ fn publish(
             };
             match got {
                 Ok(first) => {
-                    let batch = Batch::of(first, &rx, ipv6_prefix);
+                    let batch = Batch::of(first, &rx, ipv6_prefix, &shared.pools.batches);
                     let Some(q) = queue_until_taken(&batch, &producer, &topics, m, stop, &mut backoff) else { return };
                     in_flight.push_back((batch, acks(q)));
                     continue;
@@ -769,7 +780,8 @@ struct Batch {
 
 impl Batch {
     /// `first` and what else is waiting, up to about [`BATCH_RECORDS`] flow records.
-    fn of(first: Vec<Out>, rx: &Receiver<Vec<Out>>, ipv6_prefix: u8) -> Batch {
+    /// The receivers' vectors go back to `pool`, emptied.
+    fn of(first: Vec<Out>, rx: &Receiver<Vec<Out>>, ipv6_prefix: u8, pool: &Pool<Out>) -> Batch {
         let mut records = first;
         let count = |b: &[Out]| b.iter().map(|o| if let Out::Flows { records, .. } = o { *records } else { 0 }).sum();
         let mut n: usize = count(&records);
@@ -778,12 +790,13 @@ impl Batch {
                 Ok(mut more) => {
                     n += count(&more);
                     records.append(&mut more);
+                    pool.give(more);
                 }
                 Err(_) => break,
             }
         }
         let mut b = Batch { flows: Vec::with_capacity(records.len()), evidence: Vec::new(), letters: Vec::new(), n };
-        for r in records {
+        for r in records.drain(..) {
             match r {
                 Out::Flows { bucket, value, .. } => b.flows.push((bucket.to_string().into_bytes(), value)),
                 Out::Evidence(e) => b.evidence.push((
@@ -796,6 +809,7 @@ impl Batch {
                 )),
             }
         }
+        pool.give(records);
         b
     }
 
