@@ -107,6 +107,14 @@ pub struct Seen {
     pub proto: u8,
 }
 
+/// A flow of nothing between unspecified addresses (to fill buffers with).
+impl Default for Seen {
+    fn default() -> Seen {
+        let none = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        Seen { time: 0, packets: 0, src: none, dst: none, dst_port: 0, tcp_flags: 0, proto: 0 }
+    }
+}
+
 impl From<&FlowRecord> for Seen {
     fn from(f: &FlowRecord) -> Seen {
         Seen {

@@ -304,6 +304,16 @@ impl Producer {
         Ok(next)
     }
 
+    /// Waits (up to `timeout`) until the broker that leads `topic` answers: records queued
+    /// before that wait in librdkafka's queue for the connection and the metadata.
+    pub fn ready(&self, topic: &str, timeout: Duration) -> Result<(), Error> {
+        self.inner
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .map(|_| ())
+            .map_err(self.fail(format!("reaching {topic}")))
+    }
+
     /// Waits until every queued record is acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<(), Error> {
         self.inner.flush(timeout).map_err(self.fail("flushing the producer"))

@@ -79,6 +79,9 @@ enum Out {
     },
 }
 
+/// How long the receivers wait at start for the publisher to reach Kafka, at most.
+const PUBLISHER_READY: Duration = Duration::from_secs(10);
+
 /// Room for what a receiver hands the publisher at a time (it grows if need be).
 const BATCH_OUTS: usize = 256;
 
@@ -229,6 +232,21 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    // the publisher first, and the receivers once it has reached the broker (or after a while):
+    // what they take meanwhile would only pile up
+    let (ready_tx, ready_rx) = sync_channel::<()>(1);
+    {
+        let (kafka, stop, shared) = (cfg.kafka.clone(), shutdown.flag(), shared.clone());
+        let (ipv6_prefix, compression) = (cfg.engine.ipv6_prefix, f.compression);
+        threads.push(
+            std::thread::Builder::new()
+                .name("roost-flows-publish".into())
+                .spawn(move || publish(&kafka, compression, ipv6_prefix, rx, &stop, &shared, ready_tx))?,
+        );
+    }
+    if ready_rx.recv_timeout(PUBLISHER_READY).is_err() {
+        tracing::warn!(waited = ?PUBLISHER_READY, "the Kafka producer is not ready yet; receiving all the same");
+    }
     let receivers = match f.receivers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -248,15 +266,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     drop(tx);
     drop(features);
-    {
-        let (kafka, stop, shared) = (cfg.kafka.clone(), shutdown.flag(), shared.clone());
-        let (ipv6_prefix, compression) = (cfg.engine.ipv6_prefix, f.compression);
-        threads.push(
-            std::thread::Builder::new()
-                .name("roost-flows-publish".into())
-                .spawn(move || publish(&kafka, compression, ipv6_prefix, rx, &stop, &shared))?,
-        );
-    }
     rt.block_on(async {
         let server =
             runtime::serve("roost flows: /metrics", listener, runtime::metrics_router(Arc::new(registry)), &shutdown);
@@ -366,6 +375,22 @@ impl<T> Pool<T> {
         Pool { tx, rx, max_capacity }
     }
 
+    /// The same, holding `n` vectors of `capacity` made now, their memory written: fresh
+    /// memory costs a page fault per page on first use (zeroing it, and on a VM often the
+    /// host's work too), which taken at line rate was a tenth of a receiver's first seconds.
+    fn filled(buffers: usize, max_capacity: usize, n: usize, capacity: usize) -> Pool<T>
+    where
+        T: Copy + Default,
+    {
+        let pool = Pool::new(buffers, max_capacity);
+        for _ in 0..n.min(buffers) {
+            let mut v = vec![T::default(); capacity];
+            v.clear();
+            pool.give(v);
+        }
+        pool
+    }
+
     /// An empty vector: a returned one, or a new one of `capacity`.
     fn take(&self, capacity: usize) -> Vec<T> {
         self.rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(capacity))
@@ -401,8 +426,9 @@ impl Pools {
         let value = RECORD_BYTES + roost_flows::topic::max_encoded_len();
         // values: what the publisher has in flight (four batches of about 150) and more
         Pools {
-            values: Pool::new(1024, 2 * value),
-            records: Pool::new(64, 4 * FEATURES_BATCH),
+            // 512 ready: 17 MiB, what a few batches in flight at line rate hold
+            values: Pool::filled(1024, 2 * value, 512, value),
+            records: Pool::filled(64, 4 * FEATURES_BATCH, 32, FEATURES_BATCH + 256),
             batches: Pool::new(64, 4 * BATCH_OUTS),
         }
     }
@@ -622,6 +648,7 @@ fn publish(
     rx: Receiver<Vec<Out>>,
     stop: &AtomicBool,
     shared: &Shared,
+    ready: SyncSender<()>,
 ) {
     let (m, queued, pool) = (&*shared.metrics, &shared.queued, &shared.pools.values);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
@@ -641,6 +668,10 @@ fn publish(
             }
         }
     };
+    if let Err(e) = producer.ready(&kafka.topics.flows, PUBLISHER_READY) {
+        tracing::warn!(error = %e, "the Kafka producer cannot reach the flows topic's broker yet");
+    }
+    let _ = ready.try_send(());
     let topics = Topics {
         flows: kafka.topics.flows.clone(),
         requests: kafka.topics.requests.clone(),
