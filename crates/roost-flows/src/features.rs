@@ -244,21 +244,15 @@ impl Index {
 
     /// The first window whose tag matches `h`: most likely `h`'s source's, to be checked.
     fn candidate(&self, h: u64) -> Option<u32> {
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(h);
-        loop {
-            let s = self.slots[i];
-            if s.at == EMPTY {
-                return None;
-            }
-            if s.tag == (h >> 32) as u32 {
-                return Some(s.at);
-            }
-            i = (i + 1) & mask;
-        }
+        self.probe(h, |_| true)
     }
 
     fn find(&self, h: u64, src: &IpAddr, windows: &[Window]) -> Option<u32> {
+        self.probe(h, |at| windows[at as usize].src == *src)
+    }
+
+    /// The first window from `h`'s slot on whose tag matches and which `accept`s.
+    fn probe(&self, h: u64, accept: impl Fn(u32) -> bool) -> Option<u32> {
         let mask = self.slots.len() - 1;
         let mut i = self.home(h);
         loop {
@@ -266,7 +260,7 @@ impl Index {
             if s.at == EMPTY {
                 return None;
             }
-            if s.tag == (h >> 32) as u32 && windows[s.at as usize].src == *src {
+            if s.tag == (h >> 32) as u32 && accept(s.at) {
                 return Some(s.at);
             }
             i = (i + 1) & mask;

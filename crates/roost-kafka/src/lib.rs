@@ -230,11 +230,7 @@ impl Producer {
     ) -> Result<usize, Error> {
         let mut pending = Vec::new();
         for (key, value) in records {
-            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key.as_ref());
-            if let Some(v) = &value {
-                rec = rec.payload(v.as_ref());
-            }
-            pending.push(self.inner.send_result(rec).map_err(|(e, _)| self.fail(format!("queueing for {topic}"))(e))?);
+            pending.push(self.queue_one(topic, key.as_ref(), value.as_ref().map(AsRef::as_ref))?);
             // Keep the local queue bounded: wait for the oldest half when it grows.
             if pending.len() >= 50_000 {
                 for p in pending.drain(..25_000) {
@@ -260,13 +256,23 @@ impl Producer {
     ) -> Result<Queued, Error> {
         let mut acks = Vec::new();
         for (key, value) in records {
-            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key.as_ref());
-            if let Some(v) = &value {
-                rec = rec.payload(v.as_ref());
-            }
-            acks.push(self.inner.send_result(rec).map_err(|(e, _)| self.fail(format!("queueing for {topic}"))(e))?);
+            acks.push(self.queue_one(topic, key.as_ref(), value.as_ref().map(AsRef::as_ref))?);
         }
         Ok(Queued { topic: topic.to_owned(), acks })
+    }
+
+    /// One record to librdkafka's queue (`None` value: a tombstone).
+    fn queue_one(
+        &self,
+        topic: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<rdkafka::producer::DeliveryFuture, Error> {
+        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
+        if let Some(v) = value {
+            rec = rec.payload(v);
+        }
+        self.inner.send_result(rec).map_err(|(e, _)| self.fail(format!("queueing for {topic}"))(e))
     }
 
     /// Waits for every acknowledgement of `q`; the first failure is returned. Returns how many.
@@ -285,11 +291,7 @@ impl Producer {
         let mut pending = Vec::with_capacity(records.len());
         let mut next = BTreeMap::new();
         for r in records {
-            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(&r.key);
-            if let Some(v) = &r.value {
-                rec = rec.payload(v);
-            }
-            pending.push(self.inner.send_result(rec).map_err(|(e, _)| self.fail(format!("queueing for {topic}"))(e))?);
+            pending.push(self.queue_one(topic, &r.key, r.value.as_deref())?);
         }
         for p in pending {
             match p.await {

@@ -424,9 +424,9 @@ struct Pools {
 impl Pools {
     fn new() -> Pools {
         let value = RECORD_BYTES + roost_flows::topic::max_encoded_len();
-        // values: what the publisher has in flight (four batches of about 150) and more
         Pools {
-            // 512 ready: 17 MiB, what a few batches in flight at line rate hold
+            // up to 1,024 kept, 512 of them ready (17 MiB): four batches in flight at line rate
+            // hold about 600
             values: Pool::filled(1024, 2 * value, 512, value),
             records: Pool::filled(64, 4 * FEATURES_BATCH, 32, FEATURES_BATCH + 256),
             batches: Pool::new(64, 4 * BATCH_OUTS),
