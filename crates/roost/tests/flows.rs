@@ -559,3 +559,81 @@ fn flows_taken_while_the_broker_is_away_are_published_once_it_is_back() {
     assert_eq!(sources.len(), 1800, "every record in the topic");
     drop(broker);
 }
+
+#[test]
+fn a_broker_that_forgot_the_producer_gets_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    // in memory: restarted, tansu has forgotten the topic and the producer (as a broker of a
+    // new cluster would), and refuses the old producer's records for good
+    let memory = |d: &std::path::Path| {
+        let mut c = Command::new(tansu());
+        let url = format!("tcp://127.0.0.1:{port}");
+        c.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]);
+        c.current_dir(d).env("RUST_LOG", "warn");
+        let p = Proc::spawn("tansu", c);
+        wait_for(Duration::from_secs(20), "tansu to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        p
+    };
+    let mut broker = Some(memory(d));
+    let topic = unique("flows-forgot");
+    let (flow_port, metrics_port) = (free_port(), free_port());
+    let cfg = d.join("roost.toml");
+    // deliveries time out after 2 s: failed batches during the outage
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbrokers = \"127.0.0.1:{port}\"\n[kafka.properties]\n\"message.timeout.ms\" = \"2000\"\n\
+             [kafka.topics]\nflows = \"{topic}\"\ndeadletter = \"{topic}-dead\"\n\
+             [flows]\nlisten = [\"127.0.0.1:{flow_port}\"]\npartitions = 1\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+             [flows.features]\nenabled = false\n"
+        ),
+    )
+    .unwrap();
+    let _roost = Proc::roost("roost flows", &cfg, "flows");
+    wait_for(Duration::from_secs(30), "roost flows", || http_get(metrics_port, "/healthz").is_some());
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for seq in 0..20 {
+        sock.send_to(&v5_datagram(seq), ("127.0.0.1", flow_port)).unwrap();
+    }
+    wait_for(Duration::from_secs(20), "the first 600 records published", || {
+        metric(metrics_port, "roost_flows_published_total") == Some(600.0)
+    });
+    drop(broker.take());
+    for seq in 20..40 {
+        sock.send_to(&v5_datagram(seq), ("127.0.0.1", flow_port)).unwrap();
+    }
+    wait_for(Duration::from_secs(30), "deliveries failing", || {
+        metric(metrics_port, "roost_flows_publish_errors_total").unwrap_or(0.0) >= 1.0
+    });
+    broker = Some(memory(d));
+    let kcfg = roost_kafka::KafkaConfig {
+        brokers: format!("127.0.0.1:{port}"),
+        topics: roost_kafka::Topics { flows: topic.clone(), ..Default::default() },
+        ..Default::default()
+    };
+    roost_kafka::ensure_topic(&kcfg, &topic, 1, false).unwrap();
+    wait_for(Duration::from_secs(60), "the outage's records published by a new producer", || {
+        metric(metrics_port, "roost_flows_published_total") == Some(1200.0)
+    });
+    let mut sources = std::collections::BTreeSet::new();
+    roost_kafka::read_to_end(&kcfg, &topic, Duration::from_secs(30), |r| {
+        for f in roost_flows::topic::decode(r.value.as_deref().unwrap_or_default()).expect("a flows-topic value") {
+            sources.insert(f.src);
+        }
+    })
+    .unwrap();
+    assert_eq!(sources.len(), 600, "the outage's records in the new topic");
+    drop(broker);
+}

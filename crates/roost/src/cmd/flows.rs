@@ -652,22 +652,7 @@ fn publish(
 ) {
     let (m, queued, pool) = (&*shared.metrics, &shared.queued, &shared.pools.values);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    let producer = loop {
-        match roost_kafka::Producer::with(
-            kafka,
-            "roost-flows",
-            &[("linger.ms", "5"), ("compression.type", compression.as_str())],
-        ) {
-            Ok(p) => break p,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot create the Kafka producer; retrying");
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
-    };
+    let Some(mut producer) = new_producer(kafka, compression, stop) else { return };
     if let Err(e) = producer.ready(&kafka.topics.flows, PUBLISHER_READY) {
         tracing::warn!(error = %e, "the Kafka producer cannot reach the flows topic's broker yet");
     }
@@ -679,9 +664,10 @@ fn publish(
     };
     let mut backoff = Duration::from_millis(100);
     // batches queued to librdkafka, oldest first, each with its acknowledgements to come
-    let mut in_flight: VecDeque<(Batch, Acks<'_>)> = VecDeque::new();
-    let acks = |q: Vec<roost_kafka::Queued>| -> Acks<'_> {
-        let producer = &producer;
+    let mut in_flight: VecDeque<(Batch, Acks)> = VecDeque::new();
+    // (each with the producer that queued it: a new one may take over meanwhile)
+    let acks = |producer: &roost_kafka::Producer, q: Vec<roost_kafka::Queued>| -> Acks {
+        let producer = producer.clone();
         Box::pin(async move {
             for q in q {
                 producer.acked(q).await?;
@@ -689,6 +675,8 @@ fn publish(
             Ok(())
         })
     };
+    // batches failed in a row
+    let mut failures = 0u32;
     loop {
         // more records while there is room: waited for only when nothing is in flight
         if in_flight.len() < IN_FLIGHT {
@@ -704,7 +692,7 @@ fn publish(
                 Ok(first) => {
                     let batch = Batch::of(first, &rx, ipv6_prefix, &shared.pools.batches);
                     let Some(q) = queue_until_taken(&batch, &producer, &topics, m, stop, &mut backoff) else { return };
-                    in_flight.push_back((batch, acks(q)));
+                    in_flight.push_back((batch, acks(&producer, q)));
                     continue;
                 }
                 Err(RecvTimeoutError::Timeout) if in_flight.is_empty() => {
@@ -733,7 +721,7 @@ fn publish(
         match acked {
             Ok(()) => {
                 m.published.inc_by(batch.n as u64);
-                backoff = Duration::from_millis(100);
+                (backoff, failures) = (Duration::from_millis(100), 0);
                 let n = batch.n as i64;
                 for (_, value) in batch.flows {
                     pool.give(value);
@@ -751,15 +739,50 @@ fn publish(
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+                failures += 1;
+                if failures >= NEW_PRODUCER_AFTER {
+                    // a broker that lost the producer's state (a new cluster, a topic made
+                    // again) refuses its records for good: a new producer is a new identity
+                    tracing::warn!(failures, "re-creating the Kafka producer");
+                    let Some(p) = new_producer(kafka, compression, stop) else { return };
+                    (producer, failures) = (p, 0);
+                }
                 let Some(q) = queue_until_taken(&batch, &producer, &topics, m, stop, &mut backoff) else { return };
-                in_flight.push_back((batch, acks(q)));
+                in_flight.push_back((batch, acks(&producer, q)));
             }
         }
     }
 }
 
 /// A batch's acknowledgements, all of them (or the first failure).
-type Acks<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), roost_kafka::Error>> + 'a>>;
+type Acks = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), roost_kafka::Error>>>>;
+
+/// Batches failed in a row after which the producer is made anew.
+const NEW_PRODUCER_AFTER: u32 = 3;
+
+/// The flows producer, retried every second until made; `None` once the collector stops.
+fn new_producer(
+    kafka: &roost_kafka::KafkaConfig,
+    compression: crate::config::Compression,
+    stop: &AtomicBool,
+) -> Option<roost_kafka::Producer> {
+    loop {
+        match roost_kafka::Producer::with(
+            kafka,
+            "roost-flows",
+            &[("linger.ms", "5"), ("compression.type", compression.as_str())],
+        ) {
+            Ok(p) => return Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create the Kafka producer; retrying");
+                if stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
 
 /// Queues `batch`, again and again (backing off) while librdkafka refuses it; `None` once the
 /// collector stops.
