@@ -491,6 +491,70 @@ fn v5_datagram(seq: u8) -> Vec<u8> {
     p
 }
 
+/// `roost flows` in `d`, publishing one exporter's v5 records to `topic` (one partition, no
+/// features) on the broker at 127.0.0.1:`broker`, with `kafka_properties` (TOML lines of
+/// `[kafka.properties]`) for its producer.
+struct Collector {
+    _roost: Proc,
+    flow_port: u16,
+    metrics_port: u16,
+    exporter: UdpSocket,
+}
+
+impl Collector {
+    fn start(d: &Path, broker: u16, topic: &str, kafka_properties: &str) -> Collector {
+        let (flow_port, metrics_port) = (free_port(), free_port());
+        let cfg = d.join("roost.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[kafka]\nbrokers = \"127.0.0.1:{broker}\"\n[kafka.properties]\n{kafka_properties}\n\
+                 [kafka.topics]\nflows = \"{topic}\"\ndeadletter = \"{topic}-dead\"\n\
+                 [flows]\nlisten = [\"127.0.0.1:{flow_port}\"]\npartitions = 1\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+                 [flows.features]\nenabled = false\n"
+            ),
+        )
+        .unwrap();
+        let roost = Proc::roost("roost flows", &cfg, "flows");
+        wait_for(Duration::from_secs(30), "roost flows", || http_get(metrics_port, "/healthz").is_some());
+        Collector { _roost: roost, flow_port, metrics_port, exporter: UdpSocket::bind("127.0.0.1:0").unwrap() }
+    }
+
+    /// Exports datagrams `seqs` (30 records each, from sources of their own), `pause` apart.
+    fn export(&self, seqs: std::ops::Range<u8>, pause: Duration) {
+        for seq in seqs {
+            self.exporter.send_to(&v5_datagram(seq), ("127.0.0.1", self.flow_port)).unwrap();
+            std::thread::sleep(pause);
+        }
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        metric(self.metrics_port, name)
+    }
+
+    /// Waits until the broker has acknowledged `n` records in all.
+    fn wait_published(&self, n: f64, within: Duration, what: &str) {
+        wait_for(within, what, || self.metric("roost_flows_published_total") == Some(n));
+    }
+}
+
+/// The distinct flow sources in `topic` on the broker at 127.0.0.1:`broker`, read to its end.
+fn sources_in(broker: u16, topic: &str) -> std::collections::BTreeSet<std::net::IpAddr> {
+    let kcfg = roost_kafka::KafkaConfig {
+        brokers: format!("127.0.0.1:{broker}"),
+        topics: roost_kafka::Topics { flows: topic.to_owned(), ..Default::default() },
+        ..Default::default()
+    };
+    let mut sources = std::collections::BTreeSet::new();
+    roost_kafka::read_to_end(&kcfg, topic, Duration::from_secs(30), |r| {
+        for f in roost_flows::topic::decode(r.value.as_deref().unwrap_or_default()).expect("a flows-topic value") {
+            sources.insert(f.src);
+        }
+    })
+    .unwrap();
+    sources
+}
+
 #[test]
 fn flows_taken_while_the_broker_is_away_are_published_once_it_is_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -503,60 +567,24 @@ fn flows_taken_while_the_broker_is_away_are_published_once_it_is_back() {
     // outage longer than `message.timeout.ms` fails tansu's sqlite idempotence check)
     let mut broker = Some(own_broker(&broker_dir, port));
     let topic = unique("flows-outage");
-    let (flow_port, metrics_port) = (free_port(), free_port());
-    let cfg = d.join("roost.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[kafka]\nbrokers = \"127.0.0.1:{port}\"\n[kafka.topics]\nflows = \"{topic}\"\ndeadletter = \"{topic}-dead\"\n\
-             [flows]\nlisten = [\"127.0.0.1:{flow_port}\"]\npartitions = 1\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
-             [flows.features]\nenabled = false\n"
-        ),
-    )
-    .unwrap();
-    let _roost = Proc::roost("roost flows", &cfg, "flows");
-    wait_for(Duration::from_secs(30), "roost flows", || http_get(metrics_port, "/healthz").is_some());
+    let roost = Collector::start(d, port, &topic, "");
 
     // one exporter's 20 datagrams before the outage, 40 during it (more batches than the
     // publisher keeps in flight)
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    for seq in 0..20 {
-        sock.send_to(&v5_datagram(seq), ("127.0.0.1", flow_port)).unwrap();
-    }
-    wait_for(Duration::from_secs(20), "the first 600 records published", || {
-        metric(metrics_port, "roost_flows_published_total") == Some(600.0)
-    });
+    roost.export(0..20, Duration::ZERO);
+    roost.wait_published(600.0, Duration::from_secs(20), "the first 600 records published");
     drop(broker.take());
-    for seq in 20..60 {
-        sock.send_to(&v5_datagram(seq), ("127.0.0.1", flow_port)).unwrap();
-        // more than the 20 ms a receiver waits before it hands a batch on
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // each more than the 20 ms a receiver waits before it hands a batch on
+    roost.export(20..60, Duration::from_millis(50));
     wait_for(Duration::from_secs(20), "the records of the outage decoded", || {
-        metric(metrics_port, "roost_flows_records_total") == Some(1800.0)
+        roost.metric("roost_flows_records_total") == Some(1800.0)
     });
-    assert_eq!(metric(metrics_port, "roost_flows_published_total"), Some(600.0), "acknowledged while away");
+    assert_eq!(roost.metric("roost_flows_published_total"), Some(600.0), "acknowledged while away");
     broker = Some(own_broker(&broker_dir, port));
-    wait_for(Duration::from_secs(60), "every record published after the outage", || {
-        metric(metrics_port, "roost_flows_published_total") == Some(1800.0)
-    });
-    assert_eq!(metric(metrics_port, "roost_flows_dropped_total"), Some(0.0));
-    assert_eq!(metric(metrics_port, "roost_flows_queued_records"), Some(0.0));
-
-    // and the topic holds each record
-    let kcfg = roost_kafka::KafkaConfig {
-        brokers: format!("127.0.0.1:{port}"),
-        topics: roost_kafka::Topics { flows: topic.clone(), ..Default::default() },
-        ..Default::default()
-    };
-    let mut sources = std::collections::BTreeSet::new();
-    roost_kafka::read_to_end(&kcfg, &topic, Duration::from_secs(30), |r| {
-        for f in roost_flows::topic::decode(r.value.as_deref().unwrap_or_default()).expect("a flows-topic value") {
-            sources.insert(f.src);
-        }
-    })
-    .unwrap();
-    assert_eq!(sources.len(), 1800, "every record in the topic");
+    roost.wait_published(1800.0, Duration::from_secs(60), "every record published after the outage");
+    assert_eq!(roost.metric("roost_flows_dropped_total"), Some(0.0));
+    assert_eq!(roost.metric("roost_flows_queued_records"), Some(0.0));
+    assert_eq!(sources_in(port, &topic).len(), 1800, "every record in the topic");
     drop(broker);
 }
 
@@ -588,52 +616,19 @@ fn a_broker_that_forgot_the_producer_gets_a_new_one() {
     };
     let mut broker = Some(memory(d));
     let topic = unique("flows-forgot");
-    let (flow_port, metrics_port) = (free_port(), free_port());
-    let cfg = d.join("roost.toml");
     // deliveries time out after 2 s: failed batches during the outage
-    std::fs::write(
-        &cfg,
-        format!(
-            "[kafka]\nbrokers = \"127.0.0.1:{port}\"\n[kafka.properties]\n\"message.timeout.ms\" = \"2000\"\n\
-             [kafka.topics]\nflows = \"{topic}\"\ndeadletter = \"{topic}-dead\"\n\
-             [flows]\nlisten = [\"127.0.0.1:{flow_port}\"]\npartitions = 1\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
-             [flows.features]\nenabled = false\n"
-        ),
-    )
-    .unwrap();
-    let _roost = Proc::roost("roost flows", &cfg, "flows");
-    wait_for(Duration::from_secs(30), "roost flows", || http_get(metrics_port, "/healthz").is_some());
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    for seq in 0..20 {
-        sock.send_to(&v5_datagram(seq), ("127.0.0.1", flow_port)).unwrap();
-    }
-    wait_for(Duration::from_secs(20), "the first 600 records published", || {
-        metric(metrics_port, "roost_flows_published_total") == Some(600.0)
-    });
+    let roost = Collector::start(d, port, &topic, "\"message.timeout.ms\" = \"2000\"");
+    roost.export(0..20, Duration::ZERO);
+    roost.wait_published(600.0, Duration::from_secs(20), "the first 600 records published");
     drop(broker.take());
-    for seq in 20..40 {
-        sock.send_to(&v5_datagram(seq), ("127.0.0.1", flow_port)).unwrap();
-    }
+    roost.export(20..40, Duration::ZERO);
     wait_for(Duration::from_secs(30), "deliveries failing", || {
-        metric(metrics_port, "roost_flows_publish_errors_total").unwrap_or(0.0) >= 1.0
+        roost.metric("roost_flows_publish_errors_total").unwrap_or(0.0) >= 1.0
     });
     broker = Some(memory(d));
-    let kcfg = roost_kafka::KafkaConfig {
-        brokers: format!("127.0.0.1:{port}"),
-        topics: roost_kafka::Topics { flows: topic.clone(), ..Default::default() },
-        ..Default::default()
-    };
+    let kcfg = roost_kafka::KafkaConfig { brokers: format!("127.0.0.1:{port}"), ..Default::default() };
     roost_kafka::ensure_topic(&kcfg, &topic, 1, false).unwrap();
-    wait_for(Duration::from_secs(60), "the outage's records published by a new producer", || {
-        metric(metrics_port, "roost_flows_published_total") == Some(1200.0)
-    });
-    let mut sources = std::collections::BTreeSet::new();
-    roost_kafka::read_to_end(&kcfg, &topic, Duration::from_secs(30), |r| {
-        for f in roost_flows::topic::decode(r.value.as_deref().unwrap_or_default()).expect("a flows-topic value") {
-            sources.insert(f.src);
-        }
-    })
-    .unwrap();
-    assert_eq!(sources.len(), 600, "the outage's records in the new topic");
+    roost.wait_published(1200.0, Duration::from_secs(60), "the outage's records published by a new producer");
+    assert_eq!(sources_in(port, &topic).len(), 600, "the outage's records in the new topic");
     drop(broker);
 }
