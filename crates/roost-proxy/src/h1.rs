@@ -31,6 +31,8 @@ pub(crate) const READ: usize = 16 * 1024;
 pub(crate) enum Fail {
     /// The client went away or broke the exchange: nothing more can be said to it.
     Client,
+    /// The client closed its connection while the app's response was awaited (logged as 499).
+    Abandoned,
     /// The client sent something refused (answered with its status, then closed).
     Refused(Refusal),
     /// The client was too slow with its body.
@@ -297,6 +299,7 @@ async fn exchange(
                 (408, b, false)
             }
             Err(Fail::Client) => (0, 0, false),
+            Err(Fail::Abandoned) => (crate::http2::CLIENT_CLOSED, 0, false),
         },
         Front::Reply(r) => {
             // a body the client sent with a request answered here is read past (unless it
@@ -604,7 +607,7 @@ async fn to_app(
         };
         let sent = send_request(w, &mut c.buf, &mut c.out, up, down, fr.body).await;
         let got = match sent {
-            Ok(()) => read_response_head(w, &mut c.ubuf, up).await,
+            Ok(()) => head_unless_gone(w, &mut c.ubuf, up, down, &mut c.buf).await,
             Err(e) => Err(e),
         };
         match got {
@@ -700,6 +703,47 @@ pub(crate) async fn read_response_head(w: &Waffles, ubuf: &mut Vec<u8>, up: &mut
         }
     }
 }
+
+/// [`read_response_head`], unless the client closes its connection first (as nginx does, a
+/// client's end of stream counts as gone, even if only half closed): then [`Fail::Abandoned`],
+/// and the app connection is dropped with the request. A client that closes each request's
+/// connection at once would otherwise leave the app a connection, and a request at work, for
+/// up to `upstream_timeout` each. What the client sends meanwhile (a pipelined request) stays
+/// in `buf`; once that holds more than a request head may, the client is no longer watched.
+/// The client is watched only from [`WATCH_AFTER`] on: most answers come sooner, and watching
+/// costs a system call.
+async fn head_unless_gone(
+    w: &Waffles,
+    ubuf: &mut Vec<u8>,
+    up: &mut TcpStream,
+    down: &mut Stream,
+    buf: &mut Vec<u8>,
+) -> Result<(), Fail> {
+    let head = read_response_head(w, ubuf, up);
+    tokio::pin!(head);
+    if let Ok(got) = tokio::time::timeout(WATCH_AFTER, &mut head).await {
+        return got;
+    }
+    while buf.len() <= w.cfg.max_header_bytes {
+        tokio::select! {
+            biased;
+            got = &mut head => return got,
+            read = read_some(down, buf, READ, w.cfg.upstream_timeout) => match read {
+                // the response head's own deadline decides
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Ok(0) | Err(_) => {
+                    w.metrics.abandoned.inc();
+                    return Err(Fail::Abandoned);
+                }
+                Ok(_) => {}
+            },
+        }
+    }
+    head.await
+}
+
+/// How long the app may take to answer before the client is watched for having gone.
+const WATCH_AFTER: Duration = Duration::from_millis(50);
 
 /// What the client gets of a response: the same framing where it can read it, else until close.
 struct Sending {

@@ -436,21 +436,49 @@ async fn to_app(
     let mut retry = head_only && matches!(parts.method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS);
     let mut ubuf = Vec::with_capacity(4096);
     loop {
-        let (mut up, addr, kept) = checkout(w).await?;
-        let sent = if head_only {
-            put(&mut up, &out, w.cfg.upstream_timeout).await.map_err(|_| 502)
-        } else {
-            send_body(w, &mut up, &mut out, &mut body, length.is_none()).await
+        let attempt = async {
+            let (mut up, addr, kept) = checkout(w).await?;
+            let sent = if head_only {
+                put(&mut up, &out, w.cfg.upstream_timeout).await.map_err(|_| 502)
+            } else {
+                send_body(w, &mut up, &mut out, &mut body, length.is_none()).await
+            };
+            let got = match sent {
+                Ok(()) => read_head(w, &mut ubuf, &mut up).await,
+                Err(e) => Err(e),
+            };
+            Ok::<_, u16>((up, addr, kept, got))
         };
-        let got = match sent {
-            Ok(()) => read_head(w, &mut ubuf, &mut up).await,
-            Err(e) => Err(e),
+        // a client that resets its stream (or whose connection ends) while the app is at work
+        // takes the app's connection with it: a stream opened and reset at once, again and
+        // again ("rapid reset"), must not leave the app a request in flight for each
+        let Some(attempt) = unless_reset(|cx| tx.poll_reset(cx), attempt).await else {
+            w.metrics.abandoned.inc();
+            return Ok((CLIENT_CLOSED, 0));
         };
+        let (up, addr, kept, got) = attempt?;
         match got {
             Ok(()) => return from_app(w, parts, tx, up, addr, ubuf).await,
             Err(502) if retry && kept && ubuf.is_empty() => retry = false,
             Err(s) => return Err(s),
         }
+    }
+}
+
+/// What the access log says of a request whose client went away before its answer (nginx's
+/// 499).
+pub(crate) const CLIENT_CLOSED: u16 = 499;
+
+/// `work`, unless the client resets the stream (or the connection ends) first: `None` then,
+/// `work` dropped with whatever it holds.
+async fn unless_reset<T>(
+    reset: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Result<Reason, h2::Error>>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        done = work => Some(done),
+        _ = std::future::poll_fn(reset) => None,
     }
 }
 
@@ -559,12 +587,15 @@ async fn from_app(
             // interim responses are the app's business with us
             Head::Interim(n) => {
                 ubuf.drain(..n);
-                read_head(w, &mut ubuf, &mut up).await?;
+                let Some(got) = unless_reset(|cx| tx.poll_reset(cx), read_head(w, &mut ubuf, &mut up)).await else {
+                    w.metrics.abandoned.inc();
+                    return Ok((CLIENT_CLOSED, 0));
+                };
+                got?;
             }
         }
     };
     ubuf.drain(..rf.head_len);
-    let wait = w.cfg.upstream_timeout;
     let client_wait = w.cfg.client_timeout;
     let end_now = rf.body == Body::None || rf.body == Body::Length(0);
     let mut out = match tx.send_response(resp, end_now) {
@@ -598,7 +629,7 @@ async fn from_app(
                 if left == 0 {
                     break;
                 }
-                match read_some(&mut up, &mut ubuf, left.min(READ as u64) as usize, wait).await {
+                match app_read(w, out, &mut up, &mut ubuf, left.min(READ as u64) as usize).await {
                     Ok(r) if r > 0 => {}
                     _ => {
                         out.send_reset(Reason::INTERNAL_ERROR);
@@ -629,7 +660,7 @@ async fn from_app(
                 if dec.done() {
                     break;
                 }
-                match read_some(&mut up, &mut ubuf, READ, wait).await {
+                match app_read(w, out, &mut up, &mut ubuf, READ).await {
                     Ok(r) if r > 0 => {}
                     _ => {
                         out.send_reset(Reason::INTERNAL_ERROR);
@@ -649,7 +680,7 @@ async fn from_app(
                         return Ok((rf.status, sent));
                     }
                 }
-                match read_some(&mut up, &mut ubuf, READ, wait).await {
+                match app_read(w, out, &mut up, &mut ubuf, READ).await {
                     Ok(r) if r > 0 => {}
                     Ok(_) => break,
                     Err(_) => {
@@ -665,4 +696,23 @@ async fn from_app(
         checkin(w, addr, up);
     }
     Ok((rf.status, sent))
+}
+
+/// Reads up to `limit` more bytes of the app's response (within `upstream_timeout`): `Ok(0)`
+/// at its end of stream, `Err` when it is late or failed, or when the client has reset the
+/// stream meanwhile (then the response goes no further, and the app connection is closed).
+async fn app_read(
+    w: &Waffles,
+    out: &mut SendStream<Bytes>,
+    up: &mut TcpStream,
+    ubuf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<usize> {
+    match unless_reset(|cx| out.poll_reset(cx), read_some(up, ubuf, limit, w.cfg.upstream_timeout)).await {
+        Some(got) => got,
+        None => {
+            w.metrics.abandoned.inc();
+            Err(std::io::ErrorKind::ConnectionReset.into())
+        }
+    }
 }

@@ -43,6 +43,9 @@ pub struct ProxyMetrics {
     pub proxy_protocol: Family<OutcomeLabels, Counter>,
     pub access_log_dropped: Counter,
     pub access_log_errors: Counter,
+    /// Requests whose client went away (an HTTP/2 stream reset, or its connection ended) while
+    /// the app's answer was awaited or under way.
+    pub abandoned: Counter,
 }
 
 impl ProxyMetrics {
@@ -79,5 +82,10 @@ impl ProxyMetrics {
             self.access_log_dropped.clone(),
         );
         r.register("access_log_errors", "Failures writing the access log", self.access_log_errors.clone());
+        r.register(
+            "abandoned",
+            "Requests whose client went away while the app's answer was awaited or under way (the app connection is closed)",
+            self.abandoned.clone(),
+        );
     }
 }

@@ -1280,31 +1280,41 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Reads frames until stream `id` ends; returns its DATA payloads.
-fn h2_body(s: &mut TcpStream, id: u32) -> Vec<u8> {
-    let (mut body, mut buf) = (Vec::new(), Vec::new());
+/// The next frame off `s` (`buf` holds what was read past it): kind, flags, stream, payload.
+fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> (u8, u8, u32, Vec<u8>) {
     loop {
-        while buf.len() >= 9 {
+        if buf.len() >= 9 {
             let n = (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
-            if buf.len() < 9 + n {
-                break;
-            }
-            let (kind, flags, stream) = (buf[3], buf[4], u32::from_be_bytes([buf[5] & 0x7f, buf[6], buf[7], buf[8]]));
-            if stream == id {
-                assert!(kind != 3, "stream {id} reset");
-                if kind == 0 {
-                    body.extend_from_slice(&buf[9..9 + n]);
-                }
-            }
-            buf.drain(..9 + n);
-            if stream == id && matches!(kind, 0 | 1) && flags & 0x1 != 0 {
-                return body;
+            if buf.len() >= 9 + n {
+                let (kind, flags, stream) =
+                    (buf[3], buf[4], u32::from_be_bytes([buf[5] & 0x7f, buf[6], buf[7], buf[8]]));
+                let payload = buf[9..9 + n].to_vec();
+                buf.drain(..9 + n);
+                return (kind, flags, stream, payload);
             }
         }
         let mut chunk = [0u8; 16384];
         let got = s.read(&mut chunk).expect("the proxy's frames");
         assert!(got > 0, "the proxy closed the connection");
         buf.extend_from_slice(&chunk[..got]);
+    }
+}
+
+/// Reads frames until stream `id` ends; returns its DATA payloads.
+fn h2_body(s: &mut TcpStream, id: u32) -> Vec<u8> {
+    let (mut body, mut buf) = (Vec::new(), Vec::new());
+    loop {
+        let (kind, flags, stream, payload) = read_frame(s, &mut buf);
+        if stream != id {
+            continue;
+        }
+        assert!(kind != 3, "stream {id} reset");
+        if kind == 0 {
+            body.extend_from_slice(&payload);
+        }
+        if matches!(kind, 0 | 1) && flags & 0x1 != 0 {
+            return body;
+        }
     }
 }
 
@@ -1423,4 +1433,171 @@ fn what_the_app_sends_on_an_idle_kept_connection_never_answers_the_next_request(
         assert!(r.ends_with("\r\n\r\nfirst\n"), "{path}: {r}");
         std::thread::sleep(Duration::from_millis(400));
     }
+}
+
+/// An app that never finishes an answer: it sends nothing, or for `/partial` a head and 3 of
+/// the 100 bytes it declares. It counts the requests it has read and the connections still open
+/// to it (one the proxy closes, or resets, is no longer open).
+struct SilentApp {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SilentApp {
+    fn start() -> SilentApp {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = app.local_addr().unwrap().port();
+        let (requests, open) = (std::sync::Arc::new(AtomicUsize::new(0)), std::sync::Arc::new(AtomicUsize::new(0)));
+        let (r, o) = (requests.clone(), open.clone());
+        std::thread::spawn(move || {
+            for c in app.incoming().take(200) {
+                let Ok(mut c) = c else { continue };
+                let (r, o) = (r.clone(), o.clone());
+                o.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    // longer than the test waits for the proxy to close it
+                    c.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+                    let (mut got, mut buf, mut counted) = (Vec::new(), [0u8; 4096], false);
+                    while let Ok(n @ 1..) = c.read(&mut buf) {
+                        got.extend_from_slice(&buf[..n]);
+                        if !counted && got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            counted = true;
+                            if got.starts_with(b"GET /partial ") {
+                                let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc");
+                            }
+                            r.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        SilentApp { port, requests, open }
+    }
+
+    /// One, and a proxy in front of it with `extra` in `[proxy]`, its answer awaited for a
+    /// minute: what the proxy closes sooner is closed for the client.
+    fn behind_proxy(extra: &str) -> (SilentApp, Waffles) {
+        let app = SilentApp::start();
+        let extra = format!("{extra}upstream_timeout = \"60s\"\n");
+        let w = Waffles::start_with(&redis(), &extra, Some(&|_| format!("[\"127.0.0.1:{}\"]", app.port)));
+        (app, w)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// An h2c connection to the proxy, its preface and SETTINGS sent.
+fn h2c_connection(from: &str, port: u16) -> TcpStream {
+    let mut s = connect_from(from, port);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    s.write_all(&out).unwrap();
+    s
+}
+
+/// HEADERS of `GET path` on stream `id`, the request's end with it (HPACK by hand: GET and
+/// :scheme http from the static table, :path and :authority as literals).
+fn h2_get(id: u32, path: &str) -> Vec<u8> {
+    let mut head = vec![0x82, 0x86, 0x04, path.len() as u8];
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(&[0x01, 9]);
+    head.extend_from_slice(b"localhost");
+    frame(1, 0x4 | 0x1, id, &head)
+}
+
+/// Reads frames until a DATA frame of stream `id` with something in it; returns that.
+fn h2_data(s: &mut TcpStream, id: u32) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let (kind, _, stream, payload) = read_frame(s, &mut buf);
+        assert!(!(stream == id && kind == 3), "stream {id} reset");
+        if stream == id && kind == 0 && !payload.is_empty() {
+            return payload;
+        }
+    }
+}
+
+#[test]
+fn a_client_that_resets_its_streams_or_goes_away_takes_the_app_connections_with_it() {
+    let (app, w) = SilentApp::behind_proxy("h2c = true\n");
+    // "rapid reset": each stream opened, and reset once the app has its request; the app is
+    // never left more than one request at a time
+    let mut s = h2c_connection("127.0.0.73", w.port);
+    const RESETS: usize = 30;
+    for i in 0..RESETS {
+        let id = 2 * i as u32 + 1;
+        s.write_all(&h2_get(id, "/slow")).unwrap();
+        wait_for(Duration::from_secs(10), "the app to get the request", || app.requests() == i + 1);
+        // RST_STREAM, CANCEL
+        s.write_all(&frame(3, 0, id, &8u32.to_be_bytes())).unwrap();
+        wait_for(Duration::from_secs(10), "the reset stream's app connection closed", || app.open() == 0);
+    }
+    assert_eq!(w.metric("roost_proxy_abandoned_total"), RESETS as f64);
+    // reset with the app's response under way
+    let id = 2 * RESETS as u32 + 1;
+    s.write_all(&h2_get(id, "/partial")).unwrap();
+    assert_eq!(h2_data(&mut s, id), b"abc");
+    s.write_all(&frame(3, 0, id, &8u32.to_be_bytes())).unwrap();
+    wait_for(Duration::from_secs(10), "the app connection of a response under way closed", || app.open() == 0);
+    assert_eq!(w.metric("roost_proxy_abandoned_total"), (RESETS + 1) as f64);
+    // the connection still serves: one more request, still awaited
+    s.write_all(&h2_get(id + 2, "/slow")).unwrap();
+    wait_for(Duration::from_secs(10), "the app to get one more request", || app.requests() == RESETS + 2);
+    assert_eq!(app.open(), 1);
+
+    // a client with streams in flight whose connection ends: every app connection goes with it
+    let mut s2 = h2c_connection("127.0.0.74", w.port);
+    for i in 0..10u32 {
+        s2.write_all(&h2_get(2 * i + 1, "/slow")).unwrap();
+    }
+    wait_for(Duration::from_secs(10), "the app to get the ten requests", || app.requests() == RESETS + 12);
+    assert_eq!(app.open(), 11);
+    drop(s2);
+    drop(s);
+    wait_for(Duration::from_secs(10), "the app connections of the clients gone closed", || app.open() == 0);
+    assert_eq!(w.metric("roost_proxy_abandoned_total"), (RESETS + 12) as f64);
+    // in the access log as nginx has it: 499, the client closed the request
+    wait_for(Duration::from_secs(10), "a 499 line per request abandoned", || {
+        std::fs::read_to_string(&w.log).unwrap_or_default().matches("\" 499 ").count() == RESETS + 11
+    });
+}
+
+#[test]
+fn an_http1_client_that_closes_while_the_app_works_takes_the_app_connection_with_it() {
+    let (app, w) = SilentApp::behind_proxy("");
+    // each client sends a request and closes at once: the app is not left a request at work
+    // for each (nginx closes them too, "client prematurely closed connection")
+    const CLOSED: usize = 20;
+    for i in 0..CLOSED {
+        let mut s = connect_from("127.0.0.75", w.port);
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: shop.example\r\n\r\n").unwrap();
+        wait_for(Duration::from_secs(10), "the app to get the request", || app.requests() == i + 1);
+        drop(s);
+        wait_for(Duration::from_secs(10), "the closed client's app connection closed", || app.open() == 0);
+    }
+    // a client that sends its next request before the answer (pipelining) has not gone
+    let mut s = connect_from("127.0.0.75", w.port);
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: shop.example\r\n\r\n").unwrap();
+    wait_for(Duration::from_secs(10), "the app to get the pipelining client's request", || {
+        app.requests() == CLOSED + 1
+    });
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: shop.example\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(app.open(), 1, "the pipelining client's request still awaited");
+    drop(s);
+    wait_for(Duration::from_secs(10), "its app connection closed once it has gone", || app.open() == 0);
+    assert_eq!(w.metric("roost_proxy_abandoned_total"), (CLOSED + 1) as f64);
+    wait_for(Duration::from_secs(10), "a 499 line per request abandoned", || {
+        std::fs::read_to_string(&w.log).unwrap_or_default().matches("\" 499 ").count() == CLOSED + 1
+    });
 }
