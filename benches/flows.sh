@@ -10,6 +10,9 @@
 #   CPU µs/flow = the collector's CPU (% of one core, over the send) per flow sent
 #   skipped by features = roost only: records the features thread was too far behind to take
 #               (roost_flows_features_skipped_total; published all the same)
+#   broker CPU % = roost only: the broker's (tansu's) CPU from the send's start until the queue
+#               drained, as % of one core over the send: it shares the two cores with the sender
+#               and the collector here (in the field it is elsewhere)
 # First a correctness pass (50k flows/s, every record once: the exact counts flows-setup.sh
 # checks), then the RATES ramp per version. Needs root (sysctl net.core.rmem_max) and
 # `bash ../shared/peers/setup.sh flows && bash ../shared/peers/flows-setup.sh` (WORK=/tmp/roost-peers).
@@ -38,6 +41,9 @@ cleanup() {
 }
 trap cleanup EXIT
 { dpkg -l nfdump softflowd | grep '^ii' | awk '{print $2, $3}'; nproc; grep -m1 'model name' /proc/cpuinfo; uptime; } | tee "$RUN/machine.txt"
+
+TANSU_PID=$(cat "${ROOST_TEST_RUN:-$ROOT/target/test-services}/tansu.pid")
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user+system, in clock ticks
 
 metric() { # port name → sum over label sets
   curl -sf "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 ~ "^"n"({|$)" {s += $2} END {printf "%d\n", s}'
@@ -84,14 +90,16 @@ done
 
 echo
 echo "== throughput (DUR=${DUR}s per run)"
-echo "| version | rate (flows/s) | collector | sent | achieved rate | received | loss | kernel drops | published (roost) | published/s | CPU % | CPU µs/flow | skipped by features |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| version | rate (flows/s) | collector | sent | achieved rate | received | loss | kernel drops | published (roost) | published/s | CPU % | CPU µs/flow | skipped by features | broker CPU % |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for v in $VERSIONS; do
   for r in $RATES; do
     # roost
     start_roost "tp-v$v-$r"
+    b0=$(ticks "$TANSU_PID")
     python3 "$PEERS/flows_send.py" send --pcap "$F/export-v$v.pcap" --port "$FP" --rate "$r" --duration "$DUR" --pid "$RP" > "$RUN/roost-v$v-$r.json"
     t0=$(date +%s.%N); sleep 0.5; wait_drained; t1=$(date +%s.%N)
+    b1=$(ticks "$TANSU_PID")
     sent=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sent_flows"])' "$RUN/roost-v$v-$r.json")
     cpu=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(round(d.get("collector_cpu_pct") or 0))' "$RUN/roost-v$v-$r.json")
     recv=$(metric "$MP" roost_flows_records_total); pub=$(metric "$MP" roost_flows_published_total)
@@ -101,7 +109,9 @@ for v in $VERSIONS; do
     kd=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kernel_drops"])' "$RUN/roost-v$v-$r.json")
     skip=$(metric "$MP" roost_flows_features_skipped_total)
     per=$(python3 -c "print('%.2f' % ($cpu * 10000 / $ach))")
-    echo "| v$v | $r | roost | $sent | $ach | $recv | $loss | $kd | $pub | $pubs | $cpu | $per | $skip |"
+    send_s=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["send_s"])' "$RUN/roost-v$v-$r.json")
+    bcpu=$(python3 -c "print(round(($b1 - $b0) * 100 / $(getconf CLK_TCK) / $send_s))")
+    echo "| v$v | $r | roost | $sent | $ach | $recv | $loss | $kd | $pub | $pubs | $cpu | $per | $skip | $bcpu |"
     kill "$RP"; wait "$RP" 2>/dev/null || true
     # nfcapd
     D="$RUN/nfcapd-v$v-$r"; mkdir -p "$D"; NP_PORT=$((25000 + RANDOM % 2000))
@@ -117,7 +127,7 @@ for v in $VERSIONS; do
     ach=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["achieved_rate"])' "$RUN/nfcapd-v$v-$r.json")
     kd=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kernel_drops"])' "$RUN/nfcapd-v$v-$r.json")
     per=$(python3 -c "print('%.2f' % ($cpu * 10000 / $ach))")
-    echo "| v$v | $r | nfcapd | $sent | $ach | $recv | $loss | $kd | – | – | $cpu | $per | – |"
+    echo "| v$v | $r | nfcapd | $sent | $ach | $recv | $loss | $kd | – | – | $cpu | $per | – | – |"
   done
 done
 echo "runs in $RUN"
