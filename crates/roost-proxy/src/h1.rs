@@ -141,12 +141,17 @@ pub(crate) async fn read_some<S: AsyncRead + Unpin>(
     limit: usize,
     wait: Duration,
 ) -> std::io::Result<usize> {
-    buf.reserve(limit.min(READ));
-    let mut lim = buf.limit(limit.min(READ));
-    match timeout(wait, s.read_buf(&mut lim)).await {
+    match timeout(wait, read_more(s, buf, limit)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
+}
+
+/// [`read_some`] with no deadline of its own.
+async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, limit: usize) -> std::io::Result<usize> {
+    buf.reserve(limit.min(READ));
+    let mut lim = buf.limit(limit.min(READ));
+    s.read_buf(&mut lim).await
 }
 
 /// [`read_some`] of a request body from the client: the client gone (0 bytes, an error) or late
@@ -692,7 +697,7 @@ pub(crate) async fn read_response_head(w: &Waffles, ubuf: &mut Vec<u8>, up: &mut
         if framing::head_end(ubuf).is_some() {
             return Ok(());
         }
-        if ubuf.len() > 64 * 1024 {
+        if ubuf.len() > MAX_RESPONSE_HEAD {
             return Err(Fail::Upstream(502));
         }
         match read_some(up, ubuf, READ, w.cfg.upstream_timeout).await {
@@ -710,8 +715,8 @@ pub(crate) async fn read_response_head(w: &Waffles, ubuf: &mut Vec<u8>, up: &mut
 /// connection at once would otherwise leave the app a connection, and a request at work, for
 /// up to `upstream_timeout` each. What the client sends meanwhile (a pipelined request) stays
 /// in `buf`; once that holds more than a request head may, the client is no longer watched.
-/// The client is watched only from [`WATCH_AFTER`] on: most answers come sooner, and watching
-/// costs a system call.
+/// The client is watched only from [`WATCH_AFTER`] on (most answers come sooner, and a read of
+/// its socket is a system call), and one timer serves for both that moment and the deadline.
 async fn head_unless_gone(
     w: &Waffles,
     ubuf: &mut Vec<u8>,
@@ -719,18 +724,33 @@ async fn head_unless_gone(
     down: &mut Stream,
     buf: &mut Vec<u8>,
 ) -> Result<(), Fail> {
-    let head = read_response_head(w, ubuf, up);
-    tokio::pin!(head);
-    if let Ok(got) = tokio::time::timeout(WATCH_AFTER, &mut head).await {
-        return got;
-    }
-    while buf.len() <= w.cfg.max_header_bytes {
+    let start = tokio::time::Instant::now();
+    let deadline = start + w.cfg.upstream_timeout;
+    let timer = tokio::time::sleep_until((start + WATCH_AFTER).min(deadline));
+    tokio::pin!(timer);
+    let mut watching = false;
+    loop {
+        if framing::head_end(ubuf).is_some() {
+            return Ok(());
+        }
+        if ubuf.len() > MAX_RESPONSE_HEAD {
+            return Err(Fail::Upstream(502));
+        }
+        let watch = watching && buf.len() <= w.cfg.max_header_bytes;
         tokio::select! {
             biased;
-            got = &mut head => return got,
-            read = read_some(down, buf, READ, w.cfg.upstream_timeout) => match read {
-                // the response head's own deadline decides
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            read = read_more(up, ubuf, READ) => match read {
+                Ok(0) | Err(_) => return Err(Fail::Upstream(502)),
+                Ok(_) => {}
+            },
+            () = &mut timer => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Fail::Upstream(504));
+                }
+                watching = true;
+                timer.as_mut().reset(deadline);
+            }
+            read = read_more(down, buf, READ), if watch => match read {
                 Ok(0) | Err(_) => {
                     w.metrics.abandoned.inc();
                     return Err(Fail::Abandoned);
@@ -739,8 +759,10 @@ async fn head_unless_gone(
             },
         }
     }
-    head.await
 }
+
+/// Bytes of an app's response head at most (beyond, a 502).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// How long the app may take to answer before the client is watched for having gone.
 const WATCH_AFTER: Duration = Duration::from_millis(50);

@@ -1477,11 +1477,11 @@ impl SilentApp {
         SilentApp { port, requests, open }
     }
 
-    /// One, and a proxy in front of it with `extra` in `[proxy]`, its answer awaited for a
-    /// minute: what the proxy closes sooner is closed for the client.
-    fn behind_proxy(extra: &str) -> (SilentApp, Waffles) {
+    /// One, and a proxy in front of it with `extra` in `[proxy]`, its answer awaited for
+    /// `upstream_timeout`.
+    fn behind_proxy(extra: &str, upstream_timeout: &str) -> (SilentApp, Waffles) {
         let app = SilentApp::start();
-        let extra = format!("{extra}upstream_timeout = \"60s\"\n");
+        let extra = format!("{extra}upstream_timeout = \"{upstream_timeout}\"\n");
         let w = Waffles::start_with(&redis(), &extra, Some(&|_| format!("[\"127.0.0.1:{}\"]", app.port)));
         (app, w)
     }
@@ -1529,7 +1529,8 @@ fn h2_data(s: &mut TcpStream, id: u32) -> Vec<u8> {
 
 #[test]
 fn a_client_that_resets_its_streams_or_goes_away_takes_the_app_connections_with_it() {
-    let (app, w) = SilentApp::behind_proxy("h2c = true\n");
+    // the app's answer awaited for a minute: what is closed sooner is closed for the client
+    let (app, w) = SilentApp::behind_proxy("h2c = true\n", "60s");
     // "rapid reset": each stream opened, and reset once the app has its request; the app is
     // never left more than one request at a time
     let mut s = h2c_connection("127.0.0.73", w.port);
@@ -1574,7 +1575,7 @@ fn a_client_that_resets_its_streams_or_goes_away_takes_the_app_connections_with_
 
 #[test]
 fn an_http1_client_that_closes_while_the_app_works_takes_the_app_connection_with_it() {
-    let (app, w) = SilentApp::behind_proxy("");
+    let (app, w) = SilentApp::behind_proxy("", "60s");
     // each client sends a request and closes at once: the app is not left a request at work
     // for each (nginx closes them too, "client prematurely closed connection")
     const CLOSED: usize = 20;
@@ -1600,4 +1601,17 @@ fn an_http1_client_that_closes_while_the_app_works_takes_the_app_connection_with
     wait_for(Duration::from_secs(10), "a 499 line per request abandoned", || {
         std::fs::read_to_string(&w.log).unwrap_or_default().matches("\" 499 ").count() == CLOSED + 1
     });
+}
+
+#[test]
+fn an_app_that_never_answers_gives_a_504_at_upstream_timeout_with_the_client_still_there() {
+    let (app, w) = SilentApp::behind_proxy("", "1500ms");
+    let t = Instant::now();
+    let r = w.get("127.0.0.76", "/slow", "");
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{}", r.head);
+    assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(5), "504 after {took:?}");
+    assert_eq!(app.requests(), 1);
+    wait_for(Duration::from_secs(10), "the app connection closed", || app.open() == 0);
+    assert_eq!(w.metric("roost_proxy_abandoned_total"), 0.0, "a client that waited is not one that left");
 }
