@@ -22,7 +22,7 @@ use tokio::time::timeout;
 use crate::framing::{self, Body, Chunked, Piece, Refusal};
 use crate::metrics::{OutcomeLabels, RouteLabels};
 use crate::now_ms;
-use crate::service::{Ctx, Front, MAX_FORM, Reply, Waffles};
+use crate::service::{CLIENT_CLOSED, Ctx, Front, MAX_FORM, Reply, Waffles};
 
 /// Bytes read from a socket at once.
 pub(crate) const READ: usize = 16 * 1024;
@@ -304,7 +304,7 @@ async fn exchange(
                 (408, b, false)
             }
             Err(Fail::Client) => (0, 0, false),
-            Err(Fail::Abandoned) => (crate::http2::CLIENT_CLOSED, 0, false),
+            Err(Fail::Abandoned) => (CLIENT_CLOSED, 0, false),
         },
         Front::Reply(r) => {
             // a body the client sent with a request answered here is read past (unless it

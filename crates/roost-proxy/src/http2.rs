@@ -25,7 +25,7 @@ use crate::framing::{self, Body, Chunked, Piece};
 use crate::h1::{Fail, READ, connect_to, field_line, next_upstream, put, read_response_head, read_some};
 use crate::metrics::OutcomeLabels;
 use crate::now_ms;
-use crate::service::{Ctx, Front, MAX_FORM, Reply, Waffles};
+use crate::service::{CLIENT_CLOSED, Ctx, Front, MAX_FORM, Reply, Waffles};
 
 /// Streams a client may have open at once on one connection.
 const MAX_STREAMS: u32 = 128;
@@ -452,8 +452,7 @@ async fn to_app(
         // a client that resets its stream (or whose connection ends) while the app is at work
         // takes the app's connection with it: a stream opened and reset at once, again and
         // again ("rapid reset"), must not leave the app a request in flight for each
-        let Some(attempt) = unless_reset(|cx| tx.poll_reset(cx), attempt).await else {
-            w.metrics.abandoned.inc();
+        let Some(attempt) = unless_reset(w, |cx| tx.poll_reset(cx), attempt).await else {
             return Ok((CLIENT_CLOSED, 0));
         };
         let (up, addr, kept, got) = attempt?;
@@ -465,20 +464,20 @@ async fn to_app(
     }
 }
 
-/// What the access log says of a request whose client went away before its answer (nginx's
-/// 499).
-pub(crate) const CLIENT_CLOSED: u16 = 499;
-
-/// `work`, unless the client resets the stream (or the connection ends) first: `None` then,
-/// `work` dropped with whatever it holds.
+/// `work`, unless the client resets the stream (or the connection ends) first: `None` then
+/// (counted as abandoned), `work` dropped with whatever it holds.
 async fn unless_reset<T>(
+    w: &Waffles,
     reset: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Result<Reason, h2::Error>>,
     work: impl std::future::Future<Output = T>,
 ) -> Option<T> {
     tokio::select! {
         biased;
         done = work => Some(done),
-        _ = std::future::poll_fn(reset) => None,
+        _ = std::future::poll_fn(reset) => {
+            w.metrics.abandoned.inc();
+            None
+        }
     }
 }
 
@@ -587,8 +586,7 @@ async fn from_app(
             // interim responses are the app's business with us
             Head::Interim(n) => {
                 ubuf.drain(..n);
-                let Some(got) = unless_reset(|cx| tx.poll_reset(cx), read_head(w, &mut ubuf, &mut up)).await else {
-                    w.metrics.abandoned.inc();
+                let Some(got) = unless_reset(w, |cx| tx.poll_reset(cx), read_head(w, &mut ubuf, &mut up)).await else {
                     return Ok((CLIENT_CLOSED, 0));
                 };
                 got?;
@@ -708,11 +706,7 @@ async fn app_read(
     ubuf: &mut Vec<u8>,
     limit: usize,
 ) -> std::io::Result<usize> {
-    match unless_reset(|cx| out.poll_reset(cx), read_some(up, ubuf, limit, w.cfg.upstream_timeout)).await {
-        Some(got) => got,
-        None => {
-            w.metrics.abandoned.inc();
-            Err(std::io::ErrorKind::ConnectionReset.into())
-        }
-    }
+    unless_reset(w, |cx| out.poll_reset(cx), read_some(up, ubuf, limit, w.cfg.upstream_timeout))
+        .await
+        .unwrap_or_else(|| Err(std::io::ErrorKind::ConnectionReset.into()))
 }

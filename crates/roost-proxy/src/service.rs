@@ -28,6 +28,10 @@ use crate::pages::{self, ChallengePage};
 /// Longest body accepted on the proxy's own endpoints.
 pub const MAX_FORM: usize = 8 * 1024;
 
+/// What the access log says of a request whose client went away before its answer began
+/// (nginx's 499), on either protocol.
+pub const CLIENT_CLOSED: u16 = 499;
+
 pub struct Waffles {
     pub cfg: Arc<ProxyConfig>,
     pub cache: Arc<VerdictCache>,
