@@ -107,6 +107,24 @@ fn bench(c: &mut Criterion) {
                 d.decode(exporter, &datagrams[i], Timestamp(0)).records.len()
             })
         });
+        // the records as the collector encodes them: dated now, so their times are full-size varints
+        let at = Timestamp(1_764_000_001_000);
+        if version != 5 {
+            d.decode(exporter, &templated(version, true, 0), at);
+        }
+        let records = d.decode(exporter, &datagrams[2], at).records;
+        assert_eq!(records.len(), RECORDS, "{name}: the records to encode");
+        let mut encoder = roost_flows::topic::Encoder::default();
+        let mut value = Vec::with_capacity(RECORDS * roost_flows::topic::max_encoded_len());
+        g.bench_function(format!("encode_{name}"), |b| {
+            b.iter(|| {
+                value.clear();
+                for r in &records {
+                    encoder.encode(r, &mut value);
+                }
+                value.len()
+            })
+        });
         let mut f = FlowFeatures::new(FeaturesConfig::default());
         let mut found = Vec::new();
         let mut value = Vec::new();

@@ -101,7 +101,7 @@ pub fn encode_into(records: &[FlowRecord], out: &mut Vec<u8>) {
 /// alone is a nine-byte varint.
 #[derive(Default)]
 pub struct Encoder {
-    buf: MessageBuf,
+    buf: Buf,
     shared: Option<Shared>,
 }
 
@@ -124,7 +124,8 @@ struct Piece {
 
 impl Piece {
     fn of(f: impl FnOnce(&mut MessageBuf)) -> Piece {
-        let mut m = MessageBuf { n: 0, ..MessageBuf::default() };
+        let mut b = Buf::default();
+        let mut m = MessageBuf { b: &mut b.0, n: 0 };
         f(&mut m);
         let mut p = Piece { n: m.n as u8, ..Piece::default() };
         p.b[..m.n].copy_from_slice(&m.b[..m.n]);
@@ -152,8 +153,8 @@ impl Encoder {
                 }),
             }),
         };
-        let m = &mut self.buf;
-        m.n = 2;
+        // the writer is a local: its length stays in a register
+        let m = &mut MessageBuf { b: &mut self.buf.0, n: 2 };
         m.piece(&s.head);
         addr(6, r.src, m);
         addr(7, r.dst, m);
@@ -180,30 +181,33 @@ pub fn encode(records: &[FlowRecord]) -> Vec<u8> {
     out
 }
 
-/// One message built on the stack, two bytes left free before it for its length: appending a
-/// few bytes at a time to a `Vec` (prost's way) costs a capacity check and a `memmove` call
-/// each, most of the encoder's time at line rate.
-struct MessageBuf {
-    b: [u8; MESSAGE_BYTES],
+/// One message is built in a fixed buffer, two bytes left free before it for its length:
+/// appending a few bytes at a time to a `Vec` (prost's way) costs a capacity check and a
+/// `memmove` call each, most of the encoder's time at line rate.
+struct Buf([u8; MESSAGE_BYTES]);
+
+impl Default for Buf {
+    fn default() -> Buf {
+        Buf([0; MESSAGE_BYTES])
+    }
+}
+
+/// Writes into a [`Buf`].
+struct MessageBuf<'a> {
+    b: &'a mut [u8; MESSAGE_BYTES],
     n: usize,
 }
 
 /// Two bytes of length, then the longest message (checked by a test against
-/// [`max_encoded_len`]).
-const MESSAGE_BYTES: usize = 256;
+/// [`max_encoded_len`]), then room for a whole [`Piece`] or varint written past its end.
+const MESSAGE_BYTES: usize = 256 + 32;
 
-impl Default for MessageBuf {
-    fn default() -> MessageBuf {
-        MessageBuf { b: [0; MESSAGE_BYTES], n: 2 }
-    }
-}
-
-impl MessageBuf {
+impl MessageBuf<'_> {
+    /// The whole piece is copied (a fixed size: no `memmove` call), its length kept.
     #[inline]
     fn piece(&mut self, p: &Piece) {
-        let n = usize::from(p.n);
-        self.b[self.n..self.n + n].copy_from_slice(&p.b[..n]);
-        self.n += n;
+        self.b[self.n..self.n + p.b.len()].copy_from_slice(&p.b);
+        self.n += usize::from(p.n);
     }
 
     #[inline]
@@ -212,13 +216,18 @@ impl MessageBuf {
         self.n += 1;
     }
 
+    /// One bounds check for the whole varint (a byte at a time, each write checked and the
+    /// length stored back, was most of the encoder's time).
     #[inline]
     fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.byte(v as u8 | 0x80);
+        let len = encoded_len_varint(v);
+        let out = &mut self.b[self.n..self.n + 10];
+        for b in &mut out[..len - 1] {
+            *b = v as u8 | 0x80;
             v >>= 7;
         }
-        self.byte(v as u8);
+        out[len - 1] = v as u8;
+        self.n += len;
     }
 
     #[inline]
@@ -396,7 +405,9 @@ mod tests {
         m.extend(long.encode_length_delimited_to_vec());
         m.extend(FlowMessage::decode_length_delimited(&v[m.len()..]).unwrap().encode_length_delimited_to_vec());
         assert_eq!(m, v, "the same bytes as prost's own encoder");
-        assert!(max_encoded_len() <= MESSAGE_BYTES, "the stack buffer holds any message");
+        // any message after two bytes of length, and a whole piece or varint written at its end
+        let piece = std::mem::size_of::<Piece>() - 1;
+        assert!(2 + max_encoded_len() + piece.max(10) <= MESSAGE_BYTES, "the buffer holds any message");
         assert_eq!(decode(&v).unwrap(), vec![small.clone(), big, small]);
     }
 
