@@ -7,7 +7,13 @@
 #   received  = records the collector decoded (roost: roost_flows_records_total; nfcapd: nfdump -I)
 #   published = roost only: records acknowledged by the broker (tansu, in memory, on loopback)
 #               once the queue drained (nfcapd writes local files instead)
-#   CPU µs/flow = the collector's CPU (% of one core, over the send) per flow sent
+#   CPU µs/flow = the collector's CPU per flow sent; CPU % = that CPU as % of one core over the
+#               send. nfcapd's: from the send's start until its socket's queue drained (flows_send.py).
+#               roost's: until its queue to the broker drained, so the work its decoding threads
+#               catch up on after the send counts too
+#   backlog drops = roost only: datagrams read off the socket but dropped because a decoding
+#               thread was flows.backlog_bytes behind (roost_flows_backlog_dropped_datagrams_total;
+#               part of the loss, as kernel drops are)
 #   skipped by features = roost only: records the features thread was too far behind to take
 #               (roost_flows_features_skipped_total; published all the same)
 #   broker CPU % = roost only: the broker's (tansu's) CPU from the send's start until the queue
@@ -90,28 +96,29 @@ done
 
 echo
 echo "== throughput (DUR=${DUR}s per run)"
-echo "| version | rate (flows/s) | collector | sent | achieved rate | received | loss | kernel drops | published (roost) | published/s | CPU % | CPU µs/flow | skipped by features | broker CPU % |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| version | rate (flows/s) | collector | sent | achieved rate | received | loss | kernel drops | backlog drops | published (roost) | published/s | CPU % | CPU µs/flow | skipped by features | broker CPU % |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for v in $VERSIONS; do
   for r in $RATES; do
     # roost
     start_roost "tp-v$v-$r"
-    b0=$(ticks "$TANSU_PID")
+    b0=$(ticks "$TANSU_PID"); r0=$(ticks "$RP")
     python3 "$PEERS/flows_send.py" send --pcap "$F/export-v$v.pcap" --port "$FP" --rate "$r" --duration "$DUR" --pid "$RP" > "$RUN/roost-v$v-$r.json"
     t0=$(date +%s.%N); sleep 0.5; wait_drained; t1=$(date +%s.%N)
-    b1=$(ticks "$TANSU_PID")
+    b1=$(ticks "$TANSU_PID"); r1=$(ticks "$RP")
     sent=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sent_flows"])' "$RUN/roost-v$v-$r.json")
-    cpu=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(round(d.get("collector_cpu_pct") or 0))' "$RUN/roost-v$v-$r.json")
+    send_s=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["send_s"])' "$RUN/roost-v$v-$r.json")
+    cpu=$(python3 -c "print(round(($r1 - $r0) * 100 / $(getconf CLK_TCK) / $send_s))")
+    bd=$(metric "$MP" roost_flows_backlog_dropped_datagrams_total)
     recv=$(metric "$MP" roost_flows_records_total); pub=$(metric "$MP" roost_flows_published_total)
     pubs=$(python3 -c "print(round($pub / ($DUR + $t1 - $t0)))")
     loss=$(python3 -c "print('%.2f %%' % (100 * (1 - $recv / $sent)))")
     ach=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["achieved_rate"])' "$RUN/roost-v$v-$r.json")
     kd=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kernel_drops"])' "$RUN/roost-v$v-$r.json")
     skip=$(metric "$MP" roost_flows_features_skipped_total)
-    per=$(python3 -c "print('%.2f' % ($cpu * 10000 / $ach))")
-    send_s=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["send_s"])' "$RUN/roost-v$v-$r.json")
+    per=$(python3 -c "print('%.2f' % (($r1 - $r0) * 1e6 / $(getconf CLK_TCK) / $sent))")
     bcpu=$(python3 -c "print(round(($b1 - $b0) * 100 / $(getconf CLK_TCK) / $send_s))")
-    echo "| v$v | $r | roost | $sent | $ach | $recv | $loss | $kd | $pub | $pubs | $cpu | $per | $skip | $bcpu |"
+    echo "| v$v | $r | roost | $sent | $ach | $recv | $loss | $kd | $bd | $pub | $pubs | $cpu | $per | $skip | $bcpu |"
     kill "$RP"; wait "$RP" 2>/dev/null || true
     # nfcapd
     D="$RUN/nfcapd-v$v-$r"; mkdir -p "$D"; NP_PORT=$((25000 + RANDOM % 2000))
@@ -127,7 +134,7 @@ for v in $VERSIONS; do
     ach=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["achieved_rate"])' "$RUN/nfcapd-v$v-$r.json")
     kd=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kernel_drops"])' "$RUN/nfcapd-v$v-$r.json")
     per=$(python3 -c "print('%.2f' % ($cpu * 10000 / $ach))")
-    echo "| v$v | $r | nfcapd | $sent | $ach | $recv | $loss | $kd | – | – | $cpu | $per | – | – |"
+    echo "| v$v | $r | nfcapd | $sent | $ach | $recv | $loss | $kd | – | – | – | $cpu | $per | – | – |"
   done
 done
 echo "runs in $RUN"

@@ -188,10 +188,14 @@ impl Default for TailConfig {
 pub struct FlowsConfig {
     /// UDP addresses to receive exports on (each takes v5, v9 and IPFIX).
     pub listen: Vec<SocketAddr>,
-    /// Sockets (and receiving threads) per address, bound with SO_REUSEPORT; 0: one per core.
+    /// Sockets (each with a receiving and a decoding thread) per address, bound with
+    /// SO_REUSEPORT; 0: one per core.
     pub receivers: usize,
     /// The sockets' receive buffer (the kernel caps it at net.core.rmem_max).
     pub receive_buffer_bytes: usize,
+    /// Datagrams read but not decoded yet, per socket, at most: a socket's receiving thread
+    /// only reads, and its decoding thread catches up from this backlog when it falls behind.
+    pub backlog_bytes: usize,
     /// Templates not refreshed within this time are forgotten.
     #[serde(with = "humantime_serde")]
     pub template_ttl: Duration,
@@ -251,6 +255,7 @@ impl Default for FlowsConfig {
             listen: vec!["127.0.0.1:2055".parse().expect("valid")],
             receivers: 0,
             receive_buffer_bytes: 32 << 20,
+            backlog_bytes: 64 << 20,
             template_ttl: Duration::from_secs(30 * 60),
             max_exporters: 1024,
             queue: 1_000_000,

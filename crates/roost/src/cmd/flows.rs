@@ -2,9 +2,11 @@
 //! arrive on `flows.listen`: per address, `flows.receivers` UDP sockets bound with
 //! SO_REUSEPORT (the kernel spreads exporters over them by address and port, so one exporter's
 //! datagrams, and templates, always reach the same socket), each read by its own thread, which
-//! decodes (`roost_flows::Decoder`) and encodes each datagram's records as one flows-topic value
-//! (`roost_flows::topic`: goflow2's protobuf messages, length-delimited) keyed by the exporter. A
-//! publishing thread sends them.
+//! only reads ([`receive`]) and hands the datagrams by the slab, through a backlog of
+//! `flows.backlog_bytes`, to the socket's decoding thread ([`decode`]). That one decodes
+//! (`roost_flows::Decoder`) and encodes the records into flows-topic values
+//! (`roost_flows::topic`: goflow2's protobuf messages, length-delimited), filled per bucket of
+//! source addresses. A publishing thread sends them.
 //!
 //! With `flows.features.enabled` (the default) the receivers hand their records, a thousand at a
 //! time or every 20 ms, to one features thread, which keeps per-source windows
@@ -16,10 +18,12 @@
 //! The windows see what this collector receives: send the exports of every router that sees a
 //! source to one collector (or accept that each counts its own share).
 //!
-//! The receiver never waits on Kafka nor on the features thread: the kernel would drop datagrams
-//! meanwhile. Records the features thread is too far behind to take (about `flows.queue` of
-//! them waiting) are left out of the windows, published all the same, and counted in
-//! `roost_flows_features_skipped_total`. Records wait for Kafka in a bounded queue
+//! The receiver never waits on its decoding thread, nor that one on Kafka or the features
+//! thread: the kernel would drop datagrams meanwhile. A decoding thread a whole backlog behind
+//! gets no more slabs: they are dropped and their datagrams counted in
+//! `roost_flows_backlog_dropped_datagrams_total`. Records the features thread is too far behind
+//! to take (about `flows.queue` of them waiting) are left out of the windows, published all the
+//! same, and counted in `roost_flows_features_skipped_total`. Records wait for Kafka in a bounded queue
 //! (`flows.queue`); when it is full (Kafka away or slow) further records are dropped and counted in
 //! `roost_flows_dropped_total`, as a router drops flows when its export buffer is full. Undecodable
 //! datagrams are counted by exporter and reason, logged (at most once a second per exporter), and
@@ -135,6 +139,7 @@ struct Metrics {
     evidence: Family<KindLabel, Counter>,
     publish_errors: Counter,
     dropped: Counter,
+    backlog_dropped: Counter,
     skipped: Counter,
     queued: Gauge,
     exporters: Gauge,
@@ -181,6 +186,11 @@ impl Metrics {
         );
         r.register("publish_errors", "Failed sends to Kafka (retried)", self.publish_errors.clone());
         r.register("dropped", "Flow records dropped because the queue to Kafka was full", self.dropped.clone());
+        r.register(
+            "backlog_dropped_datagrams",
+            "Datagrams dropped because a decoding thread was flows.backlog_bytes behind its receiver",
+            self.backlog_dropped.clone(),
+        );
         r.register(
             "features_skipped",
             "Flow records left out of the features windows because the features thread was behind",
@@ -254,12 +264,21 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     for addr in &f.listen {
         for _ in 0..receivers {
             let sock = bind(*addr, f.receive_buffer_bytes, receivers > 1)?;
-            let (tx, stop, shared, f, features) =
-                (tx.clone(), shutdown.flag(), shared.clone(), f.clone(), features.clone());
+            // the backlog between the receiver and its decoding thread, in slabs
+            let backlog = (f.backlog_bytes / SLAB_BYTES).max(2);
+            let slabs = Slabs::new(backlog + 2, backlog.min(READY_SLABS));
+            let (gtx, grx) = sync_channel::<Received>(backlog);
+            let (stop, metrics, exporters, s) = (shutdown.flag(), metrics.clone(), f.exporters.clone(), slabs.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("roost-flows-recv".into())
-                    .spawn(move || receive(sock, &f, features, tx, &stop, &shared))?,
+                    .spawn(move || receive(sock, &exporters, gtx, &stop, &metrics, &s))?,
+            );
+            let (tx, shared, f, features) = (tx.clone(), shared.clone(), f.clone(), features.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("roost-flows-decode".into())
+                    .spawn(move || decode(grx, &f, features, tx, &shared, &slabs))?,
             );
         }
         tracing::info!(listen = %addr, receivers, "roost flows: receiving NetFlow v5/v9 and IPFIX");
@@ -482,13 +501,145 @@ fn keep_windows(
     }
 }
 
+/// The most a UDP datagram carries (IPv4's 65,507, and room to spare).
+const MAX_DATAGRAM: usize = 65_536;
+
+/// A receiver's slab: the datagrams it read, back to back, handed to the decoding thread in one
+/// go. Big enough that a hand-over is rare next to the datagrams it carries.
+const SLAB_BYTES: usize = 512 * 1024;
+
+/// Datagrams per slab at most (its bytes bound it first for datagrams of a usual size).
+const SLAB_DATAGRAMS: usize = 512;
+
+/// How long the receiver waits for the next datagram before it hands over the slab it fills:
+/// an export that arrives alone goes on at once.
+const SLAB_WAIT: Duration = Duration::from_millis(1);
+
+/// How old a slab's first datagram may be before the slab is handed over, however busy the
+/// socket: what arrives a little at a time is not held for long.
+const SLAB_AGE_MS: i64 = 10;
+
+/// How long a receiver with nothing in hand waits on its socket before it looks at the stop flag.
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+
+/// Slabs made at start per receiver (4 MiB), so the first burst does not wait on fresh pages.
+const READY_SLABS: usize = 8;
+
+/// One datagram in a [`Received`] slab.
+#[derive(Clone, Copy)]
+struct Gram {
+    from: SocketAddr,
+    /// When it was read off the socket.
+    at: roost_event::Timestamp,
+    start: usize,
+    len: usize,
+}
+
+/// What a receiver hands its decoding thread: datagrams, copied once (by the kernel) into
+/// `bytes`.
+struct Received {
+    /// `SLAB_BYTES`, written once when made and reused since.
+    bytes: Vec<u8>,
+    used: usize,
+    grams: Vec<Gram>,
+}
+
+/// Slabs handed back by the decoding threads, so the receivers reuse warm memory. Bounded: what
+/// does not fit is freed.
+#[derive(Clone)]
+struct Slabs {
+    tx: crossbeam_channel::Sender<Received>,
+    rx: crossbeam_channel::Receiver<Received>,
+}
+
+impl Slabs {
+    /// Keeps up to `kept` slabs, `ready` of them made now (their memory written: see [`Pool`]).
+    fn new(kept: usize, ready: usize) -> Slabs {
+        let (tx, rx) = crossbeam_channel::bounded(kept);
+        let slabs = Slabs { tx, rx };
+        for _ in 0..ready.min(kept) {
+            slabs.give(Slabs::make());
+        }
+        slabs
+    }
+
+    fn make() -> Received {
+        Received { bytes: vec![0; SLAB_BYTES], used: 0, grams: Vec::with_capacity(SLAB_DATAGRAMS) }
+    }
+
+    fn take(&self) -> Received {
+        self.rx.try_recv().unwrap_or_else(|_| Slabs::make())
+    }
+
+    fn give(&self, mut r: Received) {
+        r.used = 0;
+        r.grams.clear();
+        let _ = self.tx.try_send(r);
+    }
+}
+
+/// A socket's receiving thread: it only reads datagrams (and drops those of senders not in
+/// `flows.exporters`), and hands them by the slab to the socket's decoding thread ([`decode`]).
+/// The kernel drops what arrives while the socket's buffer is full, and that buffer is small
+/// next to a burst at line rate: a thread that does nothing else drains it at once, and a
+/// decoding thread that falls behind for a while (its share of the cores taken, a burst)
+/// catches up from `flows.backlog_bytes` of slabs, not from the kernel's buffer. Past that,
+/// slabs are dropped and their datagrams counted (`roost_flows_backlog_dropped_datagrams_total`).
 fn receive(
     sock: UdpSocket,
+    exporters: &[ipnetwork::IpNetwork],
+    tx: SyncSender<Received>,
+    stop: &AtomicBool,
+    m: &Metrics,
+    slabs: &Slabs,
+) {
+    let mut r = slabs.take();
+    // the socket's read timeout: `SLAB_WAIT` while datagrams are in hand, `IDLE_WAIT` when not
+    let mut waiting_short = false;
+    while !stop.load(Ordering::Relaxed) {
+        let hand_over = match sock.recv_from(&mut r.bytes[r.used..r.used + MAX_DATAGRAM]) {
+            Ok((n, from)) => {
+                if !accepted(exporters, from.ip()) {
+                    m.foreign.inc();
+                    continue;
+                }
+                let at = runtime::wall_now();
+                r.grams.push(Gram { from, at, start: r.used, len: n });
+                r.used += n;
+                if !waiting_short {
+                    waiting_short = sock.set_read_timeout(Some(SLAB_WAIT)).is_ok();
+                }
+                r.grams.len() >= SLAB_DATAGRAMS
+                    || r.used + MAX_DATAGRAM > SLAB_BYTES
+                    || at.0 - r.grams[0].at.0 >= SLAB_AGE_MS
+            }
+            // a timeout (WouldBlock or TimedOut), or an error the next read will show again
+            Err(_) => !r.grams.is_empty(),
+        };
+        if hand_over {
+            let k = r.grams.len() as u64;
+            match tx.try_send(std::mem::replace(&mut r, slabs.take())) {
+                Ok(()) => {}
+                Err(TrySendError::Full(back)) => {
+                    m.backlog_dropped.inc_by(k);
+                    slabs.give(back);
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+            if waiting_short {
+                waiting_short = sock.set_read_timeout(Some(IDLE_WAIT)).is_err();
+            }
+        }
+    }
+}
+
+fn decode(
+    rx: Receiver<Received>,
     f: &FlowsConfig,
     features: Option<SyncSender<Vec<Seen>>>,
     tx: SyncSender<Vec<Out>>,
-    stop: &AtomicBool,
     shared: &Shared,
+    slabs: &Slabs,
 ) {
     let (m, queued, pools) = (&*shared.metrics, &shared.queued, &shared.pools);
     let mut decoder = Decoder::new(&DecoderConfig {
@@ -502,7 +653,6 @@ fn receive(
     let mut for_features: Vec<Seen> =
         if features.is_some() { pools.records.take(FEATURES_BATCH + 256) } else { Vec::new() };
     let mut last_error_log: HashMap<IpAddr, Instant> = HashMap::new();
-    let mut buf = vec![0u8; 65_536];
     let mut batch: Vec<Out> = pools.batches.take(BATCH_OUTS);
     // records in `batch`
     let mut in_batch = 0usize;
@@ -512,131 +662,142 @@ fn receive(
     let (mut letters, mut letters_since) = (0u32, Instant::now());
     let mut last_send = Instant::now();
     let mut last_prune = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let got = sock.recv_from(&mut buf);
-        let now = runtime::wall_now();
-        if let Ok((n, from)) = got {
-            if !accepted(&f.exporters, from.ip()) {
-                m.foreign.inc();
-                continue;
-            }
-            let counters = labels.of(from.ip(), m);
-            let ex = &counters.label;
-            counters.datagrams.inc();
-            decoder.decode_into(from, &buf[..n], now, &mut out);
-            if !out.records.is_empty() {
-                counters.records(out.version).inc_by(out.records.len() as u64);
-                let (p, b) = out
-                    .records
-                    .iter()
-                    .fold((0u64, 0u64), |(p, b), r| (p.saturating_add(r.packets), b.saturating_add(r.bytes)));
-                counters.packets.inc_by(p);
-                counters.bytes.inc_by(b);
-            }
-            if out.template_misses > 0 {
-                m.template_misses
-                    .get_or_create(&ExporterLabel { exporter: ex.clone() })
-                    .inc_by(out.template_misses.into());
-            }
-            if out.clamped > 0 {
-                m.clamped.inc_by(out.clamped.into());
-            }
-            if out.templates > 0 {
-                m.templates.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc_by(out.templates.into());
-            }
-            if !out.errors.is_empty() && out.records.is_empty() {
-                if letters_since.elapsed() >= Duration::from_secs(1) {
-                    (letters, letters_since) = (0, Instant::now());
+    loop {
+        let waiting =
+            in_batch > 0 || !batch.is_empty() || !for_features.is_empty() || buckets.iter().any(|(_, n)| *n > 0);
+        let slab = match rx.recv_timeout(Duration::from_millis(if waiting { 20 } else { 200 })) {
+            Ok(r) => Some(r),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let grams = slab.as_ref().map_or(&[][..], |r| &r.grams[..]);
+        // the timed work at the end runs after each datagram, and once when none came
+        for i in 0..grams.len().max(1) {
+            let now = grams.get(i).map_or_else(runtime::wall_now, |g| g.at);
+            if let (Some(g), Some(r)) = (grams.get(i), &slab) {
+                let (from, buf, n) = (g.from, &r.bytes[g.start..g.start + g.len], g.len);
+                let counters = labels.of(from.ip(), m);
+                let ex = &counters.label;
+                counters.datagrams.inc();
+                decoder.decode_into(from, buf, now, &mut out);
+                if !out.records.is_empty() {
+                    counters.records(out.version).inc_by(out.records.len() as u64);
+                    let (p, b) = out
+                        .records
+                        .iter()
+                        .fold((0u64, 0u64), |(p, b), r| (p.saturating_add(r.packets), b.saturating_add(r.bytes)));
+                    counters.packets.inc_by(p);
+                    counters.bytes.inc_by(b);
                 }
-                if letters < DEAD_LETTERS_PER_SECOND {
-                    letters += 1;
-                    let (e, _) = out.errors[0];
-                    batch.push(Out::DeadLetter {
-                        exporter: from,
-                        letter: roost_wire::requests::DeadLetter {
-                            v: 1,
-                            host: host.clone(),
-                            file: format!("udp://{from}"),
-                            kind: format!("flow_{}", e.label()),
-                            error: e.to_string(),
-                            line: buf[..n].iter().map(|b| format!("{b:02x}")).collect(),
-                            origin: None,
-                        },
-                    });
+                if out.template_misses > 0 {
+                    m.template_misses
+                        .get_or_create(&ExporterLabel { exporter: ex.clone() })
+                        .inc_by(out.template_misses.into());
+                }
+                if out.clamped > 0 {
+                    m.clamped.inc_by(out.clamped.into());
+                }
+                if out.templates > 0 {
+                    m.templates.get_or_create(&ExporterLabel { exporter: ex.clone() }).inc_by(out.templates.into());
+                }
+                if !out.errors.is_empty() && out.records.is_empty() {
+                    if letters_since.elapsed() >= Duration::from_secs(1) {
+                        (letters, letters_since) = (0, Instant::now());
+                    }
+                    if letters < DEAD_LETTERS_PER_SECOND {
+                        letters += 1;
+                        let (e, _) = out.errors[0];
+                        batch.push(Out::DeadLetter {
+                            exporter: from,
+                            letter: roost_wire::requests::DeadLetter {
+                                v: 1,
+                                host: host.clone(),
+                                file: format!("udp://{from}"),
+                                kind: format!("flow_{}", e.label()),
+                                error: e.to_string(),
+                                line: buf.iter().map(|b| format!("{b:02x}")).collect(),
+                                origin: None,
+                            },
+                        });
+                    }
+                }
+                for (e, k) in &out.errors {
+                    m.errors
+                        .get_or_create(&ErrorLabel { exporter: ex.clone(), reason: e.label().into() })
+                        .inc_by((*k).into());
+                    if last_error_log.len() >= MAX_ERROR_LOG_EXPORTERS && !last_error_log.contains_key(&from.ip()) {
+                        last_error_log.clear();
+                    }
+                    let last =
+                        last_error_log.entry(from.ip()).or_insert_with(|| Instant::now() - Duration::from_secs(2));
+                    if last.elapsed() >= Duration::from_secs(1) {
+                        *last = Instant::now();
+                        let head: String = buf[..n.min(16)].iter().map(|b| format!("{b:02x}")).collect();
+                        tracing::warn!(exporter = %from, reason = %e, bytes = n, head, "undecodable NetFlow/IPFIX datagram");
+                    }
+                }
+                for r in &out.records {
+                    let b = bucket(r.src);
+                    let (value, n) = &mut buckets[b];
+                    if value.capacity() == 0 {
+                        *value = pools.values.take(RECORD_BYTES + roost_flows::topic::max_encoded_len());
+                    }
+                    encoder.encode(r, value);
+                    *n += 1;
+                    if value.len() >= RECORD_BYTES {
+                        in_batch += *n;
+                        batch.push(Out::Flows { bucket: b, records: std::mem::take(n), value: std::mem::take(value) });
+                    }
+                }
+                if features.is_some() {
+                    for_features.extend(out.records.iter().map(Seen::from));
                 }
             }
-            for (e, k) in &out.errors {
-                m.errors
-                    .get_or_create(&ErrorLabel { exporter: ex.clone(), reason: e.label().into() })
-                    .inc_by((*k).into());
-                if last_error_log.len() >= MAX_ERROR_LOG_EXPORTERS && !last_error_log.contains_key(&from.ip()) {
-                    last_error_log.clear();
-                }
-                let last = last_error_log.entry(from.ip()).or_insert_with(|| Instant::now() - Duration::from_secs(2));
-                if last.elapsed() >= Duration::from_secs(1) {
-                    *last = Instant::now();
-                    let head: String = buf[..n.min(16)].iter().map(|b| format!("{b:02x}")).collect();
-                    tracing::warn!(exporter = %from, reason = %e, bytes = n, head, "undecodable NetFlow/IPFIX datagram");
+            let due = last_send.elapsed() >= Duration::from_millis(20);
+            // the features thread takes records by the thousand (or what a slice of time gave): a
+            // hand-over per datagram was a wake-up of that thread, and a system call here, each
+            if let Some(feat) = &features
+                && (for_features.len() >= FEATURES_BATCH || (due && !for_features.is_empty()))
+            {
+                let records = std::mem::replace(&mut for_features, pools.records.take(FEATURES_BATCH + 256));
+                let k = records.len() as u64;
+                match feat.try_send(records) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(records)) => {
+                        pools.records.give(records);
+                        m.skipped.inc_by(k);
+                    }
+                    Err(TrySendError::Disconnected(_)) => return,
                 }
             }
-            for r in &out.records {
-                let b = bucket(r.src);
-                let (value, n) = &mut buckets[b];
-                if value.capacity() == 0 {
-                    *value = pools.values.take(RECORD_BYTES + roost_flows::topic::max_encoded_len());
-                }
-                encoder.encode(r, value);
-                *n += 1;
-                if value.len() >= RECORD_BYTES {
+            if due {
+                // a slice of time ends: what the buckets hold goes too
+                for (b, (value, n)) in buckets.iter_mut().enumerate().filter(|(_, (_, n))| *n > 0) {
                     in_batch += *n;
                     batch.push(Out::Flows { bucket: b, records: std::mem::take(n), value: std::mem::take(value) });
                 }
             }
-            if features.is_some() {
-                for_features.extend(out.records.iter().map(Seen::from));
-            }
-        }
-        let due = last_send.elapsed() >= Duration::from_millis(20);
-        // the features thread takes records by the thousand (or what a slice of time gave): a
-        // hand-over per datagram was a wake-up of that thread, and a system call here, each
-        if let Some(feat) = &features
-            && (for_features.len() >= FEATURES_BATCH || (due && !for_features.is_empty()))
-        {
-            let records = std::mem::replace(&mut for_features, pools.records.take(FEATURES_BATCH + 256));
-            let k = records.len() as u64;
-            match feat.try_send(records) {
-                Ok(()) => {}
-                Err(TrySendError::Full(records)) => {
-                    pools.records.give(records);
-                    m.skipped.inc_by(k);
+            if !batch.is_empty() && (in_batch >= 4096 || due) {
+                let n = std::mem::take(&mut in_batch) as i64;
+                match tx.try_send(std::mem::replace(&mut batch, pools.batches.take(BATCH_OUTS))) {
+                    Ok(()) => {
+                        queued.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(TrySendError::Full(_)) => {
+                        m.dropped.inc_by(n as u64);
+                    }
+                    Err(TrySendError::Disconnected(_)) => return,
                 }
-                Err(TrySendError::Disconnected(_)) => return,
+                last_send = Instant::now();
+            }
+            if last_prune.elapsed() >= Duration::from_secs(60) {
+                last_prune = Instant::now();
+                decoder.prune(now, f.template_ttl);
+                m.exporters.set(decoder.exporters() as i64);
             }
         }
-        if due {
-            // a slice of time ends: what the buckets hold goes too
-            for (b, (value, n)) in buckets.iter_mut().enumerate().filter(|(_, (_, n))| *n > 0) {
-                in_batch += *n;
-                batch.push(Out::Flows { bucket: b, records: std::mem::take(n), value: std::mem::take(value) });
-            }
-        }
-        if !batch.is_empty() && (in_batch >= 4096 || due) {
-            let n = std::mem::take(&mut in_batch) as i64;
-            match tx.try_send(std::mem::replace(&mut batch, pools.batches.take(BATCH_OUTS))) {
-                Ok(()) => {
-                    queued.fetch_add(n, Ordering::Relaxed);
-                }
-                Err(TrySendError::Full(_)) => {
-                    m.dropped.inc_by(n as u64);
-                }
-                Err(TrySendError::Disconnected(_)) => return,
-            }
-            last_send = Instant::now();
-        }
-        if last_prune.elapsed() >= Duration::from_secs(60) {
-            last_prune = Instant::now();
-            decoder.prune(now, f.template_ttl);
-            m.exporters.set(decoder.exporters() as i64);
+        if let Some(r) = slab {
+            slabs.give(r);
         }
     }
 }
@@ -897,6 +1058,53 @@ mod tests {
         assert!(!accepted(&list, "192.0.2.2".parse().unwrap()));
         assert!(!accepted(&list, "198.51.100.1".parse().unwrap()));
         assert!(accepted(&[], "198.51.100.1".parse().unwrap()));
+    }
+
+    /// The receiver hands each datagram on with its sender and arrival time, drops foreign ones,
+    /// and when its decoding thread is a whole backlog behind, drops and counts rather than
+    /// waits (the kernel would drop meanwhile, uncounted by roost).
+    #[test]
+    fn the_receiver_hands_datagrams_over_by_the_slab_and_counts_what_a_full_backlog_drops() {
+        let sock = bind("127.0.0.1:0".parse().unwrap(), 1 << 20, false).unwrap();
+        let to = sock.local_addr().unwrap();
+        let (m, slabs, stop) = (Arc::new(Metrics::default()), Slabs::new(4, 1), Arc::new(AtomicBool::new(false)));
+        // a backlog of one slab, and no decoding thread taking it
+        let (tx, rx) = sync_channel::<Received>(1);
+        let t = {
+            let (m, slabs, stop) = (m.clone(), slabs.clone(), stop.clone());
+            std::thread::spawn(move || receive(sock, &["127.0.0.1/32".parse().unwrap()], tx, &stop, &m, &slabs))
+        };
+        let router = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stranger = UdpSocket::bind("127.0.0.2:0").unwrap();
+        let before = runtime::wall_now();
+        // the first slab: two datagrams and a stranger's between them
+        router.send_to(b"first", to).unwrap();
+        stranger.send_to(b"forged", to).unwrap();
+        router.send_to(&[7u8; 9000], to).unwrap();
+        let wait = |what: &str, done: &dyn Fn() -> bool| {
+            let until = Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(Instant::now() < until, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        wait("the stranger's datagram counted", &|| m.foreign.get() == 1);
+        // handed over once the socket is quiet for SLAB_WAIT; then, the backlog full, the next
+        // slabs are dropped and their datagrams counted
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..3 {
+            router.send_to(b"more", to).unwrap();
+        }
+        wait("the dropped datagrams counted", &|| m.backlog_dropped.get() == 3);
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
+        let r = rx.try_recv().expect("the first slab");
+        assert_eq!(r.grams.len(), 2, "the router's two datagrams, not the stranger's");
+        let from = router.local_addr().unwrap();
+        let got: Vec<&[u8]> = r.grams.iter().map(|g| &r.bytes[g.start..g.start + g.len]).collect();
+        assert_eq!(got, [&b"first"[..], &[7u8; 9000][..]]);
+        assert!(r.grams.iter().all(|g| g.from == from && g.at >= before && g.at <= runtime::wall_now()));
+        assert!(rx.try_recv().is_err(), "nothing beyond the backlog");
     }
 
     /// A flood of datagrams from ever new (forged) addresses does not grow the label map.
