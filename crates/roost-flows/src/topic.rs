@@ -1,10 +1,11 @@
 //! The flows topic's encoding, version 2: protobuf `FlowMessage`s with goflow2's field numbers
 //! (`pb/flow.proto` of goflow2 v2), length-delimited (a varint length before each message, as
-//! goflow2 writes with `-format.protobuf.fixedlen`), many to a Kafka record: one record per
-//! export datagram, keyed by the exporter (`address:port`), so one router's flows stay in
-//! order on one partition. A consumer that reads goflow2's messages reads these; roost's own
-//! fields use numbers goflow2 leaves free (1001: the exporter's port, 1002: the v9 source ID or
-//! IPFIX observation domain). Version 1 (one JSON object per record) is gone.
+//! goflow2 writes with `-format.protobuf.fixedlen`), many to a Kafka record (`roost flows` fills
+//! one per bucket of source addresses, keyed by the bucket, so a source's flows stay in order on
+//! one partition: ARCHITECTURE.md has the schema). A consumer that reads goflow2's messages
+//! reads these; roost's own fields use numbers goflow2 leaves free (1001: the exporter's port,
+//! 1002: the v9 source ID or IPFIX observation domain). Version 1 (one JSON object per record)
+//! is gone.
 //!
 //! Encoding writes straight from [`FlowRecord`]s into one buffer (no allocation per flow);
 //! decoding, for consumers and tests, goes through the derived [`FlowMessage`].
@@ -216,8 +217,7 @@ impl MessageBuf<'_> {
         self.n += 1;
     }
 
-    /// One bounds check for the whole varint (a byte at a time, each write checked and the
-    /// length stored back, was most of the encoder's time).
+    /// One bounds check for the whole varint, not one a byte.
     #[inline]
     fn varint(&mut self, mut v: u64) {
         let len = encoded_len_varint(v);
@@ -406,7 +406,7 @@ mod tests {
         m.extend(FlowMessage::decode_length_delimited(&v[m.len()..]).unwrap().encode_length_delimited_to_vec());
         assert_eq!(m, v, "the same bytes as prost's own encoder");
         // any message after two bytes of length, and a whole piece or varint written at its end
-        let piece = std::mem::size_of::<Piece>() - 1;
+        let piece = Piece::default().b.len();
         assert!(2 + max_encoded_len() + piece.max(10) <= MESSAGE_BYTES, "the buffer holds any message");
         assert_eq!(decode(&v).unwrap(), vec![small.clone(), big, small]);
     }

@@ -312,7 +312,7 @@ fn bind(addr: SocketAddr, rcvbuf: usize, reuse_port: bool) -> anyhow::Result<Udp
         tracing::warn!(wanted = rcvbuf, got, "receive buffer smaller than asked (raise net.core.rmem_max)");
     }
     let s: UdpSocket = s.into();
-    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    s.set_read_timeout(Some(IDLE_WAIT))?;
     Ok(s)
 }
 
@@ -633,6 +633,9 @@ fn receive(
     }
 }
 
+/// A socket's decoding thread: decodes what its receiver hands over, encodes the records into
+/// the buckets' topic values, hands the publisher full values (and every 20 ms the rest), and the
+/// features thread what its windows use. Ends when its receiver has.
 fn decode(
     rx: Receiver<Received>,
     f: &FlowsConfig,
