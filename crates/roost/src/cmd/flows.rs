@@ -540,8 +540,14 @@ struct Gram {
 struct Received {
     /// `SLAB_BYTES`, written once when made and reused since.
     bytes: Vec<u8>,
-    used: usize,
     grams: Vec<Gram>,
+}
+
+impl Received {
+    /// The bytes the datagrams take, from the start of `bytes`.
+    fn used(&self) -> usize {
+        self.grams.last().map_or(0, |g| g.start + g.len)
+    }
 }
 
 /// Slabs handed back by the decoding threads, so the receivers reuse warm memory. Bounded: what
@@ -564,7 +570,7 @@ impl Slabs {
     }
 
     fn make() -> Received {
-        Received { bytes: vec![0; SLAB_BYTES], used: 0, grams: Vec::with_capacity(SLAB_DATAGRAMS) }
+        Received { bytes: vec![0; SLAB_BYTES], grams: Vec::with_capacity(SLAB_DATAGRAMS) }
     }
 
     fn take(&self) -> Received {
@@ -572,7 +578,6 @@ impl Slabs {
     }
 
     fn give(&self, mut r: Received) {
-        r.used = 0;
         r.grams.clear();
         let _ = self.tx.try_send(r);
     }
@@ -597,20 +602,20 @@ fn receive(
     // the socket's read timeout: `SLAB_WAIT` while datagrams are in hand, `IDLE_WAIT` when not
     let mut waiting_short = false;
     while !stop.load(Ordering::Relaxed) {
-        let hand_over = match sock.recv_from(&mut r.bytes[r.used..r.used + MAX_DATAGRAM]) {
+        let used = r.used();
+        let hand_over = match sock.recv_from(&mut r.bytes[used..used + MAX_DATAGRAM]) {
             Ok((n, from)) => {
                 if !accepted(exporters, from.ip()) {
                     m.foreign.inc();
                     continue;
                 }
                 let at = runtime::wall_now();
-                r.grams.push(Gram { from, at, start: r.used, len: n });
-                r.used += n;
+                r.grams.push(Gram { from, at, start: used, len: n });
                 if !waiting_short {
                     waiting_short = sock.set_read_timeout(Some(SLAB_WAIT)).is_ok();
                 }
                 r.grams.len() >= SLAB_DATAGRAMS
-                    || r.used + MAX_DATAGRAM > SLAB_BYTES
+                    || used + n + MAX_DATAGRAM > SLAB_BYTES
                     || at.0 - r.grams[0].at.0 >= SLAB_AGE_MS
             }
             // a timeout (WouldBlock or TimedOut), or an error the next read will show again
